@@ -1,0 +1,110 @@
+// Package source defines what can be protected: a data set that can be read as a
+// tree of entries at backup and written back at restore.
+package source
+
+import (
+	"context"
+	"io"
+	"io/fs"
+	"time"
+)
+
+// Type is the kind of an entry.
+type Type string
+
+const (
+	TypeFile    Type = "file"
+	TypeDir     Type = "dir"
+	TypeSymlink Type = "symlink"
+	// TypeOther is a device, FIFO or socket: reported by Scan, never stored.
+	TypeOther Type = "other"
+)
+
+// Entry is one node of a source tree.
+type Entry struct {
+	// Path is slash-separated and relative to the source root; "." is the root
+	// itself (a directory, or the single file of a single-file source).
+	Path    string
+	Type    Type
+	Mode    fs.FileMode // permission bits plus setuid, setgid and sticky
+	UID     int
+	GID     int
+	Size    int64 // regular files only
+	ModTime time.Time
+	Target  string // symlinks only
+}
+
+// Region is a stretch of a file that holds data; what lies between regions is a
+// hole that reads as zeros.
+type Region struct {
+	Offset int64
+	Length int64
+}
+
+// Source reads a data set.
+type Source interface {
+	// Describe names the source for messages, e.g. "dir /srv/data".
+	Describe() string
+
+	// Check verifies that the source exists and can be read.
+	Check(ctx context.Context) error
+
+	// Scan calls fn for every entry: the root first, then parents before their
+	// children, siblings in lexical byte order of their names. Entries of
+	// TypeOther are passed to fn so the caller can report them.
+	Scan(ctx context.Context, fn func(Entry) error) error
+
+	// Open opens the regular file at path for reading.
+	Open(ctx context.Context, path string) (File, error)
+}
+
+// File is an open regular file of a source.
+type File interface {
+	io.ReaderAt
+	io.Closer
+
+	// Regions returns the data regions within [off, off+n) in order, clipped to
+	// that range. A file system without hole reporting returns one region.
+	Regions(off, n int64) ([]Region, error)
+
+	// Changed reports whether the file differs from e as scanned: its size or
+	// modification time is not the same any more.
+	Changed(e Entry) (bool, error)
+}
+
+// Target is where a restore writes.
+type Target interface {
+	// Describe names the target for messages, e.g. "dir /srv/data".
+	Describe() string
+
+	// Begin starts, or resumes, the restore with the given id. Nothing is
+	// visible at the target's path until Commit.
+	Begin(ctx context.Context, id string) (Restore, error)
+}
+
+// Restore stages a tree beside the target and moves it into place at Commit.
+// Entries arrive root first, parents before children. Writing an entry again
+// (after a resumed attempt) replaces what was staged for it.
+type Restore interface {
+	// Dir creates a directory. Its mode and mtime are applied at Commit, so that
+	// read-only directories can still be filled.
+	Dir(e Entry) error
+	// Symlink creates a symbolic link.
+	Symlink(e Entry) error
+	// File creates (or truncates) a regular file to be filled by WriteAt.
+	File(e Entry) (FileWriter, error)
+	// Commit applies directory modes and times and atomically replaces whatever
+	// is at the target's path with the staged tree. It is idempotent: calling it
+	// again after a crash finishes the move or reports that it is done.
+	Commit(ctx context.Context) error
+	// Abort removes everything staged. The target's path is left untouched.
+	Abort() error
+}
+
+// FileWriter fills one staged regular file. Regions never written stay holes.
+type FileWriter interface {
+	io.WriterAt
+	// Close sets the file's final size (so trailing holes exist), mode, owner
+	// (when permitted) and modification time.
+	Close() error
+}
