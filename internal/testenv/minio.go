@@ -1,0 +1,212 @@
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minio/madmin-go/v3"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// MinIO is a MinIO server started for one test.
+type MinIO struct {
+	Endpoint  string // 127.0.0.1:port, plain HTTP
+	AccessKey string // root credentials, random per server
+	SecretKey string
+	Dir       string // data directory; survives Stop/Start and Kill/Start
+
+	bin         string
+	consoleAddr string
+	logPath     string
+	proc        *process
+}
+
+const (
+	minioReadyTimeout = 90 * time.Second // two shared cores, a cold page cache
+	minioStopGrace    = 10 * time.Second
+)
+
+// StartMinIO starts a fresh MinIO server with its data in a temporary directory,
+// listening on free loopback ports, and waits until it is ready. The server is
+// stopped when the test ends. Its output goes to a log file next to the data;
+// when the test fails, the tail of that log is reported.
+func StartMinIO(t testing.TB) *MinIO {
+	t.Helper()
+	bin := Tool(t, "minio")
+	root := t.TempDir()
+	m := &MinIO{
+		AccessKey: "drorch-root",
+		SecretKey: randomHex(20),
+		Dir:       filepath.Join(root, "data"),
+		bin:       bin,
+		logPath:   filepath.Join(root, "minio.log"),
+	}
+	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	// A port can be taken between choosing it and the server binding it: try
+	// once more on new ports before giving up.
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		var ports []int
+		if ports, err = freePorts(2); err != nil {
+			break
+		}
+		m.Endpoint, m.consoleAddr = hostPort(ports[0]), hostPort(ports[1])
+		err = m.start()
+		if err == nil || m.proc == nil || !m.proc.addrInUse() {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("testenv: minio at %s, log %s; tail:\n%s", m.Endpoint, m.logPath, m.proc.logTail(2048))
+		}
+		m.proc.stop(syscall.SIGTERM, minioStopGrace)
+	})
+	return m
+}
+
+// start runs the server on m's ports and data directory and waits for it to be
+// ready. On failure the process is gone and the error carries the log tail.
+func (m *MinIO) start() error {
+	args := []string{"server",
+		"--address", m.Endpoint,
+		"--console-address", m.consoleAddr,
+		"--certs-dir", filepath.Join(filepath.Dir(m.Dir), "certs"),
+		"--quiet",
+		m.Dir,
+	}
+	env := environ([]string{"MINIO_"},
+		"MINIO_ROOT_USER="+m.AccessKey,
+		"MINIO_ROOT_PASSWORD="+m.SecretKey,
+		"MINIO_UPDATE=off",
+		"MINIO_CALLHOME_ENABLE=off",
+	)
+	p, err := startProcess("minio", m.bin, args, env, m.logPath)
+	if err != nil {
+		return err
+	}
+	m.proc = p
+	if err := m.waitReady(minioReadyTimeout); err != nil {
+		p.stop(syscall.SIGKILL, time.Second)
+		return fmt.Errorf("minio at %s: %w (%s); log %s ends with:\n%s", m.Endpoint, err, p.status(), m.logPath, p.logTail(4096))
+	}
+	return nil
+}
+
+func (m *MinIO) waitReady(timeout time.Duration) error {
+	url := "http://" + m.Endpoint + "/minio/health/ready"
+	hc := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(timeout)
+	for {
+		if m.proc.exited() {
+			return errExited
+		}
+		resp, err := hc.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %s", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Stop stops the server gracefully (SIGTERM, then SIGKILL after a grace period)
+// and waits for it to exit. Start brings it back with the same data.
+func (m *MinIO) Stop(t testing.TB) {
+	t.Helper()
+	m.proc.stop(syscall.SIGTERM, minioStopGrace)
+}
+
+// Kill stops the server with SIGKILL, as a crash would.
+func (m *MinIO) Kill(t testing.TB) {
+	t.Helper()
+	m.proc.stop(syscall.SIGKILL, minioStopGrace)
+}
+
+// Start restarts a stopped server on the same port and data directory.
+func (m *MinIO) Start(t testing.TB) {
+	t.Helper()
+	if !m.proc.exited() {
+		t.Fatalf("testenv: minio at %s is already running", m.Endpoint)
+	}
+	if err := m.start(); err != nil {
+		t.Fatalf("testenv: restart: %v", err)
+	}
+}
+
+// Client returns a client with the root credentials.
+func (m *MinIO) Client(t testing.TB) *minio.Client {
+	t.Helper()
+	c, err := minio.New(m.Endpoint, &minio.Options{
+		Creds:        credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		BucketLookup: minio.BucketLookupPath,
+		Region:       "us-east-1",
+	})
+	if err != nil {
+		t.Fatalf("testenv: minio client: %v", err)
+	}
+	return c
+}
+
+// AddUser adds a user whose only permissions are those of policyJSON (an IAM
+// policy document), attached as a canned policy named after the user. An empty
+// policy leaves the user with no permissions at all.
+func (m *MinIO) AddUser(t testing.TB, accessKey, secretKey, policyJSON string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.addUser(ctx, accessKey, secretKey, policyJSON); err != nil {
+		t.Fatalf("testenv: minio add user %s: %v", accessKey, err)
+	}
+}
+
+func (m *MinIO) addUser(ctx context.Context, accessKey, secretKey, policyJSON string) error {
+	adm, err := madmin.NewWithOptions(m.Endpoint, &madmin.Options{
+		Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+	})
+	if err != nil {
+		return err
+	}
+	if err := adm.AddUser(ctx, accessKey, secretKey); err != nil {
+		return fmt.Errorf("add user: %w", err)
+	}
+	if policyJSON == "" {
+		return nil
+	}
+	name := "testenv-" + accessKey
+	if err := adm.AddCannedPolicy(ctx, name, []byte(policyJSON)); err != nil {
+		return fmt.Errorf("add policy: %w", err)
+	}
+	if _, err := adm.AttachPolicy(ctx, madmin.PolicyAssociationReq{Policies: []string{name}, User: accessKey}); err != nil {
+		return fmt.Errorf("attach policy: %w", err)
+	}
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(errors.New("testenv: no randomness: " + err.Error()))
+	}
+	return hex.EncodeToString(b)
+}
