@@ -70,6 +70,10 @@ type File interface {
 	// Changed reports whether the file differs from e as scanned: its size or
 	// modification time is not the same any more.
 	Changed(e Entry) (bool, error)
+
+	// Stat returns the open file's current size and modification time, so a
+	// file that changed while it was read can be read again as it now is.
+	Stat() (size int64, modTime time.Time, err error)
 }
 
 // Target is where a restore writes.
