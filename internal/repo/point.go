@@ -1,0 +1,191 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/drorch/drorch/drivers"
+	"github.com/drorch/drorch/drivers/store"
+)
+
+const (
+	pointsDir    = "points/"
+	manifestExt  = ".json.zst"
+	pointTimeLen = len("2006-01-02T15:04:05Z")
+	maxSuffixLen = 32
+)
+
+// NewPointID returns the id of a restore point taken at t:
+// t.UTC().Format(time.RFC3339) + "-" + suffix, e.g. "2026-11-22T10:01:50Z-3f2a9c1b".
+// suffix must be 1 to 32 of [a-z0-9] (ValidPointID checks the result). Ids
+// sort in time order as strings.
+func NewPointID(t time.Time, suffix string) string {
+	return t.UTC().Format(time.RFC3339) + "-" + suffix
+}
+
+// ValidPointID checks that s is a point id as NewPointID makes them.
+func ValidPointID(s string) error {
+	_, err := PointTime(s)
+	return err
+}
+
+// PointTime returns the time in the point id s, to the second.
+func PointTime(s string) (time.Time, error) {
+	bad := func() (time.Time, error) {
+		return time.Time{}, fmt.Errorf(`point id %q must be a UTC time, "-" and 1 to %d of [a-z0-9], as in 2026-11-22T10:01:50Z-3f2a9c1b`, s, maxSuffixLen)
+	}
+	if len(s) < pointTimeLen+2 || len(s) > pointTimeLen+1+maxSuffixLen || s[pointTimeLen] != '-' {
+		return bad()
+	}
+	for _, c := range []byte(s[pointTimeLen+1:]) {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9') {
+			return bad()
+		}
+	}
+	t, err := time.Parse(time.RFC3339, s[:pointTimeLen])
+	if err != nil || t.UTC().Format(time.RFC3339) != s[:pointTimeLen] {
+		return bad()
+	}
+	return t.UTC(), nil
+}
+
+func manifestKey(point string) string { return pointsDir + point + manifestExt }
+
+// NewManifest returns a manifest for a point of r's plan with the fields that
+// format v1 and r fix already set; the caller adds Entries and calls
+// ComputeTotals.
+func (r *Repo) NewManifest(point, site, sourceKind string, snapshot time.Time, epoch uint64) *Manifest {
+	return &Manifest{
+		Version:     FormatVersion,
+		Plan:        r.plan,
+		Point:       point,
+		Site:        site,
+		Source:      sourceKind,
+		Snapshot:    snapshot.UTC(),
+		Epoch:       epoch,
+		Chunker:     ChunkerSpec,
+		Compression: CompressionZstd,
+		Encryption:  r.Encryption(),
+	}
+}
+
+// PutManifest encodes m, compresses it, seals it with the additional data
+// "manifest:<point>" when r has a key, and stores it as points/<point>.json.zst.
+// An invalid manifest is a permanent InvalidInput error. It is idempotent.
+func (r *Repo) PutManifest(ctx context.Context, m *Manifest) error {
+	if m.Plan != r.plan {
+		return drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: it is of plan %q, the repository of %q", m.Point, m.Plan, r.plan)
+	}
+	if m.Encryption != r.Encryption() {
+		return drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: encryption %q, but the repository's is %q", m.Point, m.Encryption, r.Encryption())
+	}
+	plain, err := EncodeManifest(m)
+	if err != nil {
+		return drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: %w", m.Point, err))
+	}
+	if len(plain) > MaxMetadataSize {
+		return drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: %d bytes is more than the %d the format allows", m.Point, len(plain), MaxMetadataSize)
+	}
+	body, err := r.seal(plain, []byte("manifest:"+m.Point))
+	if err != nil {
+		return fmt.Errorf("put manifest %s: %w", m.Point, err)
+	}
+	key := manifestKey(m.Point)
+	if err := r.put(ctx, key, body); err != nil {
+		return fmt.Errorf("put manifest %s at %s: %w", m.Point, r.where(key), err)
+	}
+	return nil
+}
+
+// GetManifest reads and checks the manifest of point. An absent one wraps
+// drivers.ErrNotFound; one that cannot be opened or decoded, or that names
+// another point or plan, is permanent with reason Corrupt.
+func (r *Repo) GetManifest(ctx context.Context, point string) (*Manifest, error) {
+	if err := ValidPointID(point); err != nil {
+		return nil, drivers.Permanent(drivers.ReasonInvalidInput, err)
+	}
+	key := manifestKey(point)
+	fail := func(err error) (*Manifest, error) {
+		return nil, classify(fmt.Errorf("manifest of restore point %s at %s: %w", point, r.where(key), err))
+	}
+	body, err := r.get(ctx, key, MaxMetadataSize+1<<20)
+	if err != nil {
+		return fail(err)
+	}
+	plain, err := r.open(body, []byte("manifest:"+point), metaDec)
+	if err != nil {
+		return fail(err)
+	}
+	m, err := DecodeManifest(plain)
+	if err != nil {
+		return fail(errCorrupt{err.Error()})
+	}
+	switch {
+	case m.Point != point:
+		return fail(errCorrupt{fmt.Sprintf("it is the manifest of point %s (copied under another name?)", m.Point)})
+	case m.Plan != r.plan:
+		return fail(errCorrupt{fmt.Sprintf("it is a manifest of plan %q (copied from another plan?)", m.Plan)})
+	case m.Encryption != r.Encryption():
+		return fail(errCorrupt{fmt.Sprintf("it says encryption %q, but the repository's is %q", m.Encryption, r.Encryption())})
+	}
+	return m, nil
+}
+
+// HasManifest reports whether the manifest of point is stored, without reading it.
+func (r *Repo) HasManifest(ctx context.Context, point string) (bool, error) {
+	if err := ValidPointID(point); err != nil {
+		return false, drivers.Permanent(drivers.ReasonInvalidInput, err)
+	}
+	key := manifestKey(point)
+	if _, err := r.st.Stat(ctx, r.key(key)); err != nil {
+		if errors.Is(err, drivers.ErrNotFound) {
+			return false, nil
+		}
+		return false, fmt.Errorf("stat manifest %s at %s: %w", point, r.where(key), err)
+	}
+	return true, nil
+}
+
+// PointInfo describes a stored manifest.
+type PointInfo struct {
+	ID   string
+	Time time.Time // from the id, to the second
+	Size int64     // stored size of the manifest
+}
+
+// Points lists the stored manifests, oldest first, in one listing. Keys under
+// points/ that are not manifests of well-formed point ids are ignored.
+func (r *Repo) Points(ctx context.Context) ([]PointInfo, error) {
+	prefix := r.key(pointsDir)
+	var out []PointInfo
+	err := r.st.List(ctx, prefix, func(o store.Object) error {
+		rel, ok := strings.CutPrefix(o.Key, prefix)
+		if !ok {
+			return nil
+		}
+		id, ok := strings.CutSuffix(rel, manifestExt)
+		if !ok {
+			return nil
+		}
+		t, err := PointTime(id)
+		if err != nil {
+			return nil
+		}
+		out = append(out, PointInfo{ID: id, Time: t, Size: o.Size})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list restore points at %s: %w", r.where(pointsDir), err)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Time.Equal(out[j].Time) {
+			return out[i].Time.Before(out[j].Time)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
