@@ -1,0 +1,252 @@
+// Package config reads and checks drorch's deployment config: one YAML file
+// that names the Temporal cluster, the sites with their object stores and the
+// protection plans. Workers and the CLI load it at start and fail fast with
+// every problem it has, each naming the file, line and field.
+//
+// Secrets (store keys, encryption keys, API keys) are never written in the
+// file; the file holds references ("env:NAME", "file:PATH") that are resolved
+// when the config is loaded, into values that do not print.
+//
+// The config maps onto the driver configs in the activities; this package
+// imports no driver so that it stays the one place that knows the file format.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/drorch/drorch/internal/secret"
+)
+
+// Defaults for fields left out of the file.
+const (
+	DefaultTemporalAddress   = "127.0.0.1:7233"
+	DefaultTemporalNamespace = "default"
+	DefaultStoreRegion       = "us-east-1"
+	DefaultStoreParallel     = 8
+	DefaultSourceOnChange    = "retry"
+	DefaultSourceRetries     = 3
+)
+
+// EnvConfig is the environment variable Load reads the config path from when
+// it is given none.
+const EnvConfig = "DRORCH_CONFIG"
+
+// DefaultFile is the file Load looks for in the working directory when it is
+// given no path and EnvConfig is not set.
+const DefaultFile = "drorch.yaml"
+
+// ErrNoConfig is returned (wrapped) by Load when it was given no path and
+// found no config file, so the caller can fall back to its embedded dev config.
+var ErrNoConfig = errors.New("no config file")
+
+// Config is a whole deployment config. A field's yaml tag is its key in the
+// file; fields without one are filled in by Parse.
+type Config struct {
+	// File is where the config came from: the path it was loaded from or the
+	// name given to Parse, such as "(embedded dev config)".
+	File     string           `yaml:"-"`
+	Temporal Temporal         `yaml:"temporal"`
+	Sites    map[string]*Site `yaml:"sites"`
+	Plans    map[string]*Plan `yaml:"plans"`
+}
+
+// Temporal says how to reach the Temporal cluster. Flags and environment
+// variables given to the binaries override it.
+type Temporal struct {
+	Address   string        `yaml:"address"`
+	Namespace string        `yaml:"namespace"`
+	TLS       TLS           `yaml:"tls"`
+	APIKey    secret.Secret `yaml:"apiKey"`
+}
+
+// TLS holds the paths of the client certificate, its key and the CA that
+// signs the server's certificate, and the server name to verify.
+type TLS struct {
+	Cert       string `yaml:"cert"`
+	Key        string `yaml:"key"`
+	CA         string `yaml:"ca"`
+	ServerName string `yaml:"serverName"`
+}
+
+// Enabled reports whether any TLS setting is given.
+func (t TLS) Enabled() bool { return t != TLS{} }
+
+// Site is one place that holds a copy of the data, with its own object store
+// and its own workers.
+type Site struct {
+	Name  string `yaml:"-"` // its key under sites
+	Store Store  `yaml:"store"`
+}
+
+// Store is a site's object store, which holds the repositories of every plan
+// at that site.
+type Store struct {
+	Driver    string        `yaml:"driver"`
+	Endpoint  string        `yaml:"endpoint"`
+	Bucket    string        `yaml:"bucket"`
+	Prefix    string        `yaml:"prefix"`
+	Region    string        `yaml:"region"`
+	AccessKey secret.Secret `yaml:"accessKey"`
+	SecretKey secret.Secret `yaml:"secretKey"`
+	Insecure  bool          `yaml:"insecure"`
+	CAFile    string        `yaml:"caFile"`
+	Parallel  int           `yaml:"parallel"`
+}
+
+// Plan is a protection plan: one data set, protected from its primary site to
+// its secondary site.
+type Plan struct {
+	Name       string             `yaml:"-"` // its key under plans
+	Primary    string             `yaml:"primary"`
+	Secondary  string             `yaml:"secondary"`
+	Source     map[string]*Source `yaml:"source"` // by site name
+	Encryption *Encryption        `yaml:"encryption"`
+}
+
+// Source is where a plan's data lives at one site.
+type Source struct {
+	Driver   string `yaml:"driver"`
+	Path     string `yaml:"path"`
+	OnChange string `yaml:"onChange"` // what to do when a file changes while it is read: retry or fail
+	Retries  int    `yaml:"retries"`
+}
+
+// Encryption turns on encryption of a plan's chunks and manifests.
+type Encryption struct {
+	Key secret.Secret `yaml:"key"`
+}
+
+func (t *Temporal) setDefaults() {
+	t.Address = DefaultTemporalAddress
+	t.Namespace = DefaultTemporalNamespace
+}
+
+func (s *Store) setDefaults() {
+	s.Region = DefaultStoreRegion
+	s.Parallel = DefaultStoreParallel
+}
+
+func (s *Source) setDefaults() {
+	s.OnChange = DefaultSourceOnChange
+	s.Retries = DefaultSourceRetries
+}
+
+// The config types print through Format so that no verb shows a secret: fmt
+// prints a pointer nested in a value under any verb but %v by walking it
+// without calling its methods, which would show a secret.Secret's value
+// under it. Format prints a method-less copy with %v (or %+v), under which
+// every nested config value and Secret prints through its own methods. A new
+// type that holds a Secret, or a pointer to one that does, needs a Format too;
+// TestEveryTypeWithASecretHasFormat checks. Source has one so that it prints
+// its fields rather than its address.
+
+func (c Config) Format(f fmt.State, verb rune)     { type plain Config; formatPlain(f, plain(c)) }
+func (t Temporal) Format(f fmt.State, verb rune)   { type plain Temporal; formatPlain(f, plain(t)) }
+func (s Site) Format(f fmt.State, verb rune)       { type plain Site; formatPlain(f, plain(s)) }
+func (s Store) Format(f fmt.State, verb rune)      { type plain Store; formatPlain(f, plain(s)) }
+func (p Plan) Format(f fmt.State, verb rune)       { type plain Plan; formatPlain(f, plain(p)) }
+func (e Encryption) Format(f fmt.State, verb rune) { type plain Encryption; formatPlain(f, plain(e)) }
+func (s Source) Format(f fmt.State, verb rune)     { type plain Source; formatPlain(f, plain(s)) }
+
+func formatPlain(f fmt.State, v any) {
+	if f.Flag('+') || f.Flag('#') {
+		fmt.Fprintf(f, "%+v", v)
+		return
+	}
+	fmt.Fprintf(f, "%v", v)
+}
+
+// Option changes how a config is loaded.
+type Option func(*options)
+
+type options struct {
+	noSecrets bool
+}
+
+// WithoutSecrets checks that secret references are well formed but does not
+// resolve them: the secrets in the result hold only their reference. For
+// programs that need the config but no secret, such as the CLI, which only
+// starts workflows.
+func WithoutSecrets() Option {
+	return func(o *options) { o.noSecrets = true }
+}
+
+// Load reads and checks the config file at path. With path "" it uses
+// $DRORCH_CONFIG and then ./drorch.yaml; if neither is there it returns an
+// error that wraps ErrNoConfig. A file named by path or $DRORCH_CONFIG must
+// exist.
+func Load(path string, opts ...Option) (*Config, error) {
+	if path == "" {
+		path = os.Getenv(EnvConfig)
+	}
+	if path == "" {
+		if _, err := os.Stat(DefaultFile); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("%w: no --config given, %s not set and no ./%s", ErrNoConfig, EnvConfig, DefaultFile)
+			}
+			return nil, fmt.Errorf("load config: %w", err)
+		}
+		path = DefaultFile
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	return Parse(path, data, opts...)
+}
+
+// Parse checks the config in data; file names it in errors and becomes
+// Config.File. The error, if any, lists every problem found, one per line
+// in the order of the file; each is an *Error.
+func Parse(file string, data []byte, opts ...Option) (*Config, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	d := newDecoder(file, o)
+	cfg := d.parse(data)
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Plan returns the plan with that name.
+func (c *Config) Plan(name string) (*Plan, error) {
+	if p, ok := c.Plans[name]; ok {
+		return p, nil
+	}
+	return nil, fmt.Errorf("unknown plan %q; %s defines: %s", name, c.File, strings.Join(sortedKeys(c.Plans), ", "))
+}
+
+// Site returns the site with that name.
+func (c *Config) Site(name string) (*Site, error) {
+	if s, ok := c.Sites[name]; ok {
+		return s, nil
+	}
+	return nil, fmt.Errorf("unknown site %q; %s defines: %s", name, c.File, strings.Join(sortedKeys(c.Sites), ", "))
+}
+
+// SourceAt returns the plan's source at a site.
+func (p *Plan) SourceAt(site string) (*Source, error) {
+	if s, ok := p.Source[site]; ok {
+		return s, nil
+	}
+	return nil, fmt.Errorf("plan %s has no source at site %q; it has sources at: %s", p.Name, site, strings.Join(sortedKeys(p.Source), ", "))
+}
+
+// Sites returns the plan's sites: its primary, then its secondary.
+func (p *Plan) Sites() []string { return []string{p.Primary, p.Secondary} }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
