@@ -47,7 +47,8 @@ func Resolve(ref string) (Secret, error) {
 		}
 		return Secret{ref: ref, value: v}, nil
 	default:
-		return Secret{}, fmt.Errorf(`unknown secret reference kind %q: use "env:NAME" or "file:PATH"`, kind)
+		// The text before the colon is not echoed: it may be a pasted secret.
+		return Secret{}, errors.New(`unknown secret reference kind: use "env:NAME" or "file:PATH"`)
 	}
 }
 

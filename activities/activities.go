@@ -1,0 +1,297 @@
+// Package activities does drorch's real work: it reads sources, moves chunks
+// through the sites' object stores and writes restores. Each activity touches
+// one site and runs on that site's task queue; workflows only decide the order.
+package activities
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/drorch/drorch/drivers"
+	"github.com/drorch/drorch/drivers/source"
+	"github.com/drorch/drorch/drivers/source/dir"
+	"github.com/drorch/drorch/drivers/store"
+	"github.com/drorch/drorch/drivers/store/s3"
+	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/repo"
+)
+
+// Activities holds what the activities need: the deployment config (with its
+// secrets, which stay in this process), a Temporal client to report progress
+// to the calling workflow, and the stores opened so far.
+type Activities struct {
+	cfg    *config.Config
+	client client.Client // nil in unit tests: progress then goes to heartbeats only
+	log    zerolog.Logger
+
+	mu     sync.Mutex
+	stores map[string]store.Store // by site
+
+	// ProgressInterval is the least time between two progress signals to a
+	// workflow; each one is a history event, so it is kept coarse.
+	ProgressInterval time.Duration
+	// HeartbeatInterval is how often long activities heartbeat.
+	HeartbeatInterval time.Duration
+}
+
+// New returns the activities for cfg. cl may be nil.
+func New(cfg *config.Config, cl client.Client, log zerolog.Logger) *Activities {
+	return &Activities{
+		cfg:               cfg,
+		client:            cl,
+		log:               log,
+		stores:            map[string]store.Store{},
+		ProgressInterval:  10 * time.Second,
+		HeartbeatInterval: 2 * time.Second,
+	}
+}
+
+// store returns the object store of site, opened once per process.
+func (a *Activities) store(site string) (store.Store, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if st, ok := a.stores[site]; ok {
+		return st, nil
+	}
+	s, err := a.cfg.Site(site)
+	if err != nil {
+		return nil, drivers.Permanent(drivers.ReasonInvalidInput, err)
+	}
+	st, err := s3.New(s3.Config{
+		Endpoint:  s.Store.Endpoint,
+		Bucket:    s.Store.Bucket,
+		Prefix:    s.Store.Prefix,
+		Region:    s.Store.Region,
+		AccessKey: s.Store.AccessKey,
+		SecretKey: s.Store.SecretKey,
+		Insecure:  s.Store.Insecure,
+		CAFile:    s.Store.CAFile,
+		Parallel:  s.Store.Parallel,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("site %s: %w", site, err)
+	}
+	a.stores[site] = st
+	return st, nil
+}
+
+// plan looks a plan up; an unknown plan is a permanent error.
+func (a *Activities) plan(name string) (*config.Plan, error) {
+	p, err := a.cfg.Plan(name)
+	if err != nil {
+		return nil, drivers.Permanent(drivers.ReasonInvalidInput, err)
+	}
+	return p, nil
+}
+
+// repo opens the repository of plan at site.
+func (a *Activities) repo(planName, site string) (*repo.Repo, error) {
+	p, err := a.plan(planName)
+	if err != nil {
+		return nil, err
+	}
+	if site != p.Primary && site != p.Secondary {
+		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "plan %s has no site %q (its sites are %s and %s)", p.Name, site, p.Primary, p.Secondary)
+	}
+	st, err := a.store(site)
+	if err != nil {
+		return nil, err
+	}
+	var key []byte
+	if p.Encryption != nil {
+		if key, err = repo.ParseKey(p.Encryption.Key.Value()); err != nil {
+			return nil, drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("plan %s: encryption key %s: %w", p.Name, p.Encryption.Key, err))
+		}
+	}
+	r, err := repo.New(st, p.Name, key)
+	if err != nil {
+		return nil, drivers.Permanent(drivers.ReasonInvalidConfig, err)
+	}
+	return r, nil
+}
+
+// sourceAt returns the configured source of plan at site.
+func (a *Activities) sourceAt(planName, site string) (*config.Source, *dir.Dir, error) {
+	p, err := a.plan(planName)
+	if err != nil {
+		return nil, nil, err
+	}
+	sc, err := p.SourceAt(site)
+	if err != nil {
+		return nil, nil, drivers.Permanent(drivers.ReasonInvalidInput, err)
+	}
+	d, err := dir.New(sc.Path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sc, d, nil
+}
+
+// target returns where a restore at site writes: path when given, else the
+// plan's source at that site.
+func (a *Activities) target(planName, site, path string) (source.Target, error) {
+	if path != "" {
+		return dir.New(path)
+	}
+	_, d, err := a.sourceAt(planName, site)
+	return d, err
+}
+
+// temporalError turns a permanent driver error into a non-retryable Temporal
+// error, keeping its reason as the error type. Other errors are returned as
+// they are and retried by Temporal.
+func temporalError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) {
+		return err
+	}
+	if reason, ok := drivers.IsPermanent(err); ok {
+		return temporal.NewNonRetryableApplicationError(err.Error(), reason, err)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return err
+}
+
+// Progress is what a long activity reports while it runs: in its heartbeat
+// details and, throttled, as a signal to its workflow.
+type Progress struct {
+	Step        string    `json:"step"`
+	FilesTotal  int64     `json:"filesTotal,omitempty"`
+	FilesDone   int64     `json:"filesDone,omitempty"`
+	BytesTotal  int64     `json:"bytesTotal,omitempty"`
+	BytesDone   int64     `json:"bytesDone"`
+	BytesNew    int64     `json:"bytesNew"`
+	ChunksTotal int64     `json:"chunksTotal,omitempty"`
+	ChunksDone  int64     `json:"chunksDone"`
+	ChunksNew   int64     `json:"chunksNew"`
+	Started     time.Time `json:"started"`
+	Updated     time.Time `json:"updated"`
+}
+
+// reporter heartbeats a long activity on a ticker with its resume point and
+// progress, and sends progress to the workflow at most every ProgressInterval.
+// Heartbeating from a ticker rather than from the data path keeps a slow but
+// live transfer from looking dead.
+type reporter struct {
+	a    *Activities
+	ctx  context.Context
+	mu   sync.Mutex
+	p    Progress
+	res  any // resume details, heartbeated with the progress
+	last time.Time
+	stop chan struct{}
+	done chan struct{}
+}
+
+// heartbeat is what long activities record: where to resume and how far along.
+type heartbeat struct {
+	Resume   any      `json:"resume"`
+	Progress Progress `json:"progress"`
+}
+
+func (a *Activities) startReporter(ctx context.Context, step string) *reporter {
+	r := &reporter{a: a, ctx: ctx, p: Progress{Step: step, Started: time.Now().UTC()}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		t := time.NewTicker(a.HeartbeatInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				r.beat(false)
+			}
+		}
+	}()
+	return r
+}
+
+// update changes the progress under the lock.
+func (r *reporter) update(f func(p *Progress)) {
+	r.mu.Lock()
+	f(&r.p)
+	r.mu.Unlock()
+}
+
+// resume records where a retried attempt should continue and heartbeats it at
+// once: it marks durable progress.
+func (r *reporter) resume(v any) {
+	r.mu.Lock()
+	r.res = v
+	r.mu.Unlock()
+	r.beat(false)
+}
+
+func (r *reporter) beat(final bool) {
+	r.mu.Lock()
+	r.p.Updated = time.Now().UTC()
+	p := r.p
+	hb := heartbeat{Resume: r.res, Progress: p}
+	signal := final || time.Since(r.last) >= r.a.ProgressInterval
+	if signal {
+		r.last = time.Now()
+	}
+	r.mu.Unlock()
+	if activity.IsActivity(r.ctx) {
+		activity.RecordHeartbeat(r.ctx, hb)
+	}
+	if signal {
+		r.a.signalProgress(r.ctx, p)
+	}
+}
+
+// close stops the ticker and sends the final progress.
+func (r *reporter) close() {
+	close(r.stop)
+	<-r.done
+	r.beat(true)
+}
+
+// signalProgress sends p to the workflow that runs the activity. Failing to
+// report progress never fails the work.
+func (a *Activities) signalProgress(ctx context.Context, p Progress) {
+	if a.client == nil || !activity.IsActivity(ctx) {
+		return
+	}
+	info := activity.GetInfo(ctx)
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := a.client.SignalWorkflow(sctx, info.WorkflowExecution.ID, info.WorkflowExecution.RunID, "drorch-progress", p); err != nil {
+		a.log.Debug().Err(err).Str("workflow", info.WorkflowExecution.ID).Msg("progress signal not delivered")
+	}
+}
+
+// resumeDetails decodes the resume point of a previous attempt into v and
+// reports whether there was one.
+func resumeDetails(ctx context.Context, v any) bool {
+	if !activity.IsActivity(ctx) || !activity.HasHeartbeatDetails(ctx) {
+		return false
+	}
+	var hb struct {
+		Resume json.RawMessage `json:"resume"`
+	}
+	if err := activity.GetHeartbeatDetails(ctx, &hb); err != nil {
+		return false
+	}
+	if len(hb.Resume) == 0 || string(hb.Resume) == "null" {
+		return false
+	}
+	return json.Unmarshal(hb.Resume, v) == nil
+}

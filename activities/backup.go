@@ -1,0 +1,584 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/drorch/drorch/drivers"
+	"github.com/drorch/drorch/drivers/source"
+	"github.com/drorch/drorch/internal/repo"
+)
+
+// PrepareSiteInput names the site whose repository is prepared.
+type PrepareSiteInput struct {
+	Plan string `json:"plan"`
+	Site string `json:"site"`
+}
+
+// PrepareSiteResult describes the prepared repository.
+type PrepareSiteResult struct {
+	Repository string `json:"repository"`
+	Epoch      uint64 `json:"epoch"`
+}
+
+// PrepareSite checks that the site's store answers and accepts writes,
+// creates the bucket when missing, and records epoch 1 in a new repository.
+func (a *Activities) PrepareSite(ctx context.Context, in PrepareSiteInput) (PrepareSiteResult, error) {
+	res, err := a.prepareSite(ctx, in)
+	return res, temporalError(err)
+}
+
+func (a *Activities) prepareSite(ctx context.Context, in PrepareSiteInput) (PrepareSiteResult, error) {
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return PrepareSiteResult{}, err
+	}
+	if err := r.Store().Prepare(ctx); err != nil {
+		return PrepareSiteResult{}, fmt.Errorf("prepare repository %s: %w", r.Location(), err)
+	}
+	ep, err := r.GetEpoch(ctx)
+	if err != nil {
+		return PrepareSiteResult{}, err
+	}
+	if ep.Epoch == 0 {
+		ep = repo.Epoch{Epoch: 1, Site: in.Site, Reason: "repository created", Updated: time.Now().UTC()}
+		if err := r.PutEpoch(ctx, ep); err != nil {
+			return PrepareSiteResult{}, err
+		}
+	}
+	return PrepareSiteResult{Repository: r.Location(), Epoch: ep.Epoch}, nil
+}
+
+// SnapshotInput names the backup whose snapshot is taken.
+type SnapshotInput struct {
+	Plan string `json:"plan"`
+	Site string `json:"site"`
+	Op   string `json:"op"` // staging name of this backup
+}
+
+// SnapshotResult describes the point-in-time listing of the source.
+type SnapshotResult struct {
+	Source   string    `json:"source"`
+	Snapshot time.Time `json:"snapshot"`
+	Entries  int64     `json:"entries"`
+	Files    int64     `json:"files"`
+	Bytes    int64     `json:"bytes"`
+	Skipped  int64     `json:"skipped"` // devices, FIFOs and sockets
+	Pieces   int       `json:"pieces"`
+}
+
+// Snapshot lists the source and stores the listing, cut into pieces, in the
+// repository's staging area. A retried attempt that finds a finished
+// snapshot returns it unchanged, so the backup reads the tree it listed.
+func (a *Activities) Snapshot(ctx context.Context, in SnapshotInput) (SnapshotResult, error) {
+	res, err := a.snapshot(ctx, in)
+	return res, temporalError(err)
+}
+
+func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotResult, error) {
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return SnapshotResult{}, err
+	}
+	var res SnapshotResult
+	if err := r.GetStaging(ctx, in.Op, snapshotName, &res); err == nil {
+		return res, nil
+	} else if !drivers.IsNotFound(err) {
+		return SnapshotResult{}, err
+	}
+	_, src, err := a.sourceAt(in.Plan, in.Site)
+	if err != nil {
+		return SnapshotResult{}, err
+	}
+	if err := src.Check(ctx); err != nil {
+		return SnapshotResult{}, fmt.Errorf("check source %s: %w", src.Describe(), err)
+	}
+	rep := a.startReporter(ctx, "snapshot")
+	defer rep.close()
+
+	res = SnapshotResult{Source: src.Describe(), Snapshot: time.Now().UTC()}
+	sp := splitter{emit: func(p piece) error {
+		if err := r.PutStaging(ctx, in.Op, pieceName(res.Pieces), p); err != nil {
+			return err
+		}
+		res.Pieces++
+		return nil
+	}}
+	var index int64
+	err = src.Scan(ctx, func(e source.Entry) error {
+		if e.Type == source.TypeOther {
+			res.Skipped++
+			a.log.Warn().Str("plan", in.Plan).Str("path", e.Path).Msg("skipping a device, FIFO or socket: it cannot be backed up")
+			return nil
+		}
+		if err := sp.addEntry(index, e); err != nil {
+			return err
+		}
+		index++
+		res.Entries++
+		if e.Type == source.TypeFile {
+			res.Files++
+			res.Bytes += e.Size
+		}
+		rep.update(func(p *Progress) { p.FilesDone, p.BytesTotal = res.Files, res.Bytes })
+		return nil
+	})
+	if err == nil {
+		err = sp.flush()
+	}
+	if err != nil {
+		return SnapshotResult{}, fmt.Errorf("snapshot %s: %w", src.Describe(), err)
+	}
+	if res.Entries == 0 {
+		return SnapshotResult{}, drivers.Permanentf(drivers.ReasonInvalidInput, "snapshot %s: the source is empty", src.Describe())
+	}
+	if err := r.PutStaging(ctx, in.Op, snapshotName, res); err != nil {
+		return SnapshotResult{}, err
+	}
+	return res, nil
+}
+
+// UploadInput names the snapshot whose data is uploaded.
+type UploadInput struct {
+	Plan   string `json:"plan"`
+	Site   string `json:"site"`
+	Op     string `json:"op"`
+	Pieces int    `json:"pieces"`
+	Bytes  int64  `json:"bytes"` // total, for progress
+}
+
+// UploadResult counts what the upload read and stored.
+type UploadResult struct {
+	BytesRead   int64 `json:"bytesRead"`
+	BytesNew    int64 `json:"bytesNew"`    // plaintext bytes of chunks the repository lacked
+	BytesStored int64 `json:"bytesStored"` // what those chunks took after compression and encryption
+	Chunks      int64 `json:"chunks"`
+	ChunksNew   int64 `json:"chunksNew"`
+	Reread      int64 `json:"reread"` // files read again because they changed while being read
+}
+
+type uploadResume struct {
+	Next   int          `json:"next"` // first piece not yet uploaded
+	Result UploadResult `json:"result"`
+}
+
+// Upload chunks, hashes, compresses, encrypts and uploads the snapshot's
+// files, piece by piece, sending only the chunks the repository lacks. Each
+// finished piece is recorded in staging and in the heartbeat, so a retried
+// attempt continues with the next piece.
+func (a *Activities) Upload(ctx context.Context, in UploadInput) (UploadResult, error) {
+	res, err := a.upload(ctx, in)
+	return res, temporalError(err)
+}
+
+func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, error) {
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return UploadResult{}, err
+	}
+	sc, src, err := a.sourceAt(in.Plan, in.Site)
+	if err != nil {
+		return UploadResult{}, err
+	}
+	var st uploadResume
+	if resumeDetails(ctx, &st) {
+		a.log.Info().Str("plan", in.Plan).Int("piece", st.Next).Msg("resuming upload")
+	}
+	known, err := r.Chunks(ctx)
+	if err != nil {
+		return UploadResult{}, fmt.Errorf("list chunks at %s: %w", r.Location(), err)
+	}
+	rep := a.startReporter(ctx, "upload")
+	defer rep.close()
+	rep.update(func(p *Progress) { p.BytesTotal = in.Bytes })
+	u := &uploader{
+		repo: r, src: src, onChange: sc.OnChange, retries: sc.Retries, rep: rep,
+		known: make(map[repo.ID]struct{}, len(known)), res: st.Result,
+	}
+	for id := range known {
+		u.known[id] = struct{}{}
+	}
+	rep.update(func(p *Progress) { u.fill(p) })
+	for i := st.Next; i < in.Pieces; i++ {
+		var p piece
+		if err := r.GetStaging(ctx, in.Op, pieceName(i), &p); err != nil {
+			return UploadResult{}, fmt.Errorf("read snapshot piece %d: %w", i, err)
+		}
+		up, err := u.piece(ctx, p)
+		if err != nil {
+			return UploadResult{}, err
+		}
+		if err := r.PutStaging(ctx, in.Op, uploadedName(i), up); err != nil {
+			return UploadResult{}, err
+		}
+		rep.resume(uploadResume{Next: i + 1, Result: u.result()})
+	}
+	return u.result(), nil
+}
+
+// uploader moves the files of pieces into the repository.
+type uploader struct {
+	repo     *repo.Repo
+	src      source.Source
+	onChange string
+	retries  int
+	rep      *reporter
+
+	mu    sync.Mutex
+	known map[repo.ID]struct{} // chunks present or being uploaded
+	res   UploadResult
+}
+
+func (u *uploader) result() UploadResult {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.res
+}
+
+func (u *uploader) fill(p *Progress) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	p.BytesDone, p.BytesNew, p.ChunksDone, p.ChunksNew = u.res.BytesRead, u.res.BytesNew, u.res.Chunks, u.res.ChunksNew
+}
+
+// claim reports whether id must be uploaded by the caller: it is neither in
+// the repository nor being uploaded by another worker.
+func (u *uploader) claim(id repo.ID) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if _, ok := u.known[id]; ok {
+		return false
+	}
+	u.known[id] = struct{}{}
+	return true
+}
+
+func (u *uploader) count(f func(r *UploadResult)) {
+	u.mu.Lock()
+	f(&u.res)
+	u.mu.Unlock()
+	u.rep.update(u.fill)
+}
+
+// uploadWorkers bounds the chunks in flight: each holds up to ChunkMax bytes.
+const uploadWorkers = 8
+
+var chunkBufs = sync.Pool{New: func() any { b := make([]byte, repo.ChunkMax); return &b }}
+
+// chunkJob is one chunk on its way to the store; ref is filled in by the
+// worker that hashes it.
+type chunkJob struct {
+	buf *[]byte
+	n   int
+	ref *repo.Ref
+}
+
+func (u *uploader) piece(ctx context.Context, p piece) (uploaded, error) {
+	g, gctx := errgroup.WithContext(ctx)
+	jobs := make(chan chunkJob, uploadWorkers)
+	for range uploadWorkers {
+		g.Go(func() error {
+			for j := range jobs {
+				err := u.store(gctx, j)
+				chunkBufs.Put(j.buf)
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	out := uploaded{Items: make([]uploadedItem, len(p.Items))}
+	refs := make([][]*repo.Ref, len(p.Items))
+	g.Go(func() error {
+		defer close(jobs)
+		for i, it := range p.Items {
+			out.Items[i] = uploadedItem{Index: it.Index, Entry: it.Entry, Offset: it.Offset}
+			if it.Entry.Type != source.TypeFile {
+				continue
+			}
+			e, r, err := u.file(gctx, it, jobs)
+			if err != nil {
+				return err
+			}
+			out.Items[i].Entry, refs[i] = e, r
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return uploaded{}, err
+	}
+	for i, rs := range refs {
+		for _, r := range rs {
+			out.Items[i].Refs = append(out.Items[i].Refs, *r)
+		}
+	}
+	return out, nil
+}
+
+// store hashes a chunk and uploads it unless the repository has it.
+func (u *uploader) store(ctx context.Context, j chunkJob) error {
+	data := (*j.buf)[:j.n]
+	id := repo.Hash(data)
+	*j.ref = repo.Ref{ID: id, Size: int64(j.n)}
+	if !u.claim(id) {
+		u.count(func(r *UploadResult) { r.Chunks++ })
+		return nil
+	}
+	stored, err := u.repo.PutChunk(ctx, id, data)
+	if err != nil {
+		u.mu.Lock()
+		delete(u.known, id)
+		u.mu.Unlock()
+		return fmt.Errorf("upload chunk %s: %w", id, err)
+	}
+	u.count(func(r *UploadResult) {
+		r.Chunks++
+		r.ChunksNew++
+		r.BytesNew += int64(j.n)
+		r.BytesStored += stored
+	})
+	return nil
+}
+
+// errChanged reports a file that changed while it was read.
+var errChanged = errors.New("changed while being read")
+
+// file reads one file (or segment) into chunk jobs. A file that changes while
+// it is read is read again when the plan allows, with its new size and time;
+// it is never stored torn.
+func (u *uploader) file(ctx context.Context, it item, jobs chan<- chunkJob) (stagedEntry, []*repo.Ref, error) {
+	e := it.Entry.source()
+	for attempt := 0; ; attempt++ {
+		refs, read, err := u.read(ctx, e, it.Offset, it.Length, jobs)
+		u.count(func(r *UploadResult) { r.BytesRead += read })
+		if err == nil {
+			return stage(e), refs, nil
+		}
+		if !errors.Is(err, errChanged) {
+			return stagedEntry{}, nil, err
+		}
+		segmented := it.Offset != 0 || it.Length < e.Size
+		if u.onChange == "fail" || segmented || attempt >= u.retries {
+			why := fmt.Sprintf("on-change policy %q", u.onChange)
+			if segmented {
+				why = "it is larger than one segment, so a re-read cannot be made consistent; quiesce the writer (a freeze hook) or use a snapshot-capable source"
+			} else if u.onChange != "fail" {
+				why = fmt.Sprintf("still changing after %d re-reads", attempt)
+			}
+			return stagedEntry{}, nil, drivers.Permanentf(drivers.ReasonSourceChanged, "file %q in %s changed while it was read (%s); the backup was stopped rather than store it torn", e.Path, u.src.Describe(), why)
+		}
+		// Wait for in-flight chunks of the torn read before reading it again.
+		// They are harmless: content-addressed, and referenced by nothing.
+		u.count(func(r *UploadResult) { r.Reread++ })
+		f, err := u.src.Open(ctx, e.Path)
+		if err != nil {
+			return stagedEntry{}, nil, err
+		}
+		size, mtime, err := f.Stat()
+		f.Close()
+		if err != nil {
+			return stagedEntry{}, nil, err
+		}
+		e.Size, e.ModTime = size, mtime
+		it.Length = size
+		select {
+		case <-ctx.Done():
+			return stagedEntry{}, nil, ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 100 * time.Millisecond):
+		}
+	}
+}
+
+// read chunks [off, off+n) of the file e, skipping holes, and returns the
+// references (filled in as the workers hash) and the bytes read.
+func (u *uploader) read(ctx context.Context, e source.Entry, off, n int64, jobs chan<- chunkJob) ([]*repo.Ref, int64, error) {
+	f, err := u.src.Open(ctx, e.Path)
+	if err != nil {
+		if drivers.IsNotFound(err) {
+			return nil, 0, fmt.Errorf("file %q vanished since the snapshot: %w", e.Path, errChanged)
+		}
+		return nil, 0, fmt.Errorf("open %q: %w", e.Path, err)
+	}
+	defer f.Close()
+	if changed, err := f.Changed(e); err != nil {
+		return nil, 0, err
+	} else if changed {
+		return nil, 0, errChanged
+	}
+	regions, err := f.Regions(off, n)
+	if err != nil {
+		return nil, 0, fmt.Errorf("find data regions of %q: %w", e.Path, err)
+	}
+	regions = coalesce(regions, repo.ChunkMax)
+	var refs []*repo.Ref
+	var read int64
+	pos := off
+	ch, err := repo.NewChunker(nil, make([]byte, 2*repo.ChunkMax))
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, rg := range regions {
+		if rg.Offset > pos {
+			refs = append(refs, &repo.Ref{Hole: true, Size: rg.Offset - pos})
+		}
+		ch.Reset(io.NewSectionReader(f, rg.Offset, rg.Length))
+		for {
+			data, err := ch.Next()
+			if len(data) > 0 {
+				buf := chunkBufs.Get().(*[]byte)
+				copy(*buf, data)
+				ref := &repo.Ref{}
+				refs = append(refs, ref)
+				select {
+				case jobs <- chunkJob{buf: buf, n: len(data), ref: ref}:
+				case <-ctx.Done():
+					return nil, read, ctx.Err()
+				}
+				read += int64(len(data))
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return nil, read, fmt.Errorf("read %q: %w", e.Path, err)
+			}
+		}
+		pos = rg.Offset + rg.Length
+	}
+	if end := off + n; pos < end {
+		refs = append(refs, &repo.Ref{Hole: true, Size: end - pos})
+	}
+	if changed, err := f.Changed(e); err != nil {
+		return nil, read, err
+	} else if changed {
+		return nil, read, errChanged
+	}
+	return refs, read, nil
+}
+
+// coalesce joins data regions separated by holes shorter than gap: tiny holes
+// would cost more as chunk boundaries than they save.
+func coalesce(rs []source.Region, gap int64) []source.Region {
+	var out []source.Region
+	for _, r := range rs {
+		if r.Length <= 0 {
+			continue
+		}
+		if n := len(out); n > 0 && r.Offset-(out[n-1].Offset+out[n-1].Length) < gap {
+			out[n-1].Length = r.Offset + r.Length - out[n-1].Offset
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// CommitInput names the backup to commit as a restore point.
+type CommitInput struct {
+	Plan     string    `json:"plan"`
+	Site     string    `json:"site"`
+	Op       string    `json:"op"`
+	Point    string    `json:"point"`
+	Snapshot time.Time `json:"snapshot"`
+	Pieces   int       `json:"pieces"`
+	Epoch    uint64    `json:"epoch"` // the epoch the backup started with
+}
+
+// CommitResult describes the committed restore point.
+type CommitResult struct {
+	Point  string      `json:"point"`
+	Totals repo.Totals `json:"totals"`
+}
+
+// Commit assembles the manifest from the uploaded pieces, checks that every
+// chunk it names is in the repository and that no failover has raised the
+// epoch since the backup started, and writes the manifest last. Until then
+// the restore point does not exist.
+func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, error) {
+	res, err := a.commit(ctx, in)
+	return res, temporalError(err)
+}
+
+func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, error) {
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return CommitResult{}, err
+	}
+	if m, err := r.GetManifest(ctx, in.Point); err == nil {
+		// A previous attempt committed and then lost its answer.
+		return CommitResult{Point: m.Point, Totals: m.Totals}, r.DeleteStaging(ctx, in.Op)
+	} else if !drivers.IsNotFound(err) {
+		return CommitResult{}, err
+	}
+	if err := checkEpoch(ctx, r, in.Epoch, "commit backup"); err != nil {
+		return CommitResult{}, err
+	}
+	m := &repo.Manifest{
+		Version: repo.FormatVersion, Plan: in.Plan, Point: in.Point, Site: in.Site, Source: "dir",
+		Snapshot: in.Snapshot, Epoch: in.Epoch, Chunker: chunkerParams,
+		Compression: "zstd", Encryption: "none",
+	}
+	if r.Encrypted() {
+		m.Encryption = "aes-256-gcm"
+	}
+	last := int64(-1)
+	for i := range in.Pieces {
+		var up uploaded
+		if err := r.GetStaging(ctx, in.Op, uploadedName(i), &up); err != nil {
+			return CommitResult{}, fmt.Errorf("read uploaded piece %d: %w", i, err)
+		}
+		for _, it := range up.Items {
+			if it.Index == last && it.Offset > 0 {
+				// The next segment of the file already begun.
+				cur := &m.Entries[len(m.Entries)-1]
+				cur.Chunks = append(cur.Chunks, it.Refs...)
+				continue
+			}
+			m.Entries = append(m.Entries, it.Entry.manifest(it.Refs))
+			last = it.Index
+		}
+	}
+	m.ComputeTotals()
+	present, err := r.Chunks(ctx)
+	if err != nil {
+		return CommitResult{}, err
+	}
+	for _, e := range m.Entries {
+		for _, ref := range e.Chunks {
+			if _, ok := present[ref.ID]; !ref.Hole && !ok {
+				return CommitResult{}, fmt.Errorf("commit %s: chunk %s of %q is not in %s", in.Point, ref.ID, e.Path, r.Location())
+			}
+		}
+	}
+	if err := r.PutManifest(ctx, m); err != nil {
+		return CommitResult{}, fmt.Errorf("write manifest %s: %w", in.Point, err)
+	}
+	if err := r.DeleteStaging(ctx, in.Op); err != nil {
+		a.log.Warn().Err(err).Str("op", in.Op).Msg("staging left behind")
+	}
+	return CommitResult{Point: m.Point, Totals: m.Totals}, nil
+}
+
+// checkEpoch refuses to act on a repository whose epoch has moved past the
+// one the operation started with: a failover made another site active, and
+// this operation must not overwrite its data.
+func checkEpoch(ctx context.Context, r *repo.Repo, started uint64, what string) error {
+	ep, err := r.GetEpoch(ctx)
+	if err != nil {
+		return err
+	}
+	if ep.Epoch > started {
+		return drivers.Permanentf(drivers.ReasonFenced, "%s: %s is at epoch %d (set by site %s: %s), newer than epoch %d this operation started with; refusing to act against it", what, r.Location(), ep.Epoch, ep.Site, ep.Reason, started)
+	}
+	return nil
+}
+
+// chunkerParams records in each manifest how its chunks were cut.
+var chunkerParams = fmt.Sprintf("%s/%d/%d/%d", repo.ChunkAlgorithm, repo.ChunkMin, repo.ChunkAvg, repo.ChunkMax)

@@ -1,0 +1,57 @@
+package activities
+
+import (
+	"context"
+	"sort"
+)
+
+// DescribeInput names a plan.
+type DescribeInput struct {
+	Plan string `json:"plan"`
+}
+
+// PlanInfo is the non-secret description of a plan as this worker's config
+// has it. Workflows record it first, so a history shows what was run.
+type PlanInfo struct {
+	Plan      string              `json:"plan"`
+	Primary   string              `json:"primary"`
+	Secondary string              `json:"secondary"`
+	Active    string              `json:"active"`
+	Encrypted bool                `json:"encrypted"`
+	Sites     map[string]SiteInfo `json:"sites"`
+	Config    string              `json:"config"` // the file the worker loaded
+}
+
+// SiteInfo describes a plan's resources at one site.
+type SiteInfo struct {
+	Store  string `json:"store"`
+	Source string `json:"source,omitempty"`
+}
+
+// Describe returns the plan's description; an unknown plan is a permanent
+// error that lists the known ones.
+func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, error) {
+	p, err := a.plan(in.Plan)
+	if err != nil {
+		return PlanInfo{}, temporalError(err)
+	}
+	info := PlanInfo{
+		Plan: p.Name, Primary: p.Primary, Secondary: p.Secondary, Active: p.Primary,
+		Encrypted: p.Encryption != nil, Sites: map[string]SiteInfo{}, Config: a.cfg.File,
+	}
+	sites := []string{p.Primary, p.Secondary}
+	sort.Strings(sites)
+	for _, name := range sites {
+		var si SiteInfo
+		if st, err := a.store(name); err == nil {
+			si.Store = st.Location()
+		} else {
+			return PlanInfo{}, temporalError(err)
+		}
+		if sc, err := p.SourceAt(name); err == nil {
+			si.Source = sc.Driver + " " + sc.Path
+		}
+		info.Sites[name] = si
+	}
+	return info, nil
+}

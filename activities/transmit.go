@@ -1,0 +1,315 @@
+package activities
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/drorch/drorch/drivers"
+	"github.com/drorch/drorch/internal/repo"
+)
+
+// ResolvePointInput names a restore point, or asks for the latest one.
+type ResolvePointInput struct {
+	Plan  string `json:"plan"`
+	Site  string `json:"site"`
+	Point string `json:"point,omitempty"` // empty: the latest valid point at Site
+}
+
+// PointSummary describes a restore point after its manifest was read and
+// verified.
+type PointSummary struct {
+	Point    string      `json:"point"`
+	Site     string      `json:"site"`
+	Snapshot time.Time   `json:"snapshot"`
+	Epoch    uint64      `json:"epoch"`
+	Totals   repo.Totals `json:"totals"`
+}
+
+// PrepareTransmitInput names the restore point to send from a site.
+type PrepareTransmitInput struct {
+	Plan  string `json:"plan"`
+	From  string `json:"from"`
+	Op    string `json:"op"`
+	Point string `json:"point,omitempty"`
+}
+
+// PrepareTransmit reads and verifies the restore point's manifest at the
+// source site and stages the set of chunks it needs.
+func (a *Activities) PrepareTransmit(ctx context.Context, in PrepareTransmitInput) (PointSummary, error) {
+	res, err := a.prepareTransmit(ctx, in)
+	return res, temporalError(err)
+}
+
+func (a *Activities) prepareTransmit(ctx context.Context, in PrepareTransmitInput) (PointSummary, error) {
+	r, err := a.repo(in.Plan, in.From)
+	if err != nil {
+		return PointSummary{}, err
+	}
+	m, err := a.manifest(ctx, r, in.Point)
+	if err != nil {
+		return PointSummary{}, err
+	}
+	if err := r.PutStaging(ctx, in.Op, "chunks", chunkList(m)); err != nil {
+		return PointSummary{}, err
+	}
+	return summary(m, in.From), nil
+}
+
+// manifest reads the named point, or the latest one, from r.
+func (a *Activities) manifest(ctx context.Context, r *repo.Repo, point string) (*repo.Manifest, error) {
+	if point == "" {
+		pts, err := r.Points(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list restore points at %s: %w", r.Location(), err)
+		}
+		if len(pts) == 0 {
+			return nil, drivers.Permanent(drivers.ReasonNotFound, fmt.Errorf("no restore point at %s: run a backup first: %w", r.Location(), drivers.ErrNotFound))
+		}
+		point = pts[len(pts)-1].ID
+	} else if err := repo.ValidPointID(point); err != nil {
+		return nil, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("restore point %q: %w", point, err))
+	}
+	m, err := r.GetManifest(ctx, point)
+	if drivers.IsNotFound(err) {
+		return nil, drivers.Permanent(drivers.ReasonNotFound, err)
+	}
+	return m, err
+}
+
+func summary(m *repo.Manifest, site string) PointSummary {
+	return PointSummary{Point: m.Point, Site: site, Snapshot: m.Snapshot, Epoch: m.Epoch, Totals: m.Totals}
+}
+
+// chunkList returns the distinct chunks a manifest names, sorted.
+func chunkList(m *repo.Manifest) []repo.ID {
+	seen := map[repo.ID]struct{}{}
+	var ids []repo.ID
+	for _, e := range m.Entries {
+		for _, ref := range e.Chunks {
+			if ref.Hole {
+				continue
+			}
+			if _, ok := seen[ref.ID]; !ok {
+				seen[ref.ID] = struct{}{}
+				ids = append(ids, ref.ID)
+			}
+		}
+	}
+	sort.Slice(ids, func(i, j int) bool { return bytes.Compare(ids[i][:], ids[j][:]) < 0 })
+	return ids
+}
+
+// CheckDestinationInput names the site a restore point is sent to.
+type CheckDestinationInput struct {
+	Plan  string `json:"plan"`
+	To    string `json:"to"`
+	Point string `json:"point"`
+	Epoch uint64 `json:"epoch"` // the point's epoch
+}
+
+// CheckDestinationResult says whether the destination already holds the point.
+type CheckDestinationResult struct {
+	Repository string `json:"repository"`
+	Epoch      uint64 `json:"epoch"`
+	HasPoint   bool   `json:"hasPoint"`
+}
+
+// CheckDestination prepares the destination's repository and refuses a
+// restore point from an older epoch than the destination's own: after a
+// failover the old active site may not overwrite the new one.
+func (a *Activities) CheckDestination(ctx context.Context, in CheckDestinationInput) (CheckDestinationResult, error) {
+	res, err := a.checkDestination(ctx, in)
+	return res, temporalError(err)
+}
+
+func (a *Activities) checkDestination(ctx context.Context, in CheckDestinationInput) (CheckDestinationResult, error) {
+	prep, err := a.prepareSite(ctx, PrepareSiteInput{Plan: in.Plan, Site: in.To})
+	if err != nil {
+		return CheckDestinationResult{}, err
+	}
+	r, err := a.repo(in.Plan, in.To)
+	if err != nil {
+		return CheckDestinationResult{}, err
+	}
+	if err := checkEpoch(ctx, r, in.Epoch, "transmit "+in.Point); err != nil {
+		return CheckDestinationResult{}, err
+	}
+	has, err := r.HasManifest(ctx, in.Point)
+	if err != nil {
+		return CheckDestinationResult{}, err
+	}
+	return CheckDestinationResult{Repository: prep.Repository, Epoch: prep.Epoch, HasPoint: has}, nil
+}
+
+// CopyChunksInput names the staged chunk set to copy between sites.
+type CopyChunksInput struct {
+	Plan  string `json:"plan"`
+	From  string `json:"from"`
+	To    string `json:"to"`
+	Op    string `json:"op"`
+	Bytes int64  `json:"bytes"` // for progress
+}
+
+// CopyChunksResult counts what was copied.
+type CopyChunksResult struct {
+	Chunks       int64 `json:"chunks"`       // chunks the point needs
+	ChunksCopied int64 `json:"chunksCopied"` // chunks the destination lacked
+	BytesCopied  int64 `json:"bytesCopied"`  // stored bytes moved
+}
+
+const copyWorkers = 8
+
+// CopyChunks copies, from the source site's repository to the destination's,
+// every chunk of the point that the destination lacks. Each chunk is verified
+// (decrypted, decompressed and hashed) before it is written, and written with
+// a content checksum the store checks. A retried attempt lists the
+// destination again, so it never re-sends what arrived.
+func (a *Activities) CopyChunks(ctx context.Context, in CopyChunksInput) (CopyChunksResult, error) {
+	res, err := a.copyChunks(ctx, in)
+	return res, temporalError(err)
+}
+
+func (a *Activities) copyChunks(ctx context.Context, in CopyChunksInput) (CopyChunksResult, error) {
+	src, err := a.repo(in.Plan, in.From)
+	if err != nil {
+		return CopyChunksResult{}, err
+	}
+	dst, err := a.repo(in.Plan, in.To)
+	if err != nil {
+		return CopyChunksResult{}, err
+	}
+	var ids []repo.ID
+	if err := src.GetStaging(ctx, in.Op, "chunks", &ids); err != nil {
+		return CopyChunksResult{}, fmt.Errorf("read the chunk list of transmit %s: %w", in.Op, err)
+	}
+	have, err := dst.Chunks(ctx)
+	if err != nil {
+		return CopyChunksResult{}, fmt.Errorf("list chunks at %s: %w", dst.Location(), err)
+	}
+	var missing []repo.ID
+	for _, id := range ids {
+		if _, ok := have[id]; !ok {
+			missing = append(missing, id)
+		}
+	}
+	rep := a.startReporter(ctx, "copy")
+	defer rep.close()
+	res := CopyChunksResult{Chunks: int64(len(ids))}
+	rep.update(func(p *Progress) {
+		p.ChunksTotal, p.ChunksDone, p.BytesTotal = int64(len(ids)), int64(len(ids)-len(missing)), in.Bytes
+	})
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(copyWorkers)
+	for _, id := range missing {
+		g.Go(func() error {
+			n, err := copyChunk(gctx, src, dst, id)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			res.ChunksCopied++
+			res.BytesCopied += n
+			mu.Unlock()
+			rep.update(func(p *Progress) { p.ChunksDone++; p.ChunksNew++; p.BytesNew += n; p.BytesDone += n })
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return CopyChunksResult{}, err
+	}
+	return res, nil
+}
+
+func copyChunk(ctx context.Context, src, dst *repo.Repo, id repo.ID) (int64, error) {
+	body, err := src.GetChunkRaw(ctx, id)
+	if err != nil {
+		if drivers.IsNotFound(err) {
+			return 0, drivers.Permanent(drivers.ReasonCorrupt, fmt.Errorf("chunk %s is missing at the source %s: %w", id, src.Location(), err))
+		}
+		return 0, err
+	}
+	if _, err := src.OpenChunk(id, body); err != nil {
+		return 0, err
+	}
+	if err := dst.PutChunkRaw(ctx, id, body); err != nil {
+		return 0, fmt.Errorf("copy chunk %s to %s: %w", id, dst.Location(), err)
+	}
+	return int64(len(body)), nil
+}
+
+// CommitTransmitInput names the point to make valid at the destination.
+type CommitTransmitInput struct {
+	Plan  string `json:"plan"`
+	From  string `json:"from"`
+	To    string `json:"to"`
+	Op    string `json:"op"`
+	Point string `json:"point"`
+	Epoch uint64 `json:"epoch"`
+}
+
+// CommitTransmit checks that every chunk of the point is at the destination
+// and writes the manifest there last: only then is the point valid at the
+// destination.
+func (a *Activities) CommitTransmit(ctx context.Context, in CommitTransmitInput) (PointSummary, error) {
+	res, err := a.commitTransmit(ctx, in)
+	return res, temporalError(err)
+}
+
+func (a *Activities) commitTransmit(ctx context.Context, in CommitTransmitInput) (PointSummary, error) {
+	src, err := a.repo(in.Plan, in.From)
+	if err != nil {
+		return PointSummary{}, err
+	}
+	dst, err := a.repo(in.Plan, in.To)
+	if err != nil {
+		return PointSummary{}, err
+	}
+	if m, err := dst.GetManifest(ctx, in.Point); err == nil {
+		return summary(m, in.To), nil
+	} else if !drivers.IsNotFound(err) {
+		return PointSummary{}, err
+	}
+	m, err := src.GetManifest(ctx, in.Point)
+	if err != nil {
+		return PointSummary{}, err
+	}
+	if err := checkEpoch(ctx, dst, in.Epoch, "commit transmit "+in.Point); err != nil {
+		return PointSummary{}, err
+	}
+	have, err := dst.Chunks(ctx)
+	if err != nil {
+		return PointSummary{}, err
+	}
+	for _, id := range chunkList(m) {
+		if _, ok := have[id]; !ok {
+			return PointSummary{}, fmt.Errorf("commit transmit %s: chunk %s is not at %s yet", in.Point, id, dst.Location())
+		}
+	}
+	if err := dst.PutManifest(ctx, m); err != nil {
+		return PointSummary{}, err
+	}
+	return summary(m, in.To), nil
+}
+
+// CleanupInput names an operation whose staging is removed at a site.
+type CleanupInput struct {
+	Plan string `json:"plan"`
+	Site string `json:"site"`
+	Op   string `json:"op"`
+}
+
+// Cleanup removes the staging objects of an operation.
+func (a *Activities) Cleanup(ctx context.Context, in CleanupInput) error {
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return temporalError(err)
+	}
+	return temporalError(r.DeleteStaging(ctx, in.Op))
+}

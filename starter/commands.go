@@ -1,0 +1,165 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/drorch/drorch/workflows"
+)
+
+func (c *cli) backupCmd() *cobra.Command {
+	var in workflows.BackupInput
+	cmd := &cobra.Command{
+		Use:   "backup --plan P [--site S]",
+		Short: "Take a restore point of a plan at its active site",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, cc, err := c.connect()
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			if err := checkPlan(cfg, in.Plan, in.Site); err != nil {
+				return err
+			}
+			var res workflows.BackupResult
+			return c.start(cc, workflows.OpBackup, in.Plan, in.Site, workflows.Backup, in, &res, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintf(tw, "restore point\t%s\n", res.Point)
+				fmt.Fprintf(tw, "site\t%s (%s, epoch %d)\n", res.Site, res.Repository, res.Epoch)
+				fmt.Fprintf(tw, "source\t%s\n", res.Source)
+				fmt.Fprintf(tw, "entries\t%d (%d files, %s)\n", res.Totals.Entries, res.Totals.Files, bytesText(res.Totals.Bytes))
+				fmt.Fprintf(tw, "read\t%s\n", bytesText(res.BytesRead))
+				fmt.Fprintf(tw, "new\t%s in %d of %d chunks, uploaded %s\n", bytesText(res.BytesNew), res.ChunksNew, res.Chunks, bytesText(res.Uploaded))
+				if res.Skipped > 0 {
+					fmt.Fprintf(tw, "skipped\t%d devices, FIFOs or sockets\n", res.Skipped)
+				}
+				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.Round(time.Millisecond))
+				tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
+	cmd.Flags().StringVar(&in.Site, "site", "", "site to back up (default: the plan's active site)")
+	c.waitFlags(cmd)
+	return cmd
+}
+
+func (c *cli) transmitCmd() *cobra.Command {
+	var in workflows.TransmitInput
+	cmd := &cobra.Command{
+		Use:   "transmit --plan P [--from S] [--to S] [--point ID]",
+		Short: "Copy a restore point to another site, sending only the chunks it lacks",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, cc, err := c.connect()
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			if err := checkPlan(cfg, in.Plan, in.From, in.To); err != nil {
+				return err
+			}
+			var res workflows.TransmitResult
+			return c.start(cc, workflows.OpTransmit, in.Plan, in.To, workflows.Transmit, in, &res, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintf(tw, "restore point\t%s (%s)\n", res.Point, bytesText(res.Bytes))
+				fmt.Fprintf(tw, "from → to\t%s → %s\n", res.From, res.To)
+				if res.AlreadyThere {
+					fmt.Fprintf(tw, "copied\tnothing: %s already held it\n", res.To)
+				} else {
+					fmt.Fprintf(tw, "copied\t%d of %d chunks, %s\n", res.ChunksCopied, res.Chunks, bytesText(res.BytesCopied))
+				}
+				fmt.Fprintf(tw, "RPO\t%s\n", res.RPO.Round(time.Second))
+				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.Round(time.Millisecond))
+				tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
+	cmd.Flags().StringVar(&in.From, "from", "", "site to copy from (default: the plan's active site)")
+	cmd.Flags().StringVar(&in.To, "to", "", "site to copy to (default: the other site)")
+	cmd.Flags().StringVar(&in.Point, "point", "", "restore point id (default: the latest at --from)")
+	c.waitFlags(cmd)
+	return cmd
+}
+
+func (c *cli) restoreCmd() *cobra.Command {
+	var in workflows.RestoreInput
+	cmd := &cobra.Command{
+		Use:   "restore --plan P --site S [--point ID] [--to PATH]",
+		Short: "Restore a restore point held at a site into the plan's source there, or into --to",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, cc, err := c.connect()
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			if in.Site == "" {
+				return fmt.Errorf("--site is required: the site whose repository holds the restore point")
+			}
+			if err := checkPlan(cfg, in.Plan, in.Site); err != nil {
+				return err
+			}
+			var res workflows.RestoreResult
+			return c.start(cc, workflows.OpRestore, in.Plan, in.Site, workflows.Restore, in, &res, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintf(tw, "restore point\t%s (taken %s)\n", res.Point, res.Snapshot.Format(time.RFC3339))
+				fmt.Fprintf(tw, "restored into\t%s at site %s\n", res.Target, res.Site)
+				fmt.Fprintf(tw, "entries\t%d (%d files, %s)\n", res.Entries, res.Files, bytesText(res.Bytes))
+				fmt.Fprintf(tw, "written\t%s from %d verified chunks\n", bytesText(res.BytesWritten), res.Chunks)
+				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.Round(time.Millisecond))
+				tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
+	cmd.Flags().StringVar(&in.Site, "site", "", "site whose repository holds the point (required)")
+	cmd.Flags().StringVar(&in.Point, "point", "", "restore point id (default: the latest at --site)")
+	cmd.Flags().StringVar(&in.To, "to", "", "absolute path to restore into (default: the plan's source at --site)")
+	c.waitFlags(cmd)
+	return cmd
+}
+
+func (c *cli) pointsCmd() *cobra.Command {
+	var in workflows.PointsInput
+	cmd := &cobra.Command{
+		Use:   "points --plan P --site S",
+		Short: "List the valid restore points of a plan at a site",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, cc, err := c.connect()
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			if err := checkPlan(cfg, in.Plan, in.Site); err != nil {
+				return err
+			}
+			c.wait = true
+			var res workflows.PointsResult
+			return c.start(cc, workflows.OpPoints, in.Plan, in.Site, workflows.Points, in, &res, func(w io.Writer) {
+				fmt.Fprintf(w, "%s at %s (%s, epoch %d)\n", res.Plan, res.Site, res.Repository, res.Epoch)
+				if len(res.Points) == 0 {
+					fmt.Fprintln(w, "no restore points")
+					return
+				}
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "POINT\tSNAPSHOT\tAGE")
+				for _, p := range res.Points {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Point, p.Snapshot.Local().Format(time.DateTime), time.Since(p.Snapshot).Round(time.Second))
+				}
+				tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
+	cmd.Flags().StringVar(&in.Site, "site", "", "site (default: the plan's primary)")
+	cmd.Flags().BoolVar(&c.json, "json", false, "print the list as one JSON object")
+	return cmd
+}

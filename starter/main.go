@@ -1,0 +1,115 @@
+// Command drorch is the operator's CLI: it starts drorch's workflows on
+// Temporal, shows their live progress and prints their results. It needs
+// only the Temporal connection; the workers hold the sites' credentials.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/drorch/drorch/deployments/dev"
+	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/connect"
+	"github.com/drorch/drorch/internal/zlog"
+)
+
+// cli holds the global flags and what they lead to.
+type cli struct {
+	configPath string
+	conn       connect.Flags
+	logLevel   string
+	uiAddress  string
+	wait       bool
+	json       bool
+}
+
+func main() {
+	if err := newRoot().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	c := &cli{}
+	root := &cobra.Command{
+		Use:           "drorch",
+		Short:         "drorch protects data sets across sites with durable Temporal workflows",
+		SilenceUsage:  true,
+		SilenceErrors: false,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&c.configPath, "config", "", "deployment config (default $DRORCH_CONFIG, then ./drorch.yaml, then the embedded dev config)")
+	pf.StringVar(&c.conn.Address, "address", "", "Temporal frontend host:port (env TEMPORAL_ADDRESS)")
+	pf.StringVar(&c.conn.Namespace, "namespace", "", "Temporal namespace (env TEMPORAL_NAMESPACE)")
+	pf.StringVar(&c.conn.TLSCert, "tls-cert", "", "TLS client certificate (env TEMPORAL_TLS_CERT)")
+	pf.StringVar(&c.conn.TLSKey, "tls-key", "", "TLS client key (env TEMPORAL_TLS_KEY)")
+	pf.StringVar(&c.conn.TLSCA, "tls-ca", "", "CA of the Temporal server (env TEMPORAL_TLS_CA)")
+	pf.StringVar(&c.conn.ServerName, "tls-server-name", "", "server name to verify (env TEMPORAL_TLS_SERVER_NAME)")
+	pf.StringVar(&c.logLevel, "log-level", "warn", "log level of the Temporal client: debug, info, warn, error")
+	pf.StringVar(&c.uiAddress, "ui", envOr("DRORCH_UI_ADDRESS", "http://127.0.0.1:8233"), "Temporal Web UI address, for links (env DRORCH_UI_ADDRESS)")
+	root.AddCommand(c.backupCmd(), c.transmitCmd(), c.restoreCmd(), c.pointsCmd())
+	return root
+}
+
+// waitFlags adds --wait and --json to a command that starts a workflow.
+func (c *cli) waitFlags(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&c.wait, "wait", false, "wait for the result, showing live progress")
+	cmd.Flags().BoolVar(&c.json, "json", false, "print the result (or the started run) as one JSON object")
+}
+
+// loadConfig reads the config without resolving secrets: the CLI needs the
+// plan and site names and the Temporal connection, never a credential.
+func (c *cli) loadConfig() (*config.Config, error) {
+	cfg, err := config.Load(c.configPath, config.WithoutSecrets())
+	if errors.Is(err, config.ErrNoConfig) {
+		return config.Parse(dev.Name, dev.Config, config.WithoutSecrets())
+	}
+	return cfg, err
+}
+
+func (c *cli) connect() (*config.Config, *clientConn, error) {
+	cfg, err := c.loadConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := connect.Settings(c.conn, cfg.Temporal)
+	if err != nil {
+		return nil, nil, err
+	}
+	zl, err := zlog.New(os.Stderr, c.logLevel)
+	if err != nil {
+		return nil, nil, err
+	}
+	cl, err := connect.Dial(s, zl)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, &clientConn{Client: cl, namespace: s.Namespace}, nil
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// checkPlan fails early, before anything starts, on an unknown plan or site.
+func checkPlan(cfg *config.Config, plan string, sites ...string) error {
+	if plan == "" {
+		return errors.New("--plan is required")
+	}
+	p, err := cfg.Plan(plan)
+	if err != nil {
+		return err
+	}
+	for _, s := range sites {
+		if s != "" && s != p.Primary && s != p.Secondary {
+			return fmt.Errorf("plan %s has no site %q: its sites are %s and %s", plan, s, p.Primary, p.Secondary)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+	"golang.org/x/term"
+
+	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/workflows"
+)
+
+// clientConn is a Temporal client and the namespace it talks to.
+type clientConn struct {
+	client.Client
+	namespace string
+}
+
+// started describes a started run, printed by commands without --wait.
+type started struct {
+	WorkflowID string `json:"workflowId"`
+	RunID      string `json:"runId"`
+	URL        string `json:"url"`
+}
+
+// start runs workflow wf with input in, then either prints the started run
+// or waits for the result (into res) showing live progress, and prints it
+// with human.
+func (c *cli) start(cc *clientConn, op, plan, site string, wf any, in any, res any, human func(io.Writer)) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	id := workflows.WorkflowID(plan, op, time.Now())
+	run, err := cc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                    id,
+		TaskQueue:             workflows.TaskQueue,
+		TypedSearchAttributes: workflows.Attributes(plan, site, op),
+	}, wf, in)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", op, err)
+	}
+	st := started{WorkflowID: run.GetID(), RunID: run.GetRunID(), URL: c.runURL(cc.namespace, run.GetID(), run.GetRunID())}
+	if !c.wait {
+		if c.json {
+			return printJSON(os.Stdout, st)
+		}
+		fmt.Printf("started %s %s\n  run %s\n  %s\n", op, st.WorkflowID, st.RunID, st.URL)
+		return nil
+	}
+	if !c.json {
+		fmt.Fprintf(os.Stderr, "%s %s\n  %s\n", op, st.WorkflowID, st.URL)
+	}
+	done := make(chan error, 1)
+	go func() { done <- run.Get(ctx, res) }()
+	err = c.watch(ctx, cc, run, done)
+	if err != nil {
+		if c.json {
+			_ = printJSON(os.Stdout, map[string]any{"workflowId": st.WorkflowID, "runId": st.RunID, "error": errorText(err)})
+		}
+		return fmt.Errorf("%s failed: %s", op, errorText(err))
+	}
+	if c.json {
+		return printJSON(os.Stdout, res)
+	}
+	human(os.Stdout)
+	return nil
+}
+
+// watch shows progress until the run ends. It asks the workflow for its
+// step (query) and the running activity for its latest heartbeat, which is
+// fresher than the progress the activity signals to the workflow.
+func (c *cli) watch(ctx context.Context, cc *clientConn, run client.WorkflowRun, done <-chan error) error {
+	tty := term.IsTerminal(int(os.Stderr.Fd()))
+	show := !c.json
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	var r rate
+	lastLine := time.Time{}
+	for {
+		select {
+		case err := <-done:
+			if show && tty {
+				fmt.Fprint(os.Stderr, "\r\033[K")
+			}
+			return err
+		case <-tick.C:
+			if !show {
+				continue
+			}
+			p, ok := progressOf(ctx, cc, run)
+			if !ok {
+				continue
+			}
+			line := r.line(p)
+			if tty {
+				fmt.Fprintf(os.Stderr, "\r\033[K%s", line)
+			} else if time.Since(lastLine) >= 5*time.Second {
+				fmt.Fprintln(os.Stderr, line)
+				lastLine = time.Now()
+			}
+		}
+	}
+}
+
+// progressOf returns the workflow's progress with the running activity's
+// latest heartbeat folded in.
+func progressOf(ctx context.Context, cc *clientConn, run client.WorkflowRun) (workflows.Progress, bool) {
+	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var p workflows.Progress
+	v, err := cc.QueryWorkflow(qctx, run.GetID(), run.GetRunID(), workflows.QueryProgress)
+	if err != nil || v.Get(&p) != nil {
+		return p, false
+	}
+	desc, err := cc.DescribeWorkflowExecution(qctx, run.GetID(), run.GetRunID())
+	if err != nil {
+		return p, true
+	}
+	for _, pa := range desc.GetPendingActivities() {
+		if pa.GetHeartbeatDetails() == nil {
+			continue
+		}
+		var hb struct {
+			Progress activities.Progress `json:"progress"`
+		}
+		if converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &hb) == nil && !hb.Progress.Updated.IsZero() {
+			if p.Live == nil || hb.Progress.Updated.After(p.Live.Updated) {
+				p.Live = &hb.Progress
+			}
+		}
+	}
+	return p, true
+}
+
+// rate turns successive progress readings into a transfer rate.
+type rate struct {
+	at    time.Time
+	bytes int64
+	bps   float64
+}
+
+func (r *rate) line(p workflows.Progress) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-10s", p.Step)
+	l := p.Live
+	if l == nil {
+		if p.Waiting != "" {
+			fmt.Fprintf(&b, " waiting for %s", p.Waiting)
+		}
+		return b.String()
+	}
+	if !r.at.IsZero() && l.Updated.After(r.at) {
+		if d := l.Updated.Sub(r.at).Seconds(); d > 0 {
+			r.bps = float64(l.BytesDone-r.bytes) / d
+		}
+	}
+	if l.Updated.After(r.at) {
+		r.at, r.bytes = l.Updated, l.BytesDone
+	}
+	if l.BytesTotal > 0 {
+		frac := min(float64(l.BytesDone)/float64(l.BytesTotal), 1)
+		const width = 24
+		n := int(frac * width)
+		fmt.Fprintf(&b, " [%s%s] %3.0f%%", strings.Repeat("#", n), strings.Repeat(".", width-n), frac*100)
+		fmt.Fprintf(&b, " %s/%s", bytesText(l.BytesDone), bytesText(l.BytesTotal))
+	} else {
+		fmt.Fprintf(&b, " %s", bytesText(l.BytesDone))
+	}
+	if r.bps > 0 {
+		fmt.Fprintf(&b, " %s/s", bytesText(int64(r.bps)))
+	}
+	fmt.Fprintf(&b, " chunks %d (new %d, %s)", l.ChunksDone, l.ChunksNew, bytesText(l.BytesNew))
+	if l.FilesTotal > 0 {
+		fmt.Fprintf(&b, " files %d/%d", l.FilesDone, l.FilesTotal)
+	}
+	return b.String()
+}
+
+func (c *cli) runURL(namespace, id, runID string) string {
+	return fmt.Sprintf("%s/namespaces/%s/workflows/%s/%s/history", strings.TrimSuffix(c.uiAddress, "/"),
+		url.PathEscape(namespace), url.PathEscape(id), url.PathEscape(runID))
+}
+
+// errorText is the innermost application error's message: what went wrong,
+// without the layers of "workflow execution error" around it.
+func errorText(err error) string {
+	var app *temporal.ApplicationError
+	if errors.As(err, &app) {
+		msg := app.Error()
+		if t := app.Type(); t != "" && !strings.Contains(msg, t) {
+			msg += " (" + t + ")"
+		}
+		return msg
+	}
+	return err.Error()
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func bytesText(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

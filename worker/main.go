@@ -1,0 +1,126 @@
+// Command drorch-worker runs drorch's workflows and, for each site it is
+// given, the activities that touch that site's resources.
+//
+//	drorch-worker --config drorch.yaml --site primary [--site secondary]
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"go.temporal.io/sdk/worker"
+
+	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/deployments/dev"
+	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/connect"
+	"github.com/drorch/drorch/internal/zlog"
+	"github.com/drorch/drorch/workflows"
+)
+
+type siteList []string
+
+func (s *siteList) String() string     { return strings.Join(*s, ",") }
+func (s *siteList) Set(v string) error { *s = append(*s, v); return nil }
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "drorch-worker:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("drorch-worker", flag.ContinueOnError)
+	var (
+		sites        siteList
+		cf           connect.Flags
+		cfgPath      = fs.String("config", "", "deployment config file (default $DRORCH_CONFIG, then ./drorch.yaml, then the embedded dev config)")
+		level        = fs.String("log-level", "info", "log level: debug, info, warn, error")
+		runWorkflows = fs.Bool("workflows", true, "also run workflows (task queue \"drorch\")")
+	)
+	fs.Var(&sites, "site", "site whose activities this worker runs (repeatable)")
+	fs.StringVar(&cf.Address, "address", "", "Temporal frontend host:port (env TEMPORAL_ADDRESS)")
+	fs.StringVar(&cf.Namespace, "namespace", "", "Temporal namespace (env TEMPORAL_NAMESPACE)")
+	fs.StringVar(&cf.TLSCert, "tls-cert", "", "TLS client certificate (env TEMPORAL_TLS_CERT)")
+	fs.StringVar(&cf.TLSKey, "tls-key", "", "TLS client key (env TEMPORAL_TLS_KEY)")
+	fs.StringVar(&cf.TLSCA, "tls-ca", "", "CA certificate of the Temporal server (env TEMPORAL_TLS_CA)")
+	fs.StringVar(&cf.ServerName, "tls-server-name", "", "server name to verify (env TEMPORAL_TLS_SERVER_NAME)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	zl, err := zlog.New(os.Stderr, *level)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if errors.Is(err, config.ErrNoConfig) {
+		zl.Warn().Msg("no config file given or found: using the embedded dev-stack config")
+		cfg, err = config.Parse(dev.Name, dev.Config)
+	}
+	if err != nil {
+		return err
+	}
+	if len(sites) == 0 {
+		return fmt.Errorf("give the sites this worker serves with --site (the config has %s)", strings.Join(siteNames(cfg), ", "))
+	}
+	for _, s := range sites {
+		if _, err := cfg.Site(s); err != nil {
+			return fmt.Errorf("--site %s: %w", s, err)
+		}
+	}
+	settings, err := connect.Settings(cf, cfg.Temporal)
+	if err != nil {
+		return err
+	}
+	c, err := connect.Dial(settings, zl)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	acts := activities.New(cfg, c, zl)
+	var workers []worker.Worker
+	if *runWorkflows {
+		w := worker.New(c, workflows.TaskQueue, worker.Options{})
+		for _, wf := range workflows.All {
+			w.RegisterWorkflow(wf)
+		}
+		w.RegisterActivity(acts)
+		workers = append(workers, w)
+	}
+	for _, s := range sites {
+		w := worker.New(c, workflows.SiteTaskQueue(s), worker.Options{})
+		w.RegisterActivity(acts)
+		workers = append(workers, w)
+	}
+	for _, w := range workers {
+		if err := w.Start(); err != nil {
+			return err
+		}
+	}
+	zl.Info().Str("config", cfg.File).Strs("sites", sites).Str("temporal", settings.Address).
+		Str("namespace", settings.Namespace).Msg("drorch worker started")
+	<-worker.InterruptCh()
+	zl.Info().Msg("stopping")
+	for _, w := range workers {
+		w.Stop()
+	}
+	return nil
+}
+
+func siteNames(cfg *config.Config) []string {
+	var names []string
+	for n := range cfg.Sites {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

@@ -1,0 +1,63 @@
+package workflows
+
+import (
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+)
+
+// TaskQueue is the queue every workflow runs on. Activities that touch a site
+// run on that site's queue (SiteTaskQueue) so that they execute inside the site.
+const TaskQueue = "drorch"
+
+// SiteTaskQueue is the task queue of the workers inside site.
+func SiteTaskQueue(site string) string { return "drorch-" + site }
+
+// Operations, as recorded in the DrorchOperation search attribute and in ids.
+const (
+	OpBackup   = "backup"
+	OpTransmit = "transmit"
+	OpRestore  = "restore"
+	OpPoints   = "points"
+)
+
+// Query and signal names.
+const (
+	// QueryProgress returns a Progress: the current step, the steps done and
+	// the live byte and chunk counts of the running step.
+	QueryProgress = "progress"
+	// SignalProgress carries an ActivityProgress from a running activity to its
+	// workflow, throttled, so that QueryProgress can answer with live numbers.
+	SignalProgress = "drorch-progress"
+)
+
+// Custom search attributes (type Keyword), registered on the namespace by the
+// dev stack (`temporal operator search-attribute create`) and set on every run.
+var (
+	PlanAttr      = temporal.NewSearchAttributeKeyKeyword("DrorchPlan")
+	SiteAttr      = temporal.NewSearchAttributeKeyKeyword("DrorchSite")
+	OperationAttr = temporal.NewSearchAttributeKeyKeyword("DrorchOperation")
+)
+
+// SearchAttributeNames lists the custom attributes drorch needs registered.
+var SearchAttributeNames = []string{PlanAttr.GetName(), SiteAttr.GetName(), OperationAttr.GetName()}
+
+// WorkflowID builds the readable id of one run: drorch/<plan>/<op>/<time>, with
+// the time in UTC to the millisecond, e.g.
+// "drorch/files/backup/2026-11-22T10:01:50.123Z". Extra parts (a site) go
+// between the operation and the time.
+func WorkflowID(plan, op string, at time.Time, parts ...string) string {
+	elems := append([]string{"drorch", plan, op}, parts...)
+	elems = append(elems, at.UTC().Format("2006-01-02T15:04:05.000Z"))
+	return strings.Join(elems, "/")
+}
+
+// Attributes returns the search attributes of a run.
+func Attributes(plan, site, op string) temporal.SearchAttributes {
+	updates := []temporal.SearchAttributeUpdate{PlanAttr.ValueSet(plan), OperationAttr.ValueSet(op)}
+	if site != "" {
+		updates = append(updates, SiteAttr.ValueSet(site))
+	}
+	return temporal.NewSearchAttributes(updates...)
+}

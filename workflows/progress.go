@@ -1,0 +1,173 @@
+// Package workflows holds drorch's procedures as deterministic Temporal
+// workflows. They decide the order of the steps; activities (package
+// activities) do the work on the task queue of the site each step touches.
+package workflows
+
+import (
+	"fmt"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/drorch/drorch/activities"
+)
+
+// tracker keeps a workflow's Progress for the progress query and receives
+// the live numbers activities signal.
+type tracker struct {
+	p Progress
+}
+
+func newTracker(ctx workflow.Context, op, plan string) (*tracker, error) {
+	t := &tracker{p: Progress{Operation: op, Plan: plan, Steps: []StepProgress{}}}
+	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (Progress, error) { return t.p, nil }); err != nil {
+		return nil, err
+	}
+	ch := workflow.GetSignalChannel(ctx, SignalProgress)
+	workflow.Go(ctx, func(ctx workflow.Context) {
+		for {
+			var lp activities.Progress
+			if !ch.Receive(ctx, &lp) {
+				return
+			}
+			t.p.Live = &lp
+		}
+	})
+	return t, nil
+}
+
+// step runs fn as the named step and records its start, end and error.
+func (t *tracker) step(ctx workflow.Context, name string, fn func() error) error {
+	t.p.Step = name
+	t.p.Live = nil
+	t.p.Steps = append(t.p.Steps, StepProgress{Name: name, Started: workflow.Now(ctx)})
+	err := fn()
+	s := &t.p.Steps[len(t.p.Steps)-1]
+	s.Finished = workflow.Now(ctx)
+	s.Duration = s.Finished.Sub(s.Started)
+	if err != nil {
+		s.Error = err.Error()
+	}
+	return err
+}
+
+// finish records the outcome.
+func (t *tracker) finish(err error) {
+	t.p.Live = nil
+	if err != nil {
+		t.p.Step, t.p.Error = "failed", err.Error()
+		return
+	}
+	t.p.Step = "done"
+}
+
+var retryPolicy = &temporal.RetryPolicy{
+	InitialInterval:    time.Second,
+	BackoffCoefficient: 2,
+	MaximumInterval:    time.Minute,
+}
+
+// HeartbeatTimeout is how long a long activity may go without a heartbeat
+// before Temporal declares its worker lost and retries it elsewhere.
+const HeartbeatTimeout = 20 * time.Second
+
+// shortCtx is for quick steps (prepare, commit, list) on queue.
+func shortCtx(ctx workflow.Context, queue string) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              queue,
+		StartToCloseTimeout:    10 * time.Minute,
+		ScheduleToCloseTimeout: 24 * time.Hour,
+		RetryPolicy:            retryPolicy,
+	})
+}
+
+// longCtx is for steps that move data: they heartbeat and resume.
+func longCtx(ctx workflow.Context, queue string) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              queue,
+		StartToCloseTimeout:    48 * time.Hour,
+		ScheduleToCloseTimeout: 7 * 24 * time.Hour,
+		HeartbeatTimeout:       HeartbeatTimeout,
+		RetryPolicy:            retryPolicy,
+	})
+}
+
+// describe runs the Describe activity: the plan as the workers see it.
+func describe(ctx workflow.Context, t *tracker, plan string) (activities.PlanInfo, error) {
+	var a *activities.Activities
+	var info activities.PlanInfo
+	if plan == "" {
+		return info, invalidInput("the input must name a plan, e.g. {\"plan\":\"files\"}")
+	}
+	err := t.step(ctx, "describe", func() error {
+		return workflow.ExecuteActivity(shortCtx(ctx, TaskQueue), a.Describe, activities.DescribeInput{Plan: plan}).Get(ctx, &info)
+	})
+	return info, err
+}
+
+// siteOf checks that site belongs to the plan, defaulting to def.
+func siteOf(info activities.PlanInfo, site, def, field string) (string, error) {
+	if site == "" {
+		return def, nil
+	}
+	if site != info.Primary && site != info.Secondary {
+		return "", invalidInput(fmt.Sprintf("%s: plan %s has no site %q; its sites are %s and %s", field, info.Plan, site, info.Primary, info.Secondary))
+	}
+	return site, nil
+}
+
+func other(info activities.PlanInfo, site string) string {
+	if site == info.Primary {
+		return info.Secondary
+	}
+	return info.Primary
+}
+
+func invalidInput(msg string) error {
+	return temporal.NewNonRetryableApplicationError(msg, "InvalidInput", nil)
+}
+
+// opID names an operation's staging area: the operation and the start of the
+// run id, unique per run and the same on every replay.
+func opID(ctx workflow.Context, op string) (id, suffix string) {
+	run := workflow.GetInfo(ctx).WorkflowExecution.RunID
+	suffix = ""
+	for _, c := range run {
+		if len(suffix) == 8 {
+			break
+		}
+		if c >= '0' && c <= '9' || c >= 'a' && c <= 'f' {
+			suffix += string(c)
+		}
+	}
+	if suffix == "" {
+		suffix = "0"
+	}
+	return op + "-" + suffix, suffix
+}
+
+// upsert sets the search attributes of the run.
+func upsert(ctx workflow.Context, t *tracker, site string) error {
+	t.p.Site = site
+	updates := []temporal.SearchAttributeUpdate{PlanAttr.ValueSet(t.p.Plan), OperationAttr.ValueSet(t.p.Operation)}
+	if site != "" {
+		updates = append(updates, SiteAttr.ValueSet(site))
+	}
+	return workflow.UpsertTypedSearchAttributes(ctx, updates...)
+}
+
+// cleanup removes an operation's staging after a failure, in a context that
+// survives the workflow's cancellation. Failing to clean up is logged, not
+// returned: the original error matters more.
+func cleanup(ctx workflow.Context, plan, site, op string) {
+	var a *activities.Activities
+	dctx, _ := workflow.NewDisconnectedContext(ctx)
+	dctx = workflow.WithActivityOptions(dctx, workflow.ActivityOptions{
+		TaskQueue: SiteTaskQueue(site), StartToCloseTimeout: 5 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5},
+	})
+	if err := workflow.ExecuteActivity(dctx, a.Cleanup, activities.CleanupInput{Plan: plan, Site: site, Op: op}).Get(dctx, nil); err != nil {
+		workflow.GetLogger(ctx).Warn("staging not removed", "site", site, "op", op, "error", err)
+	}
+}

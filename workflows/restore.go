@@ -1,0 +1,85 @@
+package workflows
+
+import (
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/drorch/drorch/activities"
+)
+
+// Restore writes a restore point held at a site into a target: the plan's
+// source at that site, or another path. Every chunk is verified before it is
+// written, and the target is replaced only once the whole point is staged.
+func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err error) {
+	t, err := newTracker(ctx, OpRestore, in.Plan)
+	if err != nil {
+		return res, err
+	}
+	defer func() { t.finish(err) }()
+	started := workflow.Now(ctx)
+	info, err := describe(ctx, t, in.Plan)
+	if err != nil {
+		return res, err
+	}
+	site, err := siteOf(info, in.Site, info.Secondary, "site")
+	if err != nil {
+		return res, err
+	}
+	if err := upsert(ctx, t, site); err != nil {
+		return res, err
+	}
+	var a *activities.Activities
+	op, _ := opID(ctx, OpRestore)
+	res = RestoreResult{Plan: in.Plan, Site: site}
+
+	var prep activities.PrepareRestoreResult
+	if err := t.step(ctx, "prepare", func() error {
+		return workflow.ExecuteActivity(shortCtx(ctx, SiteTaskQueue(site)), a.PrepareRestore,
+			activities.PrepareRestoreInput{Plan: in.Plan, Site: site, Point: in.Point, To: in.To}).Get(ctx, &prep)
+	}); err != nil {
+		return res, err
+	}
+	res.Point, res.Snapshot, res.Target = prep.Point, prep.Snapshot, prep.Target
+
+	var data activities.RestoreDataResult
+	if err := t.step(ctx, "restore", func() error {
+		return workflow.ExecuteActivity(longCtx(ctx, SiteTaskQueue(site)), a.RestoreData,
+			activities.RestoreDataInput{Plan: in.Plan, Site: site, Op: op, Point: prep.Point, To: in.To, SiteEpoch: prep.SiteEpoch}).Get(ctx, &data)
+	}); err != nil {
+		return res, err
+	}
+	res.Entries, res.Files, res.Bytes, res.BytesWritten, res.Chunks = data.Entries, data.Files, data.Bytes, data.BytesWritten, data.Chunks
+	res.Duration = workflow.Now(ctx).Sub(started)
+	workflow.GetLogger(ctx).Info("restore completed", "plan", in.Plan, "site", site, "point", res.Point, "target", res.Target)
+	return res, nil
+}
+
+// Points lists the restore points of a plan at a site. It runs as a workflow
+// so that the CLI needs no store credentials: the site's worker reads them.
+func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) {
+	t, err := newTracker(ctx, OpPoints, in.Plan)
+	if err != nil {
+		return res, err
+	}
+	defer func() { t.finish(err) }()
+	info, err := describe(ctx, t, in.Plan)
+	if err != nil {
+		return res, err
+	}
+	site, err := siteOf(info, in.Site, info.Primary, "site")
+	if err != nil {
+		return res, err
+	}
+	if err := upsert(ctx, t, site); err != nil {
+		return res, err
+	}
+	var a *activities.Activities
+	res = PointsResult{Plan: in.Plan, Site: site}
+	err = t.step(ctx, "list", func() error {
+		return workflow.ExecuteActivity(shortCtx(ctx, SiteTaskQueue(site)), a.ListPoints,
+			activities.ListPointsInput{Plan: in.Plan, Site: site}).Get(ctx, &res.ListPointsResult)
+	})
+	return res, err
+}
+
+// All lists the workflows a worker registers.
+var All = []any{Backup, Transmit, Restore, Points}

@@ -1,0 +1,87 @@
+package workflows
+
+import (
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/drorch/drorch/activities"
+)
+
+// Transmit makes a restore point of one site valid at another (DESIGN §1):
+// verify the manifest at the source, prepare the destination and check its
+// epoch, copy only the chunks it lacks, then write the manifest there last.
+func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err error) {
+	t, err := newTracker(ctx, OpTransmit, in.Plan)
+	if err != nil {
+		return res, err
+	}
+	defer func() { t.finish(err) }()
+	started := workflow.Now(ctx)
+	info, err := describe(ctx, t, in.Plan)
+	if err != nil {
+		return res, err
+	}
+	from, err := siteOf(info, in.From, info.Active, "from")
+	if err != nil {
+		return res, err
+	}
+	to, err := siteOf(info, in.To, other(info, from), "to")
+	if err != nil {
+		return res, err
+	}
+	if from == to {
+		return res, invalidInput("from and to are both " + from + ": a transmission needs two sites")
+	}
+	if err := upsert(ctx, t, to); err != nil {
+		return res, err
+	}
+	var a *activities.Activities
+	op, _ := opID(ctx, OpTransmit)
+	res = TransmitResult{Plan: in.Plan, From: from, To: to}
+
+	var point activities.PointSummary
+	if err := t.step(ctx, "prepare-source", func() error {
+		return workflow.ExecuteActivity(shortCtx(ctx, SiteTaskQueue(from)), a.PrepareTransmit,
+			activities.PrepareTransmitInput{Plan: in.Plan, From: from, Op: op, Point: in.Point}).Get(ctx, &point)
+	}); err != nil {
+		cleanup(ctx, in.Plan, from, op)
+		return res, err
+	}
+	res.Point, res.Snapshot, res.Bytes = point.Point, point.Snapshot, point.Totals.Bytes
+
+	var dest activities.CheckDestinationResult
+	if err := t.step(ctx, "prepare-destination", func() error {
+		return workflow.ExecuteActivity(shortCtx(ctx, SiteTaskQueue(to)), a.CheckDestination,
+			activities.CheckDestinationInput{Plan: in.Plan, To: to, Point: point.Point, Epoch: point.Epoch}).Get(ctx, &dest)
+	}); err != nil {
+		cleanup(ctx, in.Plan, from, op)
+		return res, err
+	}
+	res.AlreadyThere = dest.HasPoint
+
+	if !dest.HasPoint {
+		var cp activities.CopyChunksResult
+		if err := t.step(ctx, "copy", func() error {
+			return workflow.ExecuteActivity(longCtx(ctx, SiteTaskQueue(to)), a.CopyChunks,
+				activities.CopyChunksInput{Plan: in.Plan, From: from, To: to, Op: op, Bytes: point.Totals.Bytes}).Get(ctx, &cp)
+		}); err != nil {
+			cleanup(ctx, in.Plan, from, op)
+			return res, err
+		}
+		res.Chunks, res.ChunksCopied, res.BytesCopied = cp.Chunks, cp.ChunksCopied, cp.BytesCopied
+
+		if err := t.step(ctx, "commit", func() error {
+			return workflow.ExecuteActivity(shortCtx(ctx, SiteTaskQueue(to)), a.CommitTransmit,
+				activities.CommitTransmitInput{Plan: in.Plan, From: from, To: to, Op: op, Point: point.Point, Epoch: point.Epoch}).Get(ctx, nil)
+		}); err != nil {
+			cleanup(ctx, in.Plan, from, op)
+			return res, err
+		}
+	}
+	now := workflow.Now(ctx)
+	res.RPO = now.Sub(point.Snapshot)
+	cleanup(ctx, in.Plan, from, op)
+	res.Duration = workflow.Now(ctx).Sub(started)
+	workflow.GetLogger(ctx).Info("restore point transmitted", "plan", in.Plan, "from", from, "to", to,
+		"point", res.Point, "chunksCopied", res.ChunksCopied, "rpo", res.RPO)
+	return res, nil
+}

@@ -1,0 +1,117 @@
+package workflows
+
+import (
+	"time"
+
+	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/internal/repo"
+)
+
+// BackupInput starts a backup. Only Plan is required:
+//
+//	temporal workflow start --type Backup --task-queue drorch --input '{"plan":"files"}'
+type BackupInput struct {
+	Plan string `json:"plan"`
+	Site string `json:"site,omitempty"` // default: the plan's active site
+}
+
+// BackupResult describes the restore point a backup committed.
+type BackupResult struct {
+	Plan       string        `json:"plan"`
+	Site       string        `json:"site"`
+	Point      string        `json:"point"`
+	Snapshot   time.Time     `json:"snapshot"`
+	Epoch      uint64        `json:"epoch"`
+	Repository string        `json:"repository"`
+	Source     string        `json:"source"`
+	Totals     repo.Totals   `json:"totals"`
+	Skipped    int64         `json:"skipped"` // devices, FIFOs, sockets
+	BytesRead  int64         `json:"bytesRead"`
+	BytesNew   int64         `json:"bytesNew"`      // plaintext of chunks the repository lacked
+	Uploaded   int64         `json:"bytesUploaded"` // stored size of those chunks
+	Chunks     int64         `json:"chunks"`
+	ChunksNew  int64         `json:"chunksNew"`
+	Reread     int64         `json:"reread"`
+	Duration   time.Duration `json:"duration"`
+}
+
+// TransmitInput starts a transmission of a restore point between sites.
+type TransmitInput struct {
+	Plan  string `json:"plan"`
+	From  string `json:"from,omitempty"`  // default: the plan's active site
+	To    string `json:"to,omitempty"`    // default: the other site
+	Point string `json:"point,omitempty"` // default: the latest valid point at From
+}
+
+// TransmitResult describes a transmission.
+type TransmitResult struct {
+	Plan         string        `json:"plan"`
+	From         string        `json:"from"`
+	To           string        `json:"to"`
+	Point        string        `json:"point"`
+	Snapshot     time.Time     `json:"snapshot"`
+	AlreadyThere bool          `json:"alreadyThere"` // the destination already held the point
+	Chunks       int64         `json:"chunks"`
+	ChunksCopied int64         `json:"chunksCopied"`
+	BytesCopied  int64         `json:"bytesCopied"`
+	Bytes        int64         `json:"bytes"` // logical size of the point
+	RPO          time.Duration `json:"rpo"`   // age of the point when it became valid at To
+	Duration     time.Duration `json:"duration"`
+}
+
+// RestoreInput starts a restore.
+type RestoreInput struct {
+	Plan  string `json:"plan"`
+	Site  string `json:"site,omitempty"`  // default: the plan's secondary site
+	Point string `json:"point,omitempty"` // default: the latest valid point at Site
+	To    string `json:"to,omitempty"`    // default: the plan's source at Site
+}
+
+// RestoreResult describes a restore.
+type RestoreResult struct {
+	Plan         string        `json:"plan"`
+	Site         string        `json:"site"`
+	Point        string        `json:"point"`
+	Snapshot     time.Time     `json:"snapshot"`
+	Target       string        `json:"target"`
+	Entries      int64         `json:"entries"`
+	Files        int64         `json:"files"`
+	Bytes        int64         `json:"bytes"`
+	BytesWritten int64         `json:"bytesWritten"`
+	Chunks       int64         `json:"chunksVerified"`
+	Duration     time.Duration `json:"duration"`
+}
+
+// PointsInput lists the restore points of a plan at a site.
+type PointsInput struct {
+	Plan string `json:"plan"`
+	Site string `json:"site,omitempty"` // default: the plan's primary
+}
+
+// PointsResult lists restore points, oldest first.
+type PointsResult struct {
+	Plan string `json:"plan"`
+	Site string `json:"site"`
+	activities.ListPointsResult
+}
+
+// Progress is what the "progress" query returns.
+type Progress struct {
+	Operation string               `json:"operation"`
+	Plan      string               `json:"plan"`
+	Site      string               `json:"site,omitempty"`
+	Step      string               `json:"step"` // current step, "done" or "failed"
+	Waiting   string               `json:"waiting,omitempty"`
+	Steps     []StepProgress       `json:"steps"`
+	Live      *activities.Progress `json:"live,omitempty"` // of the running step
+	Error     string               `json:"error,omitempty"`
+}
+
+// StepProgress is one step, finished or running.
+type StepProgress struct {
+	Name     string        `json:"name"`
+	Started  time.Time     `json:"started"`
+	Finished time.Time     `json:"finished,omitzero"`
+	Duration time.Duration `json:"duration,omitempty"`
+	Error    string        `json:"error,omitempty"`
+}
