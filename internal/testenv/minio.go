@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,10 +21,11 @@ import (
 
 // MinIO is a MinIO server started for one test.
 type MinIO struct {
-	Endpoint  string // 127.0.0.1:port, plain HTTP
+	Endpoint  string // 127.0.0.1:port
 	AccessKey string // root credentials, random per server
 	SecretKey string
 	Dir       string // data directory; survives Stop/Start and Kill/Start
+	CAFile    string // PEM certificate to trust when serving HTTPS (StartMinIOTLS); "" for plain HTTP
 
 	bin         string
 	consoleAddr string
@@ -42,6 +44,18 @@ const (
 // when the test fails, the tail of that log is reported.
 func StartMinIO(t testing.TB) *MinIO {
 	t.Helper()
+	return startMinIO(t, false)
+}
+
+// StartMinIOTLS is StartMinIO serving HTTPS with a fresh self-signed
+// certificate for 127.0.0.1, which CAFile holds.
+func StartMinIOTLS(t testing.TB) *MinIO {
+	t.Helper()
+	return startMinIO(t, true)
+}
+
+func startMinIO(t testing.TB, withTLS bool) *MinIO {
+	t.Helper()
 	bin := Tool(t, "minio")
 	root := t.TempDir()
 	m := &MinIO{
@@ -53,6 +67,12 @@ func StartMinIO(t testing.TB) *MinIO {
 	}
 	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
 		t.Fatalf("testenv: %v", err)
+	}
+	if withTLS {
+		m.CAFile = filepath.Join(root, "ca.pem")
+		if err := writeCert(m.certsDir(), m.CAFile); err != nil {
+			t.Fatalf("testenv: minio certificate: %v", err)
+		}
 	}
 	// A port can be taken between choosing it and the server binding it: try
 	// once more on new ports before giving up.
@@ -86,7 +106,7 @@ func (m *MinIO) start() error {
 	args := []string{"server",
 		"--address", m.Endpoint,
 		"--console-address", m.consoleAddr,
-		"--certs-dir", filepath.Join(filepath.Dir(m.Dir), "certs"),
+		"--certs-dir", m.certsDir(), // MinIO serves HTTPS when it finds public.crt and private.key there
 		"--quiet",
 		m.Dir,
 	}
@@ -108,9 +128,39 @@ func (m *MinIO) start() error {
 	return nil
 }
 
+func (m *MinIO) certsDir() string { return filepath.Join(filepath.Dir(m.Dir), "certs") }
+
+// transport trusts the server's certificate when it serves HTTPS.
+func (m *MinIO) transport() (*http.Transport, error) {
+	tr, err := minio.DefaultTransport(m.CAFile != "")
+	if err != nil || m.CAFile == "" {
+		return tr, err
+	}
+	pem, err := os.ReadFile(m.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	tr.TLSClientConfig.RootCAs = pool
+	return tr, nil
+}
+
+func (m *MinIO) url() string {
+	if m.CAFile != "" {
+		return "https://" + m.Endpoint
+	}
+	return "http://" + m.Endpoint
+}
+
 func (m *MinIO) waitReady(timeout time.Duration) error {
-	url := "http://" + m.Endpoint + "/minio/health/ready"
-	hc := &http.Client{Timeout: 2 * time.Second}
+	url := m.url() + "/minio/health/ready"
+	tr, err := m.transport()
+	if err != nil {
+		return err
+	}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: tr}
 	deadline := time.Now().Add(timeout)
 	for {
 		if m.proc.exited() {
@@ -157,8 +207,14 @@ func (m *MinIO) Start(t testing.TB) {
 // Client returns a client with the root credentials.
 func (m *MinIO) Client(t testing.TB) *minio.Client {
 	t.Helper()
+	tr, err := m.transport()
+	if err != nil {
+		t.Fatalf("testenv: minio client: %v", err)
+	}
 	c, err := minio.New(m.Endpoint, &minio.Options{
 		Creds:        credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		Secure:       m.CAFile != "",
+		Transport:    tr,
 		BucketLookup: minio.BucketLookupPath,
 		Region:       "us-east-1",
 	})
@@ -181,8 +237,14 @@ func (m *MinIO) AddUser(t testing.TB, accessKey, secretKey, policyJSON string) {
 }
 
 func (m *MinIO) addUser(ctx context.Context, accessKey, secretKey, policyJSON string) error {
+	tr, err := m.transport()
+	if err != nil {
+		return err
+	}
 	adm, err := madmin.NewWithOptions(m.Endpoint, &madmin.Options{
-		Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		Creds:     credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		Secure:    m.CAFile != "",
+		Transport: tr,
 	})
 	if err != nil {
 		return err

@@ -130,3 +130,22 @@ func TestToolPathOverride(t *testing.T) {
 		t.Fatal("unknown tool must be an error")
 	}
 }
+
+func TestMinIOTLS(t *testing.T) {
+	m := StartMinIOTLS(t)
+	if m.CAFile == "" {
+		t.Fatal("no CAFile for a TLS server")
+	}
+	c := m.Client(t)
+	if got := c.EndpointURL().Scheme; got != "https" {
+		t.Fatalf("client scheme %q, want https", got)
+	}
+	ctx := context.Background()
+	if err := c.MakeBucket(ctx, "tls", minio.MakeBucketOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PutObject(ctx, "tls", "k", bytes.NewReader([]byte("v")), 1, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m.AddUser(t, "tlsuser", "tlsuser-secret", "")
+}

@@ -2,9 +2,12 @@ package s3
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/minio/minio-go/v7"
 
@@ -45,6 +48,9 @@ func (s *s3Store) classify(op, key string, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%s: %w", what, err)
 	}
+	if hint := tlsMismatch(err); hint != "" {
+		return drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("%s: %s: %w", what, hint, err))
+	}
 	resp := minio.ToErrorResponse(err)
 	switch resp.Code {
 	case "NoSuchKey", "NotFound":
@@ -70,10 +76,39 @@ func (s *s3Store) classify(op, key string, err error) error {
 	}
 	if st := resp.StatusCode; st >= 400 && st < 500 && st != http.StatusRequestTimeout && st != http.StatusTooManyRequests {
 		reason := resp.Code
-		if reason == "" {
-			reason = drivers.ReasonInvalidInput
+		if reason == "" || strings.ContainsRune(reason, ' ') { // no S3 code, only "400 Bad Request"
+			reason = fmt.Sprintf("HTTP%d", st)
 		}
 		return drivers.Permanent(reason, fmt.Errorf("%s: %w", what, err))
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// tlsMismatch explains errors that mean the configuration does not match the
+// server's TLS setup, which no retry changes; "" for any other error.
+func tlsMismatch(err error) string {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		verify    *tls.CertificateVerificationError
+		record    tls.RecordHeaderError
+	)
+	switch {
+	case errors.As(err, &unknownCA):
+		return "the server's TLS certificate is signed by an unknown authority (set ca file to the PEM that signed it)"
+	case errors.As(err, &hostname):
+		return "the server's TLS certificate does not name the endpoint"
+	case errors.As(err, &invalid):
+		return "the server's TLS certificate is not valid"
+	case errors.As(err, &verify):
+		return "the server's TLS certificate cannot be verified"
+	case errors.As(err, &record), strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return "the server speaks plain HTTP (set insecure, or enable TLS on the server)"
+	}
+	if resp := minio.ToErrorResponse(err); resp.StatusCode == http.StatusBadRequest &&
+		strings.Contains(resp.Message, "HTTP request to an HTTPS server") {
+		return "the server speaks HTTPS (unset insecure)"
+	}
+	return ""
 }

@@ -261,11 +261,13 @@ func (s *s3Store) Prepare(ctx context.Context) error {
 	return nil
 }
 
-// precise turns the bare AccessDenied that S3 servers other than MinIO answer a
-// HEAD request with (a HEAD response has no body to name the cause) into the
-// precise error of a GET, so wrong credentials are reported as such.
+// precise replaces the error of a HEAD request, which has no body to name its
+// cause, by the error of a GET when the HEAD's is vague: the bare AccessDenied
+// that S3 servers other than MinIO answer for wrong credentials too, or a
+// status without an S3 error code (a plain HTTP request to an HTTPS port).
 func (s *s3Store) precise(ctx context.Context, err error) error {
-	if minio.ToErrorResponse(err).Code != "AccessDenied" {
+	resp := minio.ToErrorResponse(err)
+	if resp.Code != "AccessDenied" && (resp.StatusCode == 0 || resp.Code != resp.Message) {
 		return err
 	}
 	for obj := range s.client.ListObjectsIter(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.listPrefix(""), MaxKeys: 1}) {

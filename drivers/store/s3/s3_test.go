@@ -382,6 +382,52 @@ func TestParallelBound(t *testing.T) {
 	})
 }
 
+func TestTLS(t *testing.T) {
+	m := testenv.StartMinIOTLS(t)
+	tlsConfig := func(edit func(*Config)) Config {
+		cfg := config(m, "tls", "p")
+		cfg.Insecure = false
+		cfg.CAFile = m.CAFile
+		edit(&cfg)
+		return cfg
+	}
+	if err := mustNew(t, tlsConfig(func(*Config) {})).Prepare(testCtx(t)); err != nil {
+		t.Fatalf("prepare over TLS with ca file: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+		hint string
+	}{
+		{"without ca file", func(c *Config) { c.CAFile = "" }, "unknown authority"},
+		{"plain http to an https server", func(c *Config) { c.CAFile = ""; c.Insecure = true }, "unset insecure"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := mustNew(t, tlsConfig(tc.edit)).Prepare(testCtx(t))
+			t.Log(err)
+			if reason, ok := drivers.IsPermanent(err); !ok || reason != drivers.ReasonInvalidConfig {
+				t.Fatalf("got %v, want permanent InvalidConfig", err)
+			}
+			if !strings.Contains(err.Error(), tc.hint) {
+				t.Errorf("message %q does not say %q", err, tc.hint)
+			}
+		})
+	}
+	t.Run("https to a plain http server", func(t *testing.T) {
+		plain := testenv.StartMinIO(t)
+		cfg := config(plain, "tls", "")
+		cfg.Insecure = false
+		err := mustNew(t, cfg).Prepare(testCtx(t))
+		t.Log(err)
+		if reason, ok := drivers.IsPermanent(err); !ok || reason != drivers.ReasonInvalidConfig {
+			t.Fatalf("got %v, want permanent InvalidConfig", err)
+		}
+		if !strings.Contains(err.Error(), "set insecure") {
+			t.Errorf("message %q does not suggest insecure", err)
+		}
+	})
+}
+
 func TestShortReaderIsPermanent(t *testing.T) {
 	m := testenv.StartMinIO(t)
 	s := mustNew(t, config(m, "drorch", ""))
@@ -456,7 +502,8 @@ func TestClassify(t *testing.T) {
 		{resp(404, "NoSuchBucket"), false, drivers.ReasonNoSuchBucket},
 		{resp(400, "InvalidBucketName"), false, drivers.ReasonInvalidConfig},
 		{resp(400, "EntityTooLarge"), false, "EntityTooLarge"},
-		{resp(400, ""), false, drivers.ReasonInvalidInput},
+		{resp(400, ""), false, "HTTP400"},
+		{resp(405, "405 Method Not Allowed"), false, "HTTP405"},
 		{resp(400, "RequestTimeout"), false, ""},
 		{resp(400, "BadDigest"), false, ""},
 		{resp(408, "RequestTimeout"), false, ""},
