@@ -18,14 +18,17 @@ import (
 // the staged tree durable with syncfs, and swaps it into place:
 //
 //	beside:  target → .drorch-old-<id>, .drorch-staging-<id> → target, remove old
-//	inside:  target's children → .drorch-old-<id>/, .drorch-staging-<id> →
-//	         .drorch-commit-<id> (the commit point), its children → target,
-//	         remove old and the empty commit directory
+//	inside:  target's children → .drorch-old-<id>/, the root's attributes →
+//	         .drorch-root-<id>, .drorch-staging-<id> → .drorch-commit-<id>
+//	         (the commit point), its children → target, remove old and the
+//	         empty commit directory, apply and remove the root's attributes
 //
 // Each step can be interrupted: Commit on a new Restore with the same id looks
 // at what is there and finishes the swap, or reports that it is done when
 // nothing is staged and the target exists. When it returns an error before the
-// commit point, the target's path holds its previous content.
+// commit point, a target replaced beside holds its previous content; one
+// staged inside may have part of it in .drorch-old-<id>, until Commit is
+// retried or Abort puts it back.
 //
 // Directory attributes are those of the Dir entries of this attempt, which is
 // why the caller replays every Dir entry before committing.

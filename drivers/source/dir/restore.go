@@ -396,7 +396,9 @@ func (r *restore) Symlink(e source.Entry) error {
 // File stages a regular file, replacing whatever was staged at its path with
 // an empty file (0600 while being written) to be filled by the returned
 // FileWriter. The root entry "." of a single-file restore point is the staging
-// itself, one file.
+// itself, one file. After the commit point (Begin found a Commit cut short
+// there) every entry is in place already, and Dir, Symlink and File do not
+// write.
 func (r *restore) File(e source.Entry) (source.FileWriter, error) {
 	comps, err := r.checkEntry(e, source.TypeFile)
 	if err != nil {

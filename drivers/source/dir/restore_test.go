@@ -596,3 +596,83 @@ func TestIsMountPoint(t *testing.T) {
 		t.Error("/proc is not reported as a mount point")
 	}
 }
+
+// The restore activity writes files in parallel.
+func TestRestoreWritesFilesConcurrently(t *testing.T) {
+	ctx := context.Background()
+	tmp := tempDir(t)
+	var tree []spec
+	tree = append(tree, spec{path: ".", typ: source.TypeDir, mode: 0o755})
+	for _, d := range []string{"d1", "d2", "d3"} {
+		tree = append(tree, spec{path: d, typ: source.TypeDir, mode: 0o555})
+		for i := range 20 {
+			tree = append(tree, spec{path: d + "/f" + strings.Repeat("x", i), typ: source.TypeFile, mode: 0o444,
+				data: strings.Repeat(d, 1000*i)})
+		}
+	}
+	build(t, filepath.Join(tmp, "src"), tree)
+	src := mustNew(t, filepath.Join(tmp, "src"))
+	target := mustNew(t, filepath.Join(tmp, "target"))
+	r, err := target.Begin(ctx, "par")
+	if err != nil {
+		t.Fatal(err)
+	}
+	replay(t, src, r, func(source.Entry) bool { return true })
+	files := make(chan source.Entry)
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			var err error
+			for e := range files {
+				if err == nil {
+					err = copyFile(ctx, src, r, e)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for _, e := range scanAll(t, src) {
+		if e.Type == source.TypeFile {
+			files <- e
+		}
+	}
+	close(files)
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sameTree(t, src, target)
+}
+
+// Without write permission on the target's parent, a directory target is
+// staged inside, and a file target cannot be replaced.
+func TestUnwritableParent(t *testing.T) {
+	if !unprivileged() {
+		t.Skip("root can write anywhere")
+	}
+	ctx := context.Background()
+	tmp := tempDir(t)
+	build(t, filepath.Join(tmp, "src"), richTree)
+	src := mustNew(t, filepath.Join(tmp, "src"))
+	parent := filepath.Join(tmp, "parent")
+	if err := os.Mkdir(parent, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	build(t, filepath.Join(parent, "target"), oldTree)
+	if err := os.WriteFile(filepath.Join(parent, "file"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(parent, 0o555); err != nil {
+		t.Fatal(err)
+	}
+	target := mustNew(t, filepath.Join(parent, "target"))
+	restoreAll(t, src, target, "r1")
+	sameTree(t, src, target)
+
+	_, err := mustNew(t, filepath.Join(parent, "file")).Begin(ctx, "r1")
+	wantPermanent(t, err, drivers.ReasonAccessDenied)
+}

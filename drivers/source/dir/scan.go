@@ -64,8 +64,10 @@ func (d *Dir) Check(ctx context.Context) error {
 // depth-first walk with parents before children and siblings in byte order of
 // their names. Symlinks are reported, never followed. Devices, FIFOs and sockets
 // are reported as source.TypeOther. An entry that vanishes while the walk
-// reaches it is skipped. Memory is bounded by the tree's depth times the width
-// of its directories; one descriptor is held open per level of depth.
+// reaches it is skipped; a directory that cannot be read fails the scan
+// (permanent AccessDenied when permission is denied). Memory is bounded by the
+// tree's depth times the width of its directories; one descriptor is held open
+// per level of depth.
 func (d *Dir) Scan(ctx context.Context, fn func(source.Entry) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
