@@ -158,7 +158,7 @@ func temporalError(err error) error {
 		return err
 	}
 	if reason, ok := drivers.IsPermanent(err); ok {
-		return temporal.NewNonRetryableApplicationError(err.Error(), reason, err)
+		return temporal.NewNonRetryableApplicationError(err.Error(), reason, nil)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err

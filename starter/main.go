@@ -14,6 +14,7 @@ import (
 	"github.com/drorch/drorch/internal/config"
 	"github.com/drorch/drorch/internal/connect"
 	"github.com/drorch/drorch/internal/zlog"
+	"github.com/drorch/drorch/workflows"
 )
 
 // cli holds the global flags and what they lead to.
@@ -22,6 +23,7 @@ type cli struct {
 	conn       connect.Flags
 	logLevel   string
 	uiAddress  string
+	taskQueue  string
 	wait       bool
 	json       bool
 }
@@ -50,6 +52,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&c.conn.ServerName, "tls-server-name", "", "server name to verify (env TEMPORAL_TLS_SERVER_NAME)")
 	pf.StringVar(&c.logLevel, "log-level", "warn", "log level of the Temporal client: debug, info, warn, error")
 	pf.StringVar(&c.uiAddress, "ui", envOr("DRORCH_UI_ADDRESS", "http://127.0.0.1:8233"), "Temporal Web UI address, for links (env DRORCH_UI_ADDRESS)")
+	pf.StringVar(&c.taskQueue, "task-queue", workflows.TaskQueue, "task queue the workers serve")
 	root.AddCommand(c.backupCmd(), c.transmitCmd(), c.restoreCmd(), c.pointsCmd())
 	return root
 }

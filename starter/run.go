@@ -43,7 +43,7 @@ func (c *cli) start(cc *clientConn, op, plan, site string, wf any, in any, res a
 	id := workflows.WorkflowID(plan, op, time.Now())
 	run, err := cc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                    id,
-		TaskQueue:             workflows.TaskQueue,
+		TaskQueue:             c.taskQueue,
 		TypedSearchAttributes: workflows.Attributes(plan, site, op),
 	}, wf, in)
 	if err != nil {

@@ -41,7 +41,8 @@ func run(args []string) error {
 		cf           connect.Flags
 		cfgPath      = fs.String("config", "", "deployment config file (default $DRORCH_CONFIG, then ./drorch.yaml, then the embedded dev config)")
 		level        = fs.String("log-level", "info", "log level: debug, info, warn, error")
-		runWorkflows = fs.Bool("workflows", true, "also run workflows (task queue \"drorch\")")
+		runWorkflows = fs.Bool("workflows", true, "also run workflows (on the --task-queue)")
+		queue        = fs.String("task-queue", workflows.TaskQueue, "task queue of the workflows; site activities use <task-queue>-<site>")
 	)
 	fs.Var(&sites, "site", "site whose activities this worker runs (repeatable)")
 	fs.StringVar(&cf.Address, "address", "", "Temporal frontend host:port (env TEMPORAL_ADDRESS)")
@@ -89,7 +90,7 @@ func run(args []string) error {
 	acts := activities.New(cfg, c, zl)
 	var workers []worker.Worker
 	if *runWorkflows {
-		w := worker.New(c, workflows.TaskQueue, worker.Options{})
+		w := worker.New(c, *queue, worker.Options{})
 		for _, wf := range workflows.All {
 			w.RegisterWorkflow(wf)
 		}
@@ -97,7 +98,7 @@ func run(args []string) error {
 		workers = append(workers, w)
 	}
 	for _, s := range sites {
-		w := worker.New(c, workflows.SiteTaskQueue(s), worker.Options{})
+		w := worker.New(c, workflows.SiteTaskQueue(*queue, s), worker.Options{})
 		w.RegisterActivity(acts)
 		workers = append(workers, w)
 	}

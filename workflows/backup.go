@@ -29,7 +29,7 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 		return res, err
 	}
 	var a *activities.Activities
-	short, long := shortCtx(ctx, SiteTaskQueue(site)), longCtx(ctx, SiteTaskQueue(site))
+	short, long := shortCtx(ctx, siteQueue(ctx, site)), longCtx(ctx, siteQueue(ctx, site))
 	op, suffix := opID(ctx, OpBackup)
 	res = BackupResult{Plan: in.Plan, Site: site}
 

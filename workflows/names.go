@@ -7,12 +7,15 @@ import (
 	"go.temporal.io/sdk/temporal"
 )
 
-// TaskQueue is the queue every workflow runs on. Activities that touch a site
-// run on that site's queue (SiteTaskQueue) so that they execute inside the site.
+// TaskQueue is the default queue workflows run on. Activities that touch a
+// site run on that site's queue (SiteTaskQueue) so that they execute inside
+// the site. Another base name lets several drorch installations share one
+// namespace: workflows derive the site queues from the queue they run on.
 const TaskQueue = "drorch"
 
-// SiteTaskQueue is the task queue of the workers inside site.
-func SiteTaskQueue(site string) string { return "drorch-" + site }
+// SiteTaskQueue is the task queue of the workers inside site, for the
+// workflow queue base: "drorch-primary".
+func SiteTaskQueue(base, site string) string { return base + "-" + site }
 
 // Operations, as recorded in the DrorchOperation search attribute and in ids.
 const (

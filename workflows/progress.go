@@ -101,7 +101,7 @@ func describe(ctx workflow.Context, t *tracker, plan string) (activities.PlanInf
 		return info, invalidInput("the input must name a plan, e.g. {\"plan\":\"files\"}")
 	}
 	err := t.step(ctx, "describe", func() error {
-		return workflow.ExecuteActivity(shortCtx(ctx, TaskQueue), a.Describe, activities.DescribeInput{Plan: plan}).Get(ctx, &info)
+		return workflow.ExecuteActivity(shortCtx(ctx, workflow.GetInfo(ctx).TaskQueueName), a.Describe, activities.DescribeInput{Plan: plan}).Get(ctx, &info)
 	})
 	return info, err
 }
@@ -115,6 +115,12 @@ func siteOf(info activities.PlanInfo, site, def, field string) (string, error) {
 		return "", invalidInput(fmt.Sprintf("%s: plan %s has no site %q; its sites are %s and %s", field, info.Plan, site, info.Primary, info.Secondary))
 	}
 	return site, nil
+}
+
+// siteQueue is the queue of site's workers beside the queue this workflow
+// runs on.
+func siteQueue(ctx workflow.Context, site string) string {
+	return SiteTaskQueue(workflow.GetInfo(ctx).TaskQueueName, site)
 }
 
 func other(info activities.PlanInfo, site string) string {
@@ -164,7 +170,7 @@ func cleanup(ctx workflow.Context, plan, site, op string) {
 	var a *activities.Activities
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	dctx = workflow.WithActivityOptions(dctx, workflow.ActivityOptions{
-		TaskQueue: SiteTaskQueue(site), StartToCloseTimeout: 5 * time.Minute,
+		TaskQueue: siteQueue(ctx, site), StartToCloseTimeout: 5 * time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5},
 	})
 	if err := workflow.ExecuteActivity(dctx, a.Cleanup, activities.CleanupInput{Plan: plan, Site: site, Op: op}).Get(dctx, nil); err != nil {

@@ -33,7 +33,7 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 
 	var prep activities.PrepareRestoreResult
 	if err := t.step(ctx, "prepare", func() error {
-		return workflow.ExecuteActivity(shortCtx(ctx, SiteTaskQueue(site)), a.PrepareRestore,
+		return workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, site)), a.PrepareRestore,
 			activities.PrepareRestoreInput{Plan: in.Plan, Site: site, Point: in.Point, To: in.To}).Get(ctx, &prep)
 	}); err != nil {
 		return res, err
@@ -42,7 +42,7 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 
 	var data activities.RestoreDataResult
 	if err := t.step(ctx, "restore", func() error {
-		return workflow.ExecuteActivity(longCtx(ctx, SiteTaskQueue(site)), a.RestoreData,
+		return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, site)), a.RestoreData,
 			activities.RestoreDataInput{Plan: in.Plan, Site: site, Op: op, Point: prep.Point, To: in.To, SiteEpoch: prep.SiteEpoch}).Get(ctx, &data)
 	}); err != nil {
 		return res, err
@@ -75,7 +75,7 @@ func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) 
 	var a *activities.Activities
 	res = PointsResult{Plan: in.Plan, Site: site}
 	err = t.step(ctx, "list", func() error {
-		return workflow.ExecuteActivity(shortCtx(ctx, SiteTaskQueue(site)), a.ListPoints,
+		return workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, site)), a.ListPoints,
 			activities.ListPointsInput{Plan: in.Plan, Site: site}).Get(ctx, &res.ListPointsResult)
 	})
 	return res, err

@@ -40,7 +40,7 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 
 	var point activities.PointSummary
 	if err := t.step(ctx, "prepare-source", func() error {
-		return workflow.ExecuteActivity(shortCtx(ctx, SiteTaskQueue(from)), a.PrepareTransmit,
+		return workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, from)), a.PrepareTransmit,
 			activities.PrepareTransmitInput{Plan: in.Plan, From: from, Op: op, Point: in.Point}).Get(ctx, &point)
 	}); err != nil {
 		cleanup(ctx, in.Plan, from, op)
@@ -50,7 +50,7 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 
 	var dest activities.CheckDestinationResult
 	if err := t.step(ctx, "prepare-destination", func() error {
-		return workflow.ExecuteActivity(shortCtx(ctx, SiteTaskQueue(to)), a.CheckDestination,
+		return workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, to)), a.CheckDestination,
 			activities.CheckDestinationInput{Plan: in.Plan, To: to, Point: point.Point, Epoch: point.Epoch}).Get(ctx, &dest)
 	}); err != nil {
 		cleanup(ctx, in.Plan, from, op)
@@ -61,7 +61,7 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 	if !dest.HasPoint {
 		var cp activities.CopyChunksResult
 		if err := t.step(ctx, "copy", func() error {
-			return workflow.ExecuteActivity(longCtx(ctx, SiteTaskQueue(to)), a.CopyChunks,
+			return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, to)), a.CopyChunks,
 				activities.CopyChunksInput{Plan: in.Plan, From: from, To: to, Op: op, Bytes: point.Totals.Bytes}).Get(ctx, &cp)
 		}); err != nil {
 			cleanup(ctx, in.Plan, from, op)
@@ -70,7 +70,7 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 		res.Chunks, res.ChunksCopied, res.BytesCopied = cp.Chunks, cp.ChunksCopied, cp.BytesCopied
 
 		if err := t.step(ctx, "commit", func() error {
-			return workflow.ExecuteActivity(shortCtx(ctx, SiteTaskQueue(to)), a.CommitTransmit,
+			return workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, to)), a.CommitTransmit,
 				activities.CommitTransmitInput{Plan: in.Plan, From: from, To: to, Op: op, Point: point.Point, Epoch: point.Epoch}).Get(ctx, nil)
 		}); err != nil {
 			cleanup(ctx, in.Plan, from, op)

@@ -1,0 +1,346 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/rs/zerolog"
+	"go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/testenv"
+	"github.com/drorch/drorch/workflows"
+)
+
+const plan = "files"
+
+// stack is one test's deployment: the shared Temporal server, a fresh MinIO
+// per site, a config file whose secrets are in the environment, source
+// directories, and a task queue of its own.
+type stack struct {
+	t        *testing.T
+	temporal *testenv.Temporal
+	minio    map[string]*testenv.MinIO
+	cl       client.Client
+	queue    string
+	dir      string
+	cfgPath  string
+	cfg      *config.Config
+	secrets  []string // every secret value, to look for where none may be
+	env      []string // the secrets' environment, for worker processes
+	logs     *syncBuffer
+	runs     []client.WorkflowRun
+}
+
+type stackOptions struct {
+	bucket    string // default "drorch"
+	encrypt   bool
+	overrides func(site string, store map[string]string)
+}
+
+func newStack(t *testing.T, opts stackOptions) *stack {
+	t.Helper()
+	s := &stack{
+		t:        t,
+		temporal: testenv.SharedTemporal(t),
+		minio:    map[string]*testenv.MinIO{},
+		dir:      t.TempDir(),
+		logs:     &syncBuffer{},
+	}
+	s.cl = s.temporal.Client(t)
+	s.queue = "e2e-" + regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-") + "-" + randomHex(4)
+	if opts.bucket == "" {
+		opts.bucket = "drorch"
+	}
+	var cfg strings.Builder
+	cfg.WriteString("sites:\n")
+	for _, site := range []string{"primary", "secondary"} {
+		m := testenv.StartMinIO(t)
+		s.minio[site] = m
+		up := strings.ToUpper(site)
+		store := map[string]string{"accessKey": m.AccessKey, "secretKey": m.SecretKey, "bucket": opts.bucket}
+		if opts.overrides != nil {
+			opts.overrides(site, store)
+		}
+		s.setenv("E2E_"+up+"_ACCESS", store["accessKey"])
+		s.setenv("E2E_"+up+"_SECRET", store["secretKey"])
+		fmt.Fprintf(&cfg, "  %s:\n    store: {driver: s3, endpoint: %s, bucket: %s, accessKey: env:E2E_%s_ACCESS, secretKey: env:E2E_%s_SECRET, insecure: true}\n",
+			site, m.Endpoint, store["bucket"], up, up)
+	}
+	fmt.Fprintf(&cfg, "plans:\n  %s:\n    primary: primary\n    secondary: secondary\n    source:\n", plan)
+	for _, site := range []string{"primary", "secondary"} {
+		p := filepath.Join(s.dir, site)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s}\n", site, p)
+	}
+	if opts.encrypt {
+		s.setenv("E2E_KEY", randomHex(32))
+		cfg.WriteString("    encryption: {key: env:E2E_KEY}\n")
+	}
+	s.cfgPath = filepath.Join(s.dir, "drorch.yaml")
+	if err := os.WriteFile(s.cfgPath, []byte(cfg.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if s.cfg, err = config.Load(s.cfgPath); err != nil {
+		t.Fatalf("config: %v\n%s", err, cfg.String())
+	}
+	return s
+}
+
+func (s *stack) setenv(name, value string) {
+	s.t.Setenv(name, value)
+	s.env = append(s.env, name+"="+value)
+	s.secrets = append(s.secrets, value)
+}
+
+func (s *stack) source(site string) string { return filepath.Join(s.dir, site) }
+
+// startWorker runs a worker for both sites inside the test process.
+func (s *stack) startWorker() {
+	s.t.Helper()
+	zl := zerolog.New(s.logs).Level(zerolog.DebugLevel)
+	acts := activities.New(s.cfg, s.cl, zl)
+	acts.ProgressInterval = time.Second
+	var ws []worker.Worker
+	w := worker.New(s.cl, s.queue, worker.Options{})
+	for _, wf := range workflows.All {
+		w.RegisterWorkflow(wf)
+	}
+	w.RegisterActivity(acts)
+	ws = append(ws, w)
+	for _, site := range []string{"primary", "secondary"} {
+		sw := worker.New(s.cl, workflows.SiteTaskQueue(s.queue, site), worker.Options{})
+		sw.RegisterActivity(acts)
+		ws = append(ws, sw)
+	}
+	for _, w := range ws {
+		if err := w.Start(); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	s.t.Cleanup(func() {
+		for _, w := range ws {
+			w.Stop()
+		}
+	})
+}
+
+var workerBin struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// workerProcess is the drorch-worker binary serving both sites of a stack.
+type workerProcess struct {
+	cmd *exec.Cmd
+	log *syncBuffer
+}
+
+// spawnWorker starts the drorch-worker binary, built once per test run.
+func (s *stack) spawnWorker() *workerProcess {
+	s.t.Helper()
+	workerBin.once.Do(func() {
+		dir, err := os.MkdirTemp("", "drorch-e2e-bin")
+		if err != nil {
+			workerBin.err = err
+			return
+		}
+		workerBin.path = filepath.Join(dir, "drorch-worker")
+		out, err := exec.Command("go", "build", "-o", workerBin.path, "github.com/drorch/drorch/worker").CombinedOutput()
+		if err != nil {
+			workerBin.err = fmt.Errorf("build drorch-worker: %v\n%s", err, out)
+		}
+	})
+	if workerBin.err != nil {
+		s.t.Fatal(workerBin.err)
+	}
+	wp := &workerProcess{log: &syncBuffer{}}
+	wp.cmd = exec.Command(workerBin.path, "--config", s.cfgPath, "--site", "primary", "--site", "secondary",
+		"--task-queue", s.queue, "--address", s.temporal.Address, "--namespace", s.temporal.Namespace, "--log-level", "debug")
+	wp.cmd.Env = append(os.Environ(), s.env...)
+	wp.cmd.Stdout, wp.cmd.Stderr = wp.log, wp.log
+	wp.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := wp.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() {
+		wp.kill()
+		s.logs.Write(wp.log.Bytes())
+	})
+	return wp
+}
+
+func (wp *workerProcess) kill() {
+	if wp.cmd.ProcessState == nil {
+		_ = wp.cmd.Process.Signal(syscall.SIGKILL)
+		_ = wp.cmd.Wait()
+	}
+}
+
+// start starts a workflow on the stack's queue the way the CLI does.
+func (s *stack) start(op string, wf, in any) client.WorkflowRun {
+	s.t.Helper()
+	site := ""
+	id := workflows.WorkflowID(plan, op, time.Now()) + "-" + randomHex(3)
+	run, err := s.cl.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
+		ID: id, TaskQueue: s.queue, TypedSearchAttributes: workflows.Attributes(plan, site, op),
+	}, wf, in)
+	if err != nil {
+		s.t.Fatalf("start %s: %v", op, err)
+	}
+	s.runs = append(s.runs, run)
+	return run
+}
+
+// run starts a workflow and waits for its result.
+func (s *stack) run(op string, wf, in, res any) error {
+	s.t.Helper()
+	return s.wait(s.start(op, wf, in), res)
+}
+
+func (s *stack) wait(run client.WorkflowRun, res any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	return run.Get(ctx, res)
+}
+
+func (s *stack) backup() workflows.BackupResult {
+	s.t.Helper()
+	var res workflows.BackupResult
+	if err := s.run(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan}, &res); err != nil {
+		s.t.Fatalf("backup: %v\nworker log:\n%s", err, s.logs.Tail(4000))
+	}
+	return res
+}
+
+func (s *stack) transmit() workflows.TransmitResult {
+	s.t.Helper()
+	var res workflows.TransmitResult
+	if err := s.run(workflows.OpTransmit, workflows.Transmit, workflows.TransmitInput{Plan: plan}, &res); err != nil {
+		s.t.Fatalf("transmit: %v\nworker log:\n%s", err, s.logs.Tail(4000))
+	}
+	return res
+}
+
+func (s *stack) restore(site, to string) workflows.RestoreResult {
+	s.t.Helper()
+	var res workflows.RestoreResult
+	if err := s.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: site, To: to}, &res); err != nil {
+		s.t.Fatalf("restore: %v\nworker log:\n%s", err, s.logs.Tail(4000))
+	}
+	return res
+}
+
+// chunkObjects lists the chunk objects at a site: key → last modified.
+func (s *stack) chunkObjects(site string) map[string]time.Time {
+	s.t.Helper()
+	mc := s.minio[site].Client(s.t)
+	out := map[string]time.Time{}
+	for obj := range mc.ListObjects(context.Background(), "drorch", minio.ListObjectsOptions{Prefix: plan + "/chunks/", Recursive: true}) {
+		if obj.Err != nil {
+			s.t.Fatalf("list chunks at %s: %v", site, obj.Err)
+		}
+		out[obj.Key] = obj.LastModified
+	}
+	return out
+}
+
+// stagingHas reports whether an object whose key contains part exists under
+// the plan's staging area at site.
+func (s *stack) stagingHas(site, part string) bool {
+	mc := s.minio[site].Client(s.t)
+	for obj := range mc.ListObjects(context.Background(), "drorch", minio.ListObjectsOptions{Prefix: plan + "/staging/", Recursive: true}) {
+		if obj.Err == nil && strings.Contains(obj.Key, part) {
+			return true
+		}
+	}
+	return false
+}
+
+// historyJSON returns the whole history of every run the stack started, as
+// protojson text.
+func (s *stack) historyJSON() string {
+	s.t.Helper()
+	var b strings.Builder
+	for _, run := range s.runs {
+		it := s.cl.GetWorkflowHistory(context.Background(), run.GetID(), run.GetRunID(), false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		for it.HasNext() {
+			ev, err := it.Next()
+			if err != nil {
+				s.t.Fatalf("history of %s: %v", run.GetID(), err)
+			}
+			js, err := protojson.Marshal(ev)
+			if err != nil {
+				s.t.Fatal(err)
+			}
+			b.Write(js)
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.b.Bytes())
+}
+
+func (b *syncBuffer) Tail(n int) string {
+	all := b.Bytes()
+	if len(all) > n {
+		all = all[len(all)-n:]
+	}
+	return string(all)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
