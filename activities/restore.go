@@ -126,6 +126,11 @@ func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (Rest
 	if err != nil {
 		return RestoreDataResult{}, fmt.Errorf("begin restore into %s: %w", tgt.Describe(), err)
 	}
+	if !rs.Resumed() {
+		// Nothing staged survived (another host, or it was cleaned up):
+		// every file must be written again, whatever the heartbeat says.
+		st = restoreResume{}
+	}
 	rep := a.startReporter(ctx, "restore")
 	defer rep.close()
 	rep.update(func(p *Progress) { p.BytesTotal, p.FilesTotal = m.Totals.Bytes, m.Totals.Files })

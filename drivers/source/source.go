@@ -103,6 +103,10 @@ type Restore interface {
 	Commit(ctx context.Context) error
 	// Abort removes everything staged. The target's path is left untouched.
 	Abort() error
+	// Resumed reports whether Begin found this restore's staging from an
+	// earlier attempt (or a commit already under way). Only then may the
+	// caller skip files an earlier attempt wrote.
+	Resumed() bool
 }
 
 // FileWriter fills one staged regular file. Regions never written stay holes.

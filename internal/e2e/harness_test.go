@@ -259,6 +259,9 @@ func (s *stack) chunkObjects(site string) map[string]time.Time {
 	out := map[string]time.Time{}
 	for obj := range mc.ListObjects(context.Background(), "drorch", minio.ListObjectsOptions{Prefix: plan + "/chunks/", Recursive: true}) {
 		if obj.Err != nil {
+			if minio.ToErrorResponse(obj.Err).Code == "NoSuchBucket" {
+				break // nothing arrived yet
+			}
 			s.t.Fatalf("list chunks at %s: %v", site, obj.Err)
 		}
 		out[obj.Key] = obj.LastModified
