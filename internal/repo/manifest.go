@@ -230,7 +230,7 @@ func EncodeManifest(m *Manifest) ([]byte, error) {
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	v := newValidator(len(m.Entries))
-	var refs []refOut
+	refs := []refOut{} // never nil: an empty file's chunks are [], not null
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		if err := v.add(e); err != nil {

@@ -137,6 +137,26 @@ func build(totals string, lines ...string) []byte {
 	return []byte(body + `{"totals":` + totals + `,"digest":"sha256:` + hex.EncodeToString(sum[:]) + `"}` + "\n")
 }
 
+// An empty file encodes "chunks":[] even when it is the first file of the
+// manifest (a nil slice would encode as null, which the decoder refuses).
+func TestManifestEmptyFirstFile(t *testing.T) {
+	m := &Manifest{Version: FormatVersion, Plan: "p", Point: NewPointID(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC), "ab"),
+		Site: "s", Source: "dir", Snapshot: time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC), Epoch: 1,
+		Chunker: ChunkerSpec, Compression: CompressionZstd, Encryption: EncryptionNone,
+		Entries: []Entry{
+			{Path: ".", Type: source.TypeDir, Mode: 0o755, ModTime: time.Unix(1, 0)},
+			{Path: "empty", Type: source.TypeFile, Mode: 0o644, ModTime: time.Unix(1, 0)},
+		}}
+	m.ComputeTotals()
+	b, err := EncodeManifest(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeManifest(b); err != nil {
+		t.Fatalf("decode %s: %v", b, err)
+	}
+}
+
 func TestDecodeManifestValid(t *testing.T) {
 	m, err := DecodeManifest(build(`{"entries":4,"files":1,"dirs":2,"symlinks":1,"chunks":2,"unique_chunks":1,"bytes":12,"hole_bytes":10}`,
 		hdr, rootDir, dir("a"), file("a/f", 12, `{"id":"`+idA+`","size":1},{"hole":true,"size":10},{"id":"`+idA+`","size":1}`),
