@@ -90,6 +90,11 @@ func (r *Repo) PutManifest(ctx context.Context, m *Manifest) error {
 	if len(plain) > MaxMetadataSize {
 		return drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: %d bytes is more than the %d the format allows", m.Point, len(plain), MaxMetadataSize)
 	}
+	// A restore point is valid or absent: never write a manifest that would
+	// not read back. Decoding costs little next to the backup it commits.
+	if _, err := DecodeManifest(plain); err != nil {
+		return drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: it would not read back: %w", m.Point, err))
+	}
 	body, err := r.seal(plain, []byte("manifest:"+m.Point))
 	if err != nil {
 		return fmt.Errorf("put manifest %s: %w", m.Point, err)
