@@ -57,7 +57,7 @@ func (c *cli) start(cc *clientConn, op, plan, site string, wf any, in any, res a
 		fmt.Printf("started %s %s\n  run %s\n  %s\n", op, st.WorkflowID, st.RunID, st.URL)
 		return nil
 	}
-	if !c.json {
+	if !c.json && op != workflows.OpPoints {
 		fmt.Fprintf(os.Stderr, "%s %s\n  %s\n", op, st.WorkflowID, st.URL)
 	}
 	done := make(chan error, 1)

@@ -5,6 +5,7 @@ package workflows
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -134,23 +135,22 @@ func invalidInput(msg string) error {
 	return temporal.NewNonRetryableApplicationError(msg, "InvalidInput", nil)
 }
 
-// opID names an operation's staging area: the operation and the start of the
-// run id, unique per run and the same on every replay.
+// opID names an operation's staging area: the operation and the last hex
+// digits of the run id (the random part of a UUIDv7; its first digits are a
+// timestamp), unique per run and the same on every replay.
 func opID(ctx workflow.Context, op string) (id, suffix string) {
 	run := workflow.GetInfo(ctx).WorkflowExecution.RunID
-	suffix = ""
-	for _, c := range run {
-		if len(suffix) == 8 {
-			break
-		}
-		if c >= '0' && c <= '9' || c >= 'a' && c <= 'f' {
-			suffix += string(c)
+	var hex []byte
+	for i := len(run) - 1; i >= 0 && len(hex) < 8; i-- {
+		if c := run[i]; c >= '0' && c <= '9' || c >= 'a' && c <= 'f' {
+			hex = append(hex, c)
 		}
 	}
-	if suffix == "" {
-		suffix = "0"
+	if len(hex) == 0 {
+		hex = []byte("0")
 	}
-	return op + "-" + suffix, suffix
+	slices.Reverse(hex)
+	return op + "-" + string(hex), string(hex)
 }
 
 // upsert sets the search attributes of the run.

@@ -56,8 +56,34 @@ func StartMinIOTLS(t testing.TB) *MinIO {
 
 func startMinIO(t testing.TB, withTLS bool) *MinIO {
 	t.Helper()
-	bin := Tool(t, "minio")
-	root := t.TempDir()
+	m, err := newMinIO(Tool(t, "minio"), t.TempDir(), withTLS)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("testenv: minio at %s, log %s; tail:\n%s", m.Endpoint, m.logPath, m.proc.logTail(2048))
+		}
+		m.proc.stop(syscall.SIGTERM, minioStopGrace)
+	})
+	return m
+}
+
+// StartMinIOServer is StartMinIO for programs that are not tests (the bench
+// command): the server keeps its data and log in dir, and the caller stops it
+// with Close. It still dies with the calling process.
+func StartMinIOServer(dir string) (*MinIO, error) {
+	bin, err := ToolPath("minio")
+	if err != nil {
+		return nil, err
+	}
+	return newMinIO(bin, dir, false)
+}
+
+// Close stops a server started by StartMinIOServer, as Stop does.
+func (m *MinIO) Close() { m.proc.stop(syscall.SIGTERM, minioStopGrace) }
+
+func newMinIO(bin, root string, withTLS bool) (*MinIO, error) {
 	m := &MinIO{
 		AccessKey: "drorch-root",
 		SecretKey: randomHex(20),
@@ -66,12 +92,12 @@ func startMinIO(t testing.TB, withTLS bool) *MinIO {
 		logPath:   filepath.Join(root, "minio.log"),
 	}
 	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
-		t.Fatalf("testenv: %v", err)
+		return nil, err
 	}
 	if withTLS {
 		m.CAFile = filepath.Join(root, "ca.pem")
 		if err := writeCert(m.certsDir(), m.CAFile); err != nil {
-			t.Fatalf("testenv: minio certificate: %v", err)
+			return nil, fmt.Errorf("minio certificate: %w", err)
 		}
 	}
 	// A port can be taken between choosing it and the server binding it: try
@@ -89,15 +115,9 @@ func startMinIO(t testing.TB, withTLS bool) *MinIO {
 		}
 	}
 	if err != nil {
-		t.Fatalf("testenv: %v", err)
+		return nil, err
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("testenv: minio at %s, log %s; tail:\n%s", m.Endpoint, m.logPath, m.proc.logTail(2048))
-		}
-		m.proc.stop(syscall.SIGTERM, minioStopGrace)
-	})
-	return m
+	return m, nil
 }
 
 // start runs the server on m's ports and data directory and waits for it to be

@@ -56,6 +56,20 @@ func StartTemporal(t testing.TB) *Temporal {
 	return s
 }
 
+// StartTemporalServer is StartTemporal for programs that are not tests (the
+// bench command): the log goes to dir, and the caller stops the server with
+// Close. It still dies with the calling process.
+func StartTemporalServer(dir string) (*Temporal, error) {
+	bin, err := ToolPath("temporal")
+	if err != nil {
+		return nil, err
+	}
+	return startTemporal(bin, dir)
+}
+
+// Close stops a server started by StartTemporalServer.
+func (s *Temporal) Close() { s.proc.stop(syscall.SIGTERM, temporalStopGrace) }
+
 var shared struct {
 	once sync.Once
 	srv  *Temporal
