@@ -266,3 +266,60 @@ func TestStoreAccessErrorsAreNotRetried(t *testing.T) {
 		})
 	}
 }
+
+// A file written to throughout the backup is never stored torn: the backup
+// re-reads it (retry) or stops (fail), and names it.
+func TestFileChangingDuringBackupIsNotStoredTorn(t *testing.T) {
+	for _, policy := range []string{"fail", "retry"} {
+		t.Run(policy, func(t *testing.T) {
+			s := newStack(t, stackOptions{onChange: policy})
+			s.startWorker()
+			src := s.source("primary")
+			genTree(t, src, treeSpec{seed: 5, dataBytes: 4 << 20, files: 5})
+			busy := filepath.Join(src, "busy.log")
+			if err := os.WriteFile(busy, bytes.Repeat([]byte{'x'}, 64<<20), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				f, err := os.OpenFile(busy, os.O_WRONLY, 0)
+				if err != nil {
+					return
+				}
+				defer f.Close()
+				for i := int64(0); ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					f.WriteAt([]byte{byte(i)}, (i*7919)%(64<<20))
+					time.Sleep(time.Millisecond)
+				}
+			}()
+			err := s.run(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan}, nil)
+			close(stop)
+			<-done
+			var app *temporal.ApplicationError
+			if !errors.As(err, &app) || !app.NonRetryable() || app.Type() != "SourceChanged" {
+				t.Fatalf("backup of a file that keeps changing: %v; want a non-retryable SourceChanged error", err)
+			}
+			if !strings.Contains(app.Error(), "busy.log") {
+				t.Fatalf("the error does not name the file: %v", app)
+			}
+			if policy == "retry" && !strings.Contains(app.Error(), "re-reads") {
+				t.Fatalf("with retry, the error should say it re-read the file: %v", app)
+			}
+			// Nothing was committed.
+			var pts workflows.PointsResult
+			if err := s.run(workflows.OpPoints, workflows.Points, workflows.PointsInput{Plan: plan, Site: "primary"}, &pts); err != nil {
+				t.Fatal(err)
+			}
+			if len(pts.Points) != 0 {
+				t.Fatalf("a failed backup left restore points: %+v", pts.Points)
+			}
+		})
+	}
+}

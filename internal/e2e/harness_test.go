@@ -53,6 +53,7 @@ type stackOptions struct {
 	bucket    string // default "drorch"
 	encrypt   bool
 	overrides func(site string, store map[string]string)
+	onChange  string // the primary source's onChange, default unset
 }
 
 func newStack(t *testing.T, opts stackOptions) *stack {
@@ -90,7 +91,11 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s}\n", site, p)
+		extra := ""
+		if site == "primary" && opts.onChange != "" {
+			extra = ", onChange: " + opts.onChange
+		}
+		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s%s}\n", site, p, extra)
 	}
 	if opts.encrypt {
 		s.setenv("E2E_KEY", randomHex(32))
