@@ -1,0 +1,339 @@
+// Command bench measures drorch's data path on real servers and prints one
+// table: full, unchanged and 1%-changed backups against plain uploads to the
+// same MinIO, transmit, restore and the worker's peak memory.
+//
+//	go tool task bench                           # 1 GiB
+//	DRORCH_BENCH_SIZE=256MiB go run ./internal/bench
+//
+// It starts its own Temporal dev server and two MinIO servers on free loopback
+// ports and runs the drorch-worker binary, all in a temporary directory that
+// is removed at exit. A missed target is printed, not an error: the command
+// fails only when something does not work.
+package main
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"go.temporal.io/sdk/client"
+	tlog "go.temporal.io/sdk/log"
+
+	"github.com/drorch/drorch/internal/testenv"
+	"github.com/drorch/drorch/workflows"
+)
+
+const plan = "bench"
+
+// The worker is started with Pdeathsig, which fires when the thread that
+// forked it exits. Keeping main on the main thread, which lives as long as the
+// process, makes that mean "when the bench exits".
+func init() { runtime.LockOSThread() }
+
+// cleanups stop what the bench started, in reverse order, once: at the end of
+// main or on a signal, whichever comes first.
+var cleanups struct {
+	sync.Mutex
+	fs []func()
+}
+
+func atExit(f func()) {
+	cleanups.Lock()
+	defer cleanups.Unlock()
+	cleanups.fs = append(cleanups.fs, f)
+}
+
+func cleanup() {
+	cleanups.Lock() // never unlocked: nothing starts after this
+	for i := len(cleanups.fs) - 1; i >= 0; i-- {
+		cleanups.fs[i]()
+	}
+	cleanups.fs = nil
+}
+
+func main() {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sigs
+		logf("%s: stopping the servers", s)
+		cleanup()
+		os.Exit(130)
+	}()
+	err := run()
+	cleanup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+format+"\n", args...)
+}
+
+// env is the running set-up: servers, worker and clients.
+type env struct {
+	temporal *testenv.Temporal
+	minio    map[string]*testenv.MinIO
+	worker   *exec.Cmd
+	workLog  string
+	tc       client.Client
+	queue    string
+}
+
+func run() error {
+	size := giB
+	if s := os.Getenv("DRORCH_BENCH_SIZE"); s != "" {
+		var err error
+		if size, err = parseSize(s); err != nil {
+			return fmt.Errorf("DRORCH_BENCH_SIZE: %w", err)
+		}
+	}
+	dir, err := os.MkdirTemp("", "drorch-bench-")
+	if err != nil {
+		return err
+	}
+	atExit(func() { os.RemoveAll(dir) })
+	e, err := setup(dir)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+
+	logf("generating %s…", human(size))
+	ds, err := generate(filepath.Join(dir, "source", "primary"), size)
+	if err != nil {
+		return fmt.Errorf("generate data: %w", err)
+	}
+	logf("%d files (%d large)", len(ds.files), ds.large)
+
+	logf("baseline: plain PutObject of every file, 8 in parallel…")
+	syscall.Sync()
+	mc, err := minioClient(e.minio["primary"])
+	if err != nil {
+		return err
+	}
+	baseDur, err := baseline(ctx, mc, "baseline", ds)
+	if err != nil {
+		return fmt.Errorf("baseline: %w", err)
+	}
+	logf("baseline: %s", dur(baseDur))
+
+	backup := func(what string, res *workflows.BackupResult) (time.Duration, error) {
+		return e.execute(ctx, what, workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan}, res)
+	}
+	var full, same, delta workflows.BackupResult
+	fullDur, err := backup("full backup", &full)
+	if err != nil {
+		return err
+	}
+	sameDur, err := backup("no-change backup", &same)
+	if err != nil {
+		return err
+	}
+	changed, err := ds.change()
+	if err != nil {
+		return err
+	}
+	deltaDur, err := backup("1%-change backup", &delta)
+	if err != nil {
+		return err
+	}
+	var tr workflows.TransmitResult
+	trDur, err := e.execute(ctx, "transmit primary → secondary", workflows.OpTransmit, workflows.Transmit, workflows.TransmitInput{Plan: plan, From: "primary", To: "secondary"}, &tr)
+	if err != nil {
+		return err
+	}
+	var rs workflows.RestoreResult
+	rsDur, err := e.execute(ctx, "restore at the secondary", workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary"}, &rs)
+	if err != nil {
+		return err
+	}
+	hwm, err := vmHWM(e.worker.Process.Pid)
+	if err != nil {
+		return err
+	}
+
+	fullRate, baseRate := rate(full.BytesRead, fullDur), rate(ds.bytes, baseDur)
+	speedup := float64(fullDur) / float64(sameDur)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "drorch bench: %s in %d files (%d large), %d CPUs, encryption on\n\n", human(ds.bytes), len(ds.files), ds.large, runtime.NumCPU())
+	fmt.Fprintln(w, "measure\tresult\ttarget\t")
+	row := func(name, result, target string, ok ...bool) {
+		status := ""
+		if len(ok) > 0 {
+			status = map[bool]string{true: "ok", false: "MISSED"}[ok[0]]
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", name, result, target, status)
+	}
+	row("full backup", fmt.Sprintf("%.1f MB/s  (%s, %d chunks, %s stored)", fullRate, dur(fullDur), full.ChunksNew, human(full.Uploaded)), "")
+	row("baseline: PutObject ×8", fmt.Sprintf("%.1f MB/s  (%s)", baseRate, dur(baseDur)), "")
+	row("full backup / baseline", fmt.Sprintf("%.2f×", fullRate/baseRate), "≥ 0.8×", fullRate/baseRate >= 0.8)
+	row("no-change backup", fmt.Sprintf("%s, %d chunks uploaded", dur(sameDur), same.ChunksNew), "0 chunks", same.ChunksNew == 0)
+	row("no-change speed-up vs full", fmt.Sprintf("%.1f×", speedup), "≥ 10×", speedup >= 10)
+	row("1%-change backup", fmt.Sprintf("%s, %s overwritten: %s new, %s stored, %d chunks", dur(deltaDur), human(changed), human(delta.BytesNew), human(delta.Uploaded), delta.ChunksNew), "")
+	row("transmit primary → secondary", fmt.Sprintf("%.1f MB/s  (%s, %d chunks, %s copied)", rate(tr.Bytes, trDur), dur(trDur), tr.ChunksCopied, human(tr.BytesCopied)), "")
+	row("restore at secondary", fmt.Sprintf("%.1f MB/s  (%s, %d files)", rate(rs.Bytes, rsDur), dur(rsDur), rs.Files), "")
+	row("worker peak memory (VmHWM)", human(hwm), "< 512 MiB", hwm < 512*miB)
+	return w.Flush()
+}
+
+// setup starts the servers and the worker in dir and registers their stops.
+func setup(dir string) (*env, error) {
+	e := &env{minio: map[string]*testenv.MinIO{}, queue: "bench-" + randomHex(4)}
+	for _, sub := range []string{"temporal", "minio-primary", "minio-secondary", "source/primary", "source/secondary"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	logf("starting Temporal dev server and two MinIO servers…")
+	var err error
+	if e.temporal, err = testenv.StartTemporalServer(filepath.Join(dir, "temporal")); err != nil {
+		return nil, err
+	}
+	atExit(e.temporal.Close)
+	workerEnv := os.Environ()
+	var cfg strings.Builder
+	cfg.WriteString("sites:\n")
+	for _, site := range []string{"primary", "secondary"} {
+		m, err := testenv.StartMinIOServer(filepath.Join(dir, "minio-"+site))
+		if err != nil {
+			return nil, err
+		}
+		atExit(m.Close)
+		e.minio[site] = m
+		up := strings.ToUpper(site)
+		workerEnv = append(workerEnv, "BENCH_"+up+"_ACCESS="+m.AccessKey, "BENCH_"+up+"_SECRET="+m.SecretKey)
+		fmt.Fprintf(&cfg, "  %s:\n    store: {driver: s3, endpoint: %s, bucket: drorch, accessKey: env:BENCH_%s_ACCESS, secretKey: env:BENCH_%s_SECRET, insecure: true}\n",
+			site, m.Endpoint, up, up)
+	}
+	fmt.Fprintf(&cfg, "plans:\n  %s:\n    primary: primary\n    secondary: secondary\n    source:\n", plan)
+	for _, site := range []string{"primary", "secondary"} {
+		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s}\n", site, filepath.Join(dir, "source", site))
+	}
+	cfg.WriteString("    encryption: {key: env:BENCH_KEY}\n")
+	workerEnv = append(workerEnv, "BENCH_KEY="+randomHex(32))
+	cfgPath := filepath.Join(dir, "drorch.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {
+		return nil, err
+	}
+
+	logf("building drorch-worker…")
+	bin := filepath.Join(dir, "drorch-worker")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/drorch/drorch/worker").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build drorch-worker: %w\n%s", err, out)
+	}
+	e.workLog = filepath.Join(dir, "worker.log")
+	logFile, err := os.Create(e.workLog)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	e.worker = exec.Command(bin, "--config", cfgPath, "--site", "primary", "--site", "secondary",
+		"--task-queue", e.queue, "--address", e.temporal.Address, "--namespace", e.temporal.Namespace)
+	e.worker.Env = workerEnv
+	e.worker.Stdout, e.worker.Stderr = logFile, logFile
+	e.worker.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := e.worker.Start(); err != nil {
+		return nil, fmt.Errorf("start drorch-worker: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = e.worker.Wait(); close(exited) }()
+	atExit(func() {
+		_ = syscall.Kill(-e.worker.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-e.worker.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+	})
+
+	e.tc, err = client.Dial(client.Options{
+		HostPort:  e.temporal.Address,
+		Namespace: e.temporal.Namespace,
+		Logger:    tlog.NewStructuredLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("temporal client: %w", err)
+	}
+	atExit(e.tc.Close)
+	return e, nil
+}
+
+// execute runs one workflow and returns its wall time, start to result. On
+// failure the error carries the end of the worker's log.
+func (e *env) execute(ctx context.Context, what, op string, wf, in, res any) (time.Duration, error) {
+	logf("%s…", what)
+	syscall.Sync() // the last step's writes are not this step's work
+	start := time.Now()
+	run, err := e.tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                    workflows.WorkflowID(plan, op, start) + "-" + randomHex(3),
+		TaskQueue:             e.queue,
+		TypedSearchAttributes: workflows.Attributes(plan, "", op),
+	}, wf, in)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Hour)
+		defer cancel()
+		err = run.Get(ctx, res)
+	}
+	if err != nil {
+		log, _ := os.ReadFile(e.workLog)
+		return 0, fmt.Errorf("%s: %w\nworker log ends with:\n%s", what, err, log[max(0, len(log)-4000):])
+	}
+	d := time.Since(start)
+	logf("%s: %s", what, dur(d))
+	return d, nil
+}
+
+func minioClient(m *testenv.MinIO) (*minio.Client, error) {
+	return minio.New(m.Endpoint, &minio.Options{
+		Creds:        credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		BucketLookup: minio.BucketLookupPath,
+		Region:       "us-east-1",
+	})
+}
+
+// vmHWM returns the peak resident set size of a process.
+func vmHWM(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range bytes.Lines(b) {
+		if v, ok := bytes.CutPrefix(line, []byte("VmHWM:")); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(string(v)), " kB"), 10, 64)
+			return kb * kiB, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
+
+func rate(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Seconds() }
+
+func dur(d time.Duration) string { return d.Round(10 * time.Millisecond).String() }
+
+func human(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/float64(miB)) }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = crand.Read(b)
+	return hex.EncodeToString(b)
+}
