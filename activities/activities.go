@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -140,6 +141,9 @@ func (a *Activities) sourceAt(planName, site string) (*config.Source, *dir.Dir, 
 // plan's source at that site.
 func (a *Activities) target(planName, site, path string) (source.Target, error) {
 	if path != "" {
+		if filepath.Clean(path) == "/" {
+			return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "restore target /: refusing to replace the root file system; restore into a directory")
+		}
 		return dir.New(path)
 	}
 	_, d, err := a.sourceAt(planName, site)
@@ -159,9 +163,6 @@ func temporalError(err error) error {
 	}
 	if reason, ok := drivers.IsPermanent(err); ok {
 		return temporal.NewNonRetryableApplicationError(err.Error(), reason, nil)
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return err
 	}
 	return err
 }

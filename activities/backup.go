@@ -97,6 +97,11 @@ func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 		return SnapshotResult{}, err
 	}
 	if err := src.Check(ctx); err != nil {
+		if drivers.IsNotFound(err) {
+			// A missing source is for the operator to fix; retrying for
+			// hours would only hide it.
+			err = drivers.Permanent(drivers.ReasonNotFound, err)
+		}
 		return SnapshotResult{}, fmt.Errorf("check source %s: %w", src.Describe(), err)
 	}
 	rep := a.startReporter(ctx, "snapshot")
@@ -520,14 +525,7 @@ func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, 
 	if err := checkEpoch(ctx, r, in.Epoch, "commit backup"); err != nil {
 		return CommitResult{}, err
 	}
-	m := &repo.Manifest{
-		Version: repo.FormatVersion, Plan: in.Plan, Point: in.Point, Site: in.Site, Source: "dir",
-		Snapshot: in.Snapshot, Epoch: in.Epoch, Chunker: chunkerParams,
-		Compression: "zstd", Encryption: "none",
-	}
-	if r.Encrypted() {
-		m.Encryption = "aes-256-gcm"
-	}
+	m := r.NewManifest(in.Point, in.Site, "dir", in.Snapshot, in.Epoch)
 	last := int64(-1)
 	for i := range in.Pieces {
 		var up uploaded
@@ -579,6 +577,3 @@ func checkEpoch(ctx context.Context, r *repo.Repo, started uint64, what string) 
 	}
 	return nil
 }
-
-// chunkerParams records in each manifest how its chunks were cut.
-var chunkerParams = fmt.Sprintf("%s/%d/%d/%d", repo.ChunkAlgorithm, repo.ChunkMin, repo.ChunkAvg, repo.ChunkMax)

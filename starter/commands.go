@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -105,6 +106,9 @@ func (c *cli) restoreCmd() *cobra.Command {
 			}
 			if err := checkPlan(cfg, in.Plan, in.Site); err != nil {
 				return err
+			}
+			if in.To != "" && !filepath.IsAbs(in.To) {
+				return fmt.Errorf("--to %q: give an absolute path; it is a path on the site's worker host, not here", in.To)
 			}
 			var res workflows.RestoreResult
 			return c.start(cc, workflows.OpRestore, in.Plan, in.Site, workflows.Restore, in, &res, func(w io.Writer) {
