@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -271,17 +272,16 @@ func (u *uploader) count(f func(r *UploadResult)) {
 	u.rep.update(u.fill)
 }
 
-// uploadWorkers bounds the chunks in flight: each holds up to ChunkMax bytes.
-const uploadWorkers = 8
-
-var chunkBufs = sync.Pool{New: func() any { b := make([]byte, repo.ChunkMax); return &b }}
+// uploadWorkers bounds the chunks in flight (each holds at most ChunkMax
+// bytes); small files make many small uploads, whose latency more workers
+// hide.
+const uploadWorkers = 16
 
 // chunkJob is one chunk on its way to the store; ref is filled in by the
 // worker that hashes it.
 type chunkJob struct {
-	buf *[]byte
-	n   int
-	ref *repo.Ref
+	data []byte
+	ref  *repo.Ref
 }
 
 func (u *uploader) piece(ctx context.Context, p piece) (uploaded, error) {
@@ -290,9 +290,7 @@ func (u *uploader) piece(ctx context.Context, p piece) (uploaded, error) {
 	for range uploadWorkers {
 		g.Go(func() error {
 			for j := range jobs {
-				err := u.store(gctx, j)
-				chunkBufs.Put(j.buf)
-				if err != nil {
+				if err := u.store(gctx, j); err != nil {
 					return err
 				}
 			}
@@ -301,6 +299,11 @@ func (u *uploader) piece(ctx context.Context, p piece) (uploaded, error) {
 	}
 	out := uploaded{Items: make([]uploadedItem, len(p.Items))}
 	refs := make([][]*repo.Ref, len(p.Items))
+	// One chunker and its buffer serve every file of the piece, read in turn.
+	ch, err := repo.NewChunker(nil, nil)
+	if err != nil {
+		return uploaded{}, err
+	}
 	g.Go(func() error {
 		defer close(jobs)
 		for i, it := range p.Items {
@@ -308,7 +311,7 @@ func (u *uploader) piece(ctx context.Context, p piece) (uploaded, error) {
 			if it.Entry.Type != source.TypeFile {
 				continue
 			}
-			e, r, err := u.file(gctx, it, jobs)
+			e, r, err := u.file(gctx, ch, it, jobs)
 			if err != nil {
 				return err
 			}
@@ -329,9 +332,9 @@ func (u *uploader) piece(ctx context.Context, p piece) (uploaded, error) {
 
 // store hashes a chunk and uploads it unless the repository has it.
 func (u *uploader) store(ctx context.Context, j chunkJob) error {
-	data := (*j.buf)[:j.n]
+	data := j.data
 	id := repo.Hash(data)
-	*j.ref = repo.Ref{ID: id, Size: int64(j.n)}
+	*j.ref = repo.Ref{ID: id, Size: int64(len(data))}
 	if !u.claim(id) {
 		u.count(func(r *UploadResult) { r.Chunks++ })
 		return nil
@@ -346,7 +349,7 @@ func (u *uploader) store(ctx context.Context, j chunkJob) error {
 	u.count(func(r *UploadResult) {
 		r.Chunks++
 		r.ChunksNew++
-		r.BytesNew += int64(j.n)
+		r.BytesNew += int64(len(data))
 		r.BytesStored += stored
 	})
 	return nil
@@ -358,10 +361,10 @@ var errChanged = errors.New("changed while being read")
 // file reads one file (or segment) into chunk jobs. A file that changes while
 // it is read is read again when the plan allows, with its new size and time;
 // it is never stored torn.
-func (u *uploader) file(ctx context.Context, it item, jobs chan<- chunkJob) (stagedEntry, []*repo.Ref, error) {
+func (u *uploader) file(ctx context.Context, ch *repo.Chunker, it item, jobs chan<- chunkJob) (stagedEntry, []*repo.Ref, error) {
 	e := it.Entry.source()
 	for attempt := 0; ; attempt++ {
-		refs, read, err := u.read(ctx, e, it.Offset, it.Length, jobs)
+		refs, read, err := u.read(ctx, ch, e, it.Offset, it.Length, jobs)
 		u.count(func(r *UploadResult) { r.BytesRead += read })
 		if err == nil {
 			return stage(e), refs, nil
@@ -403,7 +406,7 @@ func (u *uploader) file(ctx context.Context, it item, jobs chan<- chunkJob) (sta
 
 // read chunks [off, off+n) of the file e, skipping holes, and returns the
 // references (filled in as the workers hash) and the bytes read.
-func (u *uploader) read(ctx context.Context, e source.Entry, off, n int64, jobs chan<- chunkJob) ([]*repo.Ref, int64, error) {
+func (u *uploader) read(ctx context.Context, ch *repo.Chunker, e source.Entry, off, n int64, jobs chan<- chunkJob) ([]*repo.Ref, int64, error) {
 	f, err := u.src.Open(ctx, e.Path)
 	if err != nil {
 		if drivers.IsNotFound(err) {
@@ -425,10 +428,6 @@ func (u *uploader) read(ctx context.Context, e source.Entry, off, n int64, jobs 
 	var refs []*repo.Ref
 	var read int64
 	pos := off
-	ch, err := repo.NewChunker(nil, make([]byte, 2*repo.ChunkMax))
-	if err != nil {
-		return nil, 0, err
-	}
 	for _, rg := range regions {
 		if rg.Offset > pos {
 			refs = append(refs, &repo.Ref{Hole: true, Size: rg.Offset - pos})
@@ -437,12 +436,12 @@ func (u *uploader) read(ctx context.Context, e source.Entry, off, n int64, jobs 
 		for {
 			data, err := ch.Next()
 			if len(data) > 0 {
-				buf := chunkBufs.Get().(*[]byte)
-				copy(*buf, data)
+				// The chunker reuses its buffer: the job gets a copy of
+				// exactly the chunk's size.
 				ref := &repo.Ref{}
 				refs = append(refs, ref)
 				select {
-				case jobs <- chunkJob{buf: buf, n: len(data), ref: ref}:
+				case jobs <- chunkJob{data: bytes.Clone(data), ref: ref}:
 				case <-ctx.Done():
 					return nil, read, ctx.Err()
 				}

@@ -90,7 +90,7 @@ type restoreResume struct {
 	Result    RestoreDataResult `json:"result"`
 }
 
-const restoreWorkers = 8
+const restoreWorkers = 16
 
 // RestoreData writes the restore point into a staging area beside the target,
 // verifying every chunk against its id, then moves it into place. A corrupt

@@ -163,7 +163,7 @@ type CopyChunksResult struct {
 	BytesCopied  int64 `json:"bytesCopied"`  // stored bytes moved
 }
 
-const copyWorkers = 8
+const copyWorkers = 16
 
 // CopyChunks copies, from the source site's repository to the destination's,
 // every chunk of the point that the destination lacks. Each chunk is verified

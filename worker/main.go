@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strings"
 
@@ -21,6 +22,10 @@ import (
 	"github.com/drorch/drorch/internal/zlog"
 	"github.com/drorch/drorch/workflows"
 )
+
+// defaultMemoryLimit is the worker's soft memory limit unless GOMEMLIMIT
+// says otherwise.
+const defaultMemoryLimit = 384 << 20
 
 type siteList []string
 
@@ -60,6 +65,12 @@ func run(args []string) error {
 	zl, err := zlog.New(os.Stderr, *level)
 	if err != nil {
 		return err
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// Data moves through bounded pipelines; a soft limit makes the
+		// garbage collector keep the heap near what is live, whatever the
+		// size of the data set. GOMEMLIMIT overrides it.
+		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
 	cfg, err := config.Load(*cfgPath)
 	if errors.Is(err, config.ErrNoConfig) {
