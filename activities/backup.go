@@ -157,6 +157,10 @@ type UploadInput struct {
 	Op     string `json:"op"`
 	Pieces int    `json:"pieces"`
 	Bytes  int64  `json:"bytes"` // total, for progress
+	// Full reads every file. Otherwise a file whose size and modification
+	// time match the latest restore point's is not read again: its chunks
+	// are taken from that point (when the repository still has them).
+	Full bool `json:"full,omitempty"`
 }
 
 // UploadResult counts what the upload read and stored.
@@ -167,6 +171,11 @@ type UploadResult struct {
 	Chunks      int64 `json:"chunks"`
 	ChunksNew   int64 `json:"chunksNew"`
 	Reread      int64 `json:"reread"` // files read again because they changed while being read
+	// Unchanged counts files taken from the parent restore point without
+	// reading them; BytesUnchanged is their size.
+	Unchanged      int64  `json:"unchanged"`
+	BytesUnchanged int64  `json:"bytesUnchanged"`
+	Parent         string `json:"parent,omitempty"` // the restore point unchanged files came from
 }
 
 type uploadResume struct {
@@ -200,12 +209,25 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	if err != nil {
 		return UploadResult{}, fmt.Errorf("list chunks at %s: %w", r.Location(), err)
 	}
+	var parent *repo.Manifest
+	if !in.Full {
+		parent = a.parent(ctx, r)
+	}
 	rep := a.startReporter(ctx, "upload")
 	defer rep.close()
 	rep.update(func(p *Progress) { p.BytesTotal = in.Bytes })
 	u := &uploader{
 		repo: r, src: src, onChange: sc.OnChange, retries: sc.Retries, rep: rep,
 		known: make(map[repo.ID]struct{}, len(known)), res: st.Result,
+	}
+	if parent != nil {
+		u.parent = make(map[string]*repo.Entry, len(parent.Entries))
+		for i := range parent.Entries {
+			if e := &parent.Entries[i]; e.Type == source.TypeFile {
+				u.parent[e.Path] = e
+			}
+		}
+		u.res.Parent = parent.Point
 	}
 	for id := range known {
 		u.known[id] = struct{}{}
@@ -228,6 +250,22 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	return u.result(), nil
 }
 
+// parent returns the latest restore point in r, whose unchanged files a
+// backup need not read again; nil when there is none or it cannot be read
+// (the backup then reads everything, which is always correct).
+func (a *Activities) parent(ctx context.Context, r *repo.Repo) *repo.Manifest {
+	pts, err := r.Points(ctx)
+	if err != nil || len(pts) == 0 {
+		return nil
+	}
+	m, err := r.GetManifest(ctx, pts[len(pts)-1].ID)
+	if err != nil {
+		a.log.Warn().Err(err).Str("repository", r.Location()).Msg("the latest restore point cannot be read: every file is read again")
+		return nil
+	}
+	return m
+}
+
 // uploader moves the files of pieces into the repository.
 type uploader struct {
 	repo     *repo.Repo
@@ -235,6 +273,7 @@ type uploader struct {
 	onChange string
 	retries  int
 	rep      *reporter
+	parent   map[string]*repo.Entry // regular files of the parent point, by path
 
 	mu    sync.Mutex
 	known map[repo.ID]struct{} // chunks present or being uploaded
@@ -250,7 +289,7 @@ func (u *uploader) result() UploadResult {
 func (u *uploader) fill(p *Progress) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	p.BytesDone, p.BytesNew, p.ChunksDone, p.ChunksNew = u.res.BytesRead, u.res.BytesNew, u.res.Chunks, u.res.ChunksNew
+	p.BytesDone, p.BytesNew, p.ChunksDone, p.ChunksNew = u.res.BytesRead+u.res.BytesUnchanged, u.res.BytesNew, u.res.Chunks, u.res.ChunksNew
 }
 
 // claim reports whether id must be uploaded by the caller: it is neither in
@@ -355,6 +394,37 @@ func (u *uploader) store(ctx context.Context, j chunkJob) error {
 	return nil
 }
 
+// unchanged returns the references of the segment [off, off+n) of e taken
+// from the parent point, when the file there has the same size and
+// modification time and every chunk is still in the repository.
+func (u *uploader) unchanged(e source.Entry, off, n int64) ([]*repo.Ref, bool) {
+	p, ok := u.parent[e.Path]
+	if !ok || p.Size != e.Size || !p.ModTime.Equal(e.ModTime) {
+		return nil, false
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var refs []*repo.Ref
+	var pos, got int64
+	for i := range p.Chunks {
+		ref := p.Chunks[i]
+		start, end := pos, pos+ref.Size
+		pos = end
+		if end <= off || start >= off+n {
+			continue
+		}
+		if start < off || end > off+n {
+			return nil, false // the parent was cut differently: read the file
+		}
+		if _, ok := u.known[ref.ID]; !ref.Hole && !ok {
+			return nil, false
+		}
+		refs = append(refs, &ref)
+		got += ref.Size
+	}
+	return refs, got == n
+}
+
 // errChanged reports a file that changed while it was read.
 var errChanged = errors.New("changed while being read")
 
@@ -363,6 +433,16 @@ var errChanged = errors.New("changed while being read")
 // it is never stored torn.
 func (u *uploader) file(ctx context.Context, ch *repo.Chunker, it item, jobs chan<- chunkJob) (stagedEntry, []*repo.Ref, error) {
 	e := it.Entry.source()
+	if refs, ok := u.unchanged(e, it.Offset, it.Length); ok {
+		u.count(func(r *UploadResult) {
+			if it.Offset == 0 { // count a segmented file once
+				r.Unchanged++
+			}
+			r.BytesUnchanged += it.Length
+			r.Chunks += int64(len(refs))
+		})
+		return it.Entry, refs, nil
+	}
 	for attempt := 0; ; attempt++ {
 		refs, read, err := u.read(ctx, ch, e, it.Offset, it.Length, jobs)
 		u.count(func(r *UploadResult) { r.BytesRead += read })

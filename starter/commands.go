@@ -35,6 +35,9 @@ func (c *cli) backupCmd() *cobra.Command {
 				fmt.Fprintf(tw, "source\t%s\n", res.Source)
 				fmt.Fprintf(tw, "entries\t%d (%d files, %s)\n", res.Totals.Entries, res.Totals.Files, bytesText(res.Totals.Bytes))
 				fmt.Fprintf(tw, "read\t%s\n", bytesText(res.BytesRead))
+				if res.Unchanged > 0 {
+					fmt.Fprintf(tw, "unchanged\t%d files, %s not read (same size and mtime as in %s)\n", res.Unchanged, bytesText(res.BytesUnchanged), res.Parent)
+				}
 				fmt.Fprintf(tw, "new\t%s in %d of %d chunks, uploaded %s\n", bytesText(res.BytesNew), res.ChunksNew, res.Chunks, bytesText(res.Uploaded))
 				if res.Skipped > 0 {
 					fmt.Fprintf(tw, "skipped\t%d devices, FIFOs or sockets\n", res.Skipped)
@@ -46,6 +49,7 @@ func (c *cli) backupCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
 	cmd.Flags().StringVar(&in.Site, "site", "", "site to back up (default: the plan's active site)")
+	cmd.Flags().BoolVar(&in.Full, "full", false, "read every file, even those unchanged (same size and mtime) since the last restore point")
 	c.waitFlags(cmd)
 	return cmd
 }

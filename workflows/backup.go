@@ -53,13 +53,14 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 
 	var up activities.UploadResult
 	if err := t.step(ctx, "upload", func() error {
-		return workflow.ExecuteActivity(long, a.Upload, activities.UploadInput{Plan: in.Plan, Site: site, Op: op, Pieces: snap.Pieces, Bytes: snap.Bytes}).Get(ctx, &up)
+		return workflow.ExecuteActivity(long, a.Upload, activities.UploadInput{Plan: in.Plan, Site: site, Op: op, Pieces: snap.Pieces, Bytes: snap.Bytes, Full: in.Full}).Get(ctx, &up)
 	}); err != nil {
 		cleanup(ctx, in.Plan, site, op)
 		return res, err
 	}
 	res.BytesRead, res.BytesNew, res.Uploaded = up.BytesRead, up.BytesNew, up.BytesStored
 	res.Chunks, res.ChunksNew, res.Reread = up.Chunks, up.ChunksNew, up.Reread
+	res.Unchanged, res.BytesUnchanged, res.Parent = up.Unchanged, up.BytesUnchanged, up.Parent
 
 	var commit activities.CommitResult
 	if err := t.step(ctx, "commit", func() error {

@@ -13,26 +13,34 @@ import (
 type BackupInput struct {
 	Plan string `json:"plan"`
 	Site string `json:"site,omitempty"` // default: the plan's active site
+	// Full reads every file, even those whose size and modification time
+	// match the latest restore point's.
+	Full bool `json:"full,omitempty"`
 }
 
 // BackupResult describes the restore point a backup committed.
 type BackupResult struct {
-	Plan       string        `json:"plan"`
-	Site       string        `json:"site"`
-	Point      string        `json:"point"`
-	Snapshot   time.Time     `json:"snapshot"`
-	Epoch      uint64        `json:"epoch"`
-	Repository string        `json:"repository"`
-	Source     string        `json:"source"`
-	Totals     repo.Totals   `json:"totals"`
-	Skipped    int64         `json:"skipped"` // devices, FIFOs, sockets
-	BytesRead  int64         `json:"bytesRead"`
-	BytesNew   int64         `json:"bytesNew"`      // plaintext of chunks the repository lacked
-	Uploaded   int64         `json:"bytesUploaded"` // stored size of those chunks
-	Chunks     int64         `json:"chunks"`
-	ChunksNew  int64         `json:"chunksNew"`
-	Reread     int64         `json:"reread"`
-	Duration   time.Duration `json:"duration"`
+	Plan       string      `json:"plan"`
+	Site       string      `json:"site"`
+	Point      string      `json:"point"`
+	Snapshot   time.Time   `json:"snapshot"`
+	Epoch      uint64      `json:"epoch"`
+	Repository string      `json:"repository"`
+	Source     string      `json:"source"`
+	Totals     repo.Totals `json:"totals"`
+	Skipped    int64       `json:"skipped"` // devices, FIFOs, sockets
+	BytesRead  int64       `json:"bytesRead"`
+	BytesNew   int64       `json:"bytesNew"`      // plaintext of chunks the repository lacked
+	Uploaded   int64       `json:"bytesUploaded"` // stored size of those chunks
+	Chunks     int64       `json:"chunks"`
+	ChunksNew  int64       `json:"chunksNew"`
+	Reread     int64       `json:"reread"`
+	// Unchanged files were not read: their size and modification time
+	// matched the parent restore point, whose chunks they reuse.
+	Unchanged      int64         `json:"unchanged"`
+	BytesUnchanged int64         `json:"bytesUnchanged"`
+	Parent         string        `json:"parent,omitempty"`
+	Duration       time.Duration `json:"duration"`
 }
 
 // TransmitInput starts a transmission of a restore point between sites.

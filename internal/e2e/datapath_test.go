@@ -48,10 +48,21 @@ func TestBackupTransmitRestore(t *testing.T) {
 	requireSameTree(t, src, dst)
 	requireSparse(t, filepath.Join(dst, "media", "disk.img"), 32<<20)
 
-	// No change: no chunk is uploaded.
+	// No change: no chunk is uploaded, and no file is read again.
 	b2 := s.backup()
 	if b2.ChunksNew != 0 || b2.BytesNew != 0 {
 		t.Fatalf("a backup with no change uploaded %d chunks (%d bytes)", b2.ChunksNew, b2.BytesNew)
+	}
+	if b2.BytesRead != 0 || b2.Unchanged != b1.Totals.Files || b2.Parent != b1.Point {
+		t.Fatalf("a backup with no change read %d bytes and took %d of %d files from %q", b2.BytesRead, b2.Unchanged, b1.Totals.Files, b2.Parent)
+	}
+	// --full reads everything again, and still uploads nothing.
+	var full workflows.BackupResult
+	if err := s.run(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan, Full: true}, &full); err != nil {
+		t.Fatal(err)
+	}
+	if full.BytesRead != b1.BytesRead || full.ChunksNew != 0 || full.Unchanged != 0 {
+		t.Fatalf("a full backup with no change: read %d (want %d), %d new chunks, %d unchanged", full.BytesRead, b1.BytesRead, full.ChunksNew, full.Unchanged)
 	}
 
 	// About 1% of the data changes: two 1 MiB regions overwritten in place.
@@ -74,7 +85,7 @@ func TestBackupTransmitRestore(t *testing.T) {
 	if err := s.run(workflows.OpPoints, workflows.Points, workflows.PointsInput{Plan: plan, Site: "secondary"}, &pts); err != nil {
 		t.Fatal(err)
 	}
-	if len(pts.Points) != 2 || pts.Points[1].Point != b3.Point {
+	if len(pts.Points) != 2 || pts.Points[0].Point != b1.Point || pts.Points[1].Point != b3.Point {
 		t.Fatalf("points at the secondary: %+v, want %s and %s", pts.Points, b1.Point, b3.Point)
 	}
 
