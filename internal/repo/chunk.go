@@ -42,7 +42,7 @@ func (r *Repo) SealChunk(id ID, plain []byte) ([]byte, error) {
 // hashes to id. Any failure is permanent with reason Corrupt and names the
 // chunk's full id and location. body is not modified.
 func (r *Repo) OpenChunk(id ID, body []byte) ([]byte, error) {
-	plain, err := r.open(body, id[:], chunkDec)
+	plain, err := r.open(body, id[:], &chunkDec)
 	if err == nil && Hash(plain) != id {
 		err = errCorrupt{"content does not match its id (corrupted)"}
 	}

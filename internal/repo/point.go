@@ -121,7 +121,7 @@ func (r *Repo) GetManifest(ctx context.Context, point string) (*Manifest, error)
 	if err != nil {
 		return fail(err)
 	}
-	plain, err := r.open(body, []byte("manifest:"+point), metaDec)
+	plain, err := r.open(body, []byte("manifest:"+point), &metaDec)
 	if err != nil {
 		return fail(err)
 	}

@@ -179,7 +179,9 @@ type errCorrupt struct{ why string }
 func (e errCorrupt) Error() string { return e.why }
 
 // open reverses seal. Its errors are errCorrupt; it never modifies body.
-func (r *Repo) open(body, ad []byte, dec *zstd.Decoder) ([]byte, error) {
+// dec points at the decoder to use, read only after codecs() has made it: a
+// process whose first use of the codecs is a read must not see it nil.
+func (r *Repo) open(body, ad []byte, dec **zstd.Decoder) ([]byte, error) {
 	if err := codecs(); err != nil {
 		return nil, err
 	}
@@ -194,7 +196,7 @@ func (r *Repo) open(body, ad []byte, dec *zstd.Decoder) ([]byte, error) {
 			return nil, errCorrupt{"cannot be decrypted: wrong key, written without a key, stored under another name, or corrupted"}
 		}
 	}
-	plain, err := dec.DecodeAll(z, nil)
+	plain, err := (*dec).DecodeAll(z, nil)
 	if err != nil {
 		why := "cannot be decompressed"
 		if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {

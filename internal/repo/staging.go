@@ -67,7 +67,7 @@ func (r *Repo) GetStaging(ctx context.Context, op, name string, v any) error {
 	body, err := r.get(ctx, key, MaxMetadataSize+1<<20)
 	if err == nil {
 		var plain []byte
-		if plain, err = r.open(body, []byte("staging:"+op+"/"+name), metaDec); err == nil {
+		if plain, err = r.open(body, []byte("staging:"+op+"/"+name), &metaDec); err == nil {
 			if jerr := json.Unmarshal(plain, v); jerr != nil {
 				err = errCorrupt{fmt.Sprintf("%v (corrupted, or written by another version)", jerr)}
 			}
