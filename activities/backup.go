@@ -233,19 +233,8 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 		u.known[id] = struct{}{}
 	}
 	rep.update(func(p *Progress) { u.fill(p) })
-	for i := st.Next; i < in.Pieces; i++ {
-		var p piece
-		if err := r.GetStaging(ctx, in.Op, pieceName(i), &p); err != nil {
-			return UploadResult{}, fmt.Errorf("read snapshot piece %d: %w", i, err)
-		}
-		up, err := u.piece(ctx, p)
-		if err != nil {
-			return UploadResult{}, err
-		}
-		if err := r.PutStaging(ctx, in.Op, uploadedName(i), up); err != nil {
-			return UploadResult{}, err
-		}
-		rep.resume(uploadResume{Next: i + 1, Result: u.result()})
+	if err := u.run(ctx, in.Op, st.Next, in.Pieces); err != nil {
+		return UploadResult{}, err
 	}
 	return u.result(), nil
 }
@@ -304,11 +293,27 @@ func (u *uploader) claim(id repo.ID) bool {
 	return true
 }
 
-func (u *uploader) count(f func(r *UploadResult)) {
+// count applies f to the live totals and to the piece's own, so that the
+// totals recorded with a finished piece (the resume point) hold only the
+// work of finished pieces.
+func (u *uploader) count(pp *pendingPiece, f func(r *UploadResult)) {
 	u.mu.Lock()
 	f(&u.res)
+	f(&pp.res)
 	u.mu.Unlock()
 	u.rep.update(u.fill)
+}
+
+// add adds the counts of b to a.
+func (a *UploadResult) add(b UploadResult) {
+	a.BytesRead += b.BytesRead
+	a.BytesNew += b.BytesNew
+	a.BytesStored += b.BytesStored
+	a.Chunks += b.Chunks
+	a.ChunksNew += b.ChunksNew
+	a.Reread += b.Reread
+	a.Unchanged += b.Unchanged
+	a.BytesUnchanged += b.BytesUnchanged
 }
 
 // uploadWorkers bounds the chunks in flight (each holds at most ChunkMax
@@ -319,54 +324,111 @@ const uploadWorkers = 16
 // chunkJob is one chunk on its way to the store; ref is filled in by the
 // worker that hashes it.
 type chunkJob struct {
-	data []byte
-	ref  *repo.Ref
+	data  []byte
+	ref   *repo.Ref
+	piece *pendingPiece
 }
 
-func (u *uploader) piece(ctx context.Context, p piece) (uploaded, error) {
+// pendingPiece is a piece whose files have been read and whose chunks are
+// on their way; done counts the chunks still uploading.
+type pendingPiece struct {
+	index int
+	out   uploaded
+	refs  [][]*repo.Ref
+	done  sync.WaitGroup
+	res   UploadResult // this piece's counts; guarded by uploader.mu
+}
+
+// run uploads pieces next..pieces-1 as one pipeline: one goroutine reads and
+// chunks files in order, workers hash and upload, and a recorder writes each
+// piece's result to staging (and heartbeats it as the resume point) once all
+// its chunks are stored. Reading the next piece does not wait for the last
+// uploads of the previous one.
+func (u *uploader) run(ctx context.Context, op string, next, pieces int) error {
 	g, gctx := errgroup.WithContext(ctx)
 	jobs := make(chan chunkJob, uploadWorkers)
+	read := make(chan *pendingPiece, 1) // at most two pieces ahead of the recorder
 	for range uploadWorkers {
 		g.Go(func() error {
 			for j := range jobs {
-				if err := u.store(gctx, j); err != nil {
+				err := u.store(gctx, j)
+				j.piece.done.Done()
+				if err != nil {
 					return err
 				}
 			}
 			return nil
 		})
 	}
-	out := uploaded{Items: make([]uploadedItem, len(p.Items))}
-	refs := make([][]*repo.Ref, len(p.Items))
-	// One chunker and its buffer serve every file of the piece, read in turn.
+	// One chunker and its buffer serve every file, read in turn.
 	ch, err := repo.NewChunker(nil, nil)
 	if err != nil {
-		return uploaded{}, err
+		return err
 	}
 	g.Go(func() error {
 		defer close(jobs)
-		for i, it := range p.Items {
-			out.Items[i] = uploadedItem{Index: it.Index, Entry: it.Entry, Offset: it.Offset}
-			if it.Entry.Type != source.TypeFile {
-				continue
+		defer close(read)
+		for i := next; i < pieces; i++ {
+			var p piece
+			if err := u.repo.GetStaging(gctx, op, pieceName(i), &p); err != nil {
+				return fmt.Errorf("read snapshot piece %d: %w", i, err)
 			}
-			e, r, err := u.file(gctx, ch, it, jobs)
-			if err != nil {
-				return err
+			pp := &pendingPiece{index: i, out: uploaded{Items: make([]uploadedItem, len(p.Items))}, refs: make([][]*repo.Ref, len(p.Items))}
+			for k, it := range p.Items {
+				pp.out.Items[k] = uploadedItem{Index: it.Index, Entry: it.Entry, Offset: it.Offset}
+				if it.Entry.Type != source.TypeFile {
+					continue
+				}
+				e, refs, err := u.file(gctx, ch, pp, it, jobs)
+				if err != nil {
+					return err
+				}
+				pp.out.Items[k].Entry, pp.refs[k] = e, refs
 			}
-			out.Items[i].Entry, refs[i] = e, r
+			select {
+			case read <- pp:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
 		}
 		return nil
 	})
-	if err := g.Wait(); err != nil {
-		return uploaded{}, err
-	}
-	for i, rs := range refs {
-		for _, r := range rs {
-			out.Items[i].Refs = append(out.Items[i].Refs, *r)
+	g.Go(func() error {
+		u.mu.Lock()
+		committed := u.res // what earlier attempts recorded
+		u.mu.Unlock()
+		for pp := range read {
+			waited := make(chan struct{})
+			go func() { pp.done.Wait(); close(waited) }()
+			select {
+			case <-waited:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			for k, refs := range pp.refs {
+				for _, r := range refs {
+					pp.out.Items[k].Refs = append(pp.out.Items[k].Refs, *r)
+				}
+			}
+			if err := u.repo.PutStaging(gctx, op, uploadedName(pp.index), pp.out); err != nil {
+				return err
+			}
+			u.mu.Lock()
+			committed.add(pp.res)
+			u.mu.Unlock()
+			u.rep.resume(uploadResume{Next: pp.index + 1, Result: committed})
 		}
+		u.mu.Lock()
+		u.res = committed
+		u.mu.Unlock()
+		return nil
+	})
+	err = g.Wait()
+	// Release what no worker took, so no waiter is left behind.
+	for j := range jobs {
+		j.piece.done.Done()
 	}
-	return out, nil
+	return err
 }
 
 // store hashes a chunk and uploads it unless the repository has it.
@@ -375,7 +437,7 @@ func (u *uploader) store(ctx context.Context, j chunkJob) error {
 	id := repo.Hash(data)
 	*j.ref = repo.Ref{ID: id, Size: int64(len(data))}
 	if !u.claim(id) {
-		u.count(func(r *UploadResult) { r.Chunks++ })
+		u.count(j.piece, func(r *UploadResult) { r.Chunks++ })
 		return nil
 	}
 	stored, err := u.repo.PutChunk(ctx, id, data)
@@ -385,7 +447,7 @@ func (u *uploader) store(ctx context.Context, j chunkJob) error {
 		u.mu.Unlock()
 		return fmt.Errorf("upload chunk %s: %w", id, err)
 	}
-	u.count(func(r *UploadResult) {
+	u.count(j.piece, func(r *UploadResult) {
 		r.Chunks++
 		r.ChunksNew++
 		r.BytesNew += int64(len(data))
@@ -431,10 +493,10 @@ var errChanged = errors.New("changed while being read")
 // file reads one file (or segment) into chunk jobs. A file that changes while
 // it is read is read again when the plan allows, with its new size and time;
 // it is never stored torn.
-func (u *uploader) file(ctx context.Context, ch *repo.Chunker, it item, jobs chan<- chunkJob) (stagedEntry, []*repo.Ref, error) {
+func (u *uploader) file(ctx context.Context, ch *repo.Chunker, pp *pendingPiece, it item, jobs chan<- chunkJob) (stagedEntry, []*repo.Ref, error) {
 	e := it.Entry.source()
 	if refs, ok := u.unchanged(e, it.Offset, it.Length); ok {
-		u.count(func(r *UploadResult) {
+		u.count(pp, func(r *UploadResult) {
 			if it.Offset == 0 { // count a segmented file once
 				r.Unchanged++
 			}
@@ -444,8 +506,8 @@ func (u *uploader) file(ctx context.Context, ch *repo.Chunker, it item, jobs cha
 		return it.Entry, refs, nil
 	}
 	for attempt := 0; ; attempt++ {
-		refs, read, err := u.read(ctx, ch, e, it.Offset, it.Length, jobs)
-		u.count(func(r *UploadResult) { r.BytesRead += read })
+		refs, read, err := u.read(ctx, ch, pp, e, it.Offset, it.Length, jobs)
+		u.count(pp, func(r *UploadResult) { r.BytesRead += read })
 		if err == nil {
 			return stage(e), refs, nil
 		}
@@ -464,7 +526,7 @@ func (u *uploader) file(ctx context.Context, ch *repo.Chunker, it item, jobs cha
 		}
 		// Wait for in-flight chunks of the torn read before reading it again.
 		// They are harmless: content-addressed, and referenced by nothing.
-		u.count(func(r *UploadResult) { r.Reread++ })
+		u.count(pp, func(r *UploadResult) { r.Reread++ })
 		f, err := u.src.Open(ctx, e.Path)
 		if err != nil {
 			return stagedEntry{}, nil, err
@@ -486,7 +548,7 @@ func (u *uploader) file(ctx context.Context, ch *repo.Chunker, it item, jobs cha
 
 // read chunks [off, off+n) of the file e, skipping holes, and returns the
 // references (filled in as the workers hash) and the bytes read.
-func (u *uploader) read(ctx context.Context, ch *repo.Chunker, e source.Entry, off, n int64, jobs chan<- chunkJob) ([]*repo.Ref, int64, error) {
+func (u *uploader) read(ctx context.Context, ch *repo.Chunker, pp *pendingPiece, e source.Entry, off, n int64, jobs chan<- chunkJob) ([]*repo.Ref, int64, error) {
 	f, err := u.src.Open(ctx, e.Path)
 	if err != nil {
 		if drivers.IsNotFound(err) {
@@ -520,9 +582,11 @@ func (u *uploader) read(ctx context.Context, ch *repo.Chunker, e source.Entry, o
 				// exactly the chunk's size.
 				ref := &repo.Ref{}
 				refs = append(refs, ref)
+				pp.done.Add(1)
 				select {
-				case jobs <- chunkJob{data: bytes.Clone(data), ref: ref}:
+				case jobs <- chunkJob{data: bytes.Clone(data), ref: ref, piece: pp}:
 				case <-ctx.Done():
+					pp.done.Done()
 					return nil, read, ctx.Err()
 				}
 				read += int64(len(data))

@@ -168,7 +168,7 @@ const copyWorkers = 16
 // CopyChunks copies, from the source site's repository to the destination's,
 // every chunk of the point that the destination lacks. Each chunk is verified
 // (decrypted, decompressed and hashed) before it is written, and written with
-// a content checksum the store checks. A retried attempt lists the
+// a request signed over its payload. A retried attempt lists the
 // destination again, so it never re-sends what arrived.
 func (a *Activities) CopyChunks(ctx context.Context, in CopyChunksInput) (CopyChunksResult, error) {
 	res, err := a.copyChunks(ctx, in)

@@ -47,10 +47,13 @@ func TestWorkerKilledDuringBackup(t *testing.T) {
 	before := s.chunkObjects("primary")
 	t.Logf("killed the worker with %d chunks uploaded", len(before))
 
-	s.spawnWorker()
+	w2 := s.spawnWorker()
 	var res workflows.BackupResult
 	if err := s.wait(run, &res); err != nil {
 		t.Fatalf("backup after the worker was killed: %v\n%s", err, s.logs.Tail(3000))
+	}
+	if !strings.Contains(string(w2.log.Bytes()), "resuming upload") {
+		t.Errorf("the restarted worker did not resume the upload from its heartbeat")
 	}
 	after := s.chunkObjects("primary")
 	requireUntouched(t, before, after)

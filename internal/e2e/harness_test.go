@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -184,7 +185,17 @@ func (s *stack) spawnWorker() *workerProcess {
 	wp.cmd = exec.Command(workerBin.path, "--config", s.cfgPath, "--site", "primary", "--site", "secondary",
 		"--task-queue", s.queue, "--address", s.temporal.Address, "--namespace", s.temporal.Namespace, "--log-level", "debug")
 	wp.cmd.Env = append(os.Environ(), s.env...)
-	wp.cmd.Stdout, wp.cmd.Stderr = wp.log, wp.log
+	var out io.Writer = wp.log
+	if dir := os.Getenv("DRORCH_E2E_LOGS"); dir != "" {
+		// Keep worker logs beyond the test, to debug a hang.
+		f, err := os.CreateTemp(dir, "worker-*.log")
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		s.t.Cleanup(func() { f.Close() })
+		out = io.MultiWriter(wp.log, f)
+	}
+	wp.cmd.Stdout, wp.cmd.Stderr = out, out
 	wp.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := wp.cmd.Start(); err != nil {
 		s.t.Fatal(err)
