@@ -131,8 +131,12 @@ func codecs() error {
 		// upload. The window is ChunkMax so that the chunk decoder, whose
 		// window is limited to ChunkMax, accepts every frame written here,
 		// including those of tiny chunks that are not single-segment.
+		// No frame checksum: every chunk is checked against its SHA-256 id
+		// (and its GCM tag) when read, and the checksum halved the speed of
+		// compressing incompressible data.
 		encoder, codecErr = zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderCRC(false),
 			zstd.WithWindowSize(ChunkMax),
 			zstd.WithEncoderConcurrency(0))
 		if codecErr != nil {
