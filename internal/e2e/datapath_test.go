@@ -91,6 +91,14 @@ func TestBackupTransmitRestore(t *testing.T) {
 
 	requireNoSecrets(t, s)
 	requireSearchAttributes(t, s)
+
+	// The history of the first backup does not grow with the data set: 404
+	// files and 501 chunks took a handful of activities, not one per file.
+	if n := s.historyLength(s.runs[0]); n > 150 {
+		t.Fatalf("the backup's history has %d events for %d files", n, b1.Totals.Files)
+	} else {
+		t.Logf("backup history: %d events", n)
+	}
 }
 
 // changeBytes overwrites about n bytes of the largest files in place and

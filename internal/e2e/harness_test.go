@@ -320,6 +320,20 @@ func (s *stack) historyJSON() string {
 	return b.String()
 }
 
+// historyLength counts the events in a run's history.
+func (s *stack) historyLength(run client.WorkflowRun) int {
+	s.t.Helper()
+	it := s.cl.GetWorkflowHistory(context.Background(), run.GetID(), run.GetRunID(), false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	n := 0
+	for it.HasNext() {
+		if _, err := it.Next(); err != nil {
+			s.t.Fatal(err)
+		}
+		n++
+	}
+	return n
+}
+
 // syncBuffer is a bytes.Buffer safe for a logger and a reader.
 type syncBuffer struct {
 	mu sync.Mutex
