@@ -11,13 +11,9 @@ import (
 // prepare the repository, snapshot the source, upload the chunks the
 // repository lacks, and commit the manifest last.
 func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) {
-	t, err := newTracker(ctx, OpBackup, in.Plan)
-	if err != nil {
-		return res, err
-	}
-	defer func() { t.finish(err) }()
 	started := workflow.Now(ctx)
-	info, err := describe(ctx, t, in.Plan)
+	t, info, err := begin(ctx, OpBackup, in.Plan)
+	defer func() { t.finish(err) }()
 	if err != nil {
 		return res, err
 	}

@@ -20,10 +20,22 @@ type tracker struct {
 	p Progress
 }
 
+// begin starts a run of op on plan: it answers the progress query from
+// here on and records the plan as the workers see it. The tracker is never
+// nil, so the caller can defer its finish before checking the error.
+func begin(ctx workflow.Context, op, plan string) (*tracker, activities.PlanInfo, error) {
+	t, err := newTracker(ctx, op, plan)
+	if err != nil {
+		return t, activities.PlanInfo{}, err
+	}
+	info, err := describe(ctx, t, plan)
+	return t, info, err
+}
+
 func newTracker(ctx workflow.Context, op, plan string) (*tracker, error) {
 	t := &tracker{p: Progress{Operation: op, Plan: plan, Steps: []StepProgress{}}}
 	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (Progress, error) { return t.p, nil }); err != nil {
-		return nil, err
+		return t, err
 	}
 	ch := workflow.GetSignalChannel(ctx, SignalProgress)
 	workflow.Go(ctx, func(ctx workflow.Context) {

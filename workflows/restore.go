@@ -10,13 +10,9 @@ import (
 // source at that site, or another path. Every chunk is verified before it is
 // written, and the target is replaced only once the whole point is staged.
 func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err error) {
-	t, err := newTracker(ctx, OpRestore, in.Plan)
-	if err != nil {
-		return res, err
-	}
-	defer func() { t.finish(err) }()
 	started := workflow.Now(ctx)
-	info, err := describe(ctx, t, in.Plan)
+	t, info, err := begin(ctx, OpRestore, in.Plan)
+	defer func() { t.finish(err) }()
 	if err != nil {
 		return res, err
 	}
@@ -56,12 +52,8 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 // Points lists the restore points of a plan at a site. It runs as a workflow
 // so that the CLI needs no store credentials: the site's worker reads them.
 func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) {
-	t, err := newTracker(ctx, OpPoints, in.Plan)
-	if err != nil {
-		return res, err
-	}
+	t, info, err := begin(ctx, OpPoints, in.Plan)
 	defer func() { t.finish(err) }()
-	info, err := describe(ctx, t, in.Plan)
 	if err != nil {
 		return res, err
 	}

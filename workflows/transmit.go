@@ -10,13 +10,9 @@ import (
 // verify the manifest at the source, prepare the destination and check its
 // epoch, copy only the chunks it lacks, then write the manifest there last.
 func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err error) {
-	t, err := newTracker(ctx, OpTransmit, in.Plan)
-	if err != nil {
-		return res, err
-	}
-	defer func() { t.finish(err) }()
 	started := workflow.Now(ctx)
-	info, err := describe(ctx, t, in.Plan)
+	t, info, err := begin(ctx, OpTransmit, in.Plan)
+	defer func() { t.finish(err) }()
 	if err != nil {
 		return res, err
 	}
