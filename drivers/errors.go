@@ -19,6 +19,11 @@ import (
 // ErrNotFound is wrapped by errors that report an absent object.
 var ErrNotFound = errors.New("not found")
 
+// ErrUnreachable is wrapped by transient errors that report a server that
+// could not be reached at all (connection refused, no route, timeout while
+// connecting): an unplanned failover records such a site as not fenced.
+var ErrUnreachable = errors.New("unreachable")
+
 // Reasons for permanent errors, used as the Temporal application error type so
 // that a history shows why a step gave up.
 const (
@@ -30,6 +35,7 @@ const (
 	ReasonFenced        = "Fenced"
 	ReasonSourceChanged = "SourceChanged"
 	ReasonNotFound      = "NotFound"
+	ReasonAuth          = "AuthFailed" // a password or TSIG key was refused
 )
 
 // PermanentError marks an error that no retry can fix.
@@ -62,6 +68,9 @@ func IsPermanent(err error) (reason string, ok bool) {
 	}
 	return "", false
 }
+
+// IsUnreachable reports whether err reports a server that could not be reached.
+func IsUnreachable(err error) bool { return errors.Is(err, ErrUnreachable) }
 
 // IsNotFound reports whether err reports an absent object.
 func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
