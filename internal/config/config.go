@@ -100,11 +100,15 @@ type Store struct {
 // Plan is a protection plan: one data set, protected from its primary site to
 // its secondary site.
 type Plan struct {
-	Name       string             `yaml:"-"` // its key under plans
-	Primary    string             `yaml:"primary"`
-	Secondary  string             `yaml:"secondary"`
-	Source     map[string]*Source `yaml:"source"` // by site name
-	Encryption *Encryption        `yaml:"encryption"`
+	Name       string               `yaml:"-"` // its key under plans
+	Primary    string               `yaml:"primary"`
+	Secondary  string               `yaml:"secondary"`
+	Source     map[string]*Source   `yaml:"source"` // by site name
+	Encryption *Encryption          `yaml:"encryption"`
+	Access     map[string][]*Access `yaml:"access"` // by site, in the order they are switched
+	DNS        []*DNSRecord         `yaml:"dns"`
+	Steps      []*Step              `yaml:"steps"`
+	Failback   Failback             `yaml:"failback"`
 }
 
 // Source is where a plan's data lives at one site.

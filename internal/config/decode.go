@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -207,7 +208,10 @@ func applyDefaults(v reflect.Value) {
 	}
 }
 
-var secretType = reflect.TypeFor[secret.Secret]()
+var (
+	secretType   = reflect.TypeFor[secret.Secret]()
+	durationType = reflect.TypeFor[time.Duration]()
+)
 
 func join(path, key string) string {
 	if path == "" {
@@ -245,6 +249,21 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			d.mapping(n, p.Elem(), path)
 		}
 		v.Set(p)
+	case t == durationType:
+		if null {
+			return
+		}
+		dur, err := time.ParseDuration(n.Value)
+		if n.Kind != yaml.ScalarNode || err != nil || dur < 0 {
+			d.errorAt(n.Line, path, "must be a duration such as 30s, 5m or 1h30m, got %s", valueOf(n))
+			return
+		}
+		v.SetInt(int64(dur))
+	case t.Kind() == reflect.Slice:
+		if null {
+			return
+		}
+		d.list(n, v, path)
 	case t.Kind() == reflect.Map:
 		if v.IsNil() {
 			v.Set(reflect.MakeMap(t))
@@ -330,6 +349,29 @@ func (d *decoder) namedMap(n *yaml.Node, v reflect.Value, path string) {
 		}
 		v.SetMapIndex(reflect.ValueOf(e.key.Value), ev)
 	}
+}
+
+// list decodes a sequence into the slice v, the elements at path[0],
+// path[1]... A single value where a list of strings is expected is a list of
+// one: "values: {primary: 192.0.2.1}".
+func (d *decoder) list(n *yaml.Node, v reflect.Value, path string) {
+	items := n.Content
+	switch {
+	case n.Kind == yaml.ScalarNode && v.Type().Elem().Kind() == reflect.String:
+		items = []*yaml.Node{n}
+	case n.Kind != yaml.SequenceNode:
+		d.errorAt(n.Line, path, "must be a list, got %s", kindOf(n))
+		return
+	}
+	out := reflect.MakeSlice(v.Type(), 0, len(items))
+	for i, item := range items {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		d.lines[p] = item.Line
+		ev := reflect.New(v.Type().Elem()).Elem()
+		d.decode(item, ev, p)
+		out = reflect.Append(out, ev)
+	}
+	v.Set(out)
 }
 
 type entry struct{ key, value *yaml.Node }

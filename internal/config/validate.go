@@ -143,6 +143,27 @@ func (p *Plan) validate(d *decoder, path string, c *Config) {
 	if p.Encryption != nil {
 		p.Encryption.validate(d, f("encryption"))
 	}
+	for _, site := range sortedKeys(p.Access) {
+		path := join(f("access"), site)
+		if site != p.Primary && site != p.Secondary {
+			d.errorf(path, "%q is not a site of this plan", site)
+		}
+		for i, a := range p.Access[site] {
+			a.validate(d, fmt.Sprintf("%s[%d]", path, i))
+		}
+	}
+	for i, r := range p.DNS {
+		r.validate(d, fmt.Sprintf("%s[%d]", f("dns"), i), p)
+	}
+	names := map[string]bool{}
+	for i, s := range p.Steps {
+		path := fmt.Sprintf("%s[%d]", f("steps"), i)
+		s.validate(d, path)
+		if names[s.Name] {
+			d.errorf(join(path, "name"), "another step is named %q", s.Name)
+		}
+		names[s.Name] = true
+	}
 }
 
 func (s *Source) validate(d *decoder, path string) {
