@@ -18,7 +18,9 @@ const epochKey = "epoch.json"
 // indented JSON so that an operator can read it: it is not secret.
 type Epoch struct {
 	Epoch   uint64    `json:"epoch"`
-	Site    string    `json:"site"`
+	Site    string    `json:"site"`             // the site that wrote it
+	Active  string    `json:"active,omitempty"` // the plan's active site as of this epoch; empty: its configured primary
+	Op      string    `json:"op,omitempty"`     // the operation that set it, so a retried step does not bump twice
 	Reason  string    `json:"reason,omitempty"`
 	Updated time.Time `json:"updated"`
 }
