@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strings"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/store"
@@ -101,4 +102,24 @@ func (r *Repo) DeleteStaging(ctx context.Context, op string) error {
 		}
 	}
 	return nil
+}
+
+// ListStaging returns the names of the objects of operation op, in lexical
+// order (the ".json.zst" suffix removed).
+func (r *Repo) ListStaging(ctx context.Context, op string) ([]string, error) {
+	if err := checkStagingName("operation", op); err != nil {
+		return nil, err
+	}
+	prefix := r.key(stagingDir + op + "/")
+	var names []string
+	err := r.st.List(ctx, prefix, func(o store.Object) error {
+		if name, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), ".json.zst"); ok && !strings.Contains(name, "/") {
+			names = append(names, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list staging %s at %s: %w", op, r.st.Location()+"/"+prefix, err)
+	}
+	return names, nil
 }
