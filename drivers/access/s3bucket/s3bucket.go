@@ -1,0 +1,505 @@
+// Package s3bucket fences an S3 bucket by its bucket policy: read-only adds a
+// statement (Sid "drorch-read-only") that denies object writes and deletes to
+// every principal; read-write removes that statement again. Every other
+// statement of the bucket's policy is kept as it is, so drorch can share a
+// bucket policy with whatever else the operator put there.
+//
+// Who the deny reaches depends on the server:
+//   - AWS S3 (and Ceph RGW) evaluate an explicit Deny in a bucket policy for
+//     every principal, the account's own users included: the fence binds
+//     every application.
+//   - MinIO evaluates bucket policies only for anonymous (unsigned) requests.
+//     A signed request — by the root user or by any other user — is checked
+//     against the user's IAM policies alone (MinIO's IAMSys.IsAllowed never
+//     reads the bucket policy). On MinIO this fence therefore stops anonymous
+//     writers only; applications that sign their requests keep writing. Fence
+//     those with their IAM policies instead (not done by this driver).
+//
+// Where the server honours the fence, give applications their own
+// credentials, never the root account's: a root user may be exempt too.
+//
+// The credentials drorch uses need s3:GetBucketPolicy, s3:PutBucketPolicy and
+// s3:DeleteBucketPolicy on the bucket. The deny does not cover those actions,
+// so drorch can always lift the fence it set.
+//
+// The policy is read, changed and written back: S3 has no conditional write for
+// bucket policies, so a concurrent change by someone else between the read and
+// the write is lost. drorch runs one switching operation per plan at a time;
+// keep other tools from editing the same policy during a failover.
+package s3bucket
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
+
+	"github.com/drorch/drorch/drivers"
+	"github.com/drorch/drorch/drivers/access"
+	"github.com/drorch/drorch/internal/secret"
+)
+
+// Config locates the bucket to fence and says how to reach it.
+type Config struct {
+	Endpoint  string // host:port, no scheme
+	Bucket    string
+	Region    string // optional (default "us-east-1")
+	AccessKey secret.Secret
+	SecretKey secret.Secret
+	Insecure  bool          // plain HTTP (TLS off)
+	CAFile    string        // optional PEM bundle to trust for TLS, in addition to the system's
+	Timeout   time.Duration // bounds each SetMode and Status call (default 30s)
+}
+
+// Sid names drorch's statement in the bucket policy.
+const Sid = "drorch-read-only"
+
+// deniedActions are the object writes the fence denies. s3:PutObject covers
+// uploads, copies into the bucket and every step of a multipart upload;
+// s3:DeleteObject covers single and multi-object deletes.
+var deniedActions = []string{
+	"s3:PutObject",
+	"s3:DeleteObject",
+	"s3:PutObjectTagging",
+	"s3:DeleteObjectVersion",
+	"s3:AbortMultipartUpload",
+}
+
+const (
+	defaultRegion  = "us-east-1"
+	defaultTimeout = 30 * time.Second
+	policyVersion  = "2012-10-17"
+
+	// maxRetries bounds minio-go's own retries of one request, as in the s3
+	// store: a dead server must fail the call within seconds so that
+	// Temporal's retry policy takes over.
+	maxRetries = 3
+	// dialTimeout bounds connecting; a partitioned site drops packets.
+	dialTimeout = 10 * time.Second
+)
+
+type bucket struct {
+	client   *minio.Client
+	bucket   string
+	timeout  time.Duration
+	describe string
+}
+
+var _ access.Access = (*bucket)(nil)
+
+// New returns the access driver for cfg. It checks the configuration but does
+// not contact the server.
+func New(cfg Config) (access.Access, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("s3bucket access: %w", err))
+	}
+	if cfg.Region == "" {
+		cfg.Region = defaultRegion
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = defaultTimeout
+	}
+	tr, err := transport(cfg)
+	if err != nil {
+		return nil, drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("s3bucket access: %w", err))
+	}
+	client, err := minio.New(cfg.Endpoint, &minio.Options{
+		Creds:        credentials.NewStaticV4(cfg.AccessKey.Value(), cfg.SecretKey.Value(), ""),
+		Secure:       !cfg.Insecure,
+		Transport:    tr,
+		Region:       cfg.Region,
+		BucketLookup: minio.BucketLookupPath,
+		MaxRetries:   maxRetries,
+	})
+	if err != nil {
+		return nil, drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("s3bucket access: %w", err))
+	}
+	return &bucket{
+		client:   client,
+		bucket:   cfg.Bucket,
+		timeout:  cfg.Timeout,
+		describe: "s3bucket " + cfg.Endpoint + "/" + cfg.Bucket,
+	}, nil
+}
+
+// validate reports every problem with cfg at once, each naming its field.
+func (cfg Config) validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{field}, args...)...))
+	}
+	switch ep := cfg.Endpoint; {
+	case ep == "":
+		bad("endpoint", "is required (host:port)")
+	case strings.Contains(ep, "://"):
+		bad("endpoint", "%q must be host:port without a scheme (set insecure for plain HTTP)", ep)
+	case strings.ContainsAny(ep, "/?#@ "):
+		bad("endpoint", "%q must be host:port, without a path, user or spaces", ep)
+	default:
+		if host, _, err := net.SplitHostPort(ep); err == nil && host == "" {
+			bad("endpoint", "%q has no host", ep)
+		}
+	}
+	if cfg.Bucket == "" {
+		bad("bucket", "is required")
+	} else if err := s3utils.CheckValidBucketNameStrict(cfg.Bucket); err != nil {
+		bad("bucket", "%q: %v", cfg.Bucket, err)
+	}
+	if cfg.AccessKey.IsZero() {
+		bad("access key", "is required")
+	}
+	if cfg.SecretKey.IsZero() {
+		bad("secret key", "is required")
+	}
+	if cfg.Insecure && cfg.CAFile != "" {
+		bad("ca file", "is set but insecure (plain HTTP) turns TLS off")
+	}
+	if cfg.Timeout < 0 {
+		bad("timeout", "must not be negative, got %s", cfg.Timeout)
+	}
+	return errors.Join(errs...)
+}
+
+func transport(cfg Config) (http.RoundTripper, error) {
+	tr, err := minio.DefaultTransport(!cfg.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	tr.DialContext = (&net.Dialer{Timeout: min(dialTimeout, cfg.Timeout), KeepAlive: 30 * time.Second}).DialContext
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ca file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca file %s: no PEM certificate in it", cfg.CAFile)
+		}
+		if tr.TLSClientConfig == nil {
+			tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		tr.TLSClientConfig.RootCAs = pool
+	}
+	return tr, nil
+}
+
+func (b *bucket) Describe() string { return b.describe }
+
+// SetMode writes the policy only when it has to change, so setting the mode
+// in force sends no write at all.
+func (b *bucket) SetMode(ctx context.Context, mode access.Mode) error {
+	if _, err := access.ParseMode(string(mode)); err != nil {
+		return drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("set mode on %s: %w", b.describe, err))
+	}
+	what := fmt.Sprintf("set %s on %s", mode, b.describe)
+	c := b.call(ctx)
+	defer c.cancel()
+
+	raw, err := b.client.GetBucketPolicy(c.ctx, b.bucket)
+	if err != nil {
+		return c.classify(what+": read bucket policy", err)
+	}
+	p, err := parsePolicy(raw)
+	if err != nil {
+		return drivers.Permanent(drivers.ReasonCorrupt, fmt.Errorf("%s: %w", what, err))
+	}
+	ours, others := p.split()
+	var next string
+	switch mode {
+	case access.ReadOnly:
+		if ours != nil && ours.isFence(b.bucket) {
+			return nil
+		}
+		next = p.render(append(others, fence(b.bucket)))
+	case access.ReadWrite:
+		if ours == nil {
+			return nil
+		}
+		if len(others) > 0 {
+			next = p.render(others)
+		} // else "" deletes the policy: nothing but the fence was in it
+	}
+	if err := b.client.SetBucketPolicy(c.ctx, b.bucket, next); err != nil {
+		return c.classify(what+": write bucket policy", err)
+	}
+	return nil
+}
+
+// Status reports read-only exactly when drorch's deny statement is in the
+// bucket policy, whatever else the policy says.
+func (b *bucket) Status(ctx context.Context) (access.Mode, error) {
+	what := "status of " + b.describe
+	c := b.call(ctx)
+	defer c.cancel()
+	raw, err := b.client.GetBucketPolicy(c.ctx, b.bucket)
+	if err != nil {
+		return "", c.classify(what+": read bucket policy", err)
+	}
+	p, err := parsePolicy(raw)
+	if err != nil {
+		return "", drivers.Permanent(drivers.ReasonCorrupt, fmt.Errorf("%s: %w", what, err))
+	}
+	if ours, _ := p.split(); ours != nil && strings.EqualFold(ours.Effect, "Deny") {
+		return access.ReadOnly, nil
+	}
+	return access.ReadWrite, nil
+}
+
+// policy is a bucket policy document. Statements other than drorch's are kept
+// as the raw JSON the server returned, so nothing in them is lost.
+type policy struct {
+	fields     map[string]json.RawMessage // every top-level field but Statement
+	statements []json.RawMessage
+}
+
+// statement is what drorch reads of a statement.
+type statement struct {
+	Sid       string
+	Effect    string
+	Principal json.RawMessage
+	Action    stringOrList
+	Resource  stringOrList
+}
+
+// stringOrList is a policy element that may be one string or a list of them.
+type stringOrList []string
+
+func (s *stringOrList) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*s = []string{one}
+		return nil
+	}
+	var list []string
+	if err := json.Unmarshal(b, &list); err != nil {
+		return err
+	}
+	*s = list
+	return nil
+}
+
+func parsePolicy(raw string) (*policy, error) {
+	p := &policy{fields: map[string]json.RawMessage{}}
+	if strings.TrimSpace(raw) == "" {
+		return p, nil
+	}
+	if err := json.Unmarshal([]byte(raw), &p.fields); err != nil {
+		return nil, fmt.Errorf("bucket policy is not a JSON object: %w", err)
+	}
+	st, ok := p.fields["Statement"]
+	delete(p.fields, "Statement")
+	if !ok {
+		return p, nil
+	}
+	if st = bytes.TrimSpace(st); len(st) > 0 && st[0] == '{' {
+		p.statements = []json.RawMessage{st} // a single statement need not be in a list
+		return p, nil
+	}
+	if err := json.Unmarshal(st, &p.statements); err != nil {
+		return nil, fmt.Errorf("bucket policy: Statement is neither an object nor a list: %w", err)
+	}
+	return p, nil
+}
+
+// split returns drorch's statement (nil when absent) and all the others.
+func (p *policy) split() (ours *statement, others []json.RawMessage) {
+	for _, raw := range p.statements {
+		var s statement
+		if json.Unmarshal(raw, &s) == nil && s.Sid == Sid {
+			ours = &s
+			continue
+		}
+		others = append(others, raw)
+	}
+	return ours, others
+}
+
+// render returns p's document with statements in place of its own.
+func (p *policy) render(statements []json.RawMessage) string {
+	doc := make(map[string]any, len(p.fields)+2)
+	for k, v := range p.fields {
+		doc[k] = v
+	}
+	if _, ok := doc["Version"]; !ok {
+		doc["Version"] = policyVersion
+	}
+	doc["Statement"] = statements
+	b, err := json.Marshal(doc)
+	if err != nil {
+		panic(fmt.Sprintf("s3bucket: marshal a policy of valid JSON parts: %v", err)) // cannot happen
+	}
+	return string(b)
+}
+
+func fence(bucket string) json.RawMessage {
+	b, err := json.Marshal(map[string]any{
+		"Sid":       Sid,
+		"Effect":    "Deny",
+		"Principal": "*",
+		"Action":    deniedActions,
+		"Resource":  []string{objects(bucket)},
+	})
+	if err != nil {
+		panic(fmt.Sprintf("s3bucket: marshal the fence statement: %v", err)) // cannot happen
+	}
+	return b
+}
+
+func objects(bucket string) string { return "arn:aws:s3:::" + bucket + "/*" }
+
+// isFence reports whether s is the fence drorch sets now, in whatever form
+// the server returns it; a statement from an older drorch, or one edited by
+// hand, is replaced.
+func (s *statement) isFence(bucket string) bool {
+	if !strings.EqualFold(s.Effect, "Deny") || !everyone(s.Principal) {
+		return false
+	}
+	return sameSet(s.Action, deniedActions) && sameSet(s.Resource, []string{objects(bucket)})
+}
+
+// everyone reports whether a Principal element is "*", {"AWS": "*"} or {"AWS": ["*"]}.
+func everyone(raw json.RawMessage) bool {
+	var star string
+	if json.Unmarshal(raw, &star) == nil {
+		return star == "*"
+	}
+	var m map[string]stringOrList
+	if json.Unmarshal(raw, &m) != nil || len(m) != 1 {
+		return false
+	}
+	aws, ok := m["AWS"]
+	return ok && slices.Equal(aws, []string{"*"})
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
+}
+
+// call is one SetMode or Status call: its deadline, and whether the server
+// answered anything during it, which tells an unreachable server from one
+// that failed.
+type call struct {
+	timeout  time.Duration
+	ctx      context.Context
+	parent   context.Context
+	cancel   context.CancelFunc
+	answered atomic.Bool
+}
+
+func (b *bucket) call(parent context.Context) *call {
+	c := &call{parent: parent, timeout: b.timeout}
+	ctx, cancel := context.WithTimeout(parent, b.timeout)
+	c.ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotFirstResponseByte: func() { c.answered.Store(true) },
+	})
+	c.cancel = cancel
+	return c
+}
+
+// transientCodes are S3 error codes that a later attempt may not see although
+// their HTTP status is a 4xx, which is otherwise permanent.
+var transientCodes = map[string]bool{
+	"RequestTimeout":        true,
+	"ExpiredToken":          true,
+	"ExpiredTokenException": true,
+	"SlowDown":              true,
+	"Throttling":            true,
+	"ThrottlingException":   true,
+	"RequestLimitExceeded":  true,
+}
+
+// classify turns an error from minio-go into drorch's classes, with a message
+// that names the operation and the bucket but never a credential.
+func (c *call) classify(what string, err error) error {
+	if c.parent.Err() != nil {
+		return fmt.Errorf("%s: %w", what, err) // the caller gave up; not the server's doing
+	}
+	if hint := tlsMismatch(err); hint != "" {
+		return drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("%s: %s: %w", what, hint, err))
+	}
+	resp := minio.ToErrorResponse(err)
+	switch resp.Code {
+	case "InvalidAccessKeyId", "SignatureDoesNotMatch":
+		return drivers.Permanentf(drivers.ReasonAuth,
+			"%s: the access key or secret key is wrong (%s)", what, resp.Code)
+	case "AccessDenied":
+		return drivers.Permanentf(drivers.ReasonAccessDenied,
+			"%s: access denied: these credentials need s3:GetBucketPolicy, s3:PutBucketPolicy and s3:DeleteBucketPolicy on the bucket (%s)", what, resp.Code)
+	case "AllAccessDisabled", "AccountProblem":
+		return drivers.Permanentf(drivers.ReasonAccessDenied, "%s: access denied: %s (%s)", what, resp.Message, resp.Code)
+	case "NoSuchBucket":
+		return drivers.Permanentf(drivers.ReasonNoSuchBucket, "%s: the bucket does not exist (NoSuchBucket)", what)
+	case "MalformedPolicy":
+		return drivers.Permanentf(drivers.ReasonInvalidInput,
+			"%s: the server refused the bucket policy: %s (MalformedPolicy)", what, resp.Message)
+	}
+	if transientCodes[resp.Code] {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if st := resp.StatusCode; st >= 400 && st < 500 && st != http.StatusRequestTimeout && st != http.StatusTooManyRequests {
+		reason := resp.Code
+		if reason == "" || strings.ContainsRune(reason, ' ') {
+			reason = fmt.Sprintf("HTTP%d", st)
+		}
+		return drivers.Permanent(reason, fmt.Errorf("%s: %w", what, err))
+	}
+	if resp.StatusCode == 0 && !c.answered.Load() {
+		// No HTTP answer during the whole call, retries included: the
+		// connection was refused, never completed or never answered.
+		if errors.Is(c.ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%s: %w: no answer within %s: %w", what, drivers.ErrUnreachable, c.timeout, err)
+		}
+		return fmt.Errorf("%s: %w: %w", what, drivers.ErrUnreachable, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// tlsMismatch explains errors that mean the configuration does not match the
+// server's TLS setup, which no retry changes; "" for any other error.
+func tlsMismatch(err error) string {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		verify    *tls.CertificateVerificationError
+		record    tls.RecordHeaderError
+	)
+	switch {
+	case errors.As(err, &unknownCA):
+		return "the server's TLS certificate is signed by an unknown authority (set ca file to the PEM that signed it)"
+	case errors.As(err, &hostname):
+		return "the server's TLS certificate does not name the endpoint"
+	case errors.As(err, &invalid):
+		return "the server's TLS certificate is not valid"
+	case errors.As(err, &verify):
+		return "the server's TLS certificate cannot be verified"
+	case errors.As(err, &record), strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return "the server speaks plain HTTP (set insecure, or enable TLS on the server)"
+	}
+	if resp := minio.ToErrorResponse(err); resp.StatusCode == http.StatusBadRequest &&
+		strings.Contains(resp.Message, "HTTP request to an HTTPS server") {
+		return "the server speaks HTTPS (unset insecure)"
+	}
+	return ""
+}
