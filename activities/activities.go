@@ -167,6 +167,12 @@ func temporalError(err error) error {
 	return err
 }
 
+// temporalApplicationError is an application error of the given type,
+// retryable or not.
+func temporalApplicationError(msg, typ string, nonRetryable bool) error {
+	return temporal.NewApplicationErrorWithOptions(msg, typ, temporal.ApplicationErrorOptions{NonRetryable: nonRetryable})
+}
+
 // Progress is what a long activity reports while it runs: in its heartbeat
 // details and, throttled, as a signal to its workflow.
 type Progress struct {

@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"sort"
+	"time"
 )
 
 // DescribeInput names a plan.
@@ -20,6 +21,17 @@ type PlanInfo struct {
 	Encrypted bool                `json:"encrypted"`
 	Sites     map[string]SiteInfo `json:"sites"`
 	Config    string              `json:"config"` // the file the worker loaded
+	Steps     []StepInfo          `json:"steps,omitempty"`
+}
+
+// StepInfo describes one step of the recovery plan.
+type StepInfo struct {
+	Name     string        `json:"name"`
+	On       []string      `json:"on,omitempty"` // empty: every procedure
+	Before   int           `json:"before,omitempty"`
+	Wait     time.Duration `json:"wait,omitempty"`
+	Approval time.Duration `json:"approval,omitempty"` // 0: none
+	After    int           `json:"after,omitempty"`
 }
 
 // SiteInfo describes a plan's resources at one site.
@@ -38,6 +50,13 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 	info := PlanInfo{
 		Plan: p.Name, Primary: p.Primary, Secondary: p.Secondary, Active: p.Primary,
 		Encrypted: p.Encryption != nil, Sites: map[string]SiteInfo{}, Config: a.cfg.File,
+	}
+	for _, s := range p.Steps {
+		si := StepInfo{Name: s.Name, On: s.On, Before: len(s.Before), Wait: s.Wait, After: len(s.After)}
+		if s.Approval != nil {
+			si.Approval = s.Approval.Timeout
+		}
+		info.Steps = append(info.Steps, si)
 	}
 	sites := []string{p.Primary, p.Secondary}
 	sort.Strings(sites)

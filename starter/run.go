@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
@@ -38,14 +39,21 @@ type started struct {
 // or waits for the result (into res) showing live progress, and prints it
 // with human.
 func (c *cli) start(cc *clientConn, op, plan, site string, wf any, in any, res any, human func(io.Writer)) error {
+	return c.startWith(cc, client.StartWorkflowOptions{ID: workflows.WorkflowID(plan, op, time.Now())}, op, plan, site, wf, in, res, human)
+}
+
+// startWith is start with the id and its policies given: switching
+// workflows share one id per plan so that Temporal refuses a second one.
+func (c *cli) startWith(cc *clientConn, opts client.StartWorkflowOptions, op, plan, site string, wf any, in any, res any, human func(io.Writer)) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	id := workflows.WorkflowID(plan, op, time.Now())
-	run, err := cc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID:                    id,
-		TaskQueue:             c.taskQueue,
-		TypedSearchAttributes: workflows.Attributes(plan, site, op),
-	}, wf, in)
+	opts.TaskQueue = c.taskQueue
+	opts.TypedSearchAttributes = workflows.Attributes(plan, site, op)
+	run, err := cc.ExecuteWorkflow(ctx, opts, wf, in)
+	var running *serviceerror.WorkflowExecutionAlreadyStarted
+	if errors.As(err, &running) {
+		return fmt.Errorf("start %s: a switching operation of plan %s is already running (workflow %s, run %s); wait for it to end, or approve or cancel it", op, plan, opts.ID, running.RunId)
+	}
 	if err != nil {
 		return fmt.Errorf("start %s: %w", op, err)
 	}
@@ -57,7 +65,7 @@ func (c *cli) start(cc *clientConn, op, plan, site string, wf any, in any, res a
 		fmt.Printf("started %s %s\n  run %s\n  %s\n", op, st.WorkflowID, st.RunID, st.URL)
 		return nil
 	}
-	if !c.json && op != workflows.OpPoints {
+	if !c.json && op != workflows.OpPoints && op != workflows.OpStatus {
 		fmt.Fprintf(os.Stderr, "%s %s\n  %s\n", op, st.WorkflowID, st.URL)
 	}
 	done := make(chan error, 1)

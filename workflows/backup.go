@@ -17,7 +17,11 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 	if err != nil {
 		return res, err
 	}
-	site, err := siteOf(info, in.Site, info.Active, "site")
+	def := in.Site
+	if def == "" {
+		def = activeSite(ctx, info)
+	}
+	site, err := siteOf(info, in.Site, def, "site")
 	if err != nil {
 		return res, err
 	}

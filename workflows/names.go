@@ -23,6 +23,7 @@ const (
 	OpTransmit = "transmit"
 	OpRestore  = "restore"
 	OpPoints   = "points"
+	OpStatus   = "status"
 )
 
 // Query and signal names.
@@ -64,3 +65,18 @@ func Attributes(plan, site, op string) temporal.SearchAttributes {
 	}
 	return temporal.NewSearchAttributes(updates...)
 }
+
+// Switching operations, signals and ids.
+const (
+	OpFailover = "failover"
+
+	// SignalApprove releases a recovery step waiting for an operator.
+	SignalApprove = "approve"
+
+	ModePlanned   = "planned"
+	ModeUnplanned = "unplanned"
+)
+
+// SwitchWorkflowID is the one id every switching workflow of a plan uses, so
+// that Temporal refuses a second one while one runs.
+func SwitchWorkflowID(plan string) string { return "drorch/" + plan + "/switch" }

@@ -16,7 +16,11 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 	if err != nil {
 		return res, err
 	}
-	from, err := siteOf(info, in.From, info.Active, "from")
+	def := in.From
+	if def == "" {
+		def = activeSite(ctx, info)
+	}
+	from, err := siteOf(info, in.From, def, "from")
 	if err != nil {
 		return res, err
 	}

@@ -123,3 +123,41 @@ type StepProgress struct {
 	Duration time.Duration `json:"duration,omitempty"`
 	Error    string        `json:"error,omitempty"`
 }
+
+// FailoverInput starts a failover: planned (a switchover: the old active site
+// is fenced, a final sync loses nothing) or unplanned (the old active site
+// may be dark).
+//
+//	temporal workflow start --type Failover --task-queue drorch --workflow-id drorch/files/switch \
+//	  --input '{"plan":"files","mode":"unplanned"}'
+type FailoverInput struct {
+	Plan  string `json:"plan"`
+	Mode  string `json:"mode,omitempty"`  // planned (default) or unplanned
+	Point string `json:"point,omitempty"` // default: the latest valid point at the target (after the final sync)
+}
+
+// SwitchReport is what a switching workflow returns and stores at the site
+// that ends up active.
+type SwitchReport struct {
+	ID           string                   `json:"id"`
+	Plan         string                   `json:"plan"`
+	Operation    string                   `json:"operation"`
+	Mode         string                   `json:"mode,omitempty"`
+	From         string                   `json:"from"`
+	To           string                   `json:"to"`
+	Started      time.Time                `json:"started"`
+	Finished     time.Time                `json:"finished"`
+	Outcome      string                   `json:"outcome"` // completed, failed, compensated
+	Error        string                   `json:"error,omitempty"`
+	Fenced       bool                     `json:"fenced"`
+	FenceNote    string                   `json:"fenceNote,omitempty"`
+	Point        string                   `json:"point,omitempty"`
+	PointTime    time.Time                `json:"pointTime,omitzero"`
+	Epoch        uint64                   `json:"epoch,omitempty"`
+	Restored     bool                     `json:"restored"` // false: the standby already held the point
+	RTO          time.Duration            `json:"rto"`      // start → DNS verified
+	RPO          time.Duration            `json:"rpo"`      // fence (or start) − restore point time
+	DNS          []activities.RecordState `json:"dns,omitempty"`
+	Steps        []StepProgress           `json:"steps"`
+	Compensation []string                 `json:"compensation,omitempty"`
+}

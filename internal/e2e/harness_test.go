@@ -54,7 +54,8 @@ type stackOptions struct {
 	bucket    string // default "drorch"
 	encrypt   bool
 	overrides func(site string, store map[string]string)
-	onChange  string // the primary source's onChange, default unset
+	onChange  string                // the primary source's onChange, default unset
+	planExtra func(s *stack) string // more of the plan's YAML, indented 4 spaces
 }
 
 func newStack(t *testing.T, opts stackOptions) *stack {
@@ -101,6 +102,9 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 	if opts.encrypt {
 		s.setenv("E2E_KEY", randomHex(32))
 		cfg.WriteString("    encryption: {key: env:E2E_KEY}\n")
+	}
+	if opts.planExtra != nil {
+		cfg.WriteString(opts.planExtra(s))
 	}
 	s.cfgPath = filepath.Join(s.dir, "drorch.yaml")
 	if err := os.WriteFile(s.cfgPath, []byte(cfg.String()), 0o600); err != nil {

@@ -1,0 +1,195 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+
+	"github.com/drorch/drorch/drivers/access"
+	"github.com/drorch/drorch/drivers/access/postgres"
+	"github.com/drorch/drorch/internal/secret"
+	"github.com/drorch/drorch/internal/testenv"
+	"github.com/drorch/drorch/workflows"
+)
+
+// switchStack is a stack whose plan has a PostgreSQL cluster per site and an
+// A record in BIND.
+type switchStack struct {
+	*stack
+	pg   map[string]*testenv.Postgres
+	bind *testenv.BIND
+}
+
+var siteAddr = map[string]string{"primary": "192.0.2.1", "secondary": "192.0.2.2"}
+
+func newSwitchStack(t *testing.T, steps string) *switchStack {
+	ss := &switchStack{pg: map[string]*testenv.Postgres{}}
+	for _, site := range []string{"primary", "secondary"} {
+		ss.pg[site] = testenv.StartPostgres(t)
+	}
+	ss.bind = testenv.StartBIND(t)
+	ss.stack = newStack(t, stackOptions{planExtra: func(s *stack) string {
+		var b []byte
+		b = append(b, "    access:\n"...)
+		for _, site := range []string{"primary", "secondary"} {
+			p := ss.pg[site]
+			env := "E2E_PG_" + site
+			s.setenv(env, p.Password)
+			b = fmt.Appendf(b, "      %s:\n        - {driver: postgres, host: %s, port: %d, user: %s, password: env:%s, database: %s, sslmode: disable}\n",
+				site, p.Host, p.Port, p.User, env, p.Database)
+		}
+		s.setenv("E2E_TSIG", ss.bind.KeySecret)
+		b = fmt.Appendf(b, "    dns:\n      - {server: %s, zone: %s, name: app, type: A, ttl: 30, values: {primary: %s, secondary: %s}, tsig: {name: %s, secret: env:E2E_TSIG}}\n",
+			ss.bind.Addr, ss.bind.Zone, siteAddr["primary"], siteAddr["secondary"], ss.bind.KeyName)
+		return string(b) + steps
+	}})
+	// The plan starts as a running production would: the primary's database
+	// open for writes, the standby's read-only.
+	for _, p := range ss.pg {
+		if err := ss.exec(p, "CREATE TABLE orders (id serial PRIMARY KEY, note text)"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for site, mode := range map[string]access.Mode{"primary": access.ReadWrite, "secondary": access.ReadOnly} {
+		ss.setMode(site, mode)
+	}
+	return ss
+}
+
+func (ss *switchStack) setMode(site string, mode access.Mode) {
+	ss.t.Helper()
+	p := ss.pg[site]
+	a, err := postgres.New(postgres.Config{Host: p.Host, Port: p.Port, User: p.User, Password: secret.New("test", p.Password), Database: p.Database, SSLMode: "disable"})
+	if err != nil {
+		ss.t.Fatal(err)
+	}
+	if err := a.SetMode(context.Background(), mode); err != nil {
+		ss.t.Fatalf("set %s %s: %v", site, mode, err)
+	}
+}
+
+func (ss *switchStack) exec(p *testenv.Postgres, sql string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, p.DSN())
+	if err != nil {
+		ss.t.Fatalf("connect %s: %v", p.DSN(), err)
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+// writable reports whether the site's database accepts a write from a new
+// session, as an application would see it.
+func (ss *switchStack) writable(site string) bool {
+	ss.t.Helper()
+	err := ss.exec(ss.pg[site], "INSERT INTO orders (note) VALUES ('probe')")
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &pgErr) && pgErr.Code == "25006":
+		return false
+	}
+	ss.t.Fatalf("write probe at %s: %v", site, err)
+	return false
+}
+
+func (ss *switchStack) failover(in workflows.FailoverInput) (workflows.SwitchReport, error) {
+	ss.t.Helper()
+	run, err := ss.cl.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
+		ID: workflows.SwitchWorkflowID(plan) + "-" + ss.queue, TaskQueue: ss.queue,
+		WorkflowIDConflictPolicy: enums.WORKFLOW_ID_CONFLICT_POLICY_FAIL, WorkflowExecutionErrorWhenAlreadyStarted: true,
+	}, workflows.Failover, in)
+	if err != nil {
+		ss.t.Fatal(err)
+	}
+	ss.runs = append(ss.runs, run)
+	var rep workflows.SwitchReport
+	err = ss.wait(run, &rep)
+	return rep, err
+}
+
+func TestPlannedFailover(t *testing.T) {
+	ss := newSwitchStack(t, "")
+	ss.startWorker()
+	src := ss.source("primary")
+	genTree(t, src, treeSpec{seed: 9, dataBytes: 8 << 20, files: 30})
+	ss.backup()
+	ss.transmit()
+	// Written after the last backup: a planned failover must not lose it.
+	if err := os.WriteFile(filepath.Join(src, "written-just-before.txt"), []byte("the last order"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !ss.writable("primary") || ss.writable("secondary") {
+		t.Fatal("the plan did not start with only the primary writable")
+	}
+
+	rep, err := ss.failover(workflows.FailoverInput{Plan: plan})
+	if err != nil {
+		t.Fatalf("planned failover: %v\n%s", err, ss.logs.Tail(4000))
+	}
+	if rep.Outcome != "completed" || !rep.Fenced || rep.To != "secondary" || rep.RTO <= 0 {
+		t.Fatalf("report: %+v", rep)
+	}
+	t.Logf("planned failover: RTO %s, RPO %s, point %s, epoch %d", rep.RTO, rep.RPO, rep.Point, rep.Epoch)
+
+	if got := ss.bind.Query(t, "app."+ss.bind.Zone, "A"); len(got) != 1 || got[0] != siteAddr["secondary"] {
+		t.Fatalf("BIND answers app = %v, want %s", got, siteAddr["secondary"])
+	}
+	if !ss.writable("secondary") {
+		t.Fatal("the new active site's database refuses writes")
+	}
+	if ss.writable("primary") {
+		t.Fatal("the old active site's database still accepts writes")
+	}
+	got, err := os.ReadFile(filepath.Join(ss.source("secondary"), "written-just-before.txt"))
+	if err != nil || string(got) != "the last order" {
+		t.Fatalf("the file written just before the switchover is not at the secondary: %q, %v", got, err)
+	}
+	requireSameTree(t, src, ss.source("secondary"))
+	requireNoSecrets(t, ss.stack)
+}
+
+func TestSecondFailoverIsRefused(t *testing.T) {
+	ss := newSwitchStack(t, "    steps:\n      - {name: hold, approval: {timeout: 10m}}\n")
+	ss.startWorker()
+	genTree(t, ss.source("primary"), treeSpec{seed: 10, dataBytes: 1 << 20, files: 3})
+	ss.backup()
+	ss.transmit()
+	opts := client.StartWorkflowOptions{ID: workflows.SwitchWorkflowID(plan) + "-" + ss.queue, TaskQueue: ss.queue,
+		WorkflowIDConflictPolicy: enums.WORKFLOW_ID_CONFLICT_POLICY_FAIL, WorkflowExecutionErrorWhenAlreadyStarted: true}
+	first, err := ss.cl.ExecuteWorkflow(context.Background(), opts, workflows.Failover, workflows.FailoverInput{Plan: plan})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ss.cl.ExecuteWorkflow(context.Background(), opts, workflows.Failover, workflows.FailoverInput{Plan: plan, Mode: workflows.ModeUnplanned})
+	var running *serviceerror.WorkflowExecutionAlreadyStarted
+	if !errors.As(err, &running) {
+		t.Fatalf("a second failover while one runs: %v; want it refused", err)
+	}
+	// The first one waits for approval; approving it lets it finish.
+	waitFor(t, "the failover to wait for approval", 2*time.Minute, func() bool {
+		v, err := ss.cl.QueryWorkflow(context.Background(), first.GetID(), first.GetRunID(), workflows.QueryProgress)
+		var p workflows.Progress
+		return err == nil && v.Get(&p) == nil && p.Waiting != ""
+	})
+	if err := ss.cl.SignalWorkflow(context.Background(), first.GetID(), first.GetRunID(), workflows.SignalApprove, workflows.ApproveSignal{By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	var rep workflows.SwitchReport
+	if err := ss.wait(first, &rep); err != nil || rep.Outcome != "completed" {
+		t.Fatalf("approved failover: %+v, %v", rep, err)
+	}
+}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+
+	"github.com/drorch/drorch/workflows"
+)
+
+// switchOptions start a switching workflow under the plan's one switch id:
+// refused while another runs, reusable once it ended.
+func switchOptions(plan string) client.StartWorkflowOptions {
+	return client.StartWorkflowOptions{
+		ID:                       workflows.SwitchWorkflowID(plan),
+		WorkflowIDConflictPolicy: enums.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		WorkflowIDReusePolicy:    enums.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+		// Without it the client quietly hands back the running one.
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
+	}
+}
+
+func (c *cli) failoverCmd() *cobra.Command {
+	var in workflows.FailoverInput
+	var planned, unplanned bool
+	cmd := &cobra.Command{
+		Use:   "failover --plan P [--planned|--unplanned] [--point ID]",
+		Short: "Make the plan's standby site active (planned: a switchover that loses nothing)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if planned && unplanned {
+				return fmt.Errorf("give --planned or --unplanned, not both")
+			}
+			in.Mode = workflows.ModePlanned
+			if unplanned {
+				in.Mode = workflows.ModeUnplanned
+			}
+			cfg, cc, err := c.connect()
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			if err := checkPlan(cfg, in.Plan); err != nil {
+				return err
+			}
+			var rep workflows.SwitchReport
+			return c.startWith(cc, switchOptions(in.Plan), workflows.OpFailover, in.Plan, "", workflows.Failover, in, &rep, func(w io.Writer) {
+				printReport(w, rep)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
+	cmd.Flags().BoolVar(&planned, "planned", false, "fence the active site and sync it first (default)")
+	cmd.Flags().BoolVar(&unplanned, "unplanned", false, "the active site may be dark: go on without fencing it")
+	cmd.Flags().StringVar(&in.Point, "point", "", "restore point to bring up (default: the latest at the target)")
+	c.waitFlags(cmd)
+	return cmd
+}
+
+func (c *cli) approveCmd() *cobra.Command {
+	var plan string
+	cmd := &cobra.Command{
+		Use:   "approve --plan P",
+		Short: "Release the recovery step the plan's running switch waits on",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, cc, err := c.connect()
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			if err := checkPlan(cfg, plan); err != nil {
+				return err
+			}
+			by := "drorch approve"
+			if u, err := user.Current(); err == nil {
+				by = u.Username
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := cc.SignalWorkflow(ctx, workflows.SwitchWorkflowID(plan), "", workflows.SignalApprove, workflows.ApproveSignal{By: by}); err != nil {
+				return fmt.Errorf("approve: no switching operation of plan %s is running (%v)", plan, err)
+			}
+			fmt.Fprintf(os.Stdout, "approved the waiting step of %s\n", workflows.SwitchWorkflowID(plan))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&plan, "plan", "", "protection plan (required)")
+	return cmd
+}
+
+// printReport prints a switching report as a table.
+func printReport(w io.Writer, r workflows.SwitchReport) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "%s\t%s → %s (%s): %s\n", r.Operation, r.From, r.To, r.Mode, r.Outcome)
+	if r.Error != "" {
+		fmt.Fprintf(tw, "error\t%s\n", r.Error)
+	}
+	fenced := "yes"
+	if !r.Fenced {
+		fenced = "no: " + r.FenceNote
+	}
+	fmt.Fprintf(tw, "fenced\t%s\n", fenced)
+	if r.Point != "" {
+		fmt.Fprintf(tw, "restore point\t%s (restored: %v)\n", r.Point, r.Restored)
+	}
+	fmt.Fprintf(tw, "epoch\t%d\n", r.Epoch)
+	fmt.Fprintf(tw, "RTO\t%s\n", r.RTO.Round(time.Millisecond))
+	fmt.Fprintf(tw, "RPO\t%s\n", r.RPO.Round(time.Second))
+	for _, d := range r.DNS {
+		fmt.Fprintf(tw, "dns\t%s → %v\n", d.Record, d.Values)
+	}
+	for _, s := range r.Steps {
+		status := s.Duration.Round(time.Millisecond).String()
+		if s.Error != "" {
+			status += " FAILED: " + s.Error
+		}
+		fmt.Fprintf(tw, "  %s\t%s\n", s.Name, status)
+	}
+	for _, u := range r.Compensation {
+		fmt.Fprintf(tw, "undone\t%s\n", u)
+	}
+	tw.Flush()
+}
+
+func (c *cli) statusCmd() *cobra.Command {
+	var in workflows.StatusInput
+	cmd := &cobra.Command{
+		Use:   "status --plan P",
+		Short: "Show the plan's active site, epochs, latest restore points, access modes and current RPO",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.status(in, func(w io.Writer, res workflows.StatusResult) {
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintf(tw, "plan\t%s\n", res.Plan)
+				fmt.Fprintf(tw, "active\t%s (epoch %d)\n", res.Active, res.Epoch)
+				fmt.Fprintf(tw, "RPO now\t%s\n", res.RPO.Round(time.Second))
+				for _, s := range res.Sites {
+					if !s.Reachable {
+						fmt.Fprintf(tw, "%s\tUNREACHABLE: %s\n", s.Site, s.Error)
+						continue
+					}
+					fmt.Fprintf(tw, "%s\tepoch %d, latest point %s, standby holds %q\n", s.Site, s.State.Epoch.Epoch, s.State.Latest, s.State.Standby)
+					for _, a := range s.Access {
+						fmt.Fprintf(tw, "  %s\t%s\n", a.Resource, a.Mode)
+					}
+					if s.Error != "" {
+						fmt.Fprintf(tw, "  access\t%s\n", s.Error)
+					}
+				}
+				if n := len(res.Reports); n > 0 {
+					r := res.Reports[n-1]
+					fmt.Fprintf(tw, "last switch\t%s %s → %s %s at %s\n", r.Operation, r.From, r.To, r.Outcome, r.Finished.Local().Format(time.DateTime))
+				}
+				tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
+	cmd.Flags().BoolVar(&c.json, "json", false, "print the status as one JSON object")
+	return cmd
+}
+
+func (c *cli) reportCmd() *cobra.Command {
+	var in workflows.StatusInput
+	cmd := &cobra.Command{
+		Use:   "report --plan P [--last N]",
+		Short: "Show the reports of the plan's last switching operations (RTO, RPO, fencing, steps)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.status(in, func(w io.Writer, res workflows.StatusResult) {
+				if len(res.Reports) == 0 {
+					fmt.Fprintln(w, "no switching operation yet")
+					return
+				}
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "STARTED\tOPERATION\tFROM → TO\tOUTCOME\tFENCED\tRTO\tRPO\tPOINT")
+				for _, r := range res.Reports {
+					fmt.Fprintf(tw, "%s\t%s %s\t%s → %s\t%s\t%v\t%s\t%s\t%s\n", r.Started.Local().Format(time.DateTime), r.Operation, r.Mode,
+						r.From, r.To, r.Outcome, r.Fenced, r.RTO.Round(time.Millisecond), r.RPO.Round(time.Second), r.Point)
+				}
+				tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
+	cmd.Flags().IntVar(&in.Reports, "last", 10, "how many reports")
+	cmd.Flags().BoolVar(&c.json, "json", false, "print the reports as JSON")
+	return cmd
+}
+
+// status runs the Status workflow and prints its result with human, or as
+// JSON.
+func (c *cli) status(in workflows.StatusInput, human func(io.Writer, workflows.StatusResult)) error {
+	cfg, cc, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	if err := checkPlan(cfg, in.Plan); err != nil {
+		return err
+	}
+	c.wait = true
+	var res workflows.StatusResult
+	return c.start(cc, workflows.OpStatus, in.Plan, "", workflows.Status, in, &res, func(w io.Writer) { human(w, res) })
+}

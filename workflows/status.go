@@ -1,0 +1,87 @@
+package workflows
+
+import (
+	"sort"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/drorch/drorch/activities"
+)
+
+// StatusInput asks for the state of a plan.
+type StatusInput struct {
+	Plan    string `json:"plan"`
+	Reports int    `json:"reports,omitempty"` // how many recent switching reports to include; 0: 10
+}
+
+// SiteStatus is one site's view of the plan.
+type SiteStatus struct {
+	Site      string                     `json:"site"`
+	Reachable bool                       `json:"reachable"`
+	Error     string                     `json:"error,omitempty"`
+	State     activities.SiteState       `json:"state"`
+	Access    []activities.ResourceState `json:"access,omitempty"`
+}
+
+// StatusResult is the state of a plan: which site is active (the one named
+// by the highest epoch any reachable repository holds), each site's epoch,
+// latest restore point and access modes, the RPO the standby has now, and
+// the latest switching reports.
+type StatusResult struct {
+	Plan    string         `json:"plan"`
+	Active  string         `json:"active"`
+	Epoch   uint64         `json:"epoch"`
+	Sites   []SiteStatus   `json:"sites"`
+	RPO     time.Duration  `json:"rpo"` // now − the standby's latest restore point
+	Reports []SwitchReport `json:"reports"`
+	AsOf    time.Time      `json:"asOf"`
+}
+
+// Status reads the plan's state at both sites. A site that does not answer
+// within a minute is reported unreachable, not waited for.
+func Status(ctx workflow.Context, in StatusInput) (res StatusResult, err error) {
+	t, info, err := begin(ctx, OpStatus, in.Plan)
+	defer func() { t.finish(err) }()
+	if err != nil {
+		return res, err
+	}
+	res = StatusResult{Plan: in.Plan, Active: info.Active, Reports: []SwitchReport{}}
+	sites := []string{info.Primary, info.Secondary}
+	for _, site := range sites {
+		c := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+			TaskQueue: siteQueue(ctx, site), ScheduleToStartTimeout: time.Minute, StartToCloseTimeout: time.Minute,
+			RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 2},
+		})
+		ss := SiteStatus{Site: site}
+		err := workflow.ExecuteActivity(c, act.GetSiteState, activities.SiteStateInput{Plan: in.Plan, Site: site}).Get(ctx, &ss.State)
+		if err == nil {
+			ss.Reachable = true
+			if err := workflow.ExecuteActivity(c, act.AccessStatus, activities.AccessStatusInput{Plan: in.Plan, Site: site}).Get(ctx, &ss.Access); err != nil {
+				ss.Error = errorMessage(err)
+			}
+			var reps []SwitchReport
+			if err := workflow.ExecuteActivity(c, act.ListReports, activities.ListReportsInput{Plan: in.Plan, Site: site, Limit: in.Reports}).Get(ctx, &reps); err == nil {
+				res.Reports = append(res.Reports, reps...)
+			}
+		} else {
+			ss.Error = errorMessage(err)
+		}
+		if ss.Reachable && ss.State.Epoch.Epoch > res.Epoch {
+			res.Epoch = ss.State.Epoch.Epoch
+			if ss.State.Epoch.Active != "" {
+				res.Active = ss.State.Epoch.Active
+			}
+		}
+		res.Sites = append(res.Sites, ss)
+	}
+	res.AsOf = workflow.Now(ctx)
+	for _, ss := range res.Sites {
+		if ss.Site != res.Active && ss.Reachable && !ss.State.LatestTime.IsZero() {
+			res.RPO = res.AsOf.Sub(ss.State.LatestTime)
+		}
+	}
+	sort.Slice(res.Reports, func(i, j int) bool { return res.Reports[i].Started.Before(res.Reports[j].Started) })
+	return res, nil
+}
