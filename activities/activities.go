@@ -16,6 +16,7 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/worker"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/source"
@@ -165,6 +166,14 @@ func temporalError(err error) error {
 		return temporal.NewNonRetryableApplicationError(err.Error(), reason, nil)
 	}
 	return err
+}
+
+// WorkerOptions are the options of every worker that runs drorch's
+// activities. Heartbeats reach the server at least every 2 seconds (the SDK
+// otherwise holds them back for up to 0.8 of the heartbeat timeout), so a
+// retried activity resumes from close to where the lost worker was.
+func WorkerOptions() worker.Options {
+	return worker.Options{MaxHeartbeatThrottleInterval: 2 * time.Second}
 }
 
 // temporalApplicationError is an application error of the given type,

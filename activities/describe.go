@@ -22,6 +22,8 @@ type PlanInfo struct {
 	Sites     map[string]SiteInfo `json:"sites"`
 	Config    string              `json:"config"` // the file the worker loaded
 	Steps     []StepInfo          `json:"steps,omitempty"`
+	// Sandboxes are where a drill at each site restores.
+	Sandboxes map[string]string `json:"sandboxes,omitempty"`
 }
 
 // StepInfo describes one step of the recovery plan.
@@ -69,6 +71,13 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 		}
 		if sc, err := p.SourceAt(name); err == nil {
 			si.Source = sc.Driver + " " + sc.Path
+			if info.Sandboxes == nil {
+				info.Sandboxes = map[string]string{}
+			}
+			info.Sandboxes[name] = sc.Path + ".drill"
+			if p.Drill.Sandbox != "" {
+				info.Sandboxes[name] = p.Drill.Sandbox
+			}
 		}
 		info.Sites[name] = si
 	}

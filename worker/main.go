@@ -99,9 +99,10 @@ func run(args []string) error {
 	defer c.Close()
 
 	acts := activities.New(cfg, c, zl)
+	opts := activities.WorkerOptions()
 	var workers []worker.Worker
 	if *runWorkflows {
-		w := worker.New(c, *queue, worker.Options{})
+		w := worker.New(c, *queue, opts)
 		for _, wf := range workflows.All {
 			w.RegisterWorkflow(wf)
 		}
@@ -109,7 +110,7 @@ func run(args []string) error {
 		workers = append(workers, w)
 	}
 	for _, s := range sites {
-		w := worker.New(c, workflows.SiteTaskQueue(*queue, s), worker.Options{})
+		w := worker.New(c, workflows.SiteTaskQueue(*queue, s), opts)
 		w.RegisterActivity(acts)
 		workers = append(workers, w)
 	}

@@ -69,6 +69,7 @@ func Attributes(plan, site, op string) temporal.SearchAttributes {
 // Switching operations, signals and ids.
 const (
 	OpFailover = "failover"
+	OpDrill    = "drill"
 
 	// SignalApprove releases a recovery step waiting for an operator.
 	SignalApprove = "approve"

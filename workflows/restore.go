@@ -74,4 +74,4 @@ func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) 
 }
 
 // All lists the workflows a worker registers.
-var All = []any{Backup, Transmit, Restore, Points, Failover, Status}
+var All = []any{Backup, Transmit, Restore, Points, Failover, Status, Drill}

@@ -109,6 +109,7 @@ type Plan struct {
 	DNS        []*DNSRecord         `yaml:"dns"`
 	Steps      []*Step              `yaml:"steps"`
 	Failback   Failback             `yaml:"failback"`
+	Drill      Drill                `yaml:"drill"`
 }
 
 // Source is where a plan's data lives at one site.

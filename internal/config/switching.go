@@ -98,6 +98,11 @@ type Approval struct {
 	Timeout time.Duration `yaml:"timeout"`
 }
 
+// Drill says where a drill restores: a sandbox never used by production.
+type Drill struct {
+	Sandbox string `yaml:"sandbox"` // default: the standby's source path + ".drill"
+}
+
 // Failback says when data recovery has caught up.
 type Failback struct {
 	LagThreshold time.Duration `yaml:"lagThreshold"` // sync is caught up when a round takes less

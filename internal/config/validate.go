@@ -155,6 +155,16 @@ func (p *Plan) validate(d *decoder, path string, c *Config) {
 	for i, r := range p.DNS {
 		r.validate(d, fmt.Sprintf("%s[%d]", f("dns"), i), p)
 	}
+	if sb := p.Drill.Sandbox; sb != "" {
+		if !filepath.IsAbs(sb) || filepath.Clean(sb) != sb || sb == "/" {
+			d.errorf(join(f("drill"), "sandbox"), "must be an absolute, clean path other than /, got %q", sb)
+		}
+		for _, site := range sortedKeys(p.Source) {
+			if src := p.Source[site].Path; src != "" && (strings.HasPrefix(sb+"/", src+"/") || strings.HasPrefix(src+"/", sb+"/")) {
+				d.errorf(join(f("drill"), "sandbox"), "overlaps the source at %s (%s): a drill must never touch production", site, src)
+			}
+		}
+	}
 	names := map[string]bool{}
 	for i, s := range p.Steps {
 		path := fmt.Sprintf("%s[%d]", f("steps"), i)

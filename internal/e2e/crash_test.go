@@ -40,8 +40,9 @@ func TestWorkerKilledDuringBackup(t *testing.T) {
 	w := s.spawnWorker()
 	run := s.start(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan})
 
-	// Kill the worker once the first piece is recorded and more is under way.
-	waitFor(t, "the first uploaded piece", 5*time.Minute, func() bool { return s.stagingHas("primary", "uploaded-000000") })
+	// Kill the worker once the server holds a heartbeat naming a finished
+	// piece as the resume point, and more is under way.
+	waitFor(t, "a heartbeat with a resume point", 5*time.Minute, func() bool { return s.resumePoint(run) >= 1 })
 	w.kill()
 	time.Sleep(time.Second)
 	before := s.chunkObjects("primary")

@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/worker"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -68,6 +69,11 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		logs:     &syncBuffer{},
 	}
 	s.cl = s.temporal.Client(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("worker log, last lines:\n%s", s.logs.Tail(6000))
+		}
+	})
 	s.queue = "e2e-" + regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-") + "-" + randomHex(4)
 	if opts.bucket == "" {
 		opts.bucket = "drorch"
@@ -132,14 +138,14 @@ func (s *stack) startWorker() {
 	acts := activities.New(s.cfg, s.cl, zl)
 	acts.ProgressInterval = time.Second
 	var ws []worker.Worker
-	w := worker.New(s.cl, s.queue, worker.Options{})
+	w := worker.New(s.cl, s.queue, activities.WorkerOptions())
 	for _, wf := range workflows.All {
 		w.RegisterWorkflow(wf)
 	}
 	w.RegisterActivity(acts)
 	ws = append(ws, w)
 	for _, site := range []string{"primary", "secondary"} {
-		sw := worker.New(s.cl, workflows.SiteTaskQueue(s.queue, site), worker.Options{})
+		sw := worker.New(s.cl, workflows.SiteTaskQueue(s.queue, site), activities.WorkerOptions())
 		sw.RegisterActivity(acts)
 		ws = append(ws, sw)
 	}
@@ -233,6 +239,15 @@ func (s *stack) start(op string, wf, in any) client.WorkflowRun {
 	return run
 }
 
+// waitLimit bounds the wait for one workflow: DRORCH_E2E_WAIT (a duration)
+// shortens it to debug a hang.
+var waitLimit = func() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("DRORCH_E2E_WAIT")); err == nil {
+		return d
+	}
+	return 15 * time.Minute
+}()
+
 // run starts a workflow and waits for its result.
 func (s *stack) run(op string, wf, in, res any) error {
 	s.t.Helper()
@@ -240,9 +255,28 @@ func (s *stack) run(op string, wf, in, res any) error {
 }
 
 func (s *stack) wait(run client.WorkflowRun, res any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
 	defer cancel()
-	return run.Get(ctx, res)
+	err := run.Get(ctx, res)
+	if ctx.Err() != nil {
+		// Say where it hangs: the workflow's step and its pending work.
+		qctx, qcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer qcancel()
+		if v, qerr := s.cl.QueryWorkflow(qctx, run.GetID(), run.GetRunID(), workflows.QueryProgress); qerr == nil {
+			var p workflows.Progress
+			_ = v.Get(&p)
+			s.t.Logf("%s still runs: step %q, waiting %q, steps %+v", run.GetID(), p.Step, p.Waiting, p.Steps)
+		}
+		if desc, derr := s.cl.DescribeWorkflowExecution(qctx, run.GetID(), run.GetRunID()); derr == nil {
+			for _, pa := range desc.GetPendingActivities() {
+				s.t.Logf("pending activity %s attempt %d: %s", pa.GetActivityType().GetName(), pa.GetAttempt(), pa.GetLastFailure().GetMessage())
+			}
+			for _, c := range desc.GetPendingChildren() {
+				s.t.Logf("pending child %s", c.GetWorkflowId())
+			}
+		}
+	}
+	return err
 }
 
 func (s *stack) backup() workflows.BackupResult {
@@ -322,6 +356,26 @@ func (s *stack) historyJSON() string {
 		}
 	}
 	return b.String()
+}
+
+// resumePoint is the "next" of the resume point in the heartbeat the server
+// holds for the run's pending activity, or -1.
+func (s *stack) resumePoint(run client.WorkflowRun) int {
+	desc, err := s.cl.DescribeWorkflowExecution(context.Background(), run.GetID(), run.GetRunID())
+	if err != nil {
+		return -1
+	}
+	for _, pa := range desc.GetPendingActivities() {
+		var hb struct {
+			Resume struct {
+				Next int `json:"next"`
+			} `json:"resume"`
+		}
+		if pa.GetHeartbeatDetails() != nil && converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &hb) == nil {
+			return hb.Resume.Next
+		}
+	}
+	return -1
 }
 
 // historyLength counts the events in a run's history.

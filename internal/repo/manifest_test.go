@@ -18,7 +18,7 @@ import (
 	"github.com/drorch/drorch/drivers/source"
 )
 
-const testPoint = "2026-11-22T10:01:50Z-3f2a9c1b"
+const testPoint = "2026-11-22T10:01:50.123Z-3f2a9c1b"
 
 func testManifest(encryption string) *Manifest {
 	cet := time.FixedZone("CET", 3600)
@@ -116,7 +116,7 @@ func TestManifestRoundTrip(t *testing.T) {
 
 // Manifest lines for the rejection table. The trailer is added by build.
 const (
-	hdr     = `{"format":"drorch-manifest","version":1,"plan":"web","point":"2026-11-22T10:01:50Z-3f2a9c1b","site":"dc1","source":"dir","snapshot":"2026-11-22T10:01:50.5Z","epoch":3,"chunker":"fastcdc-v1.0.0/262144/1048576/4194304","compression":"zstd","encryption":"none"}`
+	hdr     = `{"format":"drorch-manifest","version":1,"plan":"web","point":"2026-11-22T10:01:50.123Z-3f2a9c1b","site":"dc1","source":"dir","snapshot":"2026-11-22T10:01:50.5Z","epoch":3,"chunker":"fastcdc-v1.0.0/262144/1048576/4194304","compression":"zstd","encryption":"none"}`
 	rootDir = `{"path":".","type":"dir","mode":493,"uid":0,"gid":0,"mtime":"2026-11-22T10:00:00Z"}`
 	totals0 = `{"entries":1,"files":0,"dirs":1,"symlinks":0,"chunks":0,"unique_chunks":0,"bytes":0,"hole_bytes":0}`
 	idA     = "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb" // Hash("a")
@@ -343,7 +343,7 @@ func TestRepoManifests(t *testing.T) {
 
 		// Another point, junk, and a manifest of another plan.
 		m2 := *m
-		m2.Point = "2026-11-21T23:59:59Z-b"
+		m2.Point = "2026-11-21T23:59:59.000Z-b"
 		if err := r.PutManifest(ctx, &m2); err != nil {
 			t.Fatal(err)
 		}
@@ -356,7 +356,7 @@ func TestRepoManifests(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(points) != 2 || points[0].ID != m2.Point || points[1].ID != testPoint || points[0].Size == 0 ||
-			!points[1].Time.Equal(time.Date(2026, 11, 22, 10, 1, 50, 0, time.UTC)) {
+			!points[1].Time.Equal(time.Date(2026, 11, 22, 10, 1, 50, 123e6, time.UTC)) {
 			t.Fatalf("Points: %+v", points)
 		}
 

@@ -15,16 +15,20 @@ import (
 const (
 	pointsDir    = "points/"
 	manifestExt  = ".json.zst"
-	pointTimeLen = len("2006-01-02T15:04:05Z")
+	// pointTime is RFC 3339 with exactly three fractional digits, so that
+	// ids sort in time order as strings even for points a second apart.
+	pointTime    = "2006-01-02T15:04:05.000Z07:00"
+	pointTimeLen = len("2006-01-02T15:04:05.000Z")
 	maxSuffixLen = 32
 )
 
 // NewPointID returns the id of a restore point taken at t:
-// t.UTC().Format(time.RFC3339) + "-" + suffix, e.g. "2026-11-22T10:01:50Z-3f2a9c1b".
+// t in UTC to the millisecond (RFC 3339 with three fractional digits) + "-" +
+// suffix, e.g. "2026-11-22T10:01:50.123Z-3f2a9c1b".
 // suffix must be 1 to 32 of [a-z0-9] (ValidPointID checks the result). Ids
 // sort in time order as strings.
 func NewPointID(t time.Time, suffix string) string {
-	return t.UTC().Format(time.RFC3339) + "-" + suffix
+	return t.UTC().Format(pointTime) + "-" + suffix
 }
 
 // ValidPointID checks that s is a point id as NewPointID makes them.
@@ -33,10 +37,10 @@ func ValidPointID(s string) error {
 	return err
 }
 
-// PointTime returns the time in the point id s, to the second.
+// PointTime returns the time in the point id s, to the millisecond.
 func PointTime(s string) (time.Time, error) {
 	bad := func() (time.Time, error) {
-		return time.Time{}, fmt.Errorf(`point id %q must be a UTC time, "-" and 1 to %d of [a-z0-9], as in 2026-11-22T10:01:50Z-3f2a9c1b`, s, maxSuffixLen)
+		return time.Time{}, fmt.Errorf(`point id %q must be a UTC time, "-" and 1 to %d of [a-z0-9], as in 2026-11-22T10:01:50.123Z-3f2a9c1b`, s, maxSuffixLen)
 	}
 	if len(s) < pointTimeLen+2 || len(s) > pointTimeLen+1+maxSuffixLen || s[pointTimeLen] != '-' {
 		return bad()
@@ -46,8 +50,8 @@ func PointTime(s string) (time.Time, error) {
 			return bad()
 		}
 	}
-	t, err := time.Parse(time.RFC3339, s[:pointTimeLen])
-	if err != nil || t.UTC().Format(time.RFC3339) != s[:pointTimeLen] {
+	t, err := time.Parse(pointTime, s[:pointTimeLen])
+	if err != nil || t.UTC().Format(pointTime) != s[:pointTimeLen] {
 		return bad()
 	}
 	return t.UTC(), nil

@@ -355,13 +355,13 @@ func TestParseKey(t *testing.T) {
 }
 
 func TestPointID(t *testing.T) {
-	at := time.Date(2026, 11, 22, 11, 1, 50, 999, time.FixedZone("CET", 3600))
+	at := time.Date(2026, 11, 22, 11, 1, 50, 123456789, time.FixedZone("CET", 3600))
 	id := NewPointID(at, "3f2a9c1b")
-	if id != "2026-11-22T10:01:50Z-3f2a9c1b" {
+	if id != "2026-11-22T10:01:50.123Z-3f2a9c1b" {
 		t.Fatal(id)
 	}
 	got, err := PointTime(id)
-	if err != nil || !got.Equal(at.Truncate(time.Second)) || got.Location() != time.UTC {
+	if err != nil || !got.Equal(at.Truncate(time.Millisecond)) || got.Location() != time.UTC {
 		t.Fatalf("PointTime: %v %v", got, err)
 	}
 	if err := ValidPointID(NewPointID(at, strings.Repeat("z9", 16))); err != nil {
@@ -376,6 +376,7 @@ func TestPointID(t *testing.T) {
 		"2026-11-22T10:01:50Z-" + strings.Repeat("a", 33),
 		"2026-11-22T10:01:50+01:00-abc",
 		"2026-11-22T10:01:50.5Z-abc",
+		"2026-11-22T10:01:50Z-abc", // ids carry milliseconds
 		"2026-13-22T10:01:50Z-abc",
 		"2026-11-22t10:01:50Z-abc",
 		"2026-11-22T10:01:50Z_abc",
