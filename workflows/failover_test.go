@@ -31,7 +31,9 @@ func (e *switchEnv) did(s string) {
 	e.mu.Unlock()
 }
 
-func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error) *switchEnv {
+// newSwitchEnv mocks the activities; fail makes the named steps fail, and
+// standby, when given, is the point the secondary's standby target holds.
+func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error, standby ...string) *switchEnv {
 	var s testsuite.WorkflowTestSuite
 	e := &switchEnv{TestWorkflowEnvironment: s.NewTestWorkflowEnvironment()}
 	e.RegisterActivity(&activities.Activities{})
@@ -44,7 +46,11 @@ func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error)
 		if err := fail["state "+in.Site]; err != nil {
 			return activities.SiteState{}, err
 		}
-		return activities.SiteState{Site: in.Site, Epoch: repo.Epoch{Epoch: 3}, Latest: "p1", LatestTime: pointTime}, nil
+		st := activities.SiteState{Site: in.Site, Epoch: repo.Epoch{Epoch: 3}, Latest: "p1", LatestTime: pointTime}
+		if in.Site == "secondary" && len(standby) > 0 {
+			st.Standby = standby[0]
+		}
+		return st, nil
 	})
 	e.OnActivity(act.AccessStatus, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.AccessStatusInput) ([]activities.ResourceState, error) {
 		return nil, fail["status "+in.Site]
@@ -190,4 +196,16 @@ func TestApprovalStep(t *testing.T) {
 		require.Contains(t, e.log, "read-write primary", "the fenced site is reopened")
 		require.NotContains(t, e.log, "dns secondary")
 	})
+}
+
+func TestFailoverToAWarmStandbySkipsTheRestore(t *testing.T) {
+	dark := temporal.NewApplicationError("connection refused", "Unreachable")
+	e := newSwitchEnv(t, switchPlan, map[string]error{"read-only primary": dark, "state primary": dark}, "p1")
+	e.ExecuteWorkflow(Failover, FailoverInput{Plan: "files", Mode: ModeUnplanned})
+	require.NoError(t, e.GetWorkflowError())
+	var rep SwitchReport
+	require.NoError(t, e.GetWorkflowResult(&rep))
+	require.False(t, rep.Restored)
+	require.Equal(t, "p1", rep.Point)
+	require.NotContains(t, e.log, "restore secondary p1")
 }

@@ -44,6 +44,14 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 		return res, err
 	}
 	res.Entries, res.Files, res.Bytes, res.BytesWritten, res.Chunks = data.Entries, data.Files, data.Bytes, data.BytesWritten, data.Chunks
+	if in.To == "" {
+		// The site's own target now holds this point: a failover to the
+		// site need not restore it again.
+		if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, site)), a.MarkStandby,
+			activities.MarkStandbyInput{Plan: in.Plan, Site: site, Point: prep.Point}).Get(ctx, nil); err != nil {
+			workflow.GetLogger(ctx).Warn("standby state not recorded", "error", err)
+		}
+	}
 	res.Duration = workflow.Now(ctx).Sub(started)
 	workflow.GetLogger(ctx).Info("restore completed", "plan", in.Plan, "site", site, "point", res.Point, "target", res.Target)
 	return res, nil
