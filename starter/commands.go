@@ -19,14 +19,11 @@ func (c *cli) backupCmd() *cobra.Command {
 		Short: "Take a restore point of a plan at its active site",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, cc, err := c.connect()
+			cc, err := c.open(in.Plan, in.Site)
 			if err != nil {
 				return err
 			}
 			defer cc.Close()
-			if err := checkPlan(cfg, in.Plan, in.Site); err != nil {
-				return err
-			}
 			var res workflows.BackupResult
 			return c.start(cc, workflows.OpBackup, in.Plan, in.Site, workflows.Backup, in, &res, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -61,14 +58,11 @@ func (c *cli) transmitCmd() *cobra.Command {
 		Short: "Copy a restore point to another site, sending only the chunks it lacks",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, cc, err := c.connect()
+			cc, err := c.open(in.Plan, in.From, in.To)
 			if err != nil {
 				return err
 			}
 			defer cc.Close()
-			if err := checkPlan(cfg, in.Plan, in.From, in.To); err != nil {
-				return err
-			}
 			var res workflows.TransmitResult
 			return c.start(cc, workflows.OpTransmit, in.Plan, in.To, workflows.Transmit, in, &res, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -100,17 +94,14 @@ func (c *cli) restoreCmd() *cobra.Command {
 		Short: "Restore a restore point held at a site into the plan's source there, or into --to",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, cc, err := c.connect()
+			if in.Site == "" {
+				return fmt.Errorf("--site is required: the site whose repository holds the restore point")
+			}
+			cc, err := c.open(in.Plan, in.Site)
 			if err != nil {
 				return err
 			}
 			defer cc.Close()
-			if in.Site == "" {
-				return fmt.Errorf("--site is required: the site whose repository holds the restore point")
-			}
-			if err := checkPlan(cfg, in.Plan, in.Site); err != nil {
-				return err
-			}
 			if in.To != "" && !filepath.IsAbs(in.To) {
 				return fmt.Errorf("--to %q: give an absolute path; it is a path on the site's worker host, not here", in.To)
 			}
@@ -141,14 +132,11 @@ func (c *cli) pointsCmd() *cobra.Command {
 		Short: "List the valid restore points of a plan at a site",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, cc, err := c.connect()
+			cc, err := c.open(in.Plan, in.Site)
 			if err != nil {
 				return err
 			}
 			defer cc.Close()
-			if err := checkPlan(cfg, in.Plan, in.Site); err != nil {
-				return err
-			}
 			c.wait = true
 			var res workflows.PointsResult
 			return c.start(cc, workflows.OpPoints, in.Plan, in.Site, workflows.Points, in, &res, func(w io.Writer) {

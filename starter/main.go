@@ -100,6 +100,20 @@ func envOr(name, def string) string {
 	return def
 }
 
+// open connects to Temporal after checking, in the config, that the plan and
+// sites exist: mistakes fail before anything starts.
+func (c *cli) open(plan string, sites ...string) (*clientConn, error) {
+	cfg, cc, err := c.connect()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPlan(cfg, plan, sites...); err != nil {
+		cc.Close()
+		return nil, err
+	}
+	return cc, nil
+}
+
 // checkPlan fails early, before anything starts, on an unknown plan or site.
 func checkPlan(cfg *config.Config, plan string, sites ...string) error {
 	if plan == "" {

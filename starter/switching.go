@@ -43,14 +43,11 @@ func (c *cli) failoverCmd() *cobra.Command {
 			if unplanned {
 				in.Mode = workflows.ModeUnplanned
 			}
-			cfg, cc, err := c.connect()
+			cc, err := c.open(in.Plan)
 			if err != nil {
 				return err
 			}
 			defer cc.Close()
-			if err := checkPlan(cfg, in.Plan); err != nil {
-				return err
-			}
 			var rep workflows.SwitchReport
 			return c.startWith(cc, switchOptions(in.Plan), workflows.OpFailover, in.Plan, "", workflows.Failover, in, &rep, func(w io.Writer) {
 				printReport(w, rep)
@@ -72,14 +69,11 @@ func (c *cli) approveCmd() *cobra.Command {
 		Short: "Release the recovery step the plan's running switch waits on",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, cc, err := c.connect()
+			cc, err := c.open(plan)
 			if err != nil {
 				return err
 			}
 			defer cc.Close()
-			if err := checkPlan(cfg, plan); err != nil {
-				return err
-			}
 			by := "drorch approve"
 			if u, err := user.Current(); err == nil {
 				by = u.Username
@@ -200,14 +194,11 @@ func (c *cli) reportCmd() *cobra.Command {
 // status runs the Status workflow and prints its result with human, or as
 // JSON.
 func (c *cli) status(in workflows.StatusInput, human func(io.Writer, workflows.StatusResult)) error {
-	cfg, cc, err := c.connect()
+	cc, err := c.open(in.Plan)
 	if err != nil {
 		return err
 	}
 	defer cc.Close()
-	if err := checkPlan(cfg, in.Plan); err != nil {
-		return err
-	}
 	c.wait = true
 	var res workflows.StatusResult
 	return c.start(cc, workflows.OpStatus, in.Plan, "", workflows.Status, in, &res, func(w io.Writer) { human(w, res) })
@@ -220,14 +211,11 @@ func (c *cli) drillCmd() *cobra.Command {
 		Short: "Test recovery without touching production: restore at the standby into a sandbox, verify every byte, clean up",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, cc, err := c.connect()
+			cc, err := c.open(in.Plan)
 			if err != nil {
 				return err
 			}
 			defer cc.Close()
-			if err := checkPlan(cfg, in.Plan); err != nil {
-				return err
-			}
 			var rep workflows.DrillReport
 			err = c.start(cc, workflows.OpDrill, in.Plan, "", workflows.Drill, in, &rep, func(w io.Writer) {
 				verdict := "PASSED"

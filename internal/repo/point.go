@@ -13,8 +13,8 @@ import (
 )
 
 const (
-	pointsDir    = "points/"
-	manifestExt  = ".json.zst"
+	pointsDir   = "points/"
+	manifestExt = ".json.zst"
 	// pointTime is RFC 3339 with exactly three fractional digits, so that
 	// ids sort in time order as strings even for points a second apart.
 	pointTime    = "2006-01-02T15:04:05.000Z07:00"
