@@ -37,7 +37,9 @@ type switchStack struct {
 
 var siteAddr = map[string]string{"primary": "192.0.2.1", "secondary": "192.0.2.2"}
 
-func newSwitchStack(t *testing.T, steps string) *switchStack {
+// newSwitchStack starts the servers; zone, when given, replaces the DNS
+// record's zone (to inject a failure).
+func newSwitchStack(t *testing.T, steps string, zone ...string) *switchStack {
 	ss := &switchStack{pg: map[string]*testenv.Postgres{}}
 	for _, site := range []string{"primary", "secondary"} {
 		ss.pg[site] = testenv.StartPostgres(t)
@@ -54,8 +56,12 @@ func newSwitchStack(t *testing.T, steps string) *switchStack {
 				site, p.Host, p.Port, p.User, env, p.Database)
 		}
 		s.setenv("E2E_TSIG", ss.bind.KeySecret)
+		z := ss.bind.Zone
+		if len(zone) > 0 {
+			z = zone[0]
+		}
 		b = fmt.Appendf(b, "    dns:\n      - {server: %s, zone: %s, name: app, type: A, ttl: 30, values: {primary: %s, secondary: %s}, tsig: {name: %s, secret: env:E2E_TSIG}}\n",
-			ss.bind.Addr, ss.bind.Zone, siteAddr["primary"], siteAddr["secondary"], ss.bind.KeyName)
+			ss.bind.Addr, z, siteAddr["primary"], siteAddr["secondary"], ss.bind.KeyName)
 		return string(b) + steps
 	}})
 	// The plan starts as a running production would: the primary's database
@@ -262,4 +268,59 @@ func TestDrill(t *testing.T) {
 	if rep.Passed || !strings.Contains(strings.Join(rep.Problems, "\n"), id) {
 		t.Fatalf("a drill on a corrupted chunk: passed=%v problems=%v; want a failure naming %s", rep.Passed, rep.Problems, id)
 	}
+}
+
+// A failure after fencing (DNS for a zone the server does not have) stops
+// the failover with a clear, non-retried error and undoes it: the old site is
+// writable again, the new one is not, and the report says what was undone.
+func TestFailoverFailureAfterFencingCompensates(t *testing.T) {
+	ss := newSwitchStack(t, "", "nope.test")
+	ss.startWorker()
+	genTree(t, ss.source("primary"), treeSpec{seed: 12, dataBytes: 1 << 20, files: 3})
+	ss.backup()
+	ss.transmit()
+	_, err := ss.failover(workflows.FailoverInput{Plan: plan})
+	if err == nil || !strings.Contains(err.Error(), "nope.test") {
+		t.Fatalf("failover with a missing zone: %v; want an error naming the zone", err)
+	}
+	if !ss.writable("primary") || ss.writable("secondary") {
+		t.Fatalf("after the failover was undone: primary writable=%v, secondary writable=%v; want only the primary", ss.writable("primary"), ss.writable("secondary"))
+	}
+	var st workflows.StatusResult
+	if err := ss.run(workflows.OpStatus, workflows.Status, workflows.StatusInput{Plan: plan}, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Active != "primary" || len(st.Reports) != 1 || st.Reports[0].Outcome != "compensated" || len(st.Reports[0].Compensation) == 0 {
+		t.Fatalf("status after the undone failover: active %s, reports %+v", st.Active, st.Reports)
+	}
+	t.Logf("undone: %v", st.Reports[0].Compensation)
+}
+
+// The DNS server down when the failover reaches DNS: the step is retried
+// and the failover completes once the server is back.
+func TestFailoverRetriesDNSUntilTheServerIsBack(t *testing.T) {
+	ss := newSwitchStack(t, "")
+	ss.startWorker()
+	genTree(t, ss.source("primary"), treeSpec{seed: 13, dataBytes: 1 << 20, files: 3})
+	ss.backup()
+	ss.transmit()
+	ss.bind.Stop(t)
+	back := make(chan struct{})
+	go func() {
+		defer close(back)
+		time.Sleep(8 * time.Second)
+		ss.bind.Start(t)
+	}()
+	rep, err := ss.failover(workflows.FailoverInput{Plan: plan})
+	<-back
+	if err != nil || rep.Outcome != "completed" {
+		t.Fatalf("failover across a DNS outage: %+v, %v", rep, err)
+	}
+	if got := ss.bind.Query(t, "app."+ss.bind.Zone, "A"); len(got) != 1 || got[0] != siteAddr["secondary"] {
+		t.Fatalf("BIND answers app = %v after it came back, want %s", got, siteAddr["secondary"])
+	}
+	if !ss.writable("secondary") || ss.writable("primary") {
+		t.Fatal("after the failover only the secondary must be writable")
+	}
+	t.Logf("RTO across a DNS outage: %s", rep.RTO)
 }
