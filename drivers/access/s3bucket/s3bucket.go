@@ -39,18 +39,17 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/access"
+	"github.com/drorch/drorch/internal/s3client"
 	"github.com/drorch/drorch/internal/secret"
 )
 
@@ -85,10 +84,6 @@ const (
 	defaultTimeout = 30 * time.Second
 	policyVersion  = "2012-10-17"
 
-	// maxRetries bounds minio-go's own retries of one request, as in the s3
-	// store: a dead server must fail the call within seconds so that
-	// Temporal's retry policy takes over.
-	maxRetries = 3
 	// dialTimeout bounds connecting; a partitioned site drops packets.
 	dialTimeout = 10 * time.Second
 )
@@ -114,17 +109,9 @@ func New(cfg Config) (access.Access, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = defaultTimeout
 	}
-	tr, err := transport(cfg)
-	if err != nil {
-		return nil, drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("s3bucket access: %w", err))
-	}
-	client, err := minio.New(cfg.Endpoint, &minio.Options{
-		Creds:        credentials.NewStaticV4(cfg.AccessKey.Value(), cfg.SecretKey.Value(), ""),
-		Secure:       !cfg.Insecure,
-		Transport:    tr,
-		Region:       cfg.Region,
-		BucketLookup: minio.BucketLookupPath,
-		MaxRetries:   maxRetries,
+	client, err := s3client.New(s3client.Options{
+		Endpoint: cfg.Endpoint, Region: cfg.Region, AccessKey: cfg.AccessKey, SecretKey: cfg.SecretKey,
+		Insecure: cfg.Insecure, CAFile: cfg.CAFile, DialTimeout: min(dialTimeout, cfg.Timeout),
 	})
 	if err != nil {
 		return nil, drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("s3bucket access: %w", err))
@@ -173,32 +160,6 @@ func (cfg Config) validate() error {
 		bad("timeout", "must not be negative, got %s", cfg.Timeout)
 	}
 	return errors.Join(errs...)
-}
-
-func transport(cfg Config) (http.RoundTripper, error) {
-	tr, err := minio.DefaultTransport(!cfg.Insecure)
-	if err != nil {
-		return nil, err
-	}
-	tr.DialContext = (&net.Dialer{Timeout: min(dialTimeout, cfg.Timeout), KeepAlive: 30 * time.Second}).DialContext
-	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("ca file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca file %s: no PEM certificate in it", cfg.CAFile)
-		}
-		if tr.TLSClientConfig == nil {
-			tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-		}
-		tr.TLSClientConfig.RootCAs = pool
-	}
-	return tr, nil
 }
 
 func (b *bucket) Describe() string { return b.describe }

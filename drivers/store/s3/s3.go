@@ -6,25 +6,21 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/store"
+	"github.com/drorch/drorch/internal/s3client"
 	"github.com/drorch/drorch/internal/secret"
 )
 
@@ -45,13 +41,9 @@ const (
 	defaultRegion   = "us-east-1"
 	defaultParallel = 8
 
-	// maxRetries bounds minio-go's own retries of one request (it defaults to
-	// 10 with back-off). A dead server must fail the call within seconds so
-	// that Temporal's retry policy, which the operator can see and tune, takes over.
-	maxRetries = 3
-
 	// dialTimeout bounds connecting; a partitioned site drops packets rather
-	// than refusing, and minio-go's default of 30 s times maxRetries is too long.
+	// than refusing, and minio-go's default of 30 s times its retries is too
+	// long (s3client bounds those).
 	dialTimeout = 10 * time.Second
 
 	// streamPartSize is the multipart part size for uploads of unknown size.
@@ -90,17 +82,9 @@ func New(cfg Config) (store.Store, error) {
 	if cfg.Parallel == 0 {
 		cfg.Parallel = defaultParallel
 	}
-	tr, err := transport(cfg)
-	if err != nil {
-		return nil, drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("s3 store: %w", err))
-	}
-	client, err := minio.New(cfg.Endpoint, &minio.Options{
-		Creds:        credentials.NewStaticV4(cfg.AccessKey.Value(), cfg.SecretKey.Value(), ""),
-		Secure:       !cfg.Insecure,
-		Transport:    tr,
-		Region:       cfg.Region,
-		BucketLookup: minio.BucketLookupPath,
-		MaxRetries:   maxRetries,
+	client, err := s3client.New(s3client.Options{
+		Endpoint: cfg.Endpoint, Region: cfg.Region, AccessKey: cfg.AccessKey, SecretKey: cfg.SecretKey,
+		Insecure: cfg.Insecure, CAFile: cfg.CAFile, DialTimeout: dialTimeout,
 	})
 	if err != nil {
 		return nil, drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("s3 store: %w", err))
@@ -171,32 +155,6 @@ func (cfg Config) validate() error {
 		bad("parallel", "must not be negative, got %d", cfg.Parallel)
 	}
 	return errors.Join(errs...)
-}
-
-func transport(cfg Config) (http.RoundTripper, error) {
-	tr, err := minio.DefaultTransport(!cfg.Insecure)
-	if err != nil {
-		return nil, err
-	}
-	tr.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("ca file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca file %s: no PEM certificate in it", cfg.CAFile)
-		}
-		if tr.TLSClientConfig == nil {
-			tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-		}
-		tr.TLSClientConfig.RootCAs = pool
-	}
-	return tr, nil
 }
 
 func (s *s3Store) Location() string { return s.location }

@@ -1,0 +1,72 @@
+// Package s3client builds the minio-go client that drorch's S3 drivers (the
+// s3 store and the s3bucket access driver) share: path-style addressing,
+// bounded retries so that a dead server fails a call in seconds and
+// Temporal's retry takes over, a bounded dial, and an optional CA bundle.
+package s3client
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/drorch/drorch/internal/secret"
+)
+
+// Options say how to reach one S3 endpoint.
+type Options struct {
+	Endpoint    string // host:port, no scheme
+	Region      string
+	AccessKey   secret.Secret
+	SecretKey   secret.Secret
+	Insecure    bool          // plain HTTP
+	CAFile      string        // PEM bundle trusted besides the system's
+	DialTimeout time.Duration // 0: 10s
+}
+
+// MaxRetries bounds minio-go's own retries of one request (it defaults to 10
+// with back-off): a dead server must fail the call within seconds so that
+// Temporal's retry policy, which the operator can see and tune, takes over.
+const MaxRetries = 3
+
+// New returns a client for o. It does not contact the server.
+func New(o Options) (*minio.Client, error) {
+	tr, err := minio.DefaultTransport(!o.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	if o.DialTimeout == 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	tr.DialContext = (&net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ca file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca file %s: no PEM certificate in it", o.CAFile)
+		}
+		if tr.TLSClientConfig == nil {
+			tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		tr.TLSClientConfig.RootCAs = pool
+	}
+	return minio.New(o.Endpoint, &minio.Options{
+		Creds:        credentials.NewStaticV4(o.AccessKey.Value(), o.SecretKey.Value(), ""),
+		Secure:       !o.Insecure,
+		Transport:    tr,
+		Region:       o.Region,
+		BucketLookup: minio.BucketLookupPath,
+		MaxRetries:   MaxRetries,
+	})
+}
