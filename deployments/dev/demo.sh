@@ -1,17 +1,162 @@
 #!/usr/bin/env bash
-# The demo on the running dev stack: make a sample data set at the primary,
-# back it up, transmit the restore point to the secondary, restore it there
-# and check that the restored tree is identical, bytes and metadata.
+# The demo on the running dev stack (`go tool task demo`): the whole story of
+# a sample service protected by drorch. Its data set is a directory at each
+# site, its database is the site's PostgreSQL, and its clients find it as
+# app.dev.drorch.test in BIND.
+#
+#   backup → transmit → restore, verified → drill → unplanned failover →
+#   writes at the secondary → failback (data recovery) → switchover and back
+#
+# Every check that fails stops the demo with a message. It ends with the plan
+# active at its primary, as it began, so it can run again on the same stack.
 set -euo pipefail
 DEV=${DRORCH_DEV_DIR:-/var/tmp/drorch-dev}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-DRORCH="$ROOT/bin/drorch --config $ROOT/deployments/dev/drorch.yaml"
-SRC=$DEV/data/primary
-DST=$DEV/data/secondary
+DRORCH=("$ROOT/bin/drorch" --config "$ROOT/deployments/dev/drorch.yaml")
+TEMPORAL=${DRORCH_TEMPORAL_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/drorch/tools/temporal-v1.5.1/temporal}
+PLAN=files
+SWITCH_ID=drorch/$PLAN/switch
+# As in stack.sh and drorch.yaml.
+DNS_SERVER=127.0.0.1:5053
+DNS_NAME=app.dev.drorch.test
+declare -A DIR=([primary]=$DEV/data/primary [secondary]=$DEV/data/secondary)
+declare -A PG_PORT=([primary]=5441 [secondary]=5442)
+declare -A ADDR=([primary]=127.0.0.1 [secondary]=127.0.0.2)
+SRC=${DIR[primary]}
+DST=${DIR[secondary]}
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+n=0
+step=""
+say() { n=$((n + 1)); step=$*; printf '\n\033[1m== %d. %s\033[0m\n' "$n" "$*"; }
+note() { printf '\033[2m%s\033[0m\n' "$*"; }
+ok() { printf '\033[32mok\033[0m  %s\n' "$*"; }
+fail() { printf '\033[31mdemo failed:\033[0m %s\n' "$*" >&2; exit 1; }
+drorch() { note "\$ drorch $*"; "${DRORCH[@]}" "$@"; }
+# A command that fails on its own (drorch, diff…) has said why; say where.
+trap 'printf "\033[31mdemo failed\033[0m in step %d (%s): %s exited %d\n" "$n" "$step" "$BASH_COMMAND" "$?" >&2' ERR
 
-say "Sample data set at the primary: $SRC"
+# --- the sample service -------------------------------------------------------
+# It takes an order by recording it in the site's database and writing it as
+# a file into the site's data set. A site whose database refuses writes (it
+# is fenced, read-only) takes no order.
+
+app_sql() { # site sql: as the service's role, over TCP with its password
+	PGPASSWORD=$DRORCH_DEV_APP_PASSWORD psql -X -q -At -v ON_ERROR_STOP=1 \
+		"host=127.0.0.1 port=${PG_PORT[$1]} dbname=app user=app sslmode=disable connect_timeout=5" -c "$2"
+}
+
+take_order() { # site order
+	local site=$1 order=$2
+	app_sql "$site" "INSERT INTO orders (item, site) VALUES ('$order', '$site')" || return 1
+	mkdir -p "${DIR[$site]}/orders"
+	printf '{"order": "%s", "site": "%s", "at": "%s"}\n' "$order" "$site" "$(date -u +%FT%T.%3NZ)" \
+		>"${DIR[$site]}/orders/$order.json"
+	echo "the service at the $site took $order"
+}
+
+order() { # site order: one the site must take
+	take_order "$1" "$2" || fail "the service at the $1 could not take $2 (its PostgreSQL on 127.0.0.1:${PG_PORT[$1]} refused it)"
+}
+
+expect_order() { # site order: the order's file is in the site's data set
+	[ -f "${DIR[$1]}/orders/$2.json" ] || fail "$2 is not in the data set at the $1 (${DIR[$1]}/orders)"
+	ok "$2 is in the data set at the $1"
+}
+
+expect_writable() { # site
+	local site=$1 mode
+	mode=$(app_sql "$site" 'SHOW default_transaction_read_only') || fail "the $site's PostgreSQL does not answer"
+	[ "$mode" = off ] || fail "the $site's PostgreSQL is read-only; it should take writes"
+	ok "the $site's PostgreSQL (127.0.0.1:${PG_PORT[$site]}) takes writes"
+}
+
+expect_refused() { # site: the fenced site's database refuses the service's writes
+	local site=$1 out
+	if out=$(take_order "$site" "refused-$RANDOM" 2>&1); then
+		fail "the $site's PostgreSQL took a write, but the $site is fenced: $out"
+	fi
+	grep -q 'read-only transaction' <<<"$out" || fail "the $site's PostgreSQL refused the write for another reason: $out"
+	ok "the $site's PostgreSQL refuses writes: $(grep -o 'ERROR: .*' <<<"$out" | head -n 1)"
+}
+
+# --- DNS ----------------------------------------------------------------------
+# dig is in bind9-dnsutils, which the stack does not need: without it the
+# same question is asked by a small Go program.
+DNSQUERY=$DEV/bin/dnsquery
+lookup() {
+	if command -v dig >/dev/null; then
+		dig +short +norecurse @"${DNS_SERVER%:*}" -p "${DNS_SERVER#*:}" "$DNS_NAME" A
+	else
+		"$DNSQUERY" "$DNS_SERVER" "$DNS_NAME" A
+	fi
+}
+
+expect_dns() { # site
+	local got
+	got=$(lookup) || fail "BIND at $DNS_SERVER does not answer"
+	[ "$got" = "${ADDR[$1]}" ] || fail "$DNS_NAME is '$got', want ${ADDR[$1]} (the $1)"
+	ok "dig @${DNS_SERVER%:*} -p ${DNS_SERVER#*:} $DNS_NAME → $got (the $1)"
+}
+
+# --- the plan -----------------------------------------------------------------
+
+active_site() {
+	"${DRORCH[@]}" status --plan "$PLAN" --json | sed -n 's/^  "active": "\(.*\)",$/\1/p'
+}
+
+expect_active() { # site
+	local got
+	got=$(active_site)
+	[ "$got" = "$1" ] || fail "drorch status says the plan is active at '$got', want the $1"
+	ok "plan $PLAN is active at the $1"
+}
+
+describe_switch() {
+	"$TEMPORAL" workflow describe --address 127.0.0.1:7233 --workflow-id "$SWITCH_ID" -o json 2>/dev/null
+}
+switch_running() { describe_switch | grep -q '"status": "WORKFLOW_EXECUTION_STATUS_RUNNING"'; }
+switch_type() { describe_switch | sed -n '/"type": {/{n;s/.*"name": "\(.*\)".*/\1/p;}'; }
+
+has_failback() { "${DRORCH[@]}" failback --help >/dev/null 2>&1; }
+
+# wait_caught_up follows a data recovery until its sync has caught up with the
+# active site and it waits for `drorch complete`.
+wait_caught_up() {
+	local last="" waiting
+	for _ in $(seq 1 180); do
+		switch_running || fail "the data recovery ended before it caught up: see drorch report --plan $PLAN and the Web UI"
+		waiting=$("$TEMPORAL" workflow query --address 127.0.0.1:7233 --workflow-id "$SWITCH_ID" --type progress 2>/dev/null |
+			grep -o '"waiting": *"[^"]*"' | sed 's/^"waiting": *"//; s/"$//' || true)
+		if [ -n "$waiting" ] && [ "$waiting" != "$last" ]; then
+			echo "  $waiting"
+			last=$waiting
+		fi
+		case $waiting in "caught up"*) return 0 ;; esac
+		sleep 2
+	done
+	fail "the data recovery did not catch up within 6 minutes"
+}
+
+# --- before the story: a stack left mid-story by an interrupted run ------------
+
+mkdir -p "$DEV/bin"
+(cd "$ROOT" && go build -o "$DNSQUERY" ./deployments/dev/dnsquery)
+if switch_running; then
+	note "a switching operation of plan $PLAN is still running (an interrupted demo?)"
+	if [ "$(switch_type)" = Failback ]; then
+		drorch complete --plan "$PLAN" --wait
+	else
+		"$TEMPORAL" workflow result --address 127.0.0.1:7233 --workflow-id "$SWITCH_ID" >/dev/null || true
+	fi
+fi
+if [ "$(active_site)" = secondary ]; then
+	note "an earlier run left the plan active at the secondary: switching back to the primary first"
+	drorch failover --plan "$PLAN" --planned --wait >/dev/null
+fi
+
+# --- the story ----------------------------------------------------------------
+
+say "The sample service at the primary: its data set $SRC"
 rm -rf "$SRC" && mkdir -p "$SRC"/{docs,images,empty,"unicode ünïcødé 日本"}
 for i in $(seq 1 20); do head -c $((RANDOM * 64)) /dev/urandom >"$SRC/docs/report-$i.bin"; done
 head -c 8M /dev/urandom >"$SRC/images/photo.raw"
@@ -23,31 +168,103 @@ head -c 1M /dev/urandom | dd of="$SRC/images/disk.img" bs=1M seek=128 conv=notru
 ln -sfn docs/report-1.bin "$SRC/latest-report"
 ln -sfn ../missing "$SRC/dangling-link"
 chmod 0600 "$SRC/docs/report-2.bin"
+expect_dns primary
+expect_writable primary
+for i in 1 2 3; do order primary "order-$i"; done
 du -sh --apparent-size "$SRC" | sed 's/^/apparent size: /'
 du -sh "$SRC" | sed 's/^/on disk:       /'
 
 say "Backup at the primary"
-$DRORCH backup --plan files --wait
+drorch backup --plan "$PLAN" --wait
 say "Transmit to the secondary"
-$DRORCH transmit --plan files --wait
-say "Restore at the secondary into $DST"
-$DRORCH restore --plan files --site secondary --wait
-
-say "Verify"
+drorch transmit --plan "$PLAN" --wait
+say "Restore at the secondary into $DST, and verify"
+drorch restore --plan "$PLAN" --site secondary --wait
 listing() { (cd "$1" && find . -printf '%P|%y|%m|%s|%T@|%l\n' | sort); }
 if diff -r --no-dereference "$SRC" "$DST" && diff <(listing "$SRC") <(listing "$DST"); then
-	echo "restored tree identical: content, types, modes, sizes, mtimes, symlinks"
+	ok "restored tree identical: content, types, modes, sizes, mtimes, symlinks"
 else
-	echo "restored tree DIFFERS from the source" >&2
-	exit 1
+	fail "the restored tree at the secondary differs from the primary's"
 fi
 printf 'sparse image on disk at the secondary: %s (apparent %s)\n' \
 	"$(du -h "$DST/images/disk.img" | cut -f1)" "$(du -h --apparent-size "$DST/images/disk.img" | cut -f1)"
+drorch points --plan "$PLAN" --site secondary
 
-say "Restore points"
-$DRORCH points --plan files --site primary
-$DRORCH points --plan files --site secondary
+say "Drill at the secondary: restore into a sandbox, verify every byte, check the service's data; production untouched"
+drorch drill --plan "$PLAN" --wait
+expect_dns primary
+expect_active primary
+
+say "Disaster: the primary is lost (unplanned failover to the secondary)"
+note "The primary takes one more order after the last restore point the secondary holds: the failover cannot have it."
+note "(On the dev stack the primary still answers, so drorch fences it anyway; a dark site is recorded as \"unreachable, not fenced\".)"
+order primary order-4
+drorch failover --plan "$PLAN" --unplanned --wait
+
+say "After the failover: clients reach the secondary, and only the secondary takes writes"
+expect_active secondary
+expect_dns secondary
+expect_writable secondary
+expect_refused primary
+[ ! -e "$DST/orders/order-4.json" ] || fail "order-4 reached the secondary, yet it was written after the last restore point"
+ok "order-4 is not at the secondary: written after the last restore point, it is the data an unplanned failover loses (its RPO)"
+
+say "The service runs at the secondary"
+for i in 5 6 7; do order secondary "order-$i"; done
+
+if has_failback; then
+	say "Failback: data recovery brings the secondary's data back to the primary"
+	drorch failback --plan "$PLAN"
+	note "The primary is fenced and its own data kept as a restore point; sync rounds copy the secondary to it."
+	wait_caught_up
+	expect_refused primary
+	expect_dns secondary
+	order secondary order-8
+	note "Complete: the secondary turns read-only, a final sync loses nothing, the primary takes over."
+	drorch complete --plan "$PLAN" --wait
+	note "order-4 is not lost for good: the restore point kept of the primary's own data at the start of the failback holds it."
+	say "After the failback: back at the primary, with everything written at the secondary"
+else
+	say "Switch back to the primary (planned failover: the secondary's data comes along)"
+	note "drorch failback is not in this build: a planned failover does the switch back, without reverse sync rounds."
+	order secondary order-8
+	drorch failover --plan "$PLAN" --planned --wait
+	say "After the switch back: at the primary, with everything written at the secondary"
+fi
+expect_active primary
+expect_dns primary
+expect_writable primary
+expect_refused secondary
+for i in 5 6 7 8; do expect_order primary "order-$i"; done
+[ ! -e "$SRC/orders/order-4.json" ] || fail "order-4 is still at the primary after the sync from the secondary"
+ok "order-4 is gone from the primary too: it now holds the secondary's data"
+diff -r --no-dereference "$SRC" "$DST" >/dev/null || fail "the primary's data set differs from the secondary's after the switch back"
+ok "the primary's data set is identical to the secondary's"
+
+say "Switchover to the secondary (planned failover: nothing is lost)"
+order primary order-9
+drorch failover --plan "$PLAN" --planned --wait
+expect_active secondary
+expect_dns secondary
+expect_order secondary order-9
+expect_refused primary
+
+say "Switchover back to the primary"
+order secondary order-10
+drorch failover --plan "$PLAN" --planned --wait
+expect_active primary
+expect_dns primary
+expect_order primary order-10
+expect_writable primary
+expect_refused secondary
+
+say "Switching reports: RTO and RPO of each operation"
+drorch report --plan "$PLAN"
+say "Plan status"
+drorch status --plan "$PLAN"
 
 say "Done"
-echo "Temporal Web UI: http://127.0.0.1:8233 (search: DrorchPlan = \"files\")"
+echo "Temporal Web UI: http://127.0.0.1:8233 (search: DrorchPlan = \"$PLAN\"; the switching runs have workflow id $SWITCH_ID)"
+echo "Ask BIND yourself:  dig @${DNS_SERVER%:*} -p ${DNS_SERVER#*:} $DNS_NAME"
+echo "The service's database at a site:  PGPASSWORD=\$DRORCH_DEV_APP_PASSWORD psql 'host=127.0.0.1 port=${PG_PORT[primary]} dbname=app user=app' -c 'TABLE orders'"
 echo "The dev stack keeps running; stop it with: go tool task dev:down"
