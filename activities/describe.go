@@ -24,6 +24,19 @@ type PlanInfo struct {
 	Steps     []StepInfo          `json:"steps,omitempty"`
 	// Sandboxes are where a drill at each site restores.
 	Sandboxes map[string]string `json:"sandboxes,omitempty"`
+	Failback  FailbackInfo      `json:"failback"`
+	// Swapped is set by workflows, not by Describe: a permanent failover
+	// has made Primary and Secondary the reverse of the configured roles.
+	Swapped bool `json:"swapped,omitempty"`
+	// Epoch is set by workflows: the highest epoch either site holds.
+	Epoch uint64 `json:"epoch,omitempty"`
+}
+
+// FailbackInfo says when data recovery has caught up (config failback:).
+type FailbackInfo struct {
+	LagThreshold time.Duration `json:"lagThreshold"`
+	Interval     time.Duration `json:"interval"`
+	AutoComplete bool          `json:"autoComplete,omitempty"`
 }
 
 // StepInfo describes one step of the recovery plan.
@@ -52,6 +65,7 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 	info := PlanInfo{
 		Plan: p.Name, Primary: p.Primary, Secondary: p.Secondary, Active: p.Primary,
 		Encrypted: p.Encryption != nil, Sites: map[string]SiteInfo{}, Config: a.cfg.File,
+		Failback: FailbackInfo{LagThreshold: p.Failback.LagThreshold, Interval: p.Failback.Interval, AutoComplete: p.Failback.AutoComplete},
 	}
 	for _, s := range p.Steps {
 		si := StepInfo{Name: s.Name, On: s.On, Before: len(s.Before), Wait: s.Wait, After: len(s.After)}

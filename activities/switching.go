@@ -98,19 +98,28 @@ func unreachableType(err error) error {
 	return err
 }
 
-// SetEpochInput raises a site's epoch and names the active site.
+// SetEpochInput raises a site's epoch and names the active site and the
+// plan's roles.
 type SetEpochInput struct {
 	Plan   string `json:"plan"`
 	Site   string `json:"site"`   // whose repository
 	Active string `json:"active"` // the plan's active site from now on
-	Op     string `json:"op"`     // the operation: a retry that finds its own op does nothing
-	Min    uint64 `json:"min"`    // the new epoch is above this too (the other site's epoch)
+	// Primary and Secondary are the plan's roles from now on; empty: the
+	// configured ones.
+	Primary   string `json:"primary,omitempty"`
+	Secondary string `json:"secondary,omitempty"`
+	Op        string `json:"op"`  // the operation: a retry that finds its own op does nothing
+	Min       uint64 `json:"min"` // the new epoch is above this too (the other site's epoch)
+	// Adopt, when set, is the exact epoch to record: one the other site
+	// already holds, learnt by this one. A site already past it refuses.
+	Adopt  uint64 `json:"adopt,omitempty"`
 	Reason string `json:"reason"`
 }
 
 // SetEpoch raises the epoch of the plan's repository at a site above both its
-// own and Min, recording the active site. Backups, transmissions and
-// restores started under an older epoch refuse to act against it.
+// own and Min (or to exactly Adopt), recording the active site and the
+// roles. Backups, transmissions and restores started under an older epoch
+// refuse to act against it.
 func (a *Activities) SetEpoch(ctx context.Context, in SetEpochInput) (repo.Epoch, error) {
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
@@ -123,11 +132,19 @@ func (a *Activities) SetEpoch(ctx context.Context, in SetEpochInput) (repo.Epoch
 	if cur.Op == in.Op && in.Op != "" {
 		return cur, nil
 	}
-	next := repo.Epoch{Epoch: max(cur.Epoch, in.Min) + 1, Site: in.Site, Active: in.Active, Op: in.Op, Reason: in.Reason, Updated: time.Now().UTC()}
+	n := max(cur.Epoch, in.Min) + 1
+	if in.Adopt > 0 {
+		if cur.Epoch > in.Adopt {
+			return cur, temporalError(drivers.Permanentf(drivers.ReasonFenced, "site %s is at epoch %d (set by site %s: %s), past epoch %d it was to learn: another switch happened meanwhile; run drorch status --plan %s",
+				in.Site, cur.Epoch, cur.Site, cur.Reason, in.Adopt, in.Plan))
+		}
+		n = in.Adopt
+	}
+	next := repo.Epoch{Epoch: n, Site: in.Site, Active: in.Active, Primary: in.Primary, Secondary: in.Secondary, Op: in.Op, Reason: in.Reason, Updated: time.Now().UTC()}
 	if err := r.PutEpoch(ctx, next); err != nil {
 		return repo.Epoch{}, temporalError(err)
 	}
-	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Uint64("epoch", next.Epoch).Str("active", in.Active).Msg("epoch raised")
+	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Uint64("epoch", next.Epoch).Str("active", in.Active).Str("primary", in.Primary).Msg("epoch raised")
 	return next, nil
 }
 

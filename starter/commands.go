@@ -118,7 +118,7 @@ func (c *cli) restoreCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
-	cmd.Flags().StringVar(&in.Site, "site", "", "site whose repository holds the point (required)")
+	cmd.Flags().StringVar(&in.Site, "site", "", "site whose repository holds the point (default: the standby, the site not active)")
 	cmd.Flags().StringVar(&in.Point, "point", "", "restore point id (default: the latest at --site)")
 	cmd.Flags().StringVar(&in.To, "to", "", "absolute path to restore into (default: the plan's source at --site)")
 	c.waitFlags(cmd)
@@ -155,7 +155,7 @@ func (c *cli) pointsCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
-	cmd.Flags().StringVar(&in.Site, "site", "", "site (default: the plan's primary)")
+	cmd.Flags().StringVar(&in.Site, "site", "", "site (default: the active site)")
 	cmd.Flags().BoolVar(&c.json, "json", false, "print the list as one JSON object")
 	return cmd
 }

@@ -126,11 +126,16 @@ func progressOf(ctx context.Context, cc *clientConn, run client.WorkflowRun) (wo
 	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	var p workflows.Progress
-	v, err := cc.QueryWorkflow(qctx, run.GetID(), run.GetRunID(), workflows.QueryProgress)
+	runID := run.GetRunID()
+	if strings.HasSuffix(run.GetID(), "/switch") {
+		// A data recovery continues as new: ask the newest run.
+		runID = ""
+	}
+	v, err := cc.QueryWorkflow(qctx, run.GetID(), runID, workflows.QueryProgress)
 	if err != nil || v.Get(&p) != nil {
 		return p, false
 	}
-	desc, err := cc.DescribeWorkflowExecution(qctx, run.GetID(), run.GetRunID())
+	desc, err := cc.DescribeWorkflowExecution(qctx, run.GetID(), runID)
 	if err != nil {
 		return p, true
 	}

@@ -136,6 +136,14 @@ func (c *cli) statusCmd() *cobra.Command {
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 				fmt.Fprintf(tw, "plan\t%s\n", res.Plan)
 				fmt.Fprintf(tw, "active\t%s (epoch %d)\n", res.Active, res.Epoch)
+				fmt.Fprintf(tw, "roles\tprimary %s, secondary %s\n", res.Primary, res.Secondary)
+				if p := res.InProgress; p != nil {
+					line := p.Operation + ": " + p.Step
+					if p.Waiting != "" {
+						line += ", waiting for " + p.Waiting
+					}
+					fmt.Fprintf(tw, "in progress\t%s\n", line)
+				}
 				fmt.Fprintf(tw, "RPO now\t%s\n", res.RPO.Round(time.Second))
 				for _, s := range res.Sites {
 					if !s.Reachable {
@@ -201,6 +209,8 @@ func (c *cli) status(in workflows.StatusInput, human func(io.Writer, workflows.S
 	defer cc.Close()
 	c.wait = true
 	var res workflows.StatusResult
+	// The result's JSON has no inProgress, so decoding it keeps this.
+	res.InProgress = switchInProgress(cc, in.Plan)
 	return c.start(cc, workflows.OpStatus, in.Plan, "", workflows.Status, in, &res, func(w io.Writer) { human(w, res) })
 }
 
@@ -243,4 +253,22 @@ func (c *cli) drillCmd() *cobra.Command {
 	cmd.Flags().StringVar(&in.Sandbox, "sandbox", "", "absolute path to restore into (default: the plan's drill sandbox)")
 	c.waitFlags(cmd)
 	return cmd
+}
+
+// switchInProgress is the progress of the plan's running switching
+// operation, nil when none runs.
+func switchInProgress(cc *clientConn, plan string) *workflows.Progress {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	id := workflows.SwitchWorkflowID(plan)
+	desc, err := cc.DescribeWorkflowExecution(ctx, id, "")
+	if err != nil || desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		return nil
+	}
+	var p workflows.Progress
+	v, err := cc.QueryWorkflow(ctx, id, "", workflows.QueryProgress)
+	if err != nil || v.Get(&p) != nil {
+		return &workflows.Progress{Operation: desc.GetWorkflowExecutionInfo().GetType().GetName(), Plan: plan, Step: "running"}
+	}
+	return &p
 }

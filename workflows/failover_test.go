@@ -21,8 +21,10 @@ import (
 // which site, in order.
 type switchEnv struct {
 	*testsuite.TestWorkflowEnvironment
-	mu  sync.Mutex
-	log []string
+	mu     sync.Mutex
+	log    []string
+	epochs map[string]repo.Epoch // each site's epoch.json
+	lags   []time.Duration       // how old each backup's snapshot is when it ends, in turn; then 0
 }
 
 func (e *switchEnv) did(s string) {
@@ -35,7 +37,7 @@ func (e *switchEnv) did(s string) {
 // standby, when given, is the point the secondary's standby target holds.
 func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error, standby ...string) *switchEnv {
 	var s testsuite.WorkflowTestSuite
-	e := &switchEnv{TestWorkflowEnvironment: s.NewTestWorkflowEnvironment()}
+	e := &switchEnv{TestWorkflowEnvironment: s.NewTestWorkflowEnvironment(), epochs: map[string]repo.Epoch{"primary": {Epoch: 3}, "secondary": {Epoch: 3}}}
 	e.RegisterActivity(&activities.Activities{})
 	for _, wf := range All {
 		e.RegisterWorkflow(wf)
@@ -46,7 +48,9 @@ func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error,
 		if err := fail["state "+in.Site]; err != nil {
 			return activities.SiteState{}, err
 		}
-		st := activities.SiteState{Site: in.Site, Epoch: repo.Epoch{Epoch: 3}, Latest: "p1", LatestTime: pointTime}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		st := activities.SiteState{Site: in.Site, Epoch: e.epochs[in.Site], Latest: "p1", LatestTime: pointTime}
 		if in.Site == "secondary" && len(standby) > 0 {
 			st.Standby = standby[0]
 		}
@@ -64,8 +68,23 @@ func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error,
 		return nil, nil
 	})
 	e.OnActivity(act.SetEpoch, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SetEpochInput) (repo.Epoch, error) {
-		e.did("epoch " + in.Site + " active=" + in.Active)
-		return repo.Epoch{Epoch: in.Min + 1, Active: in.Active}, nil
+		if err := fail["epoch "+in.Site]; err != nil {
+			return repo.Epoch{}, err
+		}
+		what := "epoch " + in.Site + " active=" + in.Active
+		if in.Primary != "" {
+			what += " primary=" + in.Primary
+		}
+		e.did(what)
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		n := max(e.epochs[in.Site].Epoch, in.Min) + 1
+		if in.Adopt > 0 {
+			n = in.Adopt
+		}
+		ep := repo.Epoch{Epoch: n, Site: in.Site, Active: in.Active, Primary: in.Primary, Secondary: in.Secondary}
+		e.epochs[in.Site] = ep
+		return ep, nil
 	})
 	e.OnActivity(act.MarkStandby, mock.Anything, mock.Anything).Return(nil)
 	e.OnActivity(act.SwitchDNS, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SwitchDNSInput) ([]activities.RecordState, error) {
@@ -83,9 +102,18 @@ func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error,
 		e.did("report " + in.Site)
 		return nil
 	})
-	e.OnWorkflow(Backup, mock.Anything, mock.Anything).Return(func(_ workflow.Context, in BackupInput) (BackupResult, error) {
+	e.OnWorkflow(Backup, mock.Anything, mock.Anything).Return(func(ctx workflow.Context, in BackupInput) (BackupResult, error) {
+		if err := fail["backup "+in.Site]; err != nil {
+			return BackupResult{}, err
+		}
 		e.did("backup " + in.Site)
-		return BackupResult{Point: "p2", Snapshot: pointTime.Add(time.Hour)}, nil
+		var lag time.Duration
+		e.mu.Lock()
+		if len(e.lags) > 0 {
+			lag, e.lags = e.lags[0], e.lags[1:]
+		}
+		e.mu.Unlock()
+		return BackupResult{Point: "p2", Snapshot: workflow.Now(ctx).Add(-lag)}, nil
 	})
 	e.OnWorkflow(Transmit, mock.Anything, mock.Anything).Return(func(_ workflow.Context, in TransmitInput) (TransmitResult, error) {
 		e.did("transmit " + in.From + ">" + in.To + " " + in.Point)

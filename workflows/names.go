@@ -68,11 +68,16 @@ func Attributes(plan, site, op string) temporal.SearchAttributes {
 
 // Switching operations, signals and ids.
 const (
-	OpFailover = "failover"
-	OpDrill    = "drill"
+	OpFailover          = "failover"
+	OpFailback          = "failback"
+	OpPermanentFailover = "permanent-failover"
+	OpDrill             = "drill"
 
 	// SignalApprove releases a recovery step waiting for an operator.
 	SignalApprove = "approve"
+	// SignalComplete tells a data recovery (Failback) to complete once the
+	// primary has caught up.
+	SignalComplete = "complete"
 
 	ModePlanned   = "planned"
 	ModeUnplanned = "unplanned"

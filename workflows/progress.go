@@ -189,30 +189,3 @@ func cleanup(ctx workflow.Context, plan, site, op string) {
 		workflow.GetLogger(ctx).Warn("staging not removed", "site", site, "op", op, "error", err)
 	}
 }
-
-// activeSite is the plan's active site: the one named by the highest epoch
-// that the sites' repositories hold, asked of both sites at once; a site that
-// does not answer within 30 seconds is left out. With no epoch naming one,
-// the plan's configured primary is active.
-func activeSite(ctx workflow.Context, info activities.PlanInfo) string {
-	var act *activities.Activities
-	futures := map[string]workflow.Future{}
-	for _, site := range []string{info.Primary, info.Secondary} {
-		c := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-			TaskQueue: siteQueue(ctx, site), ScheduleToStartTimeout: 30 * time.Second, StartToCloseTimeout: 30 * time.Second,
-			RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 2},
-		})
-		futures[site] = workflow.ExecuteActivity(c, act.GetSiteState, activities.SiteStateInput{Plan: info.Plan, Site: site})
-	}
-	active, epoch := info.Active, uint64(0)
-	for _, site := range []string{info.Primary, info.Secondary} {
-		var st activities.SiteState
-		if futures[site].Get(ctx, &st) != nil {
-			continue
-		}
-		if st.Epoch.Epoch > epoch && st.Epoch.Active != "" {
-			active, epoch = st.Epoch.Active, st.Epoch.Epoch
-		}
-	}
-	return active
-}

@@ -16,7 +16,11 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	if err != nil {
 		return res, err
 	}
-	site, err := siteOf(info, in.Site, info.Secondary, "site")
+	def := in.Site
+	if def == "" {
+		def = other(info, activeSite(ctx, info))
+	}
+	site, err := siteOf(info, in.Site, def, "site")
 	if err != nil {
 		return res, err
 	}
@@ -65,7 +69,11 @@ func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) 
 	if err != nil {
 		return res, err
 	}
-	site, err := siteOf(info, in.Site, info.Primary, "site")
+	def := in.Site
+	if def == "" {
+		def = activeSite(ctx, info)
+	}
+	site, err := siteOf(info, in.Site, def, "site")
 	if err != nil {
 		return res, err
 	}
@@ -82,4 +90,4 @@ func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) 
 }
 
 // All lists the workflows a worker registers.
-var All = []any{Backup, Transmit, Restore, Points, Failover, Status, Drill}
+var All = []any{Backup, Transmit, Restore, Points, Failover, Failback, PermanentFailover, Status, Drill}

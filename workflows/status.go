@@ -30,13 +30,18 @@ type SiteStatus struct {
 // latest restore point and access modes, the RPO the standby has now, and
 // the latest switching reports.
 type StatusResult struct {
-	Plan    string         `json:"plan"`
-	Active  string         `json:"active"`
-	Epoch   uint64         `json:"epoch"`
-	Sites   []SiteStatus   `json:"sites"`
-	RPO     time.Duration  `json:"rpo"` // now − the standby's latest restore point
-	Reports []SwitchReport `json:"reports"`
-	AsOf    time.Time      `json:"asOf"`
+	Plan      string         `json:"plan"`
+	Active    string         `json:"active"`
+	Primary   string         `json:"primary"`   // as recorded by a permanent failover, else as configured
+	Secondary string         `json:"secondary"` // likewise
+	Epoch     uint64         `json:"epoch"`
+	Sites     []SiteStatus   `json:"sites"`
+	RPO       time.Duration  `json:"rpo"` // now − the standby's latest restore point
+	Reports   []SwitchReport `json:"reports"`
+	AsOf      time.Time      `json:"asOf"`
+	// InProgress is the plan's running switching operation. The workflow
+	// leaves it empty: it is the CLI's reading of drorch/<plan>/switch.
+	InProgress *Progress `json:"inProgress,omitempty"`
 }
 
 // Status reads the plan's state at both sites. A site that does not answer
@@ -47,7 +52,8 @@ func Status(ctx workflow.Context, in StatusInput) (res StatusResult, err error) 
 	if err != nil {
 		return res, err
 	}
-	res = StatusResult{Plan: in.Plan, Active: info.Active, Reports: []SwitchReport{}}
+	res = StatusResult{Plan: in.Plan, Active: info.Active, Primary: info.Primary, Secondary: info.Secondary, Reports: []SwitchReport{}}
+	var best activities.SiteState
 	sites := []string{info.Primary, info.Secondary}
 	for _, site := range sites {
 		c := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
@@ -68,14 +74,13 @@ func Status(ctx workflow.Context, in StatusInput) (res StatusResult, err error) 
 		} else {
 			ss.Error = errorMessage(err)
 		}
-		if ss.Reachable && ss.State.Epoch.Epoch > res.Epoch {
-			res.Epoch = ss.State.Epoch.Epoch
-			if ss.State.Epoch.Active != "" {
-				res.Active = ss.State.Epoch.Active
-			}
+		if ss.Reachable && ss.State.Epoch.Epoch > best.Epoch.Epoch {
+			best = ss.State
 		}
 		res.Sites = append(res.Sites, ss)
 	}
+	roles := withRoles(info, best.Epoch.Active, best.Epoch.Primary, best.Epoch.Secondary)
+	res.Epoch, res.Active, res.Primary, res.Secondary = best.Epoch.Epoch, roles.Active, roles.Primary, roles.Secondary
 	res.AsOf = workflow.Now(ctx)
 	for _, ss := range res.Sites {
 		if ss.Site != res.Active && ss.Reachable && !ss.State.LatestTime.IsZero() {

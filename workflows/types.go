@@ -70,7 +70,7 @@ type TransmitResult struct {
 // RestoreInput starts a restore.
 type RestoreInput struct {
 	Plan  string `json:"plan"`
-	Site  string `json:"site,omitempty"`  // default: the plan's secondary site
+	Site  string `json:"site,omitempty"`  // default: the plan's standby site (the one not active)
 	Point string `json:"point,omitempty"` // default: the latest valid point at Site
 	To    string `json:"to,omitempty"`    // default: the plan's source at Site
 }
@@ -93,7 +93,7 @@ type RestoreResult struct {
 // PointsInput lists the restore points of a plan at a site.
 type PointsInput struct {
 	Plan string `json:"plan"`
-	Site string `json:"site,omitempty"` // default: the plan's primary
+	Site string `json:"site,omitempty"` // default: the plan's active site
 }
 
 // PointsResult lists restore points, oldest first.
@@ -160,4 +160,11 @@ type SwitchReport struct {
 	DNS          []activities.RecordState `json:"dns,omitempty"`
 	Steps        []StepProgress           `json:"steps"`
 	Compensation []string                 `json:"compensation,omitempty"`
+	Notes        []string                 `json:"notes,omitempty"` // what went wrong without stopping the operation
+	// Failback: the sync rounds run, the returning site's lag after the
+	// last one, and the restore point that preserved the returning site's
+	// own data before it was overwritten.
+	Rounds    int           `json:"rounds,omitempty"`
+	Lag       time.Duration `json:"lag,omitempty"`
+	Preserved string        `json:"preserved,omitempty"`
 }

@@ -17,12 +17,16 @@ const epochKey = "epoch.json"
 // Epoch is the plan's fencing epoch at a site, kept in epoch.json as plain,
 // indented JSON so that an operator can read it: it is not secret.
 type Epoch struct {
-	Epoch   uint64    `json:"epoch"`
-	Site    string    `json:"site"`             // the site that wrote it
-	Active  string    `json:"active,omitempty"` // the plan's active site as of this epoch; empty: its configured primary
-	Op      string    `json:"op,omitempty"`     // the operation that set it, so a retried step does not bump twice
-	Reason  string    `json:"reason,omitempty"`
-	Updated time.Time `json:"updated"`
+	Epoch  uint64 `json:"epoch"`
+	Site   string `json:"site"`             // the site that wrote it
+	Active string `json:"active,omitempty"` // the plan's active site as of this epoch; empty: its primary
+	// Primary and Secondary are the plan's roles as of this epoch once a
+	// permanent failover has reversed them; empty: the configured roles.
+	Primary   string    `json:"primary,omitempty"`
+	Secondary string    `json:"secondary,omitempty"`
+	Op        string    `json:"op,omitempty"` // the operation that set it, so a retried step does not bump twice
+	Reason    string    `json:"reason,omitempty"`
+	Updated   time.Time `json:"updated"`
 }
 
 // GetEpoch reads epoch.json. An absent one is epoch 0 with no error; one that

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"os/user"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.temporal.io/api/enums/v1"
+
+	"github.com/drorch/drorch/workflows"
+)
+
+func (c *cli) failbackCmd() *cobra.Command {
+	var in workflows.FailbackInput
+	cmd := &cobra.Command{
+		Use:   "failback --plan P [--auto-complete]",
+		Short: "Data recovery: bring the plan back to its primary (sync until caught up, then on `drorch complete`)",
+		Long: `Starts data recovery of a plan that a failover moved to its secondary. The primary
+becomes read-only, its own data is kept as a restore point, and sync rounds (backup,
+transmit, restore) bring it up to date while the secondary stays active. Once the
+primary's lag is under failback.lagThreshold, ` + "`drorch complete --plan P`" + ` (or
+--auto-complete) switches back with a final sync that loses nothing.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cc, err := c.open(in.Plan)
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			var rep workflows.SwitchReport
+			return c.startWith(cc, switchOptions(in.Plan), workflows.OpFailback, in.Plan, "", workflows.Failback, in, &rep, func(w io.Writer) {
+				printReport(w, rep)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
+	cmd.Flags().BoolVar(&in.AutoComplete, "auto-complete", false, "complete as soon as the primary has caught up, without `drorch complete`")
+	c.waitFlags(cmd)
+	return cmd
+}
+
+func (c *cli) completeCmd() *cobra.Command {
+	var plan string
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "complete --plan P [--force]",
+		Short: "Let the plan's data recovery (failback) switch back to the primary once it has caught up",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cc, err := c.open(plan)
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			id := workflows.SwitchWorkflowID(plan)
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			desc, err := cc.DescribeWorkflowExecution(sctx, id, "")
+			if err != nil || desc.GetWorkflowExecutionInfo().GetType().GetName() != "Failback" ||
+				desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+				return fmt.Errorf("complete: no data recovery (failback) of plan %s is running; start one with drorch failback --plan %s", plan, plan)
+			}
+			by := "drorch complete"
+			if u, err := user.Current(); err == nil {
+				by = u.Username
+			}
+			if err := cc.SignalWorkflow(sctx, id, "", workflows.SignalComplete, workflows.CompleteSignal{By: by, Force: force}); err != nil {
+				return fmt.Errorf("complete: signal %s: %w", id, err)
+			}
+			if !c.wait {
+				if c.json {
+					return printJSON(os.Stdout, map[string]string{"workflowId": id, "signal": workflows.SignalComplete})
+				}
+				fmt.Printf("asked %s to complete once the primary has caught up\n", id)
+				return nil
+			}
+			run := cc.GetWorkflow(ctx, id, "")
+			done := make(chan error, 1)
+			var rep workflows.SwitchReport
+			go func() { done <- run.Get(ctx, &rep) }()
+			if err := c.watch(ctx, cc, run, done); err != nil {
+				return fmt.Errorf("failback failed: %s", errorText(err))
+			}
+			if c.json {
+				return printJSON(os.Stdout, rep)
+			}
+			printReport(os.Stdout, rep)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&plan, "plan", "", "protection plan (required)")
+	cmd.Flags().BoolVar(&force, "force", false, "complete even though the primary has not caught up (the final sync then takes as long as a round, with no site writable)")
+	c.waitFlags(cmd)
+	return cmd
+}
+
+func (c *cli) permanentFailoverCmd() *cobra.Command {
+	var in workflows.PermanentFailoverInput
+	cmd := &cobra.Command{
+		Use:   "permanent-failover --plan P",
+		Short: "Make the site a failover made active the plan's primary for good (roles recorded in both repositories)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cc, err := c.open(in.Plan)
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			var rep workflows.SwitchReport
+			return c.startWith(cc, switchOptions(in.Plan), workflows.OpPermanentFailover, in.Plan, "", workflows.PermanentFailover, in, &rep, func(w io.Writer) {
+				printReport(w, rep)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
+	c.waitFlags(cmd)
+	return cmd
+}

@@ -1,0 +1,324 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/drivers/access"
+)
+
+// act names the activities, as method values of a nil pointer.
+var act *activities.Activities
+
+// switchRun is what a switching workflow (failover, failback, permanent
+// failover) carries between its steps: the plan as its repositories record
+// it, the two sites, the report being written and the saga of compensations.
+type switchRun struct {
+	ctx      workflow.Context
+	t        *tracker
+	info     activities.PlanInfo // roles and active site as recorded (see current)
+	from, to string              // the active site before, the one after
+	op       string              // this operation's id: failover-1a2b3c4d
+	rep      *SwitchReport
+	undo     []undoStep // compensations, in the order the steps were done
+}
+
+type undoStep struct {
+	what string
+	do   func(ctx workflow.Context) error
+}
+
+func newSwitchRun(ctx workflow.Context, t *tracker, info activities.PlanInfo, op, mode, from, to string) *switchRun {
+	id, _ := opID(ctx, op)
+	return newSwitchRunID(ctx, t, info, op, id, mode, from, to, workflow.Now(ctx))
+}
+
+func newSwitchRunID(ctx workflow.Context, t *tracker, info activities.PlanInfo, op, id, mode, from, to string, started time.Time) *switchRun {
+	rep := &SwitchReport{
+		ID: workflow.GetInfo(ctx).WorkflowExecution.ID + "/" + id, Plan: info.Plan, Operation: op, Mode: mode,
+		From: from, To: to, Started: started, Steps: []StepProgress{},
+	}
+	return &switchRun{ctx: ctx, t: t, info: info, from: from, to: to, op: id, rep: rep}
+}
+
+// site is for a quick step at site, retried until it succeeds.
+func (s *switchRun) site(site string) workflow.Context {
+	return shortCtx(s.ctx, siteQueue(s.ctx, site))
+}
+
+// check is for preflight: a site that does not answer within two minutes
+// stops the operation before it changes anything.
+func (s *switchRun) check(site string) workflow.Context {
+	return workflow.WithActivityOptions(s.ctx, workflow.ActivityOptions{
+		TaskQueue: siteQueue(s.ctx, site), StartToCloseTimeout: time.Minute, ScheduleToCloseTimeout: 2 * time.Minute,
+		RetryPolicy: retryPolicy,
+	})
+}
+
+// reachable is for a site that may be dark: a minute for its worker to pick
+// the task up and three tries, then the operation goes on without it.
+func (s *switchRun) reachable(site string) workflow.Context {
+	return workflow.WithActivityOptions(s.ctx, workflow.ActivityOptions{
+		TaskQueue: siteQueue(s.ctx, site), ScheduleToStartTimeout: time.Minute, StartToCloseTimeout: 2 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2, MaximumAttempts: 3},
+	})
+}
+
+// preflight checks that each site's repository and access resources answer.
+func (s *switchRun) preflight(why string, sites ...string) (map[string]activities.SiteState, error) {
+	states := map[string]activities.SiteState{}
+	for _, site := range sites {
+		var st activities.SiteState
+		if err := workflow.ExecuteActivity(s.check(site), act.GetSiteState, activities.SiteStateInput{Plan: s.info.Plan, Site: site}).Get(s.ctx, &st); err != nil {
+			return states, fmt.Errorf("%s site %s: %w", why, site, err)
+		}
+		if err := workflow.ExecuteActivity(s.check(site), act.AccessStatus, activities.AccessStatusInput{Plan: s.info.Plan, Site: site}).Get(s.ctx, nil); err != nil {
+			return states, fmt.Errorf("%s site %s: %w", why, site, err)
+		}
+		states[site] = st
+	}
+	return states, nil
+}
+
+// setAccess switches site's access resources to mode in ctx.
+func (s *switchRun) setAccess(ctx workflow.Context, site string, mode access.Mode) error {
+	return workflow.ExecuteActivity(ctx, act.SetAccess, activities.SetAccessInput{Plan: s.info.Plan, Site: site, Mode: mode}).Get(ctx, nil)
+}
+
+// readOnly makes site read-only as a step that is undone by making it
+// read-write again.
+func (s *switchRun) readOnly(ctx workflow.Context, site string) error {
+	if err := s.t.step(s.ctx, "read-only "+site, func() error { return s.setAccess(ctx, site, access.ReadOnly) }); err != nil {
+		return fmt.Errorf("make %s read-only: %w", site, err)
+	}
+	s.onUndo("make "+site+" read-write again", s.undoAccess(site, access.ReadWrite))
+	return nil
+}
+
+// readWrite opens site for writes as a step that is undone by making it
+// read-only again; the site's target now takes writes, so it no longer
+// holds a restore point as a warm standby.
+func (s *switchRun) readWrite(site string) error {
+	if err := s.t.step(s.ctx, "read-write "+site, func() error { return s.setAccess(s.site(site), site, access.ReadWrite) }); err != nil {
+		return err
+	}
+	s.onUndo("make "+site+" read-only again", s.undoAccess(site, access.ReadOnly))
+	_ = workflow.ExecuteActivity(s.site(site), act.MarkStandby, activities.MarkStandbyInput{Plan: s.info.Plan, Site: site}).Get(s.ctx, nil)
+	return nil
+}
+
+// epoch raises the epoch at the site becoming active above the highest
+// either site holds and names it active; the old site learns the same epoch
+// unless it is dark (then it learns it at failback, and meanwhile every
+// reader takes the highest epoch either site holds). Undone by giving the
+// active role back.
+func (s *switchRun) epoch(reason string, dark bool) error {
+	err := s.t.step(s.ctx, "epoch", func() error {
+		var set activities.SiteState
+		if err := workflow.ExecuteActivity(s.site(s.to), act.SetEpoch, s.epochInput(s.to, s.to, s.op, reason, s.info.Epoch, 0)).Get(s.ctx, &set.Epoch); err != nil {
+			return err
+		}
+		s.rep.Epoch = set.Epoch.Epoch
+		if dark {
+			s.note(fmt.Sprintf("epoch %d not recorded at %s, which did not answer: it learns it at failback", s.rep.Epoch, s.from))
+			return nil
+		}
+		return workflow.ExecuteActivity(s.site(s.from), act.SetEpoch, s.epochInput(s.from, s.to, s.op, reason, 0, s.rep.Epoch)).Get(s.ctx, nil)
+	})
+	if err != nil {
+		return err
+	}
+	s.onUndo("give the active role back to "+s.from, func(ctx workflow.Context) error {
+		for _, site := range []string{s.from, s.to} {
+			if site == s.from && dark {
+				continue
+			}
+			if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(s.ctx, site)), act.SetEpoch, s.epochInput(site, s.from, s.op+"-undo", s.rep.Operation+" undone", s.rep.Epoch, 0)).Get(ctx, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return nil
+}
+
+// epochInput sets site's epoch naming active, keeping the plan's roles.
+func (s *switchRun) epochInput(site, active, op, reason string, min, adopt uint64) activities.SetEpochInput {
+	in := activities.SetEpochInput{Plan: s.info.Plan, Site: site, Active: active, Op: op, Min: min, Adopt: adopt, Reason: reason}
+	if s.info.Swapped {
+		in.Primary, in.Secondary = s.info.Primary, s.info.Secondary
+	}
+	return in
+}
+
+// dns points the plan's records at site and verifies them.
+func (s *switchRun) dns(site string) error {
+	return s.t.step(s.ctx, "dns "+site, func() error {
+		return workflow.ExecuteActivity(s.site(site), act.SwitchDNS, activities.SwitchDNSInput{Plan: s.info.Plan, To: site}).Get(s.ctx, &s.rep.DNS)
+	})
+}
+
+// undoAccess is a compensation that switches site's access back to mode.
+func (s *switchRun) undoAccess(site string, mode access.Mode) func(ctx workflow.Context) error {
+	return func(ctx workflow.Context) error {
+		c := shortCtx(ctx, siteQueue(s.ctx, site))
+		return workflow.ExecuteActivity(c, act.SetAccess, activities.SetAccessInput{Plan: s.info.Plan, Site: site, Mode: mode}).Get(c, nil)
+	}
+}
+
+// onUndo adds a compensation; do runs in a context that outlives the
+// workflow's cancellation and must derive its activity options from it.
+func (s *switchRun) onUndo(what string, do func(ctx workflow.Context) error) {
+	s.undo = append(s.undo, undoStep{what, do})
+}
+
+func (s *switchRun) note(n string) {
+	s.rep.Notes = append(s.rep.Notes, n)
+}
+
+// finish completes the report after the run returned err: undoing what was
+// done when it failed, then stores it at the site that is active now.
+func (s *switchRun) finish(err error) SwitchReport {
+	rep := s.rep
+	rep.Steps = s.t.p.Steps
+	rep.Finished = workflow.Now(s.ctx)
+	switch {
+	case err == nil:
+		rep.Outcome = "completed"
+	case len(s.undo) > 0:
+		rep.Error = err.Error()
+		rep.Compensation = s.compensate()
+		rep.Outcome = "compensated"
+	default:
+		rep.Error = err.Error()
+		rep.Outcome = "failed"
+	}
+	s.save(*rep)
+	return *rep
+}
+
+// compensate undoes the steps done, last first, in a context that outlives
+// a cancelled workflow, and says what it did.
+func (s *switchRun) compensate() []string {
+	ctx, _ := workflow.NewDisconnectedContext(s.ctx)
+	var done []string
+	for i := len(s.undo) - 1; i >= 0; i-- {
+		u := s.undo[i]
+		if err := u.do(ctx); err != nil {
+			done = append(done, u.what+": FAILED: "+errorMessage(err))
+			continue
+		}
+		done = append(done, u.what)
+	}
+	return done
+}
+
+// save stores the report at the site that is active now (the target unless
+// the operation did not complete).
+func (s *switchRun) save(rep SwitchReport) {
+	ctx, _ := workflow.NewDisconnectedContext(s.ctx)
+	site := s.to
+	if rep.Outcome != "completed" {
+		site = s.from
+	}
+	if err := workflow.ExecuteActivity(s.reachable(site), act.SaveReport, activities.SaveReportInput{
+		Plan: s.info.Plan, Site: site, ID: rep.Started.UTC().Format("20060102T150405.000Z") + "-" + s.op, Report: rep,
+	}).Get(ctx, nil); err != nil {
+		workflow.GetLogger(s.ctx).Warn("report not stored", "site", site, "error", err)
+	}
+}
+
+// child runs a procedure as a child workflow on this workflow's queue, named
+// after this operation and name (unique within it).
+func (s *switchRun) child(name string, wf, in, res any) error {
+	ctx := workflow.WithChildOptions(s.ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:            workflow.GetInfo(s.ctx).WorkflowExecution.ID + "/" + s.op + "/" + name,
+		TaskQueue:             workflow.GetInfo(s.ctx).TaskQueueName,
+		ParentClosePolicy:     enums.PARENT_CLOSE_POLICY_TERMINATE,
+		WorkflowIDReusePolicy: enums.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+	})
+	return workflow.ExecuteChildWorkflow(ctx, wf, in).Get(ctx, res)
+}
+
+// sync brings site to's target to the latest state of site from's: a
+// backup at from, its transmission and a restore at to, as child
+// workflows named prefix/backup, prefix/transmit, prefix/restore.
+func (s *switchRun) sync(prefix, from, to string) (BackupResult, error) {
+	var b BackupResult
+	if err := s.child(prefix+"/"+OpBackup, Backup, BackupInput{Plan: s.info.Plan, Site: from}, &b); err != nil {
+		return b, err
+	}
+	if err := s.child(prefix+"/"+OpTransmit, Transmit, TransmitInput{Plan: s.info.Plan, From: from, To: to, Point: b.Point}, nil); err != nil {
+		return b, err
+	}
+	return b, s.child(prefix+"/"+OpRestore, Restore, RestoreInput{Plan: s.info.Plan, Site: to, Point: b.Point}, nil)
+}
+
+// errorMessage is the innermost message of an activity or child error.
+func errorMessage(err error) string {
+	var app *temporal.ApplicationError
+	if errors.As(err, &app) {
+		return app.Error()
+	}
+	return err.Error()
+}
+
+// errorType is the type of the innermost application error, "" if none.
+func errorType(err error) string {
+	var app *temporal.ApplicationError
+	if errors.As(err, &app) {
+		return app.Type()
+	}
+	return ""
+}
+
+// current is the plan as its repositories record it: the active site and
+// the roles named by the highest epoch either site holds, asked of both
+// sites at once; a site that does not answer within 30 seconds is left out.
+// With no epoch naming them, the configured primary is active and the
+// configured roles hold.
+func current(ctx workflow.Context, info activities.PlanInfo) activities.PlanInfo {
+	futures := map[string]workflow.Future{}
+	for _, site := range []string{info.Primary, info.Secondary} {
+		c := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+			TaskQueue: siteQueue(ctx, site), ScheduleToStartTimeout: 30 * time.Second, StartToCloseTimeout: 30 * time.Second,
+			RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 2},
+		})
+		futures[site] = workflow.ExecuteActivity(c, act.GetSiteState, activities.SiteStateInput{Plan: info.Plan, Site: site})
+	}
+	var best activities.SiteState
+	for _, site := range []string{info.Primary, info.Secondary} {
+		var st activities.SiteState
+		if futures[site].Get(ctx, &st) == nil && st.Epoch.Epoch > best.Epoch.Epoch {
+			best = st
+		}
+	}
+	info = withRoles(info, best.Epoch.Active, best.Epoch.Primary, best.Epoch.Secondary)
+	info.Epoch = best.Epoch.Epoch
+	return info
+}
+
+// withRoles applies recorded roles to the configured plan, ignoring names
+// that are not the plan's sites.
+func withRoles(info activities.PlanInfo, active, primary, secondary string) activities.PlanInfo {
+	sites := map[string]bool{info.Primary: true, info.Secondary: true}
+	if sites[primary] && sites[secondary] && primary != secondary && primary != info.Primary {
+		info.Primary, info.Secondary, info.Swapped = primary, secondary, true
+	}
+	info.Active = info.Primary
+	if sites[active] {
+		info.Active = active
+	}
+	return info
+}
+
+// activeSite is the plan's active site (see current).
+func activeSite(ctx workflow.Context, info activities.PlanInfo) string {
+	return current(ctx, info).Active
+}
