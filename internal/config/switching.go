@@ -105,7 +105,7 @@ type Drill struct {
 
 // Failback says when data recovery has caught up.
 type Failback struct {
-	LagThreshold time.Duration `yaml:"lagThreshold"` // sync is caught up when a round takes less
+	LagThreshold time.Duration `yaml:"lagThreshold"` // caught up when the primary's data is younger than this after a round
 	Interval     time.Duration `yaml:"interval"`     // pause between sync rounds
 	AutoComplete bool          `yaml:"autoComplete"` // complete without the operator's signal
 }
