@@ -7,9 +7,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -21,7 +23,7 @@ import (
 
 // MinIO is a MinIO server started for one test.
 type MinIO struct {
-	Endpoint  string // 127.0.0.1:port
+	Endpoint  string // 127.0.0.1:port, or the NetNS's Addr():port (StartMinIOIn)
 	AccessKey string // root credentials, random per server
 	SecretKey string
 	Dir       string // data directory; survives Stop/Start and Kill/Start
@@ -30,6 +32,7 @@ type MinIO struct {
 	bin         string
 	consoleAddr string
 	logPath     string
+	netns       *NetNS // nil for the test's network namespace
 	proc        *process
 }
 
@@ -44,19 +47,26 @@ const (
 // when the test fails, the tail of that log is reported.
 func StartMinIO(t testing.TB) *MinIO {
 	t.Helper()
-	return startMinIO(t, false)
+	return startMinIO(t, false, nil)
+}
+
+// StartMinIOIn is StartMinIO with the server inside ns, listening on ns.Addr():
+// cutting ns cuts the test off from it.
+func StartMinIOIn(t testing.TB, ns *NetNS) *MinIO {
+	t.Helper()
+	return startMinIO(t, false, ns)
 }
 
 // StartMinIOTLS is StartMinIO serving HTTPS with a fresh self-signed
 // certificate for 127.0.0.1, which CAFile holds.
 func StartMinIOTLS(t testing.TB) *MinIO {
 	t.Helper()
-	return startMinIO(t, true)
+	return startMinIO(t, true, nil)
 }
 
-func startMinIO(t testing.TB, withTLS bool) *MinIO {
+func startMinIO(t testing.TB, withTLS bool, netns *NetNS) *MinIO {
 	t.Helper()
-	m, err := newMinIO(Tool(t, "minio"), t.TempDir(), withTLS)
+	m, err := newMinIO(Tool(t, "minio"), t.TempDir(), withTLS, netns)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
@@ -77,19 +87,22 @@ func StartMinIOServer(dir string) (*MinIO, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newMinIO(bin, dir, false)
+	return newMinIO(bin, dir, false, nil)
 }
 
 // Close stops a server started by StartMinIOServer, as Stop does.
 func (m *MinIO) Close() { m.proc.stop(syscall.SIGTERM, minioStopGrace) }
 
-func newMinIO(bin, root string, withTLS bool) (*MinIO, error) {
+// newMinIO starts a server in netns, or on the loopback when netns is nil. The
+// TLS certificate is for 127.0.0.1 only.
+func newMinIO(bin, root string, withTLS bool, netns *NetNS) (*MinIO, error) {
 	m := &MinIO{
 		AccessKey: "drorch-root",
 		SecretKey: randomHex(20),
 		Dir:       filepath.Join(root, "data"),
 		bin:       bin,
 		logPath:   filepath.Join(root, "minio.log"),
+		netns:     netns,
 	}
 	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
 		return nil, err
@@ -102,13 +115,15 @@ func newMinIO(bin, root string, withTLS bool) (*MinIO, error) {
 	}
 	// A port can be taken between choosing it and the server binding it: try
 	// once more on new ports before giving up.
+	host := listenHost(netns)
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		var ports []int
-		if ports, err = freePorts(2); err != nil {
+		if ports, err = listenPorts(netns, 2); err != nil {
 			break
 		}
-		m.Endpoint, m.consoleAddr = hostPort(ports[0]), hostPort(ports[1])
+		m.Endpoint = net.JoinHostPort(host, strconv.Itoa(ports[0]))
+		m.consoleAddr = net.JoinHostPort(host, strconv.Itoa(ports[1]))
 		err = m.start()
 		if err == nil || m.proc == nil || !m.proc.addrInUse() {
 			break
@@ -136,7 +151,7 @@ func (m *MinIO) start() error {
 		"MINIO_UPDATE=off",
 		"MINIO_CALLHOME_ENABLE=off",
 	)
-	p, err := startProcess("minio", m.bin, args, env, m.logPath)
+	p, err := startCommand(command{name: "minio", bin: m.bin, args: args, env: env, logPath: m.logPath, netns: m.netns})
 	if err != nil {
 		return err
 	}

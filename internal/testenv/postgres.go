@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -21,8 +22,8 @@ import (
 // Postgres is a PostgreSQL cluster started for one test, from the Debian
 // packages (`go tool task tools:debian`).
 type Postgres struct {
-	Host     string // 127.0.0.1
-	Port     int    // a free loopback port, kept across Stop/Start
+	Host     string // 127.0.0.1, or the NetNS's Addr() (StartPostgresIn)
+	Port     int    // a free port on Host, kept across Stop/Start
 	User     string // "drorch", the bootstrap superuser
 	Password string // random per cluster; TCP connections authenticate with scram-sha-256
 	Database string // "app", created empty
@@ -32,6 +33,7 @@ type Postgres struct {
 	sockDir string
 	logPath string
 	cred    *syscall.Credential // user postgres when the test runs as root
+	netns   *NetNS              // nil for the test's network namespace
 	proc    *process
 }
 
@@ -52,6 +54,19 @@ const (
 // as the user postgres, which owns the directory.
 func StartPostgres(t testing.TB) *Postgres {
 	t.Helper()
+	return startPostgres(t, nil)
+}
+
+// StartPostgresIn is StartPostgres with the server inside ns, listening on
+// ns.Addr(), and accepting password connections from ns.HostAddr(), the address
+// the test connects from: cutting ns cuts the test off from it.
+func StartPostgresIn(t testing.TB, ns *NetNS) *Postgres {
+	t.Helper()
+	return startPostgres(t, ns)
+}
+
+func startPostgres(t testing.TB, netns *NetNS) *Postgres {
+	t.Helper()
 	binDir, err := postgresBinDirPath()
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -59,7 +74,7 @@ func StartPostgres(t testing.TB) *Postgres {
 		}
 		t.Skipf("testenv: %v", err)
 	}
-	p, err := newPostgres(binDir)
+	p, err := newPostgres(binDir, netns)
 	if p != nil {
 		t.Cleanup(func() { p.cleanup(t) })
 	}
@@ -97,13 +112,13 @@ func postgresBinDirPath() (string, error) {
 
 // newPostgres makes the directory the cluster lives in. It is not under
 // t.TempDir, whose parent is private to the user running the test.
-func newPostgres(binDir string) (*Postgres, error) {
+func newPostgres(binDir string, netns *NetNS) (*Postgres, error) {
 	root, err := os.MkdirTemp("", "drorch-pg-")
 	if err != nil {
 		return nil, err
 	}
 	p := &Postgres{
-		Host:     "127.0.0.1",
+		Host:     listenHost(netns),
 		User:     "drorch",
 		Password: randomHex(16),
 		Database: "app",
@@ -111,6 +126,7 @@ func newPostgres(binDir string) (*Postgres, error) {
 		bin:      filepath.Join(binDir, "postgres"),
 		sockDir:  filepath.Join(root, "sock"),
 		logPath:  filepath.Join(root, "postgres.log"),
+		netns:    netns,
 	}
 	if err := os.Mkdir(p.sockDir, 0o700); err != nil {
 		return p, err
@@ -178,7 +194,7 @@ func (p *Postgres) init() error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred, Pdeathsig: syscall.SIGKILL}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := spawn(cmd)
+	err := spawn(cmd, nil)
 	if err == nil {
 		err = cmd.Wait()
 	}
@@ -186,11 +202,19 @@ func (p *Postgres) init() error {
 	if err != nil {
 		return fmt.Errorf("initdb %s: %w\n%s", p.Dir, err, out.Bytes())
 	}
+	if p.netns != nil {
+		// initdb lets TCP clients in from the loopback only; the test connects
+		// from the other end of the namespace's link.
+		hba := fmt.Sprintf("host all all %s/32 scram-sha-256\n", p.netns.HostAddr())
+		if err := appendFile(filepath.Join(p.Dir, "pg_hba.conf"), hba); err != nil {
+			return err
+		}
+	}
 
 	// The port can be taken between choosing it and the server binding it:
 	// try once more on a new port before giving up.
 	for attempt := 0; ; attempt++ {
-		ports, err := freePorts(1)
+		ports, err := listenPorts(p.netns, 1)
 		if err != nil {
 			return err
 		}
@@ -221,11 +245,6 @@ func (p *Postgres) init() error {
 // waits until it accepts connections. On failure the process is gone and the
 // error carries the log tail.
 func (p *Postgres) start() error {
-	logf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("open postgres log: %w", err)
-	}
-	defer logf.Close() // the child holds its own copy
 	args := []string{
 		"-D", p.Dir,
 		"-p", strconv.Itoa(p.Port),
@@ -233,23 +252,19 @@ func (p *Postgres) start() error {
 		"-c", "listen_addresses=" + p.Host,
 		"-c", "fsync=off", // as --no-sync above
 	}
-	fmt.Fprintf(logf, "\n--- testenv: %s %q at %s\n", p.bin, args, time.Now().Format(time.RFC3339Nano))
-
-	// Not startProcess: the server must run as another user when the test is root.
-	cmd := exec.Command(p.bin, args...)
-	cmd.Dir = filepath.Dir(p.Dir)
-	cmd.Env = environ([]string{"PG"})
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: p.cred}
-	if err := spawn(cmd); err != nil {
-		return fmt.Errorf("start postgres: %w", err)
+	proc, err := startCommand(command{
+		name:    "postgres",
+		bin:     p.bin,
+		args:    args,
+		env:     environ([]string{"PG"}),
+		dir:     filepath.Dir(p.Dir),
+		logPath: p.logPath,
+		cred:    p.cred, // the user postgres when the test is root
+		netns:   p.netns,
+	})
+	if err != nil {
+		return err
 	}
-	proc := &process{name: "postgres", cmd: cmd, logPath: p.logPath, done: make(chan struct{})}
-	go func() {
-		proc.waitErr = cmd.Wait()
-		close(proc.done)
-	}()
 	p.proc = proc
 
 	if err := p.waitReady(postgresReadyTimeout); err != nil {
@@ -315,9 +330,21 @@ func (p *Postgres) dsn(database string) string {
 	u := url.URL{
 		Scheme:   "postgres",
 		User:     url.UserPassword(p.User, p.Password),
-		Host:     hostPort(p.Port),
+		Host:     net.JoinHostPort(p.Host, strconv.Itoa(p.Port)),
 		Path:     "/" + database,
 		RawQuery: "sslmode=disable",
 	}
 	return u.String()
+}
+
+func appendFile(name, text string) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(text); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // process is one server started by this package. It runs in its own process
@@ -34,43 +36,96 @@ var spawner struct {
 }
 
 type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
+	cmd   *exec.Cmd
+	netns *NetNS
+	done  chan error
 }
 
-func spawn(cmd *exec.Cmd) error {
+// spawn starts cmd in the network namespace netns, or in the test's own when
+// netns is nil.
+func spawn(cmd *exec.Cmd, netns *NetNS) error {
 	spawner.once.Do(func() {
 		spawner.reqs = make(chan spawnReq)
 		go func() {
 			runtime.LockOSThread() // never unlocked: the thread must outlive every child
 			for r := range spawner.reqs {
-				r.done <- r.cmd.Start()
+				r.done <- startIn(r.cmd, r.netns)
 			}
 		}()
 	})
 	done := make(chan error, 1)
-	spawner.reqs <- spawnReq{cmd: cmd, done: done}
+	spawner.reqs <- spawnReq{cmd: cmd, netns: netns, done: done}
 	return <-done
+}
+
+// startIn runs on the spawner thread. A child is born in the network namespace
+// of the thread that forks it, so the thread enters netns for the fork and goes
+// back right after; the thread is locked, and Go never clones new threads from
+// a locked one, so no other goroutine runs in netns. Wrapping the command in
+// `ip netns exec` instead would need a second helper to drop from root to the
+// user postgres inside the namespace, and changing user clears Pdeathsig; Go
+// sets it after the change.
+func startIn(cmd *exec.Cmd, netns *NetNS) error {
+	if netns == nil {
+		return cmd.Start()
+	}
+	home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open the test's network namespace: %w", err)
+	}
+	defer unix.Close(home)
+	target, err := unix.Open(netns.path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", netns.name, err)
+	}
+	defer unix.Close(target)
+	if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("enter network namespace %s: %w", netns.name, err)
+	}
+	startErr := cmd.Start()
+	if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
+		// Every server started from now on would start inside netns.
+		panic(fmt.Sprintf("testenv: leave network namespace %s: %v", netns.name, err))
+	}
+	return startErr
+}
+
+// command is a server for startCommand to run.
+type command struct {
+	name    string // for messages: "minio"
+	bin     string
+	args    []string
+	env     []string
+	dir     string              // working directory; "" for the test's
+	logPath string              // stdout and stderr are appended here
+	cred    *syscall.Credential // the user to run as; nil for the test's
+	netns   *NetNS              // the network namespace to run in; nil for the test's
 }
 
 // startProcess starts bin with args, its stdout and stderr appended to logPath.
 func startProcess(name, bin string, args, env []string, logPath string) (*process, error) {
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	return startCommand(command{name: name, bin: bin, args: args, env: env, logPath: logPath})
+}
+
+// startCommand starts c in a process group of its own.
+func startCommand(c command) (*process, error) {
+	logf, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("open %s log: %w", name, err)
+		return nil, fmt.Errorf("open %s log: %w", c.name, err)
 	}
 	defer logf.Close() // the child holds its own copy
-	fmt.Fprintf(logf, "\n--- testenv: %s %q at %s\n", bin, args, time.Now().Format(time.RFC3339Nano))
+	fmt.Fprintf(logf, "\n--- testenv: %s %q at %s\n", c.bin, c.args, time.Now().Format(time.RFC3339Nano))
 
-	cmd := exec.Command(bin, args...)
-	cmd.Env = env
+	cmd := exec.Command(c.bin, c.args...)
+	cmd.Dir = c.dir
+	cmd.Env = c.env
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := spawn(cmd); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: c.cred}
+	if err := spawn(cmd, c.netns); err != nil {
+		return nil, fmt.Errorf("start %s: %w", c.name, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	p := &process{name: c.name, cmd: cmd, logPath: c.logPath, done: make(chan struct{})}
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.done)
