@@ -208,14 +208,21 @@ func (c *cli) runURL(namespace, id, runID string) string {
 // without the layers of "workflow execution error" around it.
 func errorText(err error) string {
 	var app *temporal.ApplicationError
-	if errors.As(err, &app) {
-		msg := app.Error()
-		if t := app.Type(); t != "" && !strings.Contains(msg, t) {
-			msg += " (" + t + ")"
-		}
-		return msg
+	if !errors.As(err, &app) {
+		return err.Error()
 	}
-	return err.Error()
+	for {
+		var inner *temporal.ApplicationError
+		if !errors.As(app.Unwrap(), &inner) {
+			break
+		}
+		app = inner
+	}
+	msg := app.Message()
+	if t := app.Type(); t != "" && !strings.Contains(msg, t) {
+		msg += " (" + t + ")"
+	}
+	return msg
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -146,7 +146,7 @@ func (f *failback) begin() error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("keeping %s's own data before it is overwritten: %w", f.to, err)
+			return wrap(err, "keeping %s's own data before it is overwritten", f.to)
 		}
 		f.r.Preserved = b.Point
 		return nil

@@ -82,7 +82,7 @@ func (f *failover) run() error {
 	case f.in.Mode == ModeUnplanned:
 		rep.FenceNote = "unreachable, not fenced: " + errorMessage(err)
 	default:
-		return fmt.Errorf("fence %s: %w", f.from, err)
+		return wrap(err, "fence %s", f.from)
 	}
 
 	// Planned: a final backup and transmit after fencing lose nothing.

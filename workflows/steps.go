@@ -27,7 +27,7 @@ func runSteps(ctx workflow.Context, t *tracker, info activities.PlanInfo, proced
 		err := t.step(ctx, "step "+s.Name, func() error {
 			if s.Before > 0 {
 				if err := workflow.ExecuteActivity(hooks, act.RunHooks, activities.RunHooksInput{Plan: info.Plan, Step: s.Name, Phase: "before"}).Get(ctx, nil); err != nil {
-					return fmt.Errorf("step %s, hooks before: %w", s.Name, err)
+					return wrap(err, "step %s, hooks before", s.Name)
 				}
 			}
 			if s.Wait > 0 {
@@ -57,7 +57,7 @@ func runSteps(ctx workflow.Context, t *tracker, info activities.PlanInfo, proced
 			t.p.Waiting = ""
 			if s.After > 0 {
 				if err := workflow.ExecuteActivity(hooks, act.RunHooks, activities.RunHooksInput{Plan: info.Plan, Step: s.Name, Phase: "after"}).Get(ctx, nil); err != nil {
-					return fmt.Errorf("step %s, hooks after: %w", s.Name, err)
+					return wrap(err, "step %s, hooks after", s.Name)
 				}
 			}
 			return nil

@@ -76,10 +76,10 @@ func (s *switchRun) preflight(why string, sites ...string) (map[string]activitie
 	for _, site := range sites {
 		var st activities.SiteState
 		if err := workflow.ExecuteActivity(s.check(site), act.GetSiteState, activities.SiteStateInput{Plan: s.info.Plan, Site: site}).Get(s.ctx, &st); err != nil {
-			return states, fmt.Errorf("%s site %s: %w", why, site, err)
+			return states, wrap(err, "%s site %s", why, site)
 		}
 		if err := workflow.ExecuteActivity(s.check(site), act.AccessStatus, activities.AccessStatusInput{Plan: s.info.Plan, Site: site}).Get(s.ctx, nil); err != nil {
-			return states, fmt.Errorf("%s site %s: %w", why, site, err)
+			return states, wrap(err, "%s site %s", why, site)
 		}
 		states[site] = st
 	}
@@ -95,7 +95,7 @@ func (s *switchRun) setAccess(ctx workflow.Context, site string, mode access.Mod
 // read-write again.
 func (s *switchRun) readOnly(ctx workflow.Context, site string) error {
 	if err := s.t.step(s.ctx, "read-only "+site, func() error { return s.setAccess(ctx, site, access.ReadOnly) }); err != nil {
-		return fmt.Errorf("make %s read-only: %w", site, err)
+		return wrap(err, "make %s read-only", site)
 	}
 	s.onUndo("make "+site+" read-write again", s.undoAccess(site, access.ReadWrite))
 	return nil
@@ -263,10 +263,38 @@ func (s *switchRun) sync(prefix, from, to string) (BackupResult, error) {
 // errorMessage is the innermost message of an activity or child error.
 func errorMessage(err error) string {
 	var app *temporal.ApplicationError
-	if errors.As(err, &app) {
-		return app.Error()
+	if !errors.As(err, &app) {
+		return err.Error()
 	}
-	return err.Error()
+	for {
+		var inner *temporal.ApplicationError
+		if !errors.As(app.Unwrap(), &inner) {
+			return app.Message()
+		}
+		app = inner
+	}
+}
+
+// wrap prefixes err's innermost message with what was being done, keeping
+// its type and whether it may be retried, so that the workflow's failure
+// says what went wrong once, with the type an operator can act on.
+func wrap(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	prefix := fmt.Sprintf(format, args...)
+	var app *temporal.ApplicationError
+	if !errors.As(err, &app) {
+		return fmt.Errorf("%s: %w", prefix, err)
+	}
+	for {
+		var inner *temporal.ApplicationError
+		if !errors.As(app.Unwrap(), &inner) {
+			break
+		}
+		app = inner
+	}
+	return temporal.NewApplicationErrorWithOptions(prefix+": "+app.Message(), app.Type(), temporal.ApplicationErrorOptions{NonRetryable: app.NonRetryable()})
 }
 
 // errorType is the type of the innermost application error, "" if none.

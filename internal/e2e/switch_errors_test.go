@@ -159,7 +159,6 @@ func TestFailoverWrongTargetPasswordStopsInPreflight(t *testing.T) {
 		t.Error("the failover's error shows the password")
 	}
 	t.Run("the workflow's own failure says it", func(t *testing.T) {
-		t.Skip("BUG: preflight wraps the activity error with fmt.Errorf, so the workflow fails with a retryable wrapError that repeats the activity error, and drorch failover prints both")
 		var top *temporal.ApplicationError
 		if !errors.As(err, &top) || top.Type() != "AuthFailed" || !top.NonRetryable() {
 			t.Errorf("the failover's outermost failure: %v; want a non-retryable AuthFailed", err)
