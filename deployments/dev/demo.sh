@@ -13,7 +13,7 @@ set -euo pipefail
 DEV=${DRORCH_DEV_DIR:-/var/tmp/drorch-dev}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DRORCH=("$ROOT/bin/drorch" --config "$ROOT/deployments/dev/drorch.yaml")
-TEMPORAL=${DRORCH_TEMPORAL_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/drorch/tools/temporal-v1.5.1/temporal}
+PGBIN=${DRORCH_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PLAN=files
 SWITCH_ID=drorch/$PLAN/switch
 # As in stack.sh and drorch.yaml.
@@ -31,8 +31,12 @@ say() { n=$((n + 1)); step=$*; printf '\n\033[1m== %d. %s\033[0m\n' "$n" "$*"; }
 note() { printf '\033[2m%s\033[0m\n' "$*"; }
 ok() { printf '\033[32mok\033[0m  %s\n' "$*"; }
 fail() { printf '\033[31mdemo failed:\033[0m %s\n' "$*" >&2; exit 1; }
-drorch() { note "\$ drorch $*"; "${DRORCH[@]}" "$@"; }
-# A command that fails on its own (drorch, diff…) has said why; say where.
+drorch() {
+	note "\$ drorch $*"
+	"${DRORCH[@]}" "$@" || fail "step $n ($step): drorch $* exited $? (its error is above)"
+}
+# Any other command that fails stops the demo too (set -e); say where.
+set -E
 trap 'printf "\033[31mdemo failed\033[0m in step %d (%s): %s exited %d\n" "$n" "$step" "$BASH_COMMAND" "$?" >&2' ERR
 
 # --- the sample service -------------------------------------------------------
@@ -41,7 +45,7 @@ trap 'printf "\033[31mdemo failed\033[0m in step %d (%s): %s exited %d\n" "$n" "
 # is fenced, read-only) takes no order.
 
 app_sql() { # site sql: as the service's role, over TCP with its password
-	PGPASSWORD=$DRORCH_DEV_APP_PASSWORD psql -X -q -At -v ON_ERROR_STOP=1 \
+	PGPASSWORD=$DRORCH_DEV_APP_PASSWORD "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 \
 		"host=127.0.0.1 port=${PG_PORT[$1]} dbname=app user=app sslmode=disable connect_timeout=5" -c "$2"
 }
 
@@ -101,7 +105,7 @@ expect_dns() { # site
 # --- the plan -----------------------------------------------------------------
 
 active_site() {
-	"${DRORCH[@]}" status --plan "$PLAN" --json | sed -n 's/^  "active": "\(.*\)",$/\1/p'
+	"${DRORCH[@]}" status --plan "$PLAN" --json 2>/dev/null | sed -n 's/^  "active": "\(.*\)",$/\1/p'
 }
 
 expect_active() { # site
@@ -111,27 +115,22 @@ expect_active() { # site
 	ok "plan $PLAN is active at the $1"
 }
 
-describe_switch() {
-	"$TEMPORAL" workflow describe --address 127.0.0.1:7233 --workflow-id "$SWITCH_ID" -o json 2>/dev/null
+in_progress() { # the plan's running switching operation, as drorch status shows it
+	"${DRORCH[@]}" status --plan "$PLAN" 2>/dev/null | sed -n 's/^in progress *//p'
 }
-switch_running() { describe_switch | grep -q '"status": "WORKFLOW_EXECUTION_STATUS_RUNNING"'; }
-switch_type() { describe_switch | sed -n '/"type": {/{n;s/.*"name": "\(.*\)".*/\1/p;}'; }
 
-has_failback() { "${DRORCH[@]}" failback --help >/dev/null 2>&1; }
-
-# wait_caught_up follows a data recovery until its sync has caught up with the
-# active site and it waits for `drorch complete`.
+# wait_caught_up follows a data recovery in `drorch status` until its sync
+# has caught up with the active site and it waits for `drorch complete`.
 wait_caught_up() {
-	local last="" waiting
+	local last="" line
 	for _ in $(seq 1 180); do
-		switch_running || fail "the data recovery ended before it caught up: see drorch report --plan $PLAN and the Web UI"
-		waiting=$("$TEMPORAL" workflow query --address 127.0.0.1:7233 --workflow-id "$SWITCH_ID" --type progress 2>/dev/null |
-			grep -o '"waiting": *"[^"]*"' | sed 's/^"waiting": *"//; s/"$//' || true)
-		if [ -n "$waiting" ] && [ "$waiting" != "$last" ]; then
-			echo "  $waiting"
-			last=$waiting
+		line=$(in_progress)
+		[ -n "$line" ] || fail "the data recovery ended before it caught up: see drorch report --plan $PLAN and the Web UI"
+		if [ "$line" != "$last" ]; then
+			echo "  in progress: $line"
+			last=$line
 		fi
-		case $waiting in "caught up"*) return 0 ;; esac
+		case $line in *"waiting for caught up"*) return 0 ;; esac
 		sleep 2
 	done
 	fail "the data recovery did not catch up within 6 minutes"
@@ -141,13 +140,16 @@ wait_caught_up() {
 
 mkdir -p "$DEV/bin"
 (cd "$ROOT" && go build -o "$DNSQUERY" ./deployments/dev/dnsquery)
-if switch_running; then
-	note "a switching operation of plan $PLAN is still running (an interrupted demo?)"
-	if [ "$(switch_type)" = Failback ]; then
-		drorch complete --plan "$PLAN" --wait
-	else
-		"$TEMPORAL" workflow result --address 127.0.0.1:7233 --workflow-id "$SWITCH_ID" >/dev/null || true
-	fi
+running=$(in_progress)
+if [ -n "$running" ]; then
+	note "a switching operation of plan $PLAN is still running (an interrupted demo?): $running"
+	case $running in
+	failback:*) drorch complete --plan "$PLAN" --wait >/dev/null ;;
+	*)
+		for _ in $(seq 1 300); do [ -n "$(in_progress)" ] || break; sleep 2; done
+		[ -z "$(in_progress)" ] || fail "plan $PLAN's switching operation still runs: see drorch status --plan $PLAN"
+		;;
+	esac
 fi
 if [ "$(active_site)" = secondary ]; then
 	note "an earlier run left the plan active at the secondary: switching back to the primary first"
@@ -212,32 +214,24 @@ ok "order-4 is not at the secondary: written after the last restore point, it is
 say "The service runs at the secondary"
 for i in 5 6 7; do order secondary "order-$i"; done
 
-if has_failback; then
-	say "Failback: data recovery brings the secondary's data back to the primary"
-	drorch failback --plan "$PLAN"
-	note "The primary is fenced and its own data kept as a restore point; sync rounds copy the secondary to it."
-	wait_caught_up
-	expect_refused primary
-	expect_dns secondary
-	order secondary order-8
-	note "Complete: the secondary turns read-only, a final sync loses nothing, the primary takes over."
-	drorch complete --plan "$PLAN" --wait
-	note "order-4 is not lost for good: the restore point kept of the primary's own data at the start of the failback holds it."
-	say "After the failback: back at the primary, with everything written at the secondary"
-else
-	say "Switch back to the primary (planned failover: the secondary's data comes along)"
-	note "drorch failback is not in this build: a planned failover does the switch back, without reverse sync rounds."
-	order secondary order-8
-	drorch failover --plan "$PLAN" --planned --wait
-	say "After the switch back: at the primary, with everything written at the secondary"
-fi
+say "Failback: data recovery brings the secondary's data back to the primary"
+drorch failback --plan "$PLAN"
+note "The primary turns read-only and its own data is kept as a restore point; sync rounds bring the secondary's data to it."
+wait_caught_up
+expect_refused primary
+expect_dns secondary
+order secondary order-8
+note "Complete: the secondary turns read-only, a final sync loses nothing, the primary takes over."
+drorch complete --plan "$PLAN" --wait
+
+say "After the failback: back at the primary, with everything written at the secondary"
 expect_active primary
 expect_dns primary
 expect_writable primary
 expect_refused secondary
 for i in 5 6 7 8; do expect_order primary "order-$i"; done
 [ ! -e "$SRC/orders/order-4.json" ] || fail "order-4 is still at the primary after the sync from the secondary"
-ok "order-4 is gone from the primary too: it now holds the secondary's data"
+ok "order-4 is gone from the primary's data set too: it holds the secondary's data now (order-4 is in the restore point the failback kept of the primary's own data)"
 diff -r --no-dereference "$SRC" "$DST" >/dev/null || fail "the primary's data set differs from the secondary's after the switch back"
 ok "the primary's data set is identical to the secondary's"
 

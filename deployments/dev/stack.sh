@@ -201,7 +201,13 @@ EOF
 	fi
 	# -g: foreground, log to stderr; -4: IPv4 only; -n 1: one worker thread.
 	start named "$NAMED" -g -4 -n 1 -c "$dir/named.conf"
-	wait_port named "$DNS_PORT"
+	if ! wait_port named "$DNS_PORT"; then
+		if grep -qi 'permission denied' "$DEV/logs/named.log"; then
+			echo "named may not use $dir: where AppArmor confines /usr/sbin/named (to /etc/bind, /var/cache/bind…)," \
+				"allow $dir/** rw in /etc/apparmor.d/local/usr.sbin.named and reload the profile, or run aa-complain /usr/sbin/named" >&2
+		fi
+		exit 1
+	fi
 	if grep -q 'address in use' "$DEV/logs/named.log"; then
 		echo "named cannot listen on 127.0.0.1:$DNS_PORT (address in use); see $DEV/logs/named.log" >&2
 		exit 1
