@@ -64,6 +64,7 @@ const runsPerFailback = 100
 // it, and forward replication resumes. A failure while completing is undone
 // like a failover's; a failure before leaves the active site as it was.
 func Failback(ctx workflow.Context, in FailbackInput) (rep SwitchReport, err error) {
+	started := workflow.Now(ctx)
 	t, info, err := begin(ctx, OpFailback, in.Plan)
 	defer func() { t.finish(err) }()
 	if err != nil {
@@ -76,7 +77,7 @@ func Failback(ctx workflow.Context, in FailbackInput) (rep SwitchReport, err err
 			return rep, invalidInput(fmt.Sprintf("plan %s is active at its primary %s: there is nothing to fail back (drorch failover --planned switches over)", in.Plan, info.Primary))
 		}
 		id, _ := opID(ctx, OpFailback)
-		r = &FailbackResume{Op: id, Started: workflow.Now(ctx), From: info.Active, To: info.Primary}
+		r = &FailbackResume{Op: id, Started: started, From: info.Active, To: info.Primary}
 	} else {
 		t.p.Steps = append(r.Steps, t.p.Steps...)
 	}

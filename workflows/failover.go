@@ -17,6 +17,7 @@ import (
 // after fencing undoes, in reverse, the steps it is safe to undo, so the
 // plan never ends with both sites read-write; the report says what was done.
 func Failover(ctx workflow.Context, in FailoverInput) (rep SwitchReport, err error) {
+	started := workflow.Now(ctx)
 	t, info, err := begin(ctx, OpFailover, in.Plan)
 	defer func() { t.finish(err) }()
 	if err != nil {
@@ -34,7 +35,7 @@ func Failover(ctx workflow.Context, in FailoverInput) (rep SwitchReport, err err
 	if err := upsert(ctx, t, to); err != nil {
 		return rep, err
 	}
-	f := &failover{switchRun: newSwitchRun(ctx, t, info, OpFailover, in.Mode, from, to), in: in}
+	f := &failover{switchRun: newSwitchRun(ctx, t, info, OpFailover, in.Mode, from, to, started), in: in}
 	err = f.run()
 	rep = f.finish(err)
 	workflow.GetLogger(ctx).Info("failover "+rep.Outcome, "plan", in.Plan, "from", from, "to", to, "rto", rep.RTO, "rpo", rep.RPO, "fenced", rep.Fenced)
@@ -71,8 +72,9 @@ func (f *failover) run() error {
 		return err
 	}
 
-	// Fence the old active site.
-	fenceAt := workflow.Now(ctx)
+	// Fence the old active site. The RPO is counted to the fence, or to the
+	// start when the old site is dark.
+	fenceAt := rep.Started
 	err := f.t.step(ctx, "fence "+f.from, func() error { return f.setAccess(f.fenceCtx(), f.from, access.ReadOnly) })
 	switch {
 	case err == nil:

@@ -26,6 +26,7 @@ type PermanentFailoverInput struct {
 // A backup running at the new primary when the epoch is raised is refused
 // at its commit and must be run again.
 func PermanentFailover(ctx workflow.Context, in PermanentFailoverInput) (rep SwitchReport, err error) {
+	started := workflow.Now(ctx)
 	t, configured, err := begin(ctx, OpPermanentFailover, in.Plan)
 	defer func() { t.finish(err) }()
 	if err != nil {
@@ -39,7 +40,7 @@ func PermanentFailover(ctx workflow.Context, in PermanentFailoverInput) (rep Swi
 	if err := upsert(ctx, t, newPrimary); err != nil {
 		return rep, err
 	}
-	s := newSwitchRun(ctx, t, info, OpPermanentFailover, "", oldPrimary, newPrimary)
+	s := newSwitchRun(ctx, t, info, OpPermanentFailover, "", oldPrimary, newPrimary, started)
 	err = s.runPermanent(configured.Primary)
 	rep = s.finish(err)
 	workflow.GetLogger(ctx).Info("permanent failover "+rep.Outcome, "plan", in.Plan, "primary", newPrimary, "secondary", oldPrimary)

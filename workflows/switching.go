@@ -34,9 +34,10 @@ type undoStep struct {
 	do   func(ctx workflow.Context) error
 }
 
-func newSwitchRun(ctx workflow.Context, t *tracker, info activities.PlanInfo, op, mode, from, to string) *switchRun {
+// newSwitchRun starts the report of an operation that began at started.
+func newSwitchRun(ctx workflow.Context, t *tracker, info activities.PlanInfo, op, mode, from, to string, started time.Time) *switchRun {
 	id, _ := opID(ctx, op)
-	return newSwitchRunID(ctx, t, info, op, id, mode, from, to, workflow.Now(ctx))
+	return newSwitchRunID(ctx, t, info, op, id, mode, from, to, started)
 }
 
 func newSwitchRunID(ctx workflow.Context, t *tracker, info activities.PlanInfo, op, id, mode, from, to string, started time.Time) *switchRun {

@@ -57,6 +57,9 @@ type stackOptions struct {
 	overrides func(site string, store map[string]string)
 	onChange  string                // the primary source's onChange, default unset
 	planExtra func(s *stack) string // more of the plan's YAML, indented 4 spaces
+	// darkable, when set, puts the primary's MinIO in this network
+	// namespace, whose link the test can cut.
+	darkable *testenv.NetNS
 }
 
 func newStack(t *testing.T, opts stackOptions) *stack {
@@ -81,7 +84,12 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 	var cfg strings.Builder
 	cfg.WriteString("sites:\n")
 	for _, site := range []string{"primary", "secondary"} {
-		m := testenv.StartMinIO(t)
+		var m *testenv.MinIO
+		if site == "primary" && opts.darkable != nil {
+			m = testenv.StartMinIOIn(t, opts.darkable)
+		} else {
+			m = testenv.StartMinIO(t)
+		}
 		s.minio[site] = m
 		up := strings.ToUpper(site)
 		store := map[string]string{"accessKey": m.AccessKey, "secretKey": m.SecretKey, "bucket": opts.bucket}

@@ -40,12 +40,23 @@ var siteAddr = map[string]string{"primary": "192.0.2.1", "secondary": "192.0.2.2
 // newSwitchStack starts the servers; zone, when given, replaces the DNS
 // record's zone (to inject a failure).
 func newSwitchStack(t *testing.T, steps string, zone ...string) *switchStack {
+	return newSwitchStackIn(t, nil, steps, zone...)
+}
+
+// newSwitchStackIn is newSwitchStack with the primary's MinIO and
+// PostgreSQL in the network namespace ns, when given, so that the test can
+// make the primary site dark.
+func newSwitchStackIn(t *testing.T, ns *testenv.NetNS, steps string, zone ...string) *switchStack {
 	ss := &switchStack{pg: map[string]*testenv.Postgres{}}
 	for _, site := range []string{"primary", "secondary"} {
+		if site == "primary" && ns != nil {
+			ss.pg[site] = testenv.StartPostgresIn(t, ns)
+			continue
+		}
 		ss.pg[site] = testenv.StartPostgres(t)
 	}
 	ss.bind = testenv.StartBIND(t)
-	ss.stack = newStack(t, stackOptions{planExtra: func(s *stack) string {
+	ss.stack = newStack(t, stackOptions{darkable: ns, planExtra: func(s *stack) string {
 		var b []byte
 		b = append(b, "    access:\n"...)
 		for _, site := range []string{"primary", "secondary"} {
