@@ -252,8 +252,8 @@ expect_order primary order-10
 expect_writable primary
 expect_refused secondary
 
-say "Switching reports: RTO and RPO of each operation"
-drorch report --plan "$PLAN"
+say "Switching reports: RTO and RPO of this run's four operations"
+drorch report --plan "$PLAN" --last 4
 say "Plan status"
 drorch status --plan "$PLAN"
 
