@@ -70,7 +70,12 @@ func (c *cli) startWith(cc *clientConn, opts client.StartWorkflowOptions, op, pl
 	}
 	done := make(chan error, 1)
 	go func() { done <- run.Get(ctx, res) }()
-	err = c.watch(ctx, cc, run, done)
+	if op == workflows.OpPoints || op == workflows.OpStatus {
+		// Quick reads: their result is the output, with no progress line.
+		err = <-done
+	} else {
+		err = c.watch(ctx, cc, run, done)
+	}
 	if err != nil {
 		if c.json {
 			_ = printJSON(os.Stdout, map[string]any{"workflowId": st.WorkflowID, "runId": st.RunID, "error": errorText(err)})

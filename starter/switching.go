@@ -94,7 +94,11 @@ func (c *cli) approveCmd() *cobra.Command {
 // printReport prints a switching report as a table.
 func printReport(w io.Writer, r workflows.SwitchReport) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "%s\t%s → %s (%s): %s\n", r.Operation, r.From, r.To, r.Mode, r.Outcome)
+	op := r.Operation
+	if r.Mode != "" {
+		op += " (" + r.Mode + ")"
+	}
+	fmt.Fprintf(tw, "%s\t%s → %s: %s\n", op, r.From, r.To, r.Outcome)
 	if r.Error != "" {
 		fmt.Fprintf(tw, "error\t%s\n", r.Error)
 	}
@@ -105,6 +109,12 @@ func printReport(w io.Writer, r workflows.SwitchReport) {
 	fmt.Fprintf(tw, "fenced\t%s\n", fenced)
 	if r.Point != "" {
 		fmt.Fprintf(tw, "restore point\t%s (restored: %v)\n", r.Point, r.Restored)
+	}
+	if r.Preserved != "" {
+		fmt.Fprintf(tw, "preserved\t%s (the returning site's own data before it was overwritten)\n", r.Preserved)
+	}
+	if r.Rounds > 0 {
+		fmt.Fprintf(tw, "sync rounds\t%d (lag after the last: %s)\n", r.Rounds, r.Lag.Round(time.Second))
 	}
 	fmt.Fprintf(tw, "epoch\t%d\n", r.Epoch)
 	fmt.Fprintf(tw, "RTO\t%s\n", r.RTO.Round(time.Millisecond))
@@ -118,6 +128,9 @@ func printReport(w io.Writer, r workflows.SwitchReport) {
 			status += " FAILED: " + s.Error
 		}
 		fmt.Fprintf(tw, "  %s\t%s\n", s.Name, status)
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(tw, "note\t%s\n", n)
 	}
 	for _, u := range r.Compensation {
 		fmt.Fprintf(tw, "undone\t%s\n", u)

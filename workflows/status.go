@@ -88,5 +88,12 @@ func Status(ctx workflow.Context, in StatusInput) (res StatusResult, err error) 
 		}
 	}
 	sort.Slice(res.Reports, func(i, j int) bool { return res.Reports[i].Started.Before(res.Reports[j].Started) })
+	// Each site keeps the reports of the operations that ended with it
+	// active; the newest of both are the plan's.
+	limit := in.Reports
+	if limit <= 0 {
+		limit = 10
+	}
+	res.Reports = res.Reports[max(0, len(res.Reports)-limit):]
 	return res, nil
 }

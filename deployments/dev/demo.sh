@@ -84,15 +84,9 @@ expect_refused() { # site: the fenced site's database refuses the service's writ
 }
 
 # --- DNS ----------------------------------------------------------------------
-# dig is in bind9-dnsutils, which the stack does not need: without it the
-# same question is asked by a small Go program.
-DNSQUERY=$DEV/bin/dnsquery
+# dig comes from bind9-dnsutils, installed by `go tool task tools`.
 lookup() {
-	if command -v dig >/dev/null; then
-		dig +short +norecurse @"${DNS_SERVER%:*}" -p "${DNS_SERVER#*:}" "$DNS_NAME" A
-	else
-		"$DNSQUERY" "$DNS_SERVER" "$DNS_NAME" A
-	fi
+	dig +short +norecurse @"${DNS_SERVER%:*}" -p "${DNS_SERVER#*:}" "$DNS_NAME" A
 }
 
 expect_dns() { # site
@@ -138,8 +132,6 @@ wait_caught_up() {
 
 # --- before the story: a stack left mid-story by an interrupted run ------------
 
-mkdir -p "$DEV/bin"
-(cd "$ROOT" && go build -o "$DNSQUERY" ./deployments/dev/dnsquery)
 running=$(in_progress)
 if [ -n "$running" ]; then
 	note "a switching operation of plan $PLAN is still running (an interrupted demo?): $running"
