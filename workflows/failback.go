@@ -86,9 +86,10 @@ func Failback(ctx workflow.Context, in FailbackInput) (rep SwitchReport, err err
 	}
 	f := &failback{
 		switchRun: newSwitchRunID(ctx, t, info, OpFailback, r.Op, "", r.From, r.To, r.Started),
-		in:        in, r: r,
-		auto:    in.AutoComplete || info.Failback.AutoComplete,
-		signals: workflow.GetSignalChannel(ctx, SignalComplete),
+		in:        in,
+		r:         r,
+		auto:      in.AutoComplete || info.Failback.AutoComplete,
+		signals:   workflow.GetSignalChannel(ctx, SignalComplete),
 	}
 	f.rep.Notes = r.Notes
 	err = f.run()
