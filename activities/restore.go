@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -82,6 +83,12 @@ type RestoreDataResult struct {
 	Bytes        int64  `json:"bytes"`        // logical size of the files
 	BytesWritten int64  `json:"bytesWritten"` // data written (holes and zero chunks are not)
 	Chunks       int64  `json:"chunksVerified"`
+	// ChunksLocal were taken from the file the target already held at the
+	// same path and offset, their SHA-256 matching the chunk id, instead of
+	// being fetched from the store: a restore over an earlier one (a warm
+	// standby, a failback round) moves only what changed.
+	ChunksLocal int64 `json:"chunksLocal"`
+	BytesLocal  int64 `json:"bytesLocal"`
 }
 
 type restoreResume struct {
@@ -136,6 +143,9 @@ func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (Rest
 	rep.update(func(p *Progress) { p.BytesTotal, p.FilesTotal = m.Totals.Bytes, m.Totals.Files })
 
 	w := &restorer{repo: r, rs: rs, rep: rep, res: st.Result}
+	if l, ok := tgt.(localFiles); ok {
+		w.local = l
+	}
 	w.res.Target = tgt.Describe()
 	err = w.run(ctx, m, st.Next)
 	if err != nil {
@@ -155,11 +165,19 @@ func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (Rest
 	return res, nil
 }
 
+// localFiles opens the files the target holds now, before the restore
+// replaces them (the dir driver's Open: regular files only, no symlink
+// followed).
+type localFiles interface {
+	Open(ctx context.Context, path string) (source.File, error)
+}
+
 // restorer writes the entries of a manifest into a staged restore.
 type restorer struct {
-	repo *repo.Repo
-	rs   source.Restore
-	rep  *reporter
+	repo  *repo.Repo
+	rs    source.Restore
+	rep   *reporter
+	local localFiles // nil: fetch every chunk
 
 	mu  sync.Mutex
 	res RestoreDataResult
@@ -176,6 +194,7 @@ func (w *restorer) result() RestoreDataResult {
 type openFile struct {
 	index   int
 	fw      source.FileWriter
+	old     source.File // what the target holds at this path now, or nil
 	pending int
 	err     error
 }
@@ -200,6 +219,9 @@ func (w *restorer) run(ctx context.Context, m *repo.Manifest, next int) error {
 		mu.Unlock()
 		if !last {
 			return nil
+		}
+		if f.old != nil {
+			f.old.Close()
 		}
 		if err := f.fw.Close(); err != nil {
 			return fmt.Errorf("finish %q: %w", m.Entries[f.index].Path, err)
@@ -256,6 +278,11 @@ func (w *restorer) run(ctx context.Context, m *repo.Manifest, next int) error {
 				return err
 			}
 			f := &openFile{index: i, fw: fw, pending: 1} // the extra 1 is released below
+			if w.local != nil && e.Size > 0 {
+				if old, err := w.local.Open(gctx, e.Path); err == nil {
+					f.old = old
+				}
+			}
 			mu.Lock()
 			open[i] = f
 			mu.Unlock()
@@ -279,12 +306,26 @@ func (w *restorer) run(ctx context.Context, m *repo.Manifest, next int) error {
 		}
 		return nil
 	})
-	return g.Wait()
+	err := g.Wait()
+	for _, f := range open {
+		if f.old != nil {
+			f.old.Close()
+		}
+	}
+	return err
 }
 
 // write fetches one chunk, verifies it and writes it at its offset. An
 // all-zero chunk is not written, so the file keeps a hole there.
 func (w *restorer) write(ctx context.Context, j restoreJob) error {
+	if data := w.fromTarget(j); data != nil {
+		w.mu.Lock()
+		w.res.Chunks++
+		w.res.ChunksLocal++
+		w.res.BytesLocal += int64(len(data))
+		w.mu.Unlock()
+		return w.put(j, data)
+	}
 	data, err := w.repo.GetChunk(ctx, j.ref.ID)
 	if err != nil {
 		if drivers.IsNotFound(err) {
@@ -298,6 +339,25 @@ func (w *restorer) write(ctx context.Context, j restoreJob) error {
 	w.mu.Lock()
 	w.res.Chunks++
 	w.mu.Unlock()
+	return w.put(j, data)
+}
+
+// fromTarget returns the chunk's bytes as the target's current file holds
+// them at the same offset, when they hash to the chunk's id; nil otherwise.
+func (w *restorer) fromTarget(j restoreJob) []byte {
+	if j.f.old == nil {
+		return nil
+	}
+	buf := make([]byte, j.ref.Size)
+	n, err := j.f.old.ReadAt(buf, j.off)
+	if int64(n) != j.ref.Size || err != nil && err != io.EOF || repo.Hash(buf) != j.ref.ID {
+		return nil
+	}
+	return buf
+}
+
+// put writes a verified chunk at its offset.
+func (w *restorer) put(j restoreJob, data []byte) error {
 	if allZero(data) {
 		w.rep.update(func(p *Progress) { p.BytesDone += int64(len(data)); p.ChunksDone++ })
 		return nil

@@ -111,7 +111,7 @@ func (c *cli) restoreCmd() *cobra.Command {
 				fmt.Fprintf(tw, "restore point\t%s (taken %s)\n", res.Point, res.Snapshot.Format(time.RFC3339))
 				fmt.Fprintf(tw, "restored into\t%s at site %s\n", res.Target, res.Site)
 				fmt.Fprintf(tw, "entries\t%d (%d files, %s)\n", res.Entries, res.Files, bytesText(res.Bytes))
-				fmt.Fprintf(tw, "written\t%s from %d verified chunks\n", bytesText(res.BytesWritten), res.Chunks)
+				fmt.Fprintf(tw, "written\t%s from %d verified chunks (%d, %s, already in the target)\n", bytesText(res.BytesWritten), res.Chunks, res.ChunksLocal, bytesText(res.BytesLocal))
 				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.Round(time.Millisecond))
 				tw.Flush()
 			})

@@ -48,6 +48,7 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 		return res, err
 	}
 	res.Entries, res.Files, res.Bytes, res.BytesWritten, res.Chunks = data.Entries, data.Files, data.Bytes, data.BytesWritten, data.Chunks
+	res.ChunksLocal, res.BytesLocal = data.ChunksLocal, data.BytesLocal
 	if in.To == "" {
 		// The site's own target now holds this point: a failover to the
 		// site need not restore it again.

@@ -77,17 +77,21 @@ type RestoreInput struct {
 
 // RestoreResult describes a restore.
 type RestoreResult struct {
-	Plan         string        `json:"plan"`
-	Site         string        `json:"site"`
-	Point        string        `json:"point"`
-	Snapshot     time.Time     `json:"snapshot"`
-	Target       string        `json:"target"`
-	Entries      int64         `json:"entries"`
-	Files        int64         `json:"files"`
-	Bytes        int64         `json:"bytes"`
-	BytesWritten int64         `json:"bytesWritten"`
-	Chunks       int64         `json:"chunksVerified"`
-	Duration     time.Duration `json:"duration"`
+	Plan         string    `json:"plan"`
+	Site         string    `json:"site"`
+	Point        string    `json:"point"`
+	Snapshot     time.Time `json:"snapshot"`
+	Target       string    `json:"target"`
+	Entries      int64     `json:"entries"`
+	Files        int64     `json:"files"`
+	Bytes        int64     `json:"bytes"`
+	BytesWritten int64     `json:"bytesWritten"`
+	Chunks       int64     `json:"chunksVerified"`
+	// ChunksLocal and BytesLocal were already in the target's files at the
+	// same place (verified by SHA-256), not fetched from the store.
+	ChunksLocal int64         `json:"chunksLocal"`
+	BytesLocal  int64         `json:"bytesLocal"`
+	Duration    time.Duration `json:"duration"`
 }
 
 // PointsInput lists the restore points of a plan at a site.
