@@ -163,6 +163,9 @@ type SiteState struct {
 	Standby    string     `json:"standby,omitempty"` // the point last restored into the standby target
 }
 
+// siteStateProbe bounds GetSiteState's first read of a site's store.
+const siteStateProbe = 10 * time.Second
+
 // GetSiteState reads a site's epoch, latest restore point and standby state.
 func (a *Activities) GetSiteState(ctx context.Context, in SiteStateInput) (SiteState, error) {
 	r, err := a.repo(in.Plan, in.Site)
@@ -170,7 +173,13 @@ func (a *Activities) GetSiteState(ctx context.Context, in SiteStateInput) (SiteS
 		return SiteState{}, temporalError(err)
 	}
 	st := SiteState{Site: in.Site}
-	if st.Epoch, err = r.GetEpoch(ctx); err != nil {
+	// The first read is bounded: a dark site's store makes the S3 client
+	// retry for a long while, and switching operations ask this to learn
+	// which site answers at all.
+	ectx, cancel := context.WithTimeout(ctx, siteStateProbe)
+	st.Epoch, err = r.GetEpoch(ectx)
+	cancel()
+	if err != nil {
 		return st, temporalError(err)
 	}
 	pts, err := r.Points(ctx)

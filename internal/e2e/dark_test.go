@@ -97,4 +97,5 @@ func TestUnplannedFailoverWithThePrimaryDark(t *testing.T) {
 		t.Fatalf("BIND answers app = %v after the failback, want %s", got, siteAddr["primary"])
 	}
 	requireNoSecrets(t, ss.stack)
+	requireReplays(ss.stack)
 }

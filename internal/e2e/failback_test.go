@@ -172,4 +172,5 @@ func TestFailbackAndPermanentFailover(t *testing.T) {
 	if err := ss.wait(ss.startSwitch(workflows.Failback, workflows.FailbackInput{Plan: plan}), &none); err == nil || !strings.Contains(err.Error(), "active at its primary secondary") {
 		t.Fatalf("failback after the permanent failover: %v", err)
 	}
+	requireReplays(ss.stack)
 }

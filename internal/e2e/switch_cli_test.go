@@ -80,4 +80,5 @@ func TestSwitchingCLI(t *testing.T) {
 	if out := cli("status", "--plan", plan); !strings.Contains(out, "primary secondary, secondary primary") {
 		t.Fatalf("status does not show the new roles:\n%s", out)
 	}
+	requireReplays(ss.stack)
 }
