@@ -11,6 +11,7 @@ import (
 
 	"github.com/drorch/drorch/activities"
 	"github.com/drorch/drorch/drivers/access"
+	"github.com/drorch/drorch/internal/repo"
 )
 
 // act names the activities, as method values of a nil pointer.
@@ -121,13 +122,13 @@ func (s *switchRun) readWrite(site string) error {
 // active role back.
 func (s *switchRun) epoch(reason string, dark bool) error {
 	err := s.t.step(s.ctx, "epoch", func() error {
-		var set activities.SiteState
-		if err := workflow.ExecuteActivity(s.site(s.to), act.SetEpoch, s.epochInput(s.to, s.to, s.op, reason, s.info.Epoch, 0)).Get(s.ctx, &set.Epoch); err != nil {
+		var set repo.Epoch
+		if err := workflow.ExecuteActivity(s.site(s.to), act.SetEpoch, s.epochInput(s.to, s.to, s.op, reason, s.info.Epoch, 0)).Get(s.ctx, &set); err != nil {
 			return err
 		}
-		s.rep.Epoch = set.Epoch.Epoch
+		s.rep.Epoch = set.Epoch
 		if dark {
-			s.note(fmt.Sprintf("epoch %d not recorded at %s, which did not answer: it learns it at failback", s.rep.Epoch, s.from))
+			s.note(fmt.Sprintf("epoch %d not recorded at %s, which did not answer: it learns it when it is back", s.rep.Epoch, s.from))
 			return nil
 		}
 		return workflow.ExecuteActivity(s.site(s.from), act.SetEpoch, s.epochInput(s.from, s.to, s.op, reason, 0, s.rep.Epoch)).Get(s.ctx, nil)

@@ -27,7 +27,7 @@ func Access(c *config.Access) (access.Access, error) {
 	case "s3bucket":
 		return s3bucket.New(s3bucket.Config{
 			Endpoint: c.Endpoint, Bucket: c.Bucket, Region: c.Region, AccessKey: c.AccessKey, SecretKey: c.SecretKey,
-			Insecure: c.Insecure, CAFile: c.CAFile, Timeout: c.Timeout,
+			Insecure: c.Insecure, CAFile: c.CAFile, Timeout: c.Timeout, Users: c.Users, Groups: c.Groups,
 		})
 	case "exec":
 		return execaccess.New(execaccess.Config{SetMode: c.SetMode, Status: c.Status, Env: c.Env, Dir: c.Dir, Timeout: c.Timeout})

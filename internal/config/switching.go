@@ -37,6 +37,8 @@ type Access struct {
 	SecretKey secret.Secret `yaml:"secretKey"`
 	Insecure  bool          `yaml:"insecure"`
 	CAFile    string        `yaml:"caFile"`
+	Users     []string      `yaml:"users"`  // MinIO IAM users the fence stops too
+	Groups    []string      `yaml:"groups"` // MinIO IAM groups, likewise
 
 	// exec
 	SetMode []string `yaml:"setMode"`
@@ -138,7 +140,7 @@ func (t TSIG) Format(f fmt.State, verb rune)      { type plain TSIG; formatPlain
 // timeout; a key of another driver is an error rather than silently unused.
 var accessFields = map[string][]string{
 	"postgres": {"host", "port", "user", "password", "database", "sslmode"},
-	"s3bucket": {"endpoint", "bucket", "region", "accessKey", "secretKey", "insecure", "caFile"},
+	"s3bucket": {"endpoint", "bucket", "region", "accessKey", "secretKey", "insecure", "caFile", "users", "groups"},
 	"exec":     {"setMode", "status", "env", "dir"},
 	"http":     {"url", "statusURL", "headers", "caFile", "insecure"},
 }
@@ -183,6 +185,13 @@ func (a *Access) validate(d *decoder, path string) {
 		for key, s := range map[string]secret.Secret{"accessKey": a.AccessKey, "secretKey": a.SecretKey} {
 			if s.Ref() == "" {
 				d.errorf(f(key), `required: a reference "env:NAME" or "file:PATH"`)
+			}
+		}
+		for key, names := range map[string][]string{"users": a.Users, "groups": a.Groups} {
+			for i, n := range names {
+				if strings.TrimSpace(n) == "" {
+					d.errorf(fmt.Sprintf("%s[%d]", f(key), i), "must be a MinIO IAM %s name, got %q", strings.TrimSuffix(key, "s"), n)
+				}
 			}
 		}
 	case "exec":

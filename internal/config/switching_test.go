@@ -10,7 +10,7 @@ import (
 const switching = valid + `    access:
       primary:
         - {driver: postgres, host: 127.0.0.1, port: 5433, user: drorch, password: env:DRORCH_PG_PASSWORD, database: app}
-        - {driver: s3bucket, endpoint: 127.0.0.1:9001, bucket: app-data, accessKey: env:DRORCH_PRIMARY_ACCESS_KEY, secretKey: env:DRORCH_PRIMARY_SECRET_KEY, insecure: true}
+        - {driver: s3bucket, endpoint: 127.0.0.1:9001, bucket: app-data, accessKey: env:DRORCH_PRIMARY_ACCESS_KEY, secretKey: env:DRORCH_PRIMARY_SECRET_KEY, insecure: true, users: [app, ci], groups: [writers]}
       secondary:
         - {driver: exec, setMode: [/usr/local/bin/app-mode, --site, b], status: [/usr/local/bin/app-mode, --status], timeout: 20s}
         - {driver: http, url: "https://lb.example/mode", headers: {Authorization: env:DRORCH_LB_TOKEN}}
@@ -41,7 +41,8 @@ func TestParseSwitching(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := cfg.Plans["files"]
-	if a := p.Access["primary"]; len(a) != 2 || a[0].Driver != "postgres" || a[0].Port != 5433 || a[0].Password.Value() != "pg-secret-value" || a[1].Bucket != "app-data" {
+	if a := p.Access["primary"]; len(a) != 2 || a[0].Driver != "postgres" || a[0].Port != 5433 || a[0].Password.Value() != "pg-secret-value" || a[1].Bucket != "app-data" ||
+		strings.Join(a[1].Users, ",") != "app,ci" || strings.Join(a[1].Groups, ",") != "writers" {
 		t.Fatalf("access at primary: %+v", a)
 	}
 	if a := p.Access["secondary"]; len(a) != 2 || strings.Join(a[0].SetMode, " ") != "/usr/local/bin/app-mode --site b" || a[0].Timeout != 20*time.Second ||
@@ -79,6 +80,10 @@ func TestParseSwitchingErrors(t *testing.T) {
 		{"{driver: postgres,", "{driver: mysql,", "plans.files.access.primary[0].driver: must be one of exec, http, postgres, s3bucket"},
 		{"user: drorch, password: env:DRORCH_PG_PASSWORD,", "user: drorch,", "plans.files.access.primary[0].password: required"},
 		{"password: env:DRORCH_PG_PASSWORD", "password: hunter2", "plans.files.access.primary[0].password: must be a reference"},
+		{"users: [app, ci]", `users: [app, ""]`, `plans.files.access.primary[1].users[1]: must be a MinIO IAM user name, got ""`},
+		{"groups: [writers]", `groups: [" "]`, `plans.files.access.primary[1].groups[0]: must be a MinIO IAM group name, got " "`},
+		{"users: [app, ci]", "users: {name: app}", "plans.files.access.primary[1].users: must be a list, got a mapping"},
+		{"database: app}", "database: app, groups: [writers]}", "plans.files.access.primary[0].groups: not a setting of the postgres driver"},
 		{"status: [/usr/local/bin/app-mode, --status], ", "", "plans.files.access.secondary[0].status: required"},
 		{`url: "https://lb.example/mode"`, `url: "lb.example/mode"`, "plans.files.access.secondary[1].url: must be an http:// or https:// URL"},
 		{"timeout: 20s", "timeout: soon", `plans.files.access.secondary[0].timeout: must be a duration such as 30s`},

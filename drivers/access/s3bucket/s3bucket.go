@@ -11,16 +11,30 @@
 //   - MinIO evaluates bucket policies only for anonymous (unsigned) requests.
 //     A signed request — by the root user or by any other user — is checked
 //     against the user's IAM policies alone (MinIO's IAMSys.IsAllowed never
-//     reads the bucket policy). On MinIO this fence therefore stops anonymous
-//     writers only; applications that sign their requests keep writing. Fence
-//     those with their IAM policies instead (not done by this driver).
+//     reads the bucket policy). The bucket policy alone therefore stops
+//     anonymous writers only.
 //
-// Where the server honours the fence, give applications their own
-// credentials, never the root account's: a root user may be exempt too.
+// On MinIO, list the applications' identities in Config.Users and
+// Config.Groups (MinIO's built-in IAM users and groups, not LDAP or OpenID
+// ones): read-only then also attaches the canned IAM policy
+// "drorch-read-only-<bucket>", which denies the same object writes on the
+// bucket, to each of them, and read-write detaches it again. A user's
+// service accounts and temporary credentials inherit the deny; a group's
+// deny reaches its members. Status is read-only only when the bucket
+// statement is there and the policy is attached to every listed identity,
+// read-write only when neither is, and an error naming what is fenced and
+// what is not for anything in between, so a switch cut short is never
+// reported as done.
+//
+// MinIO's root user can never be fenced: no policy applies to it, and MinIO
+// refuses to attach one. Give applications their own credentials, never the
+// root account's, on any server.
 //
 // The credentials drorch uses need s3:GetBucketPolicy, s3:PutBucketPolicy and
 // s3:DeleteBucketPolicy on the bucket. The deny does not cover those actions,
-// so drorch can always lift the fence it set.
+// so drorch can always lift the fence it set. With users or groups they also
+// need admin:GetPolicy, admin:CreatePolicy, admin:AttachUserOrGroupPolicy,
+// admin:GetUser and admin:GetGroup on the MinIO server.
 //
 // The policy is read, changed and written back: S3 has no conditional write for
 // bucket policies, so a concurrent change by someone else between the read and
@@ -44,6 +58,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/minio/madmin-go/v3"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 
@@ -63,6 +78,11 @@ type Config struct {
 	Insecure  bool          // plain HTTP (TLS off)
 	CAFile    string        // optional PEM bundle to trust for TLS, in addition to the system's
 	Timeout   time.Duration // bounds each SetMode and Status call (default 30s)
+
+	// Users and Groups are MinIO IAM identities whose writes the fence must
+	// stop too; see the package doc. Both optional, MinIO only.
+	Users  []string
+	Groups []string
 }
 
 // Sid names drorch's statement in the bucket policy.
@@ -93,6 +113,11 @@ type bucket struct {
 	bucket   string
 	timeout  time.Duration
 	describe string
+
+	// The IAM fence; admin is nil when no user or group is listed.
+	admin      *madmin.AdminClient
+	identities []identity
+	policy     string // the canned policy's name
 }
 
 var _ access.Access = (*bucket)(nil)
@@ -116,12 +141,26 @@ func New(cfg Config) (access.Access, error) {
 	if err != nil {
 		return nil, drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("s3bucket access: %w", err))
 	}
-	return &bucket{
+	b := &bucket{
 		client:   client,
 		bucket:   cfg.Bucket,
 		timeout:  cfg.Timeout,
 		describe: "s3bucket " + cfg.Endpoint + "/" + cfg.Bucket,
-	}, nil
+	}
+	if len(cfg.Users) > 0 || len(cfg.Groups) > 0 {
+		if b.admin, err = newAdmin(cfg); err != nil {
+			return nil, drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("s3bucket access: %w", err))
+		}
+		for _, u := range cfg.Users {
+			b.identities = append(b.identities, identity{name: u})
+		}
+		for _, g := range cfg.Groups {
+			b.identities = append(b.identities, identity{name: g, group: true})
+		}
+		b.policy = PolicyName(cfg.Bucket)
+		b.describe += describeIdentities(cfg.Users, cfg.Groups)
+	}
+	return b, nil
 }
 
 // validate reports every problem with cfg at once, each naming its field.
@@ -159,13 +198,28 @@ func (cfg Config) validate() error {
 	if cfg.Timeout < 0 {
 		bad("timeout", "must not be negative, got %s", cfg.Timeout)
 	}
+	for field, names := range map[string][]string{"users": cfg.Users, "groups": cfg.Groups} {
+		for i, n := range names {
+			switch {
+			case n == "":
+				bad(fmt.Sprintf("%s[%d]", field, i), "is empty")
+			case strings.TrimSpace(n) != n || strings.Contains(n, ","):
+				bad(fmt.Sprintf("%s[%d]", field, i), "%q: MinIO names have no comma and no leading or trailing space", n)
+			case slices.Index(names, n) < i:
+				bad(fmt.Sprintf("%s[%d]", field, i), "%q is listed twice", n)
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 
 func (b *bucket) Describe() string { return b.describe }
 
-// SetMode writes the policy only when it has to change, so setting the mode
-// in force sends no write at all.
+// SetMode writes the bucket policy and the IAM policy only when they have to
+// change, so setting the mode in force changes nothing. Read-only sets the
+// bucket statement first and then the IAM fence; read-write lifts them in
+// the reverse order. Either way the bucket policy is read first, so a server
+// that cannot be reached is found before anything is changed.
 func (b *bucket) SetMode(ctx context.Context, mode access.Mode) error {
 	if _, err := access.ParseMode(string(mode)); err != nil {
 		return drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("set mode on %s: %w", b.describe, err))
@@ -183,29 +237,41 @@ func (b *bucket) SetMode(ctx context.Context, mode access.Mode) error {
 		return drivers.Permanent(drivers.ReasonCorrupt, fmt.Errorf("%s: %w", what, err))
 	}
 	ours, others := p.split()
-	var next string
+	var (
+		next  string
+		write bool // whether next must be written
+	)
 	switch mode {
 	case access.ReadOnly:
-		if ours != nil && ours.isFence(b.bucket) {
-			return nil
+		if write = ours == nil || !ours.isFence(b.bucket); write {
+			next = p.render(append(others, fence(b.bucket)))
 		}
-		next = p.render(append(others, fence(b.bucket)))
 	case access.ReadWrite:
-		if ours == nil {
-			return nil
-		}
-		if len(others) > 0 {
+		if write = ours != nil; write && len(others) > 0 {
 			next = p.render(others)
 		} // else "" deletes the policy: nothing but the fence was in it
 	}
-	if err := b.client.SetBucketPolicy(c.ctx, b.bucket, next); err != nil {
-		return c.classify(what+": write bucket policy", err)
+	if mode == access.ReadWrite && b.admin != nil {
+		if err := b.unfenceIAM(c, what); err != nil {
+			return err
+		}
+	}
+	if write {
+		if err := b.client.SetBucketPolicy(c.ctx, b.bucket, next); err != nil {
+			return c.classify(what+": write bucket policy", err)
+		}
+	}
+	if mode == access.ReadOnly && b.admin != nil {
+		return b.fenceIAM(c, what)
 	}
 	return nil
 }
 
-// Status reports read-only exactly when drorch's deny statement is in the
-// bucket policy, whatever else the policy says.
+// Status reports read-only when drorch's deny statement is in the bucket
+// policy, whatever else the policy says, and, with users or groups, the IAM
+// policy is attached to each of them; read-write when neither is the case.
+// Anything in between is a transient error that names what is fenced and
+// what is not: setting the mode again finishes the switch.
 func (b *bucket) Status(ctx context.Context) (access.Mode, error) {
 	what := "status of " + b.describe
 	c := b.call(ctx)
@@ -218,10 +284,31 @@ func (b *bucket) Status(ctx context.Context) (access.Mode, error) {
 	if err != nil {
 		return "", drivers.Permanent(drivers.ReasonCorrupt, fmt.Errorf("%s: %w", what, err))
 	}
-	if ours, _ := p.split(); ours != nil && strings.EqualFold(ours.Effect, "Deny") {
-		return access.ReadOnly, nil
+	ours, _ := p.split()
+	bucketFenced := ours != nil && strings.EqualFold(ours.Effect, "Deny")
+	if b.admin == nil {
+		if bucketFenced {
+			return access.ReadOnly, nil
+		}
+		return access.ReadWrite, nil
 	}
-	return access.ReadWrite, nil
+	fenced, open, err := b.iamStatus(c, what)
+	if err != nil {
+		return "", err
+	}
+	if bucketFenced {
+		fenced = append([]string{"the bucket policy"}, fenced...)
+	} else {
+		open = append([]string{"the bucket policy"}, open...)
+	}
+	switch {
+	case len(open) == 0:
+		return access.ReadOnly, nil
+	case len(fenced) == 0:
+		return access.ReadWrite, nil
+	}
+	return "", fmt.Errorf("%s: partly fenced: the fence is on %s but not on %s; set the mode again to finish the switch",
+		what, strings.Join(fenced, ", "), strings.Join(open, ", "))
 }
 
 // policy is a bucket policy document. Statements other than drorch's are kept
@@ -366,11 +453,16 @@ type call struct {
 	parent   context.Context
 	cancel   context.CancelFunc
 	answered atomic.Bool
+	status   atomic.Int32 // of the last admin API response; madmin's errors lack it
 }
+
+// callKey holds the *call in its context, for recordStatus.
+type callKey struct{}
 
 func (b *bucket) call(parent context.Context) *call {
 	c := &call{parent: parent, timeout: b.timeout}
 	ctx, cancel := context.WithTimeout(parent, b.timeout)
+	ctx = context.WithValue(ctx, callKey{}, c)
 	c.ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		GotFirstResponseByte: func() { c.answered.Store(true) },
 	})
@@ -415,17 +507,23 @@ func (c *call) classify(what string, err error) error {
 		return drivers.Permanentf(drivers.ReasonInvalidInput,
 			"%s: the server refused the bucket policy: %s (MalformedPolicy)", what, resp.Message)
 	}
-	if transientCodes[resp.Code] {
+	return c.classifyByStatus(what, resp.Code, resp.StatusCode, err)
+}
+
+// classifyByStatus classifies an error that no code of its own explains:
+// by the HTTP status of the server's answer, or by there being none.
+func (c *call) classifyByStatus(what, code string, status int, err error) error {
+	if transientCodes[code] {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if st := resp.StatusCode; st >= 400 && st < 500 && st != http.StatusRequestTimeout && st != http.StatusTooManyRequests {
-		reason := resp.Code
+	if st := status; st >= 400 && st < 500 && st != http.StatusRequestTimeout && st != http.StatusTooManyRequests {
+		reason := code
 		if reason == "" || strings.ContainsRune(reason, ' ') {
 			reason = fmt.Sprintf("HTTP%d", st)
 		}
 		return drivers.Permanent(reason, fmt.Errorf("%s: %w", what, err))
 	}
-	if resp.StatusCode == 0 && !c.answered.Load() {
+	if status == 0 && !c.answered.Load() {
 		// No HTTP answer during the whole call, retries included: the
 		// connection was refused, never completed or never answered.
 		if errors.Is(c.ctx.Err(), context.DeadlineExceeded) {
@@ -459,7 +557,8 @@ func tlsMismatch(err error) string {
 		return "the server speaks plain HTTP (set insecure, or enable TLS on the server)"
 	}
 	if resp := minio.ToErrorResponse(err); resp.StatusCode == http.StatusBadRequest &&
-		strings.Contains(resp.Message, "HTTP request to an HTTPS server") {
+		strings.Contains(resp.Message, "HTTP request to an HTTPS server") ||
+		strings.Contains(madmin.ToErrorResponse(err).Message, "HTTP request to an HTTPS server") {
 		return "the server speaks HTTPS (unset insecure)"
 	}
 	return ""

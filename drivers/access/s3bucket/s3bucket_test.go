@@ -211,8 +211,10 @@ func TestReadWriteDeletesAPolicyOfOnlyTheFence(t *testing.T) {
 }
 
 // TestMinIOIgnoresTheFenceForSignedRequests pins the limitation the package
-// doc states: when MinIO starts applying bucket policies to its users, this
-// test fails and the doc must change.
+// doc states: without users or groups, the fence is the bucket policy alone,
+// which MinIO does not apply to signed requests, so a user keeps writing
+// (the IAM fence of iam_test.go is what stops it). When MinIO starts applying
+// bucket policies to its users, this test fails and the doc must change.
 func TestMinIOIgnoresTheFenceForSignedRequests(t *testing.T) {
 	m := testenv.StartMinIO(t)
 	ctx := testCtx(t)
@@ -381,6 +383,9 @@ func TestConfig(t *testing.T) {
 		{"no keys", func(c *Config) { c.AccessKey, c.SecretKey = secret.Secret{}, secret.Secret{} }, "secret key: is required"},
 		{"insecure and ca", func(c *Config) { c.Insecure, c.CAFile = true, "/ca.pem" }, "ca file"},
 		{"negative timeout", func(c *Config) { c.Timeout = -time.Second }, "timeout"},
+		{"empty user", func(c *Config) { c.Users = []string{"app", ""} }, "users[1]: is empty"},
+		{"group with a comma", func(c *Config) { c.Groups = []string{"a,b"} }, "groups[0]"},
+		{"user twice", func(c *Config) { c.Users = []string{"app", "app"} }, `users[1]: "app" is listed twice`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := good
@@ -402,6 +407,15 @@ func TestConfig(t *testing.T) {
 				t.Fatalf("error shows the secret: %v", err)
 			}
 		})
+	}
+	withIAM := good
+	withIAM.Users, withIAM.Groups = []string{"app", "ci"}, []string{"writers"}
+	if d := mustNew(t, withIAM).Describe(); d != "s3bucket 127.0.0.1:9000/fenced-b (users app, ci; groups writers)" {
+		t.Errorf("Describe with users and groups = %q", d)
+	}
+	withIAM.Users = nil
+	if d := mustNew(t, withIAM).Describe(); d != "s3bucket 127.0.0.1:9000/fenced-b (groups writers)" {
+		t.Errorf("Describe with groups = %q", d)
 	}
 }
 
