@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"time"
 
@@ -36,6 +37,23 @@ const MaxRetries = 3
 
 // New returns a client for o. It does not contact the server.
 func New(o Options) (*minio.Client, error) {
+	tr, err := Transport(o)
+	if err != nil {
+		return nil, err
+	}
+	return minio.New(o.Endpoint, &minio.Options{
+		Creds:        credentials.NewStaticV4(o.AccessKey.Value(), o.SecretKey.Value(), ""),
+		Secure:       !o.Insecure,
+		Transport:    tr,
+		Region:       o.Region,
+		BucketLookup: minio.BucketLookupPath,
+		MaxRetries:   MaxRetries,
+	})
+}
+
+// Transport is the HTTP transport of a client for o (also MinIO's admin
+// client): minio-go's defaults, a bounded dial and o's CA bundle.
+func Transport(o Options) (*http.Transport, error) {
 	tr, err := minio.DefaultTransport(!o.Insecure)
 	if err != nil {
 		return nil, err
@@ -61,12 +79,5 @@ func New(o Options) (*minio.Client, error) {
 		}
 		tr.TLSClientConfig.RootCAs = pool
 	}
-	return minio.New(o.Endpoint, &minio.Options{
-		Creds:        credentials.NewStaticV4(o.AccessKey.Value(), o.SecretKey.Value(), ""),
-		Secure:       !o.Insecure,
-		Transport:    tr,
-		Region:       o.Region,
-		BucketLookup: minio.BucketLookupPath,
-		MaxRetries:   MaxRetries,
-	})
+	return tr, nil
 }

@@ -1,22 +1,17 @@
 package s3bucket
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/minio/madmin-go/v3"
-	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/drorch/drorch/drivers"
+	"github.com/drorch/drorch/internal/s3client"
 )
 
 // The IAM half of the fence, for MinIO, which applies bucket policies to
@@ -65,27 +60,9 @@ func describeIdentities(users, groups []string) string {
 // reaches the server. The admin API encrypts its request and response bodies
 // with the secret key, which is why drorch uses MinIO's own client for it.
 func newAdmin(cfg Config) (*madmin.AdminClient, error) {
-	tr, err := minio.DefaultTransport(!cfg.Insecure)
+	tr, err := s3client.Transport(s3client.Options{Insecure: cfg.Insecure, CAFile: cfg.CAFile, DialTimeout: min(dialTimeout, cfg.Timeout)})
 	if err != nil {
 		return nil, err
-	}
-	tr.DialContext = (&net.Dialer{Timeout: min(dialTimeout, cfg.Timeout), KeepAlive: 30 * time.Second}).DialContext
-	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("ca file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca file %s: no PEM certificate in it", cfg.CAFile)
-		}
-		if tr.TLSClientConfig == nil {
-			tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-		}
-		tr.TLSClientConfig.RootCAs = pool
 	}
 	return madmin.NewWithOptions(cfg.Endpoint, &madmin.Options{
 		Creds:     credentials.NewStaticV4(cfg.AccessKey.Value(), cfg.SecretKey.Value(), ""),
