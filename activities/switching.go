@@ -152,6 +152,9 @@ func (a *Activities) SetEpoch(ctx context.Context, in SetEpochInput) (repo.Epoch
 type SiteStateInput struct {
 	Plan string `json:"plan"`
 	Site string `json:"site"`
+	// Point, when given, must be a valid restore point at the site: a
+	// missing one fails with NotFound (permanent).
+	Point string `json:"point,omitempty"`
 }
 
 // SiteState is what a site's repository says about the plan.
@@ -181,6 +184,11 @@ func (a *Activities) GetSiteState(ctx context.Context, in SiteStateInput) (SiteS
 	cancel()
 	if err != nil {
 		return st, temporalError(err)
+	}
+	if in.Point != "" {
+		if _, err := a.manifest(ctx, r, in.Point); err != nil {
+			return st, temporalError(fmt.Errorf("site %s: %w", in.Site, err))
+		}
 	}
 	pts, err := r.Points(ctx)
 	if err != nil {

@@ -64,6 +64,12 @@ func (f *failover) run() error {
 				return err
 			}
 		}
+		if f.in.Point != "" {
+			// The point asked for is there, before anything changes.
+			if err := workflow.ExecuteActivity(f.check(f.to), act.GetSiteState, activities.SiteStateInput{Plan: f.in.Plan, Site: f.to, Point: f.in.Point}).Get(ctx, nil); err != nil {
+				return wrap(err, "restore point %s", f.in.Point)
+			}
+		}
 		if f.in.Mode == ModeUnplanned && target.Latest == "" && f.in.Point == "" {
 			return invalidInput(fmt.Sprintf("site %s holds no restore point of plan %s: nothing to fail over to", f.to, f.in.Plan))
 		}

@@ -48,6 +48,9 @@ func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error,
 		if err := fail["state "+in.Site]; err != nil {
 			return activities.SiteState{}, err
 		}
+		if in.Point == "missing" {
+			return activities.SiteState{}, temporal.NewNonRetryableApplicationError("site "+in.Site+": manifest missing not found", "NotFound", nil)
+		}
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		st := activities.SiteState{Site: in.Site, Epoch: e.epochs[in.Site], Latest: "p1", LatestTime: pointTime}
@@ -236,4 +239,14 @@ func TestFailoverToAWarmStandbySkipsTheRestore(t *testing.T) {
 	require.False(t, rep.Restored)
 	require.Equal(t, "p1", rep.Point)
 	require.NotContains(t, e.log, "restore secondary p1")
+}
+
+func TestFailoverToAMissingPointChangesNothing(t *testing.T) {
+	e := newSwitchEnv(t, switchPlan, nil)
+	e.ExecuteWorkflow(Failover, FailoverInput{Plan: "files", Point: "missing"})
+	var app *temporal.ApplicationError
+	require.True(t, errors.As(e.GetWorkflowError(), &app))
+	require.Equal(t, "NotFound", app.Type())
+	require.Contains(t, app.Error(), "restore point missing")
+	require.Equal(t, []string{"report primary"}, e.log, "nothing is fenced or switched")
 }
