@@ -123,3 +123,50 @@ func (c *cli) permanentFailoverCmd() *cobra.Command {
 	c.waitFlags(cmd)
 	return cmd
 }
+
+func (c *cli) cancelCmd() *cobra.Command {
+	var plan string
+	cmd := &cobra.Command{
+		Use:   "cancel --plan P",
+		Short: "Cancel the plan's running switching operation; what it did is undone where that is safe",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cc, err := c.open(plan)
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			id := workflows.SwitchWorkflowID(plan)
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			desc, err := cc.DescribeWorkflowExecution(sctx, id, "")
+			if err != nil || desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+				return fmt.Errorf("cancel: no switching operation of plan %s is running", plan)
+			}
+			op := desc.GetWorkflowExecutionInfo().GetType().GetName()
+			if err := cc.CancelWorkflow(sctx, id, ""); err != nil {
+				return fmt.Errorf("cancel %s: %w", id, err)
+			}
+			if !c.wait {
+				if c.json {
+					return printJSON(os.Stdout, map[string]string{"workflowId": id, "cancelled": op})
+				}
+				fmt.Printf("asked %s (%s) to cancel; drorch report --plan %s shows what it undid\n", id, op, plan)
+				return nil
+			}
+			_ = cc.GetWorkflow(ctx, id, "").Get(ctx, nil) // ends cancelled, after undoing
+			c.wait = true
+			var res workflows.StatusResult
+			return c.start(cc, workflows.OpStatus, plan, "", workflows.Status, workflows.StatusInput{Plan: plan, Reports: 1}, &res, func(w io.Writer) {
+				if n := len(res.Reports); n > 0 {
+					printReport(w, res.Reports[n-1])
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVar(&plan, "plan", "", "protection plan (required)")
+	c.waitFlags(cmd)
+	return cmd
+}

@@ -52,7 +52,7 @@ func (c *cli) startWith(cc *clientConn, opts client.StartWorkflowOptions, op, pl
 	run, err := cc.ExecuteWorkflow(ctx, opts, wf, in)
 	var running *serviceerror.WorkflowExecutionAlreadyStarted
 	if errors.As(err, &running) {
-		return fmt.Errorf("start %s: a switching operation of plan %s is already running (workflow %s, run %s); wait for it to end, or approve or cancel it", op, plan, opts.ID, running.RunId)
+		return fmt.Errorf("start %s: a switching operation of plan %s is already running (workflow %s, run %s); wait for it to end, or approve or cancel it (drorch approve / drorch cancel --plan %s)", op, plan, opts.ID, running.RunId, plan)
 	}
 	if err != nil {
 		return fmt.Errorf("start %s: %w", op, err)

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/drorch/drorch/drivers/access"
@@ -202,6 +203,9 @@ func (f *failback) catchUp() error {
 		sel.Select(ctx)
 		cancel()
 		f.t.p.Waiting = ""
+		if ctx.Err() != nil {
+			return temporal.NewCanceledError("data recovery cancelled")
+		}
 		if f.ready(caught) {
 			break
 		}

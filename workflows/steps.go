@@ -49,6 +49,10 @@ func runSteps(ctx workflow.Context, t *tracker, info activities.PlanInfo, proced
 				sel.AddFuture(workflow.NewTimer(timer, s.Approval), func(workflow.Future) {})
 				sel.Select(ctx)
 				cancel()
+				if err := ctx.Err(); err != nil {
+					t.p.Waiting = ""
+					return temporal.NewCanceledError(fmt.Sprintf("step %s: cancelled while waiting for approval", s.Name))
+				}
 				if !approved {
 					t.p.Waiting = ""
 					return temporal.NewNonRetryableApplicationError(fmt.Sprintf("step %s: no approval within %s", s.Name, s.Approval), "ApprovalTimeout", nil)

@@ -66,8 +66,14 @@ func (s *switchRun) check(site string) workflow.Context {
 // reachable is for a site that may be dark: a minute for its worker to pick
 // the task up and three tries, then the operation goes on without it.
 func (s *switchRun) reachable(site string) workflow.Context {
-	return workflow.WithActivityOptions(s.ctx, workflow.ActivityOptions{
-		TaskQueue: siteQueue(s.ctx, site), ScheduleToStartTimeout: time.Minute, StartToCloseTimeout: 2 * time.Minute,
+	return s.reachableIn(s.ctx, site)
+}
+
+// reachableIn is reachable with ctx as the base: a disconnected context
+// for what must run after a cancellation.
+func (s *switchRun) reachableIn(ctx workflow.Context, site string) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue: siteQueue(ctx, site), ScheduleToStartTimeout: time.Minute, StartToCloseTimeout: 2 * time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2, MaximumAttempts: 3},
 	})
 }
@@ -197,6 +203,9 @@ func (s *switchRun) finish(err error) SwitchReport {
 		rep.Error = err.Error()
 		rep.Compensation = s.compensate()
 		rep.Outcome = "compensated"
+	case temporal.IsCanceledError(err):
+		rep.Error = errorMessage(err)
+		rep.Outcome = "cancelled"
 	default:
 		rep.Error = err.Error()
 		rep.Outcome = "failed"
@@ -229,7 +238,7 @@ func (s *switchRun) save(rep SwitchReport) {
 	if rep.Outcome != "completed" {
 		site = s.from
 	}
-	if err := workflow.ExecuteActivity(s.reachable(site), act.SaveReport, activities.SaveReportInput{
+	if err := workflow.ExecuteActivity(s.reachableIn(ctx, site), act.SaveReport, activities.SaveReportInput{
 		Plan: s.info.Plan, Site: site, ID: rep.Started.UTC().Format("20060102T150405.000Z") + "-" + s.op, Report: rep,
 	}).Get(ctx, nil); err != nil {
 		workflow.GetLogger(s.ctx).Warn("report not stored", "site", site, "error", err)
