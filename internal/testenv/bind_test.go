@@ -2,6 +2,9 @@ package testenv
 
 import (
 	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -67,4 +70,32 @@ func (b *BIND) update(t *testing.T, zone, rr string) int {
 		t.Fatalf("update %s: %v", zone, err)
 	}
 	return resp.Rcode
+}
+
+func TestOutsideAppArmor(t *testing.T) {
+	bin, err := exec.LookPath("true")
+	if err != nil {
+		t.Skip(err)
+	}
+	old := appArmorProfiles
+	t.Cleanup(func() { appArmorProfiles = old })
+
+	appArmorProfiles = filepath.Join(t.TempDir(), "none")
+	if got := outsideAppArmor(t, bin); got != bin {
+		t.Fatalf("without AppArmor: %s, want %s", got, bin)
+	}
+	appArmorProfiles = filepath.Join(t.TempDir(), "profiles")
+	if err := os.WriteFile(appArmorProfiles, []byte("/usr/sbin/named (enforce)\nnamed (enforce)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := outsideAppArmor(t, bin)
+	if got == bin {
+		t.Fatal("with a named profile the binary is not copied")
+	}
+	if err := exec.Command(got).Run(); err != nil {
+		t.Fatalf("the copy %s does not run: %v", got, err)
+	}
+	if again := outsideAppArmor(t, bin); again != got {
+		t.Fatalf("a second call copied again to %s", again)
+	}
 }
