@@ -62,16 +62,10 @@ func (c *cli) completeCmd() *cobra.Command {
 			defer stop()
 			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
-			desc, err := cc.DescribeWorkflowExecution(sctx, id, "")
-			if err != nil || desc.GetWorkflowExecutionInfo().GetType().GetName() != "Failback" ||
-				desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			if runningSwitch(sctx, cc, plan) != "Failback" {
 				return fmt.Errorf("complete: no data recovery (failback) of plan %s is running; start one with drorch failback --plan %s", plan, plan)
 			}
-			by := "drorch complete"
-			if u, err := user.Current(); err == nil {
-				by = u.Username
-			}
-			if err := cc.SignalWorkflow(sctx, id, "", workflows.SignalComplete, workflows.CompleteSignal{By: by, Force: force}); err != nil {
+			if err := cc.SignalWorkflow(sctx, id, "", workflows.SignalComplete, workflows.CompleteSignal{By: operator("drorch complete"), Force: force}); err != nil {
 				return fmt.Errorf("complete: signal %s: %w", id, err)
 			}
 			if !c.wait {
@@ -141,11 +135,10 @@ func (c *cli) cancelCmd() *cobra.Command {
 			defer stop()
 			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
-			desc, err := cc.DescribeWorkflowExecution(sctx, id, "")
-			if err != nil || desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			op := runningSwitch(sctx, cc, plan)
+			if op == "" {
 				return fmt.Errorf("cancel: no switching operation of plan %s is running", plan)
 			}
-			op := desc.GetWorkflowExecutionInfo().GetType().GetName()
 			if err := cc.CancelWorkflow(sctx, id, ""); err != nil {
 				return fmt.Errorf("cancel %s: %w", id, err)
 			}
@@ -169,4 +162,22 @@ func (c *cli) cancelCmd() *cobra.Command {
 	cmd.Flags().StringVar(&plan, "plan", "", "protection plan (required)")
 	c.waitFlags(cmd)
 	return cmd
+}
+
+// runningSwitch is the workflow type of the plan's running switching
+// operation ("Failover", "Failback", …), "" when none runs.
+func runningSwitch(ctx context.Context, cc *clientConn, plan string) string {
+	desc, err := cc.DescribeWorkflowExecution(ctx, workflows.SwitchWorkflowID(plan), "")
+	if err != nil || desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		return ""
+	}
+	return desc.GetWorkflowExecutionInfo().GetType().GetName()
+}
+
+// operator names who sends a signal: the user running the CLI, or def.
+func operator(def string) string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return def
 }

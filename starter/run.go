@@ -15,7 +15,6 @@ import (
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
-	"go.temporal.io/sdk/temporal"
 	"golang.org/x/term"
 
 	"github.com/drorch/drorch/activities"
@@ -212,16 +211,9 @@ func (c *cli) runURL(namespace, id, runID string) string {
 // errorText is the innermost application error's message: what went wrong,
 // without the layers of "workflow execution error" around it.
 func errorText(err error) string {
-	var app *temporal.ApplicationError
-	if !errors.As(err, &app) {
+	app := workflows.Innermost(err)
+	if app == nil {
 		return err.Error()
-	}
-	for {
-		var inner *temporal.ApplicationError
-		if !errors.As(app.Unwrap(), &inner) {
-			break
-		}
-		app = inner
 	}
 	msg := app.Message()
 	if t := app.Type(); t != "" && !strings.Contains(msg, t) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/user"
 	"text/tabwriter"
 	"time"
 
@@ -74,13 +73,9 @@ func (c *cli) approveCmd() *cobra.Command {
 				return err
 			}
 			defer cc.Close()
-			by := "drorch approve"
-			if u, err := user.Current(); err == nil {
-				by = u.Username
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			if err := cc.SignalWorkflow(ctx, workflows.SwitchWorkflowID(plan), "", workflows.SignalApprove, workflows.ApproveSignal{By: by}); err != nil {
+			if err := cc.SignalWorkflow(ctx, workflows.SwitchWorkflowID(plan), "", workflows.SignalApprove, workflows.ApproveSignal{By: operator("drorch approve")}); err != nil {
 				return fmt.Errorf("approve: no switching operation of plan %s is running (%v)", plan, err)
 			}
 			fmt.Fprintf(os.Stdout, "approved the waiting step of %s\n", workflows.SwitchWorkflowID(plan))
@@ -273,15 +268,14 @@ func (c *cli) drillCmd() *cobra.Command {
 func switchInProgress(cc *clientConn, plan string) *workflows.Progress {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	id := workflows.SwitchWorkflowID(plan)
-	desc, err := cc.DescribeWorkflowExecution(ctx, id, "")
-	if err != nil || desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+	op := runningSwitch(ctx, cc, plan)
+	if op == "" {
 		return nil
 	}
 	var p workflows.Progress
-	v, err := cc.QueryWorkflow(ctx, id, "", workflows.QueryProgress)
+	v, err := cc.QueryWorkflow(ctx, workflows.SwitchWorkflowID(plan), "", workflows.QueryProgress)
 	if err != nil || v.Get(&p) != nil {
-		return &workflows.Progress{Operation: desc.GetWorkflowExecutionInfo().GetType().GetName(), Plan: plan, Step: "running"}
+		return &workflows.Progress{Operation: op, Plan: plan, Step: "running"}
 	}
 	return &p
 }

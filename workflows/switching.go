@@ -273,14 +273,24 @@ func (s *switchRun) sync(prefix, from, to string) (BackupResult, error) {
 
 // errorMessage is the innermost message of an activity or child error.
 func errorMessage(err error) string {
+	if app := Innermost(err); app != nil {
+		return app.Message()
+	}
+	return err.Error()
+}
+
+// Innermost is the deepest application error in err's chain — what an
+// activity or a workflow itself said went wrong, under the layers of
+// activity, child and workflow errors around it — or nil.
+func Innermost(err error) *temporal.ApplicationError {
 	var app *temporal.ApplicationError
 	if !errors.As(err, &app) {
-		return err.Error()
+		return nil
 	}
 	for {
 		var inner *temporal.ApplicationError
 		if !errors.As(app.Unwrap(), &inner) {
-			return app.Message()
+			return app
 		}
 		app = inner
 	}
@@ -294,16 +304,9 @@ func wrap(err error, format string, args ...any) error {
 		return nil
 	}
 	prefix := fmt.Sprintf(format, args...)
-	var app *temporal.ApplicationError
-	if !errors.As(err, &app) {
+	app := Innermost(err)
+	if app == nil {
 		return fmt.Errorf("%s: %w", prefix, err)
-	}
-	for {
-		var inner *temporal.ApplicationError
-		if !errors.As(app.Unwrap(), &inner) {
-			break
-		}
-		app = inner
 	}
 	return temporal.NewApplicationErrorWithOptions(prefix+": "+app.Message(), app.Type(), temporal.ApplicationErrorOptions{NonRetryable: app.NonRetryable()})
 }

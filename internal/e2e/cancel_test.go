@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/drorch/drorch/workflows"
 )
 
 // An operator cancels a failover that waits for approval (after fencing and
@@ -21,22 +18,7 @@ func TestCancelASwitch(t *testing.T) {
 	genTree(t, ss.source("primary"), treeSpec{seed: 51, dataBytes: 1 << 20, files: 5})
 	ss.backup()
 	ss.transmit()
-	cli := func(args ...string) string {
-		t.Helper()
-		out, errOut, err := ss.drorch(args...)
-		if err != nil {
-			t.Fatalf("drorch %s: %v\n%s\n%s", strings.Join(args, " "), err, out, errOut)
-		}
-		return out
-	}
-	status := func() workflows.StatusResult {
-		t.Helper()
-		var st workflows.StatusResult
-		if out := cli("status", "--plan", plan, "--json"); json.Unmarshal([]byte(out), &st) != nil {
-			t.Fatalf("status --json: %s", out)
-		}
-		return st
-	}
+	cli, status := ss.cli, ss.cliStatus
 
 	if _, errOut, err := ss.drorch("cancel", "--plan", plan); err == nil || !strings.Contains(errOut, "no switching operation of plan files is running") {
 		t.Fatalf("cancel with nothing running: %v\n%s", err, errOut)

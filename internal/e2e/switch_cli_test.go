@@ -9,6 +9,26 @@ import (
 	"github.com/drorch/drorch/workflows"
 )
 
+// cli runs drorch and returns its output, failing the test if it fails.
+func (ss *switchStack) cli(args ...string) string {
+	ss.t.Helper()
+	out, errOut, err := ss.drorch(args...)
+	if err != nil {
+		ss.t.Fatalf("drorch %s: %v\n%s\n%s", strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+// cliStatus is drorch status --json.
+func (ss *switchStack) cliStatus() workflows.StatusResult {
+	ss.t.Helper()
+	var st workflows.StatusResult
+	if out := ss.cli("status", "--plan", plan, "--json"); json.Unmarshal([]byte(out), &st) != nil {
+		ss.t.Fatalf("status --json: %s", out)
+	}
+	return st
+}
+
 // The switching commands as an operator runs them: failover, status while a
 // data recovery waits, complete, report, permanent-failover; each with
 // --json where a script would parse it.
@@ -18,22 +38,7 @@ func TestSwitchingCLI(t *testing.T) {
 	genTree(t, ss.source("primary"), treeSpec{seed: 31, dataBytes: 2 << 20, files: 10})
 	ss.backup()
 	ss.transmit()
-	cli := func(args ...string) string {
-		t.Helper()
-		out, errOut, err := ss.drorch(args...)
-		if err != nil {
-			t.Fatalf("drorch %s: %v\n%s\n%s", strings.Join(args, " "), err, out, errOut)
-		}
-		return out
-	}
-	status := func() workflows.StatusResult {
-		t.Helper()
-		var st workflows.StatusResult
-		if out := cli("status", "--plan", plan, "--json"); json.Unmarshal([]byte(out), &st) != nil {
-			t.Fatalf("status --json: %s", out)
-		}
-		return st
-	}
+	cli, status := ss.cli, ss.cliStatus
 
 	if _, errOut, err := ss.drorch("complete", "--plan", plan); err == nil || !strings.Contains(errOut, "no data recovery (failback) of plan files is running") {
 		t.Fatalf("complete with nothing running: %v\n%s", err, errOut)
