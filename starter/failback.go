@@ -27,15 +27,7 @@ primary's lag is under failback.lagThreshold, ` + "`drorch complete --plan P`" +
 --auto-complete) switches back with a final sync that loses nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cc, err := c.open(in.Plan)
-			if err != nil {
-				return err
-			}
-			defer cc.Close()
-			var rep workflows.SwitchReport
-			return c.startWith(cc, switchOptions(in.Plan), workflows.OpFailback, in.Plan, "", workflows.Failback, in, &rep, func(w io.Writer) {
-				printReport(w, rep)
-			})
+			return c.startSwitch(in.Plan, workflows.OpFailback, workflows.Failback, in)
 		},
 	}
 	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
@@ -102,15 +94,7 @@ func (c *cli) permanentFailoverCmd() *cobra.Command {
 		Short: "Make the site a failover made active the plan's primary for good (roles recorded in both repositories)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cc, err := c.open(in.Plan)
-			if err != nil {
-				return err
-			}
-			defer cc.Close()
-			var rep workflows.SwitchReport
-			return c.startWith(cc, switchOptions(in.Plan), workflows.OpPermanentFailover, in.Plan, "", workflows.PermanentFailover, in, &rep, func(w io.Writer) {
-				printReport(w, rep)
-			})
+			return c.startSwitch(in.Plan, workflows.OpPermanentFailover, workflows.PermanentFailover, in)
 		},
 	}
 	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")

@@ -42,15 +42,7 @@ func (c *cli) failoverCmd() *cobra.Command {
 			if unplanned {
 				in.Mode = workflows.ModeUnplanned
 			}
-			cc, err := c.open(in.Plan)
-			if err != nil {
-				return err
-			}
-			defer cc.Close()
-			var rep workflows.SwitchReport
-			return c.startWith(cc, switchOptions(in.Plan), workflows.OpFailover, in.Plan, "", workflows.Failover, in, &rep, func(w io.Writer) {
-				printReport(w, rep)
-			})
+			return c.startSwitch(in.Plan, workflows.OpFailover, workflows.Failover, in)
 		},
 	}
 	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
@@ -59,6 +51,18 @@ func (c *cli) failoverCmd() *cobra.Command {
 	cmd.Flags().StringVar(&in.Point, "point", "", "restore point to bring up (default: the latest at the target)")
 	c.waitFlags(cmd)
 	return cmd
+}
+
+// startSwitch starts a switching workflow under the plan's switch id and,
+// with --wait, prints its report.
+func (c *cli) startSwitch(plan, op string, wf, in any) error {
+	cc, err := c.open(plan)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	var rep workflows.SwitchReport
+	return c.startWith(cc, switchOptions(plan), op, plan, "", wf, in, &rep, func(w io.Writer) { printReport(w, rep) })
 }
 
 func (c *cli) approveCmd() *cobra.Command {
