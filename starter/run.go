@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"go.temporal.io/api/serviceerror"
+	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 	"golang.org/x/term"
@@ -143,6 +144,7 @@ func progressOf(ctx context.Context, cc *clientConn, run client.WorkflowRun) (wo
 	if err != nil {
 		return p, true
 	}
+	p.Retrying = retrying(desc.GetPendingActivities())
 	for _, pa := range desc.GetPendingActivities() {
 		if pa.GetHeartbeatDetails() == nil {
 			continue
@@ -159,6 +161,17 @@ func progressOf(ctx context.Context, cc *clientConn, run client.WorkflowRun) (wo
 	return p, true
 }
 
+// retrying describes a pending activity being retried: its attempt and
+// last failure, "" when none is.
+func retrying(pending []*workflowpb.PendingActivityInfo) string {
+	for _, pa := range pending {
+		if pa.GetAttempt() > 1 && pa.GetLastFailure() != nil {
+			return fmt.Sprintf("%s attempt %d, last: %s", pa.GetActivityType().GetName(), pa.GetAttempt(), pa.GetLastFailure().GetMessage())
+		}
+	}
+	return ""
+}
+
 // rate turns successive progress readings into a transfer rate.
 type rate struct {
 	at    time.Time
@@ -173,6 +186,9 @@ func (r *rate) line(p workflows.Progress) string {
 	if l == nil {
 		if p.Waiting != "" {
 			fmt.Fprintf(&b, " waiting for %s", p.Waiting)
+		}
+		if p.Retrying != "" {
+			fmt.Fprintf(&b, " retrying: %s", p.Retrying)
 		}
 		return b.String()
 	}

@@ -154,6 +154,9 @@ func (c *cli) statusCmd() *cobra.Command {
 					if p.Waiting != "" {
 						line += ", waiting for " + p.Waiting
 					}
+					if p.Retrying != "" {
+						line += ", retrying: " + p.Retrying
+					}
 					fmt.Fprintf(tw, "in progress\t%s\n", line)
 				}
 				fmt.Fprintf(tw, "RPO now\t%s\n", res.RPO.Round(time.Second))
@@ -272,14 +275,14 @@ func (c *cli) drillCmd() *cobra.Command {
 func switchInProgress(cc *clientConn, plan string) *workflows.Progress {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	op := runningSwitch(ctx, cc, plan)
-	if op == "" {
+	desc, err := cc.DescribeWorkflowExecution(ctx, workflows.SwitchWorkflowID(plan), "")
+	if err != nil || desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		return nil
 	}
-	var p workflows.Progress
-	v, err := cc.QueryWorkflow(ctx, workflows.SwitchWorkflowID(plan), "", workflows.QueryProgress)
-	if err != nil || v.Get(&p) != nil {
-		return &workflows.Progress{Operation: op, Plan: plan, Step: "running"}
+	p := workflows.Progress{Operation: desc.GetWorkflowExecutionInfo().GetType().GetName(), Plan: plan, Step: "running"}
+	if v, err := cc.QueryWorkflow(ctx, workflows.SwitchWorkflowID(plan), "", workflows.QueryProgress); err == nil {
+		_ = v.Get(&p)
 	}
+	p.Retrying = retrying(desc.GetPendingActivities())
 	return &p
 }

@@ -117,6 +117,10 @@ type Progress struct {
 	Steps     []StepProgress       `json:"steps"`
 	Live      *activities.Progress `json:"live,omitempty"` // of the running step
 	Error     string               `json:"error,omitempty"`
+	// Retrying is filled in by the CLI, not the workflow: the running
+	// activity's attempt and last failure when it is being retried (a
+	// server that does not answer, say).
+	Retrying string `json:"retrying,omitempty"`
 }
 
 // StepProgress is one step, finished or running.

@@ -316,16 +316,23 @@ func TestFailoverRetriesDNSUntilTheServerIsBack(t *testing.T) {
 	ss.backup()
 	ss.transmit()
 	ss.bind.Stop(t)
-	back := make(chan struct{})
-	go func() {
-		defer close(back)
-		time.Sleep(8 * time.Second)
-		ss.bind.Start(t)
-	}()
-	rep, err := ss.failover(workflows.FailoverInput{Plan: plan})
-	<-back
-	if err != nil || rep.Outcome != "completed" {
-		t.Fatalf("failover across a DNS outage: %+v, %v", rep, err)
+	ss.cli("failover", "--plan", plan)
+	// drorch status shows the step being retried, and why.
+	waitFor(t, "status to show the DNS step retried", 3*time.Minute, func() bool {
+		p := ss.cliStatus().InProgress
+		return p != nil && strings.Contains(p.Retrying, "SwitchDNS attempt")
+	})
+	if out := ss.cli("status", "--plan", plan); !strings.Contains(out, "retrying: SwitchDNS attempt") {
+		t.Fatalf("status does not say the DNS step is retried:\n%s", out)
+	}
+	ss.bind.Start(t)
+	var st workflows.StatusResult
+	waitFor(t, "the failover to end once BIND is back", 3*time.Minute, func() bool {
+		st = ss.cliStatus()
+		return st.InProgress == nil
+	})
+	if n := len(st.Reports); n == 0 || st.Reports[n-1].Outcome != "completed" || st.Active != "secondary" {
+		t.Fatalf("failover across a DNS outage: active %s, reports %+v", st.Active, st.Reports)
 	}
 	if got := ss.bind.Query(t, "app."+ss.bind.Zone, "A"); len(got) != 1 || got[0] != siteAddr["secondary"] {
 		t.Fatalf("BIND answers app = %v after it came back, want %s", got, siteAddr["secondary"])
@@ -333,5 +340,5 @@ func TestFailoverRetriesDNSUntilTheServerIsBack(t *testing.T) {
 	if !ss.writable("secondary") || ss.writable("primary") {
 		t.Fatal("after the failover only the secondary must be writable")
 	}
-	t.Logf("RTO across a DNS outage: %s", rep.RTO)
+	t.Logf("RTO across a DNS outage: %s", st.Reports[len(st.Reports)-1].RTO)
 }
