@@ -81,3 +81,38 @@ func Transport(o Options) (*http.Transport, error) {
 	}
 	return tr, nil
 }
+
+// transientCodes are S3 error codes that a later attempt may not see although
+// their HTTP status is a 4xx, which is otherwise permanent.
+var transientCodes = map[string]bool{
+	"RequestTimeout":        true, // 400: the connection stalled mid-request
+	"ExpiredToken":          true, // 400: temporary credentials are refreshed between attempts
+	"ExpiredTokenException": true,
+	// 400: the body the server received does not match the checksum computed
+	// from the bytes sent, so they were damaged on the way; sending again may succeed.
+	"BadDigest":                 true,
+	"XAmzContentSHA256Mismatch": true,
+	// 499 / 400: the connection broke while the server read the request (a
+	// server restarting, a proxy cutting it); sending again succeeds.
+	"ClientDisconnected":   true,
+	"IncompleteBody":       true,
+	"SlowDown":             true, // throttling, whatever status a server picks
+	"Throttling":           true,
+	"ThrottlingException":  true,
+	"RequestLimitExceeded": true,
+}
+
+// statusClientClosed is the status a server (nginx, MinIO) gives a request
+// whose connection broke before it could answer.
+const statusClientClosed = 499
+
+// Permanent reports whether an S3 error answer with this code and HTTP
+// status is one no retry fixes: a 4xx, except timeouts, throttling, broken
+// connections and the codes that mean the same.
+func Permanent(code string, status int) bool {
+	if transientCodes[code] {
+		return false
+	}
+	return status >= 400 && status < 500 && status != http.StatusRequestTimeout &&
+		status != http.StatusTooManyRequests && status != statusClientClosed
+}

@@ -470,18 +470,6 @@ func (b *bucket) call(parent context.Context) *call {
 	return c
 }
 
-// transientCodes are S3 error codes that a later attempt may not see although
-// their HTTP status is a 4xx, which is otherwise permanent.
-var transientCodes = map[string]bool{
-	"RequestTimeout":        true,
-	"ExpiredToken":          true,
-	"ExpiredTokenException": true,
-	"SlowDown":              true,
-	"Throttling":            true,
-	"ThrottlingException":   true,
-	"RequestLimitExceeded":  true,
-}
-
 // classify turns an error from minio-go into drorch's classes, with a message
 // that names the operation and the bucket but never a credential.
 func (c *call) classify(what string, err error) error {
@@ -513,10 +501,7 @@ func (c *call) classify(what string, err error) error {
 // classifyByStatus classifies an error that no code of its own explains:
 // by the HTTP status of the server's answer, or by there being none.
 func (c *call) classifyByStatus(what, code string, status int, err error) error {
-	if transientCodes[code] {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	if st := status; st >= 400 && st < 500 && st != http.StatusRequestTimeout && st != http.StatusTooManyRequests {
+	if st := status; s3client.Permanent(code, st) {
 		reason := code
 		if reason == "" || strings.ContainsRune(reason, ' ') {
 			reason = fmt.Sprintf("HTTP%d", st)

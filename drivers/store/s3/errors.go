@@ -12,23 +12,8 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/drorch/drorch/drivers"
+	"github.com/drorch/drorch/internal/s3client"
 )
-
-// transientCodes are S3 error codes that a later attempt may not see although
-// their HTTP status is a 4xx, which is otherwise permanent.
-var transientCodes = map[string]bool{
-	"RequestTimeout":        true, // 400: the connection stalled mid-request
-	"ExpiredToken":          true, // 400: temporary credentials are refreshed between attempts
-	"ExpiredTokenException": true,
-	// 400: the body the server received does not match the checksum computed
-	// from the bytes sent, so they were damaged on the way; sending again may succeed.
-	"BadDigest":                 true,
-	"XAmzContentSHA256Mismatch": true,
-	"SlowDown":                  true, // throttling, whatever status a server picks
-	"Throttling":                true,
-	"ThrottlingException":       true,
-	"RequestLimitExceeded":      true,
-}
 
 // classify turns an error from minio-go into drorch's classes, with a message
 // that names the operation, the key and the store but never a credential:
@@ -71,10 +56,7 @@ func (s *s3Store) classify(op, key string, err error) error {
 		return drivers.Permanentf(drivers.ReasonInvalidConfig,
 			"%s: invalid bucket name %q (InvalidBucketName)", what, s.bucket)
 	}
-	if transientCodes[resp.Code] {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	if st := resp.StatusCode; st >= 400 && st < 500 && st != http.StatusRequestTimeout && st != http.StatusTooManyRequests {
+	if st := resp.StatusCode; s3client.Permanent(resp.Code, st) {
 		reason := resp.Code
 		if reason == "" || strings.ContainsRune(reason, ' ') { // no S3 code, only "400 Bad Request"
 			reason = fmt.Sprintf("HTTP%d", st)

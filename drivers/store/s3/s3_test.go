@@ -508,6 +508,8 @@ func TestClassify(t *testing.T) {
 		{resp(400, "BadDigest"), false, ""},
 		{resp(408, "RequestTimeout"), false, ""},
 		{resp(429, "SlowDown"), false, ""},
+		{resp(499, "ClientDisconnected"), false, ""}, // MinIO restarting mid-request
+		{resp(400, "IncompleteBody"), false, ""},
 		{resp(500, "InternalError"), false, ""},
 		{resp(503, "XMinioServerNotInitialized"), false, ""},
 		{errors.New("dial tcp 127.0.0.1:9001: connect: connection refused"), false, ""},
