@@ -188,6 +188,20 @@ func (m *MinIO) url() string {
 	return "http://" + m.Endpoint
 }
 
+// answers reports whether GET url answers with status.
+func answers(hc *http.Client, url string, status int) bool {
+	resp, err := hc.Get(url)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == status
+}
+
+// waitReady waits until the health check says ready and the S3 API itself
+// answers: the health check can pass while S3 requests still get 503
+// XMinioServerNotInitialized; an anonymous ListBuckets gets 403 once they
+// no longer do.
 func (m *MinIO) waitReady(timeout time.Duration) error {
 	url := m.url() + "/minio/health/ready"
 	tr, err := m.transport()
@@ -201,12 +215,8 @@ func (m *MinIO) waitReady(timeout time.Duration) error {
 		if m.proc.exited() {
 			return errExited
 		}
-		resp, err := hc.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+		if answers(hc, url, http.StatusOK) && answers(hc, m.url()+"/", http.StatusForbidden) {
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not ready after %s", timeout)
