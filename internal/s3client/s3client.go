@@ -11,11 +11,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
+	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/internal/secret"
 )
 
@@ -115,4 +117,17 @@ func Permanent(code string, status int) bool {
 	}
 	return status >= 400 && status < 500 && status != http.StatusRequestTimeout &&
 		status != http.StatusTooManyRequests && status != statusClientClosed
+}
+
+// TLSMismatch explains an S3 error that means the client's TLS settings
+// (insecure, ca file) do not match the server's; "" for any other error.
+func TLSMismatch(err error) string {
+	if hint := drivers.TLSMismatch(err, "set insecure, or enable TLS on the server"); hint != "" {
+		return hint
+	}
+	if resp := minio.ToErrorResponse(err); resp.StatusCode == http.StatusBadRequest &&
+		strings.Contains(resp.Message, "HTTP request to an HTTPS server") {
+		return "the server speaks HTTPS (unset insecure)"
+	}
+	return ""
 }

@@ -332,7 +332,7 @@ func (w *webhook) transportError(parent, call context.Context, what string, err 
 		cause = uerr.Err
 	}
 	err = errors.New(w.mask(cause.Error())) // keeps no chain to anything that quotes the URL
-	switch hint := tlsMismatch(cause); {
+	switch hint := drivers.TLSMismatch(cause, "use an http:// URL"); {
 	case parent.Err() != nil:
 		return fmt.Errorf("%s: %w", what, parent.Err()) // the caller gave up
 	case hint != "":
@@ -344,34 +344,6 @@ func (w *webhook) transportError(parent, call context.Context, what string, err 
 	default:
 		return fmt.Errorf("%s: %w: %w", what, drivers.ErrUnreachable, err)
 	}
-}
-
-// tlsMismatch explains errors that mean the configuration does not match the
-// server's TLS setup, which no retry changes; "" for any other error.
-func tlsMismatch(err error) string {
-	if err == nil {
-		return ""
-	}
-	var (
-		unknownCA x509.UnknownAuthorityError
-		hostname  x509.HostnameError
-		invalid   x509.CertificateInvalidError
-		verify    *tls.CertificateVerificationError
-		record    tls.RecordHeaderError
-	)
-	switch {
-	case errors.As(err, &unknownCA):
-		return "the server's TLS certificate is signed by an unknown authority (set ca file to the PEM that signed it)"
-	case errors.As(err, &hostname):
-		return "the server's TLS certificate does not name the host"
-	case errors.As(err, &invalid):
-		return "the server's TLS certificate is not valid"
-	case errors.As(err, &verify):
-		return "the server's TLS certificate cannot be verified"
-	case errors.As(err, &record), strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
-		return "the server speaks plain HTTP (use an http:// URL)"
-	}
-	return ""
 }
 
 // mask replaces every header value in s.

@@ -45,13 +45,10 @@ package s3bucket
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/http/httptrace"
 	"slices"
 	"strings"
@@ -519,31 +516,12 @@ func (c *call) classifyByStatus(what, code string, status int, err error) error 
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// tlsMismatch explains errors that mean the configuration does not match the
-// server's TLS setup, which no retry changes; "" for any other error.
+// tlsMismatch is s3client.TLSMismatch, also for the admin client's errors.
 func tlsMismatch(err error) string {
-	var (
-		unknownCA x509.UnknownAuthorityError
-		hostname  x509.HostnameError
-		invalid   x509.CertificateInvalidError
-		verify    *tls.CertificateVerificationError
-		record    tls.RecordHeaderError
-	)
-	switch {
-	case errors.As(err, &unknownCA):
-		return "the server's TLS certificate is signed by an unknown authority (set ca file to the PEM that signed it)"
-	case errors.As(err, &hostname):
-		return "the server's TLS certificate does not name the endpoint"
-	case errors.As(err, &invalid):
-		return "the server's TLS certificate is not valid"
-	case errors.As(err, &verify):
-		return "the server's TLS certificate cannot be verified"
-	case errors.As(err, &record), strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
-		return "the server speaks plain HTTP (set insecure, or enable TLS on the server)"
+	if hint := s3client.TLSMismatch(err); hint != "" {
+		return hint
 	}
-	if resp := minio.ToErrorResponse(err); resp.StatusCode == http.StatusBadRequest &&
-		strings.Contains(resp.Message, "HTTP request to an HTTPS server") ||
-		strings.Contains(madmin.ToErrorResponse(err).Message, "HTTP request to an HTTPS server") {
+	if strings.Contains(madmin.ToErrorResponse(err).Message, "HTTP request to an HTTPS server") {
 		return "the server speaks HTTPS (unset insecure)"
 	}
 	return ""

@@ -2,11 +2,8 @@ package s3
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
@@ -33,7 +30,7 @@ func (s *s3Store) classify(op, key string, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if hint := tlsMismatch(err); hint != "" {
+	if hint := s3client.TLSMismatch(err); hint != "" {
 		return drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("%s: %s: %w", what, hint, err))
 	}
 	resp := minio.ToErrorResponse(err)
@@ -64,33 +61,4 @@ func (s *s3Store) classify(op, key string, err error) error {
 		return drivers.Permanent(reason, fmt.Errorf("%s: %w", what, err))
 	}
 	return fmt.Errorf("%s: %w", what, err)
-}
-
-// tlsMismatch explains errors that mean the configuration does not match the
-// server's TLS setup, which no retry changes; "" for any other error.
-func tlsMismatch(err error) string {
-	var (
-		unknownCA x509.UnknownAuthorityError
-		hostname  x509.HostnameError
-		invalid   x509.CertificateInvalidError
-		verify    *tls.CertificateVerificationError
-		record    tls.RecordHeaderError
-	)
-	switch {
-	case errors.As(err, &unknownCA):
-		return "the server's TLS certificate is signed by an unknown authority (set ca file to the PEM that signed it)"
-	case errors.As(err, &hostname):
-		return "the server's TLS certificate does not name the endpoint"
-	case errors.As(err, &invalid):
-		return "the server's TLS certificate is not valid"
-	case errors.As(err, &verify):
-		return "the server's TLS certificate cannot be verified"
-	case errors.As(err, &record), strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
-		return "the server speaks plain HTTP (set insecure, or enable TLS on the server)"
-	}
-	if resp := minio.ToErrorResponse(err); resp.StatusCode == http.StatusBadRequest &&
-		strings.Contains(resp.Message, "HTTP request to an HTTPS server") {
-		return "the server speaks HTTPS (unset insecure)"
-	}
-	return ""
 }
