@@ -16,6 +16,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/internal/secret"
@@ -130,4 +131,41 @@ func TLSMismatch(err error) string {
 		return "the server speaks HTTPS (unset insecure)"
 	}
 	return ""
+}
+
+// Check reports every problem with o and bucket, each error naming its
+// field (endpoint, bucket, access key, secret key, ca file), for the
+// drivers' config validation.
+func Check(o Options, bucket string) []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{field}, args...)...))
+	}
+	switch ep := o.Endpoint; {
+	case ep == "":
+		bad("endpoint", "is required (host:port)")
+	case strings.Contains(ep, "://"):
+		bad("endpoint", "%q must be host:port without a scheme (set insecure for plain HTTP)", ep)
+	case strings.ContainsAny(ep, "/?#@ "):
+		bad("endpoint", "%q must be host:port, without a path, user or spaces", ep)
+	default:
+		if host, _, err := net.SplitHostPort(ep); err == nil && host == "" {
+			bad("endpoint", "%q has no host", ep)
+		}
+	}
+	if bucket == "" {
+		bad("bucket", "is required")
+	} else if err := s3utils.CheckValidBucketNameStrict(bucket); err != nil {
+		bad("bucket", "%q: %v", bucket, err)
+	}
+	if o.AccessKey.IsZero() {
+		bad("access key", "is required")
+	}
+	if o.SecretKey.IsZero() {
+		bad("secret key", "is required")
+	}
+	if o.Insecure && o.CAFile != "" {
+		bad("ca file", "is set but insecure (plain HTTP) turns TLS off")
+	}
+	return errs
 }

@@ -48,7 +48,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http/httptrace"
 	"slices"
 	"strings"
@@ -57,7 +56,6 @@ import (
 
 	"github.com/minio/madmin-go/v3"
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/s3utils"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/access"
@@ -166,32 +164,7 @@ func (cfg Config) validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{field}, args...)...))
 	}
-	switch ep := cfg.Endpoint; {
-	case ep == "":
-		bad("endpoint", "is required (host:port)")
-	case strings.Contains(ep, "://"):
-		bad("endpoint", "%q must be host:port without a scheme (set insecure for plain HTTP)", ep)
-	case strings.ContainsAny(ep, "/?#@ "):
-		bad("endpoint", "%q must be host:port, without a path, user or spaces", ep)
-	default:
-		if host, _, err := net.SplitHostPort(ep); err == nil && host == "" {
-			bad("endpoint", "%q has no host", ep)
-		}
-	}
-	if cfg.Bucket == "" {
-		bad("bucket", "is required")
-	} else if err := s3utils.CheckValidBucketNameStrict(cfg.Bucket); err != nil {
-		bad("bucket", "%q: %v", cfg.Bucket, err)
-	}
-	if cfg.AccessKey.IsZero() {
-		bad("access key", "is required")
-	}
-	if cfg.SecretKey.IsZero() {
-		bad("secret key", "is required")
-	}
-	if cfg.Insecure && cfg.CAFile != "" {
-		bad("ca file", "is set but insecure (plain HTTP) turns TLS off")
-	}
+	errs = append(errs, s3client.Check(s3client.Options{Endpoint: cfg.Endpoint, AccessKey: cfg.AccessKey, SecretKey: cfg.SecretKey, Insecure: cfg.Insecure, CAFile: cfg.CAFile}, cfg.Bucket)...)
 	if cfg.Timeout < 0 {
 		bad("timeout", "must not be negative, got %s", cfg.Timeout)
 	}

@@ -10,13 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/s3utils"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/store"
@@ -110,23 +108,7 @@ func (cfg Config) validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{field}, args...)...))
 	}
-	switch ep := cfg.Endpoint; {
-	case ep == "":
-		bad("endpoint", "is required (host:port)")
-	case strings.Contains(ep, "://"):
-		bad("endpoint", "%q must be host:port without a scheme (set insecure for plain HTTP)", ep)
-	case strings.ContainsAny(ep, "/?#@ "):
-		bad("endpoint", "%q must be host:port, without a path, user or spaces", ep)
-	default:
-		if host, _, err := net.SplitHostPort(ep); err == nil && host == "" {
-			bad("endpoint", "%q has no host", ep)
-		}
-	}
-	if cfg.Bucket == "" {
-		bad("bucket", "is required")
-	} else if err := s3utils.CheckValidBucketNameStrict(cfg.Bucket); err != nil {
-		bad("bucket", "%q: %v", cfg.Bucket, err)
-	}
+	errs = append(errs, s3client.Check(s3client.Options{Endpoint: cfg.Endpoint, AccessKey: cfg.AccessKey, SecretKey: cfg.SecretKey, Insecure: cfg.Insecure, CAFile: cfg.CAFile}, cfg.Bucket)...)
 	if p := cfg.Prefix; p != "" {
 		switch {
 		case strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/"):
@@ -141,15 +123,6 @@ func (cfg Config) validate() error {
 				}
 			}
 		}
-	}
-	if cfg.AccessKey.IsZero() {
-		bad("access key", "is required")
-	}
-	if cfg.SecretKey.IsZero() {
-		bad("secret key", "is required")
-	}
-	if cfg.Insecure && cfg.CAFile != "" {
-		bad("ca file", "is set but insecure (plain HTTP) turns TLS off")
 	}
 	if cfg.Parallel < 0 {
 		bad("parallel", "must not be negative, got %d", cfg.Parallel)
