@@ -44,41 +44,33 @@ func (c *cli) completeCmd() *cobra.Command {
 		Short: "Let the plan's data recovery (failback) switch back to the primary once it has caught up",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cc, err := c.open(plan)
-			if err != nil {
-				return err
-			}
-			defer cc.Close()
-			id := workflows.SwitchWorkflowID(plan)
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-			defer stop()
-			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			if runningSwitch(sctx, cc, plan) != "Failback" {
-				return fmt.Errorf("complete: no data recovery (failback) of plan %s is running; start one with drorch failback --plan %s", plan, plan)
-			}
-			if err := cc.SignalWorkflow(sctx, id, "", workflows.SignalComplete, workflows.CompleteSignal{By: operator("drorch complete"), Force: force}); err != nil {
-				return fmt.Errorf("complete: signal %s: %w", id, err)
-			}
-			if !c.wait {
-				if c.json {
-					return printJSON(os.Stdout, map[string]string{"workflowId": id, "signal": workflows.SignalComplete})
+			return c.onSwitch(plan, func(ctx, sctx context.Context, cc *clientConn, id string) error {
+				if runningSwitch(sctx, cc, plan) != "Failback" {
+					return fmt.Errorf("complete: no data recovery (failback) of plan %s is running; start one with drorch failback --plan %s", plan, plan)
 				}
-				fmt.Printf("asked %s to complete once the primary has caught up\n", id)
+				if err := cc.SignalWorkflow(sctx, id, "", workflows.SignalComplete, workflows.CompleteSignal{By: operator("drorch complete"), Force: force}); err != nil {
+					return fmt.Errorf("complete: signal %s: %w", id, err)
+				}
+				if !c.wait {
+					if c.json {
+						return printJSON(os.Stdout, map[string]string{"workflowId": id, "signal": workflows.SignalComplete})
+					}
+					fmt.Printf("asked %s to complete once the primary has caught up\n", id)
+					return nil
+				}
+				run := cc.GetWorkflow(ctx, id, "")
+				done := make(chan error, 1)
+				var rep workflows.SwitchReport
+				go func() { done <- run.Get(ctx, &rep) }()
+				if err := c.watch(ctx, cc, run, done); err != nil {
+					return fmt.Errorf("failback failed: %s", errorText(err))
+				}
+				if c.json {
+					return printJSON(os.Stdout, rep)
+				}
+				printReport(os.Stdout, rep)
 				return nil
-			}
-			run := cc.GetWorkflow(ctx, id, "")
-			done := make(chan error, 1)
-			var rep workflows.SwitchReport
-			go func() { done <- run.Get(ctx, &rep) }()
-			if err := c.watch(ctx, cc, run, done); err != nil {
-				return fmt.Errorf("failback failed: %s", errorText(err))
-			}
-			if c.json {
-				return printJSON(os.Stdout, rep)
-			}
-			printReport(os.Stdout, rep)
-			return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&plan, "plan", "", "protection plan (required)")
@@ -109,43 +101,51 @@ func (c *cli) cancelCmd() *cobra.Command {
 		Short: "Cancel the plan's running switching operation; what it did is undone where that is safe",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cc, err := c.open(plan)
-			if err != nil {
-				return err
-			}
-			defer cc.Close()
-			id := workflows.SwitchWorkflowID(plan)
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-			defer stop()
-			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			op := runningSwitch(sctx, cc, plan)
-			if op == "" {
-				return fmt.Errorf("cancel: no switching operation of plan %s is running", plan)
-			}
-			if err := cc.CancelWorkflow(sctx, id, ""); err != nil {
-				return fmt.Errorf("cancel %s: %w", id, err)
-			}
-			if !c.wait {
-				if c.json {
-					return printJSON(os.Stdout, map[string]string{"workflowId": id, "cancelled": op})
+			return c.onSwitch(plan, func(ctx, sctx context.Context, cc *clientConn, id string) error {
+				op := runningSwitch(sctx, cc, plan)
+				if op == "" {
+					return fmt.Errorf("cancel: no switching operation of plan %s is running", plan)
 				}
-				fmt.Printf("asked %s (%s) to cancel; drorch report --plan %s shows what it undid\n", id, op, plan)
-				return nil
-			}
-			_ = cc.GetWorkflow(ctx, id, "").Get(ctx, nil) // ends cancelled, after undoing
-			c.wait = true
-			var res workflows.StatusResult
-			return c.start(cc, workflows.OpStatus, plan, "", workflows.Status, workflows.StatusInput{Plan: plan, Reports: 1}, &res, func(w io.Writer) {
-				if n := len(res.Reports); n > 0 {
-					printReport(w, res.Reports[n-1])
+				if err := cc.CancelWorkflow(sctx, id, ""); err != nil {
+					return fmt.Errorf("cancel %s: %w", id, err)
 				}
+				if !c.wait {
+					if c.json {
+						return printJSON(os.Stdout, map[string]string{"workflowId": id, "cancelled": op})
+					}
+					fmt.Printf("asked %s (%s) to cancel; drorch report --plan %s shows what it undid\n", id, op, plan)
+					return nil
+				}
+				_ = cc.GetWorkflow(ctx, id, "").Get(ctx, nil) // ends cancelled, after undoing
+				c.wait = true
+				var res workflows.StatusResult
+				return c.start(cc, workflows.OpStatus, plan, "", workflows.Status, workflows.StatusInput{Plan: plan, Reports: 1}, &res, func(w io.Writer) {
+					if n := len(res.Reports); n > 0 {
+						printReport(w, res.Reports[n-1])
+					}
+				})
 			})
 		},
 	}
 	cmd.Flags().StringVar(&plan, "plan", "", "protection plan (required)")
 	c.waitFlags(cmd)
 	return cmd
+}
+
+// onSwitch connects for plan and runs fn on the plan's switch id, with ctx
+// ending on an interrupt and sctx also after 30 seconds, for the calls
+// that must answer at once.
+func (c *cli) onSwitch(plan string, fn func(ctx, sctx context.Context, cc *clientConn, id string) error) error {
+	cc, err := c.open(plan)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return fn(ctx, sctx, cc, workflows.SwitchWorkflowID(plan))
 }
 
 // runningSwitch is the workflow type of the plan's running switching

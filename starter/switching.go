@@ -72,18 +72,13 @@ func (c *cli) approveCmd() *cobra.Command {
 		Short: "Release the recovery step the plan's running switch waits on",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cc, err := c.open(plan)
-			if err != nil {
-				return err
-			}
-			defer cc.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := cc.SignalWorkflow(ctx, workflows.SwitchWorkflowID(plan), "", workflows.SignalApprove, workflows.ApproveSignal{By: operator("drorch approve")}); err != nil {
-				return fmt.Errorf("approve: no switching operation of plan %s is running (%v)", plan, err)
-			}
-			fmt.Fprintf(os.Stdout, "approved the waiting step of %s\n", workflows.SwitchWorkflowID(plan))
-			return nil
+			return c.onSwitch(plan, func(_, sctx context.Context, cc *clientConn, id string) error {
+				if err := cc.SignalWorkflow(sctx, id, "", workflows.SignalApprove, workflows.ApproveSignal{By: operator("drorch approve")}); err != nil {
+					return fmt.Errorf("approve: no switching operation of plan %s is running (%v)", plan, err)
+				}
+				fmt.Fprintf(os.Stdout, "approved the waiting step of %s\n", id)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&plan, "plan", "", "protection plan (required)")
