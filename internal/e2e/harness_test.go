@@ -78,6 +78,7 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		}
 	})
 	s.queue = "e2e-" + regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-") + "-" + randomHex(4)
+	t.Cleanup(func() { recordHistories(t, s.cl, s.queue) })
 	if opts.bucket == "" {
 		opts.bucket = "drorch"
 	}
