@@ -38,12 +38,22 @@ type Activities struct {
 	mu     sync.Mutex
 	stores map[string]store.Store // by site
 
-	// ProgressInterval is the least time between two progress signals to a
-	// workflow; each one is a history event, so it is kept coarse.
-	ProgressInterval time.Duration
-	// HeartbeatInterval is how often long activities heartbeat.
+	// HeartbeatInterval is how often long activities heartbeat while they
+	// make progress.
 	HeartbeatInterval time.Duration
+	// StallTimeout is how long a long activity may go without progress (no
+	// byte, chunk or file moved, no resume point reached) before it stops
+	// heartbeating: its attempt then fails on the heartbeat timeout and is
+	// retried from its last resume point, instead of a hung transfer
+	// looking alive forever.
+	StallTimeout time.Duration
+
+	recordHeartbeat func(ctx context.Context, details any) // nil: activity.RecordHeartbeat; tests replace it
 }
+
+// DefaultStallTimeout is StallTimeout's default: longer than any step that
+// legitimately moves nothing, such as listing a large repository.
+const DefaultStallTimeout = 10 * time.Minute
 
 // New returns the activities for cfg. cl may be nil.
 func New(cfg *config.Config, cl client.Client, log zerolog.Logger) *Activities {
@@ -52,8 +62,8 @@ func New(cfg *config.Config, cl client.Client, log zerolog.Logger) *Activities {
 		client:            cl,
 		log:               log,
 		stores:            map[string]store.Store{},
-		ProgressInterval:  10 * time.Second,
 		HeartbeatInterval: 2 * time.Second,
+		StallTimeout:      DefaultStallTimeout,
 	}
 }
 
@@ -182,8 +192,10 @@ func temporalApplicationError(msg, typ string, nonRetryable bool) error {
 	return temporal.NewApplicationErrorWithOptions(msg, typ, temporal.ApplicationErrorOptions{NonRetryable: nonRetryable})
 }
 
-// Progress is what a long activity reports while it runs: in its heartbeat
-// details and, throttled, as a signal to its workflow.
+// Progress is what a long activity reports while it runs, in its heartbeat
+// details: the CLI (drorch status, --wait) and the Web UI's pending
+// activities read it from there. It never enters the workflow's history,
+// which so stays the same length however long the activity runs.
 type Progress struct {
 	Step        string    `json:"step"`
 	FilesTotal  int64     `json:"filesTotal,omitempty"`
@@ -199,18 +211,21 @@ type Progress struct {
 }
 
 // reporter heartbeats a long activity on a ticker with its resume point and
-// progress, and sends progress to the workflow at most every ProgressInterval.
-// Heartbeating from a ticker rather than from the data path keeps a slow but
-// live transfer from looking dead.
+// progress while the activity makes progress. Heartbeating from a ticker
+// rather than from the data path keeps a slow but live transfer from
+// looking dead; stopping once nothing has moved for StallTimeout keeps a
+// hung one from looking alive.
 type reporter struct {
-	a    *Activities
-	ctx  context.Context
-	mu   sync.Mutex
-	p    Progress
-	res  any // resume details, heartbeated with the progress
-	last time.Time
-	stop chan struct{}
-	done chan struct{}
+	a       *Activities
+	ctx     context.Context
+	mu      sync.Mutex
+	p       Progress
+	res     any       // resume details, heartbeated with the progress
+	seen    Progress  // the counters when progress last moved
+	moved   time.Time // when progress last moved
+	stalled bool
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 // heartbeat is what long activities record: where to resume and how far along.
@@ -220,7 +235,8 @@ type heartbeat struct {
 }
 
 func (a *Activities) startReporter(ctx context.Context, step string) *reporter {
-	r := &reporter{a: a, ctx: ctx, p: Progress{Step: step, Started: time.Now().UTC()}, stop: make(chan struct{}), done: make(chan struct{})}
+	now := time.Now()
+	r := &reporter{a: a, ctx: ctx, p: Progress{Step: step, Started: now.UTC()}, moved: now, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		t := time.NewTicker(a.HeartbeatInterval)
@@ -251,47 +267,46 @@ func (r *reporter) update(f func(p *Progress)) {
 func (r *reporter) resume(v any) {
 	r.mu.Lock()
 	r.res = v
+	r.moved = time.Now()
 	r.mu.Unlock()
 	r.beat(false)
 }
 
+// counters are the parts of a Progress that show work moving.
+func counters(p Progress) [8]int64 {
+	return [8]int64{p.FilesTotal, p.FilesDone, p.BytesTotal, p.BytesDone, p.BytesNew, p.ChunksTotal, p.ChunksDone, p.ChunksNew}
+}
+
 func (r *reporter) beat(final bool) {
 	r.mu.Lock()
-	r.p.Updated = time.Now().UTC()
-	p := r.p
-	hb := heartbeat{Resume: r.res, Progress: p}
-	signal := final || time.Since(r.last) >= r.a.ProgressInterval
-	if signal {
-		r.last = time.Now()
+	now := time.Now()
+	if counters(r.p) != counters(r.seen) {
+		r.seen, r.moved = r.p, now
 	}
+	stalled := !final && r.a.StallTimeout > 0 && now.Sub(r.moved) > r.a.StallTimeout
+	first := stalled && !r.stalled
+	r.stalled = stalled
+	r.p.Updated = now.UTC()
+	hb := heartbeat{Resume: r.res, Progress: r.p}
 	r.mu.Unlock()
-	if activity.IsActivity(r.ctx) {
-		activity.RecordHeartbeat(r.ctx, hb)
+	if first {
+		r.a.log.Warn().Str("step", hb.Progress.Step).Dur("stalled", r.a.StallTimeout).
+			Msg("no progress: heartbeats stop, so the attempt times out and is retried from its last resume point")
 	}
-	if signal {
-		r.a.signalProgress(r.ctx, p)
+	switch {
+	case stalled:
+	case r.a.recordHeartbeat != nil:
+		r.a.recordHeartbeat(r.ctx, hb)
+	case activity.IsActivity(r.ctx):
+		activity.RecordHeartbeat(r.ctx, hb)
 	}
 }
 
-// close stops the ticker and sends the final progress.
+// close stops the ticker and records the final progress.
 func (r *reporter) close() {
 	close(r.stop)
 	<-r.done
 	r.beat(true)
-}
-
-// signalProgress sends p to the workflow that runs the activity. Failing to
-// report progress never fails the work.
-func (a *Activities) signalProgress(ctx context.Context, p Progress) {
-	if a.client == nil || !activity.IsActivity(ctx) {
-		return
-	}
-	info := activity.GetInfo(ctx)
-	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := a.client.SignalWorkflow(sctx, info.WorkflowExecution.ID, info.WorkflowExecution.RunID, "drorch-progress", p); err != nil {
-		a.log.Debug().Err(err).Str("workflow", info.WorkflowExecution.ID).Msg("progress signal not delivered")
-	}
 }
 
 // resumeDetails decodes the resume point of a previous attempt into v and

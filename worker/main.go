@@ -48,6 +48,7 @@ func run(args []string) error {
 		level        = fs.String("log-level", "info", "log level: debug, info, warn, error")
 		runWorkflows = fs.Bool("workflows", true, "also run workflows (on the --task-queue)")
 		queue        = fs.String("task-queue", workflows.TaskQueue, "task queue of the workflows; site activities use <task-queue>-<site>")
+		stall        = fs.Duration("stall-timeout", activities.DefaultStallTimeout, "a data-moving activity that moves nothing this long stops heartbeating, times out and is retried")
 	)
 	fs.Var(&sites, "site", "site whose activities this worker runs (repeatable)")
 	fs.StringVar(&cf.Address, "address", "", "Temporal frontend host:port (env TEMPORAL_ADDRESS)")
@@ -99,6 +100,7 @@ func run(args []string) error {
 	defer c.Close()
 
 	acts := activities.New(cfg, c, zl)
+	acts.StallTimeout = *stall
 	opts := activities.WorkerOptions()
 	var workers []worker.Worker
 	if *runWorkflows {

@@ -145,7 +145,6 @@ func (s *stack) startWorker() {
 	s.t.Helper()
 	zl := zerolog.New(s.logs).Level(zerolog.DebugLevel)
 	acts := activities.New(s.cfg, s.cl, zl)
-	acts.ProgressInterval = time.Second
 	var ws []worker.Worker
 	w := worker.New(s.cl, s.queue, activities.WorkerOptions())
 	for _, wf := range workflows.All {
