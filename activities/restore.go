@@ -156,8 +156,8 @@ func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (Rest
 		}
 		return RestoreDataResult{}, err
 	}
-	if err := rs.Commit(ctx); err != nil {
-		return RestoreDataResult{}, fmt.Errorf("move the restore into place at %s: %w", tgt.Describe(), err)
+	if err := a.swap(ctx, in, r, rs); err != nil {
+		return RestoreDataResult{}, err
 	}
 	res := w.result()
 	res.Entries, res.Files, res.Bytes = m.Totals.Entries, m.Totals.Files, m.Totals.Bytes

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -48,14 +49,21 @@ func (c *cli) completeCmd() *cobra.Command {
 				if runningSwitch(sctx, cc, plan) != "Failback" {
 					return fmt.Errorf("complete: no data recovery (failback) of plan %s is running; start one with drorch failback --plan %s", plan, plan)
 				}
-				if err := cc.SignalWorkflow(sctx, id, "", workflows.SignalComplete, workflows.CompleteSignal{By: operator("drorch complete"), Force: force}); err != nil {
-					return fmt.Errorf("complete: signal %s: %w", id, err)
+				in := workflows.CompleteSignal{By: operator("drorch complete"), Force: force}
+				var res workflows.CompleteResult
+				err := update(sctx, cc, id, workflows.UpdateComplete, in, &res)
+				if errors.Is(err, errNoUpdate) {
+					// A run started before complete was an update.
+					err = cc.SignalWorkflow(sctx, id, "", workflows.SignalComplete, in)
+				}
+				if err != nil {
+					return fmt.Errorf("complete refused by %s: %s", id, errorText(err))
 				}
 				if !c.wait {
 					if c.json {
-						return printJSON(os.Stdout, map[string]string{"workflowId": id, "signal": workflows.SignalComplete})
+						return printJSON(os.Stdout, map[string]any{"workflowId": id, "update": workflows.UpdateComplete, "lag": res.Lag.String(), "rounds": res.Rounds})
 					}
-					fmt.Printf("asked %s to complete once the primary has caught up\n", id)
+					fmt.Printf("%s is completing (the primary's lag was %s after %d sync rounds)\n", id, res.Lag.Round(time.Second), res.Rounds)
 					return nil
 				}
 				run := cc.GetWorkflow(ctx, id, "")

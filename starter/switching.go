@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -66,23 +68,54 @@ func (c *cli) startSwitch(plan, op string, wf, in any) error {
 }
 
 func (c *cli) approveCmd() *cobra.Command {
-	var plan string
+	var plan, step string
 	cmd := &cobra.Command{
 		Use:   "approve --plan P",
 		Short: "Release the recovery step the plan's running switch waits on",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return c.onSwitch(plan, func(_, sctx context.Context, cc *clientConn, id string) error {
-				if err := cc.SignalWorkflow(sctx, id, "", workflows.SignalApprove, workflows.ApproveSignal{By: operator("drorch approve")}); err != nil {
-					return fmt.Errorf("approve: no switching operation of plan %s is running (%v)", plan, err)
+				by := operator("drorch approve")
+				var res workflows.ApproveResult
+				err := update(sctx, cc, id, workflows.UpdateApprove, workflows.ApproveUpdate{Step: step, By: by}, &res)
+				if errors.Is(err, errNoUpdate) {
+					// A run started before approvals were updates.
+					if err := cc.SignalWorkflow(sctx, id, "", workflows.SignalApprove, workflows.ApproveSignal{By: by}); err != nil {
+						return fmt.Errorf("approve: no switching operation of plan %s is running (%v)", plan, err)
+					}
+					fmt.Fprintf(os.Stdout, "sent approve to %s (it predates checked approvals)\n", id)
+					return nil
 				}
-				fmt.Fprintf(os.Stdout, "approved the waiting step of %s\n", id)
+				if err != nil {
+					return fmt.Errorf("approve refused by %s: %s", id, errorText(err))
+				}
+				fmt.Fprintf(os.Stdout, "approved step %s of %s\n", res.Step, id)
 				return nil
 			})
 		},
 	}
 	cmd.Flags().StringVar(&plan, "plan", "", "protection plan (required)")
+	cmd.Flags().StringVar(&step, "step", "", "the step to approve; refused if another one waits (default: the one waiting)")
 	return cmd
+}
+
+// errNoUpdate is update's error when the run has no handler for the
+// update: it was started by a version that took a signal instead.
+var errNoUpdate = errors.New("the run takes no such update")
+
+// update sends a workflow update to the running workflow id and waits for
+// its answer into res; a validator's refusal is the error.
+func update(ctx context.Context, cc *clientConn, id, name string, arg, res any) error {
+	h, err := cc.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+		WorkflowID: id, UpdateName: name, Args: []any{arg}, WaitForStage: client.WorkflowUpdateStageCompleted,
+	})
+	if err == nil {
+		err = h.Get(ctx, res)
+	}
+	if err != nil && strings.Contains(err.Error(), "unknown update") {
+		return errNoUpdate
+	}
+	return err
 }
 
 // printReport prints a switching report as a table.

@@ -28,6 +28,9 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 	if err := upsert(ctx, t, site); err != nil {
 		return res, err
 	}
+	if err := noSwitch(ctx, in.Plan, "backup at "+site); err != nil {
+		return res, err
+	}
 	var a *activities.Activities
 	short, long := shortCtx(ctx, siteQueue(ctx, site)), longCtx(ctx, siteQueue(ctx, site))
 	op, suffix := opID(ctx, OpBackup)

@@ -58,6 +58,14 @@ func Drill(ctx workflow.Context, in DrillInput) (rep DrillReport, err error) {
 	if rep.Sandbox == "" {
 		return rep, invalidInput(fmt.Sprintf("plan %s has no source at %s to derive a drill sandbox from: give one", in.Plan, site))
 	}
+	// The sandbox is this drill's from clearing it to removing it.
+	if claimsOn(ctx) {
+		c, err := acquire(ctx, in.Plan, ClaimRefuse, "drill in "+rep.Sandbox+" at "+site, ResTarget(site, cleanPath(rep.Sandbox)))
+		if err != nil {
+			return rep, err
+		}
+		defer c.release()
+	}
 	op, _ := opID(ctx, OpDrill)
 	sctx := shortCtx(ctx, siteQueue(ctx, site))
 	remove := func() error {

@@ -71,6 +71,15 @@ func Failback(ctx workflow.Context, in FailbackInput) (rep SwitchReport, err err
 	if err != nil {
 		return rep, err
 	}
+	release, err := claimSwitch(ctx, in.Plan, "data recovery")
+	defer func() {
+		if !workflow.IsContinueAsNewError(err) {
+			release()
+		}
+	}()
+	if err != nil {
+		return rep, err
+	}
 	info = current(ctx, info)
 	r := in.Resume
 	if r == nil {
@@ -85,6 +94,9 @@ func Failback(ctx workflow.Context, in FailbackInput) (rep SwitchReport, err err
 	if err := upsert(ctx, t, r.To); err != nil {
 		return rep, err
 	}
+	if err := claimTargets(ctx, in.Plan, "data recovery to "+r.To, r.To); err != nil {
+		return rep, err
+	}
 	f := &failback{
 		switchRun: newSwitchRunID(ctx, t, info, OpFailback, r.Op, "", r.From, r.To, r.Started),
 		in:        in,
@@ -93,6 +105,13 @@ func Failback(ctx workflow.Context, in FailbackInput) (rep SwitchReport, err err
 		signals:   workflow.GetSignalChannel(ctx, SignalComplete),
 	}
 	f.rep.Notes = r.Notes
+	if workflow.GetVersion(ctx, versionCompleteUpdate, workflow.DefaultVersion, 1) >= 1 {
+		f.byUpdate = true
+		f.caught = r.Rounds > 0 && r.Lag < info.Failback.LagThreshold
+		if err := f.completions(); err != nil {
+			return rep, err
+		}
+	}
 	err = f.run()
 	if workflow.IsContinueAsNewError(err) {
 		return rep, err
@@ -113,6 +132,44 @@ type failback struct {
 	r       *FailbackResume
 	auto    bool
 	signals workflow.ReceiveChannel
+	// byUpdate: complete is an update (versionCompleteUpdate), not a signal.
+	byUpdate bool
+	caught   bool // the last round ended under the lag threshold
+}
+
+// versionCompleteUpdate: complete is an update whose validator refuses it
+// while the primary has not caught up (docs/versioning.md).
+const versionCompleteUpdate = "complete-update"
+
+// CompleteResult is the complete update's answer.
+type CompleteResult struct {
+	Lag    time.Duration `json:"lag"`
+	Rounds int           `json:"rounds"`
+}
+
+// completions answers the complete update: refused before the primary has
+// caught up (unless forced) and once completing has begun.
+func (f *failback) completions() error {
+	return workflow.SetUpdateHandlerWithOptions(f.ctx, UpdateComplete,
+		func(ctx workflow.Context, in CompleteSignal) (CompleteResult, error) {
+			f.take(in)
+			return CompleteResult{Lag: f.r.Lag, Rounds: f.r.Rounds}, nil
+		},
+		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, in CompleteSignal) error {
+			switch {
+			case f.r.Complete != nil && !in.Force:
+				return fmt.Errorf("data recovery of %s is already completing", f.in.Plan)
+			case in.Force:
+				return nil
+			case f.r.Rounds == 0 || !f.caught && f.r.Complete == nil:
+				lag := "no sync round has finished yet"
+				if f.r.Rounds > 0 {
+					lag = fmt.Sprintf("the primary's lag is %s, over the threshold %s", f.r.Lag.Round(time.Second), f.info.Failback.LagThreshold)
+				}
+				return fmt.Errorf("not caught up yet: %s; wait for it, or complete --force (the final sync then runs while neither site takes writes)", lag)
+			}
+			return nil
+		}})
 }
 
 func (f *failback) run() error {
@@ -187,6 +244,7 @@ func (f *failback) catchUp() error {
 		}
 		f.poll()
 		caught := r.Lag < threshold
+		f.caught = caught
 		if f.ready(caught) {
 			break
 		}
@@ -196,12 +254,16 @@ func (f *failback) catchUp() error {
 		} else {
 			f.t.p.Waiting = fmt.Sprintf("lag %s, over the threshold %s: next sync round in %s", r.Lag.Round(time.Second), threshold, f.info.Failback.Interval)
 		}
-		timer, cancel := workflow.WithCancel(ctx)
-		sel := workflow.NewSelector(ctx)
-		sel.AddReceive(f.signals, func(c workflow.ReceiveChannel, _ bool) { f.receive(c) })
-		sel.AddFuture(workflow.NewTimer(timer, f.info.Failback.Interval), func(workflow.Future) {})
-		sel.Select(ctx)
-		cancel()
+		if f.byUpdate {
+			_, _ = workflow.AwaitWithTimeout(ctx, f.info.Failback.Interval, func() bool { return f.r.Complete != nil })
+		} else {
+			timer, cancel := workflow.WithCancel(ctx)
+			sel := workflow.NewSelector(ctx)
+			sel.AddReceive(f.signals, func(c workflow.ReceiveChannel, _ bool) { f.receive(c) })
+			sel.AddFuture(workflow.NewTimer(timer, f.info.Failback.Interval), func(workflow.Future) {})
+			sel.Select(ctx)
+			cancel()
+		}
 		f.t.p.Waiting = ""
 		if ctx.Err() != nil {
 			return temporal.NewCanceledError("data recovery cancelled")
@@ -220,9 +282,10 @@ func (f *failback) ready(caught bool) bool {
 	return caught && (f.auto || c != nil) || c != nil && c.Force
 }
 
-// poll takes the complete signals that arrived while a round ran.
+// poll takes the complete signals that arrived while a round ran (runs
+// from before the complete update).
 func (f *failback) poll() {
-	for {
+	for !f.byUpdate {
 		var s CompleteSignal
 		if !f.signals.ReceiveAsync(&s) {
 			return

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/drorch/drorch/internal/repo"
@@ -32,7 +33,9 @@ func TestFailbackSyncsUntilCaughtUpThenCompletesOnSignal(t *testing.T) {
 		var p Progress
 		require.NoError(t, v.Get(&p))
 		waiting = p.Waiting
-		e.SignalWorkflow(SignalComplete, CompleteSignal{By: "ops"})
+		e.UpdateWorkflow(UpdateComplete, "complete", &testsuite.TestUpdateCallback{
+			OnAccept: func() {}, OnReject: func(err error) { t.Errorf("complete refused: %v", err) }, OnComplete: func(any, error) {},
+		}, CompleteSignal{By: "ops"})
 	}, 10*time.Minute)
 	e.ExecuteWorkflow(Failback, FailbackInput{Plan: "files"})
 	require.NoError(t, e.GetWorkflowError())

@@ -29,10 +29,18 @@ func Failover(ctx workflow.Context, in FailoverInput) (rep SwitchReport, err err
 	if in.Mode != ModePlanned && in.Mode != ModeUnplanned {
 		return rep, invalidInput(fmt.Sprintf("mode %q: want %q or %q", in.Mode, ModePlanned, ModeUnplanned))
 	}
+	release, err := claimSwitch(ctx, in.Plan, in.Mode+" failover")
+	defer release()
+	if err != nil {
+		return rep, err
+	}
 	info = current(ctx, info)
 	from := info.Active
 	to := other(info, from)
 	if err := upsert(ctx, t, to); err != nil {
+		return rep, err
+	}
+	if err := claimTargets(ctx, in.Plan, in.Mode+" failover to "+to, to); err != nil {
 		return rep, err
 	}
 	f := &failover{switchRun: newSwitchRun(ctx, t, info, OpFailover, in.Mode, from, to, started), in: in}
@@ -119,6 +127,15 @@ func (f *failover) run() error {
 	if err := f.t.step(ctx, "restore "+f.to, func() error {
 		if point == "" {
 			point = target.Latest
+		}
+		// No restore started under the old epoch can swap in from here on:
+		// what the standby holds now is what it will hold.
+		if claimsOn(ctx) {
+			var st activities.SettleTargetResult
+			if err := workflow.ExecuteActivity(f.site(f.to), act.SettleTarget, activities.SettleTargetInput{Plan: f.in.Plan, Site: f.to}).Get(ctx, &st); err != nil {
+				return err
+			}
+			target.Standby = st.Standby
 		}
 		if point == target.Standby && point != "" {
 			return nil

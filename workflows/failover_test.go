@@ -39,6 +39,13 @@ func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error,
 	var s testsuite.WorkflowTestSuite
 	e := &switchEnv{TestWorkflowEnvironment: s.NewTestWorkflowEnvironment(), epochs: map[string]repo.Epoch{"primary": {Epoch: 3}, "secondary": {Epoch: 3}}}
 	e.RegisterActivity(&activities.Activities{})
+	grantClaims(e.TestWorkflowEnvironment)
+	e.OnActivity(act.SettleTarget, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SettleTargetInput) (activities.SettleTargetResult, error) {
+		if len(standby) > 0 && in.Site == "secondary" {
+			return activities.SettleTargetResult{Standby: standby[0]}, nil
+		}
+		return activities.SettleTargetResult{}, nil
+	}).Maybe()
 	for _, wf := range All {
 		e.RegisterWorkflow(wf)
 	}
@@ -205,16 +212,33 @@ func TestApprovalStep(t *testing.T) {
 
 	t.Run("approved", func(t *testing.T) {
 		e := newSwitchEnv(t, info, nil)
+		var early, wrong, ok error
+		var released ApproveResult
+		e.RegisterDelayedCallback(func() {
+			e.UpdateWorkflow(UpdateApprove, "early", &testsuite.TestUpdateCallback{
+				OnAccept: func() {}, OnReject: func(err error) { early = err }, OnComplete: func(any, error) {},
+			}, ApproveUpdate{By: "ops"})
+		}, 0)
 		e.RegisterDelayedCallback(func() {
 			v, err := e.QueryWorkflow(QueryProgress)
 			require.NoError(t, err)
 			var p Progress
 			require.NoError(t, v.Get(&p))
 			require.Contains(t, p.Waiting, "approval of step check")
-			e.SignalWorkflow(SignalApprove, ApproveSignal{By: "ops"})
+			e.UpdateWorkflow(UpdateApprove, "wrong", &testsuite.TestUpdateCallback{
+				OnAccept: func() {}, OnReject: func(err error) { wrong = err }, OnComplete: func(any, error) {},
+			}, ApproveUpdate{Step: "other", By: "ops"})
+			e.UpdateWorkflow(UpdateApprove, "right", &testsuite.TestUpdateCallback{
+				OnAccept: func() {}, OnReject: func(err error) { ok = err },
+				OnComplete: func(v any, err error) { released, _ = v.(ApproveResult) },
+			}, ApproveUpdate{Step: "check", By: "ops"})
 		}, 10*time.Minute)
 		e.ExecuteWorkflow(Failover, FailoverInput{Plan: "files"})
 		require.NoError(t, e.GetWorkflowError())
+		require.ErrorContains(t, early, "waits for approval now", "an approve before the gate opens is refused, not kept for later")
+		require.ErrorContains(t, wrong, "step other does not wait for approval; step check does")
+		require.NoError(t, ok)
+		require.Equal(t, "check", released.Step)
 		require.Contains(t, e.log, "hooks check before")
 		require.NotContains(t, e.log, "hooks drill-only before", "a drill-only step does not run in a failover")
 	})

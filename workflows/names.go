@@ -73,8 +73,16 @@ const (
 	OpPermanentFailover = "permanent-failover"
 	OpDrill             = "drill"
 
-	// SignalApprove releases a recovery step waiting for an operator.
+	// SignalApprove released a recovery step waiting for an operator in
+	// runs started before UpdateApprove; it is kept for their replay.
 	SignalApprove = "approve"
+	// UpdateApprove releases the recovery step waiting for an operator
+	// (ApproveUpdate); it is refused when no step, or another one, waits.
+	UpdateApprove = "approve"
+	// UpdateComplete tells a data recovery (Failback) to complete
+	// (CompleteSignal); it is refused while the primary has not caught up,
+	// unless forced.
+	UpdateComplete = "complete"
 	// SignalComplete tells a data recovery (Failback) to complete once the
 	// primary has caught up.
 	SignalComplete = "complete"

@@ -32,6 +32,11 @@ func PermanentFailover(ctx workflow.Context, in PermanentFailoverInput) (rep Swi
 	if err != nil {
 		return rep, err
 	}
+	release, err := claimSwitch(ctx, in.Plan, "permanent failover")
+	defer release()
+	if err != nil {
+		return rep, err
+	}
 	info := current(ctx, configured)
 	if info.Active == info.Primary {
 		return rep, invalidInput(fmt.Sprintf("plan %s is active at its primary %s: fail over first (drorch failover --plan %s), then make the failover permanent", in.Plan, info.Primary, in.Plan))

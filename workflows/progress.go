@@ -17,7 +17,11 @@ import (
 // tracker keeps a workflow's Progress for the progress query and receives
 // the live numbers activities signal.
 type tracker struct {
-	p Progress
+	p    Progress
+	gate gate // the approval waited for, if any
+	// approveByUpdate: approvals are the approve update, not a signal
+	// (versionApproveUpdate).
+	approveByUpdate bool
 }
 
 // begin starts a run of op on plan: it answers the progress query from
@@ -36,6 +40,12 @@ func newTracker(ctx workflow.Context, op, plan string) (*tracker, error) {
 	t := &tracker{p: Progress{Operation: op, Plan: plan, Steps: []StepProgress{}}}
 	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (Progress, error) { return t.p, nil }); err != nil {
 		return t, err
+	}
+	if workflow.GetVersion(ctx, versionApproveUpdate, workflow.DefaultVersion, 1) >= 1 {
+		t.approveByUpdate = true
+		if err := t.approvals(ctx); err != nil {
+			return t, err
+		}
 	}
 	ch := workflow.GetSignalChannel(ctx, SignalProgress)
 	workflow.Go(ctx, func(ctx workflow.Context) {

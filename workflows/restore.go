@@ -27,6 +27,20 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	if err := upsert(ctx, t, site); err != nil {
 		return res, err
 	}
+	// One restore at a time into a target; a failover takes it over.
+	if claimsOn(ctx) {
+		target := "the plan's target at " + site
+		if in.To != "" {
+			target = in.To + " at " + site
+		}
+		c, err := acquire(ctx, in.Plan, ClaimRefuse, "restore into "+target, ResTarget(site, cleanPath(in.To)))
+		if err != nil {
+			return res, err
+		}
+		defer c.release()
+		defer func() { err = c.superseded(err) }()
+		ctx = c.Ctx
+	}
 	var a *activities.Activities
 	op, _ := opID(ctx, OpRestore)
 	res = RestoreResult{Plan: in.Plan, Site: site}
@@ -91,4 +105,4 @@ func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) 
 }
 
 // All lists the workflows a worker registers.
-var All = []any{Backup, Transmit, Restore, Points, Failover, Failback, PermanentFailover, Status, Drill}
+var All = []any{Backup, Transmit, Restore, Points, Failover, Failback, PermanentFailover, Status, Drill, PlanLock}

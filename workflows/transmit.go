@@ -34,6 +34,9 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 	if err := upsert(ctx, t, to); err != nil {
 		return res, err
 	}
+	if err := noSwitch(ctx, in.Plan, "transmit from "+from+" to "+to); err != nil {
+		return res, err
+	}
 	var a *activities.Activities
 	op, _ := opID(ctx, OpTransmit)
 	res = TransmitResult{Plan: in.Plan, From: from, To: to}

@@ -21,6 +21,7 @@ func newEnv(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterActivity(&activities.Activities{})
+	grantClaims(env)
 	t.Cleanup(func() { env.AssertExpectations(t) })
 	return env
 }

@@ -61,7 +61,7 @@ func (ss *switchStack) failback() workflows.SwitchReport {
 	waitFor(ss.t, "data recovery to catch up", 5*time.Minute, func() bool {
 		return strings.Contains(ss.progress(run).Waiting, "caught up")
 	})
-	if err := ss.cl.SignalWorkflow(context.Background(), run.GetID(), "", workflows.SignalComplete, workflows.CompleteSignal{By: "e2e"}); err != nil {
+	if err := ss.update(run.GetID(), workflows.UpdateComplete, workflows.CompleteSignal{By: "e2e"}, nil); err != nil {
 		ss.t.Fatal(err)
 	}
 	var rep workflows.SwitchReport
@@ -69,6 +69,21 @@ func (ss *switchStack) failback() workflows.SwitchReport {
 		ss.t.Fatalf("failback: %v\n%s", err, ss.logs.Tail(4000))
 	}
 	return rep
+}
+
+// update sends a workflow update to the running workflow id and waits for
+// its answer (into res unless nil); a validator's refusal is the error.
+func (s *stack) update(id, name string, arg, res any) error {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	h, err := s.cl.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+		WorkflowID: id, UpdateName: name, Args: []any{arg}, WaitForStage: client.WorkflowUpdateStageCompleted,
+	})
+	if err != nil {
+		return err
+	}
+	return h.Get(ctx, res)
 }
 
 func writeFile(t *testing.T, p, content string) {

@@ -201,14 +201,32 @@ func TestSecondFailoverIsRefused(t *testing.T) {
 	if !errors.As(err, &running) {
 		t.Fatalf("a second failover while one runs: %v; want it refused", err)
 	}
-	// The first one waits for approval; approving it lets it finish.
+	// An approve before any step waits is refused, not kept for later.
+	if err := ss.update(first.GetID(), workflows.UpdateApprove, workflows.ApproveUpdate{By: "early"}, nil); err == nil || !strings.Contains(err.Error(), "waits for approval now") {
+		t.Fatalf("an approve before the gate: %v; want it refused", err)
+	}
 	waitFor(t, "the failover to wait for approval", 2*time.Minute, func() bool {
 		v, err := ss.cl.QueryWorkflow(context.Background(), first.GetID(), first.GetRunID(), workflows.QueryProgress)
 		var p workflows.Progress
 		return err == nil && v.Get(&p) == nil && p.Waiting != ""
 	})
-	if err := ss.cl.SignalWorkflow(context.Background(), first.GetID(), first.GetRunID(), workflows.SignalApprove, workflows.ApproveSignal{By: "test"}); err != nil {
-		t.Fatal(err)
+	// A switch started under another id (as `temporal workflow start`
+	// or the Web UI may) is refused by the plan lock, naming the first.
+	other := ss.start("failover", workflows.Failover, workflows.FailoverInput{Plan: plan, Mode: workflows.ModeUnplanned})
+	if err := ss.wait(other, nil); err == nil || !strings.Contains(err.Error(), first.GetID()) || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("a failover under another id while one runs: %v; want it refused naming %s", err, first.GetID())
+	}
+	// So is a backup of the plan while the switch runs.
+	if err := ss.run(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan}, nil); err == nil || !strings.Contains(err.Error(), "failover of the plan is running") {
+		t.Fatalf("a backup during a failover: %v; want it refused", err)
+	}
+	// The approval names the step that waits; another name is refused.
+	if err := ss.update(first.GetID(), workflows.UpdateApprove, workflows.ApproveUpdate{Step: "other", By: "test"}, nil); err == nil || !strings.Contains(err.Error(), "step hold does") {
+		t.Fatalf("approving a step that does not wait: %v; want it refused", err)
+	}
+	var approved workflows.ApproveResult
+	if err := ss.update(first.GetID(), workflows.UpdateApprove, workflows.ApproveUpdate{Step: "hold", By: "test"}, &approved); err != nil || approved.Step != "hold" {
+		t.Fatalf("approve: %+v, %v", approved, err)
 	}
 	var rep workflows.SwitchReport
 	if err := ss.wait(first, &rep); err != nil || rep.Outcome != "completed" {

@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+
+	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/workflows"
+)
+
+// Two restores into one target, started together, never interleave: the
+// plan lock grants the target to one, and refuses the other naming it.
+func TestRestoresIntoOneTargetNeverInterleave(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	s.startWorker()
+	src := s.source("primary")
+	genTree(t, src, treeSpec{seed: 21, dataBytes: 96 << 20, files: 12})
+	s.backup()
+	to := filepath.Join(s.dir, "restored")
+	in := workflows.RestoreInput{Plan: plan, Site: "primary", To: to}
+	runs := []client.WorkflowRun{s.start(workflows.OpRestore, workflows.Restore, in), s.start(workflows.OpRestore, workflows.Restore, in)}
+	errs := make([]error, 2)
+	done := make(chan int)
+	for i, r := range runs {
+		go func() { errs[i] = s.wait(r, nil); done <- i }()
+	}
+	<-done
+	<-done
+	ok, refused := -1, -1
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			ok = i
+		case strings.Contains(err.Error(), "refused") && strings.Contains(err.Error(), runs[1-i].GetID()):
+			refused = i
+		default:
+			t.Fatalf("restore %s: %v", runs[i].GetID(), err)
+		}
+	}
+	if ok < 0 || refused < 0 {
+		t.Fatalf("two restores into one target: %v; want one done and the other refused naming it", errs)
+	}
+	t.Logf("refused: %v", errs[refused])
+	requireSameTree(t, src, to)
+	// The target is free again once the holder has ended.
+	s.restore("primary", to)
+	requireSameTree(t, src, to)
+	requireReplays(s)
+}
+
+// A standby refresh (a restore into the standby's own target) that is
+// still staging when an unplanned failover to that site runs is taken over:
+// the restore fails as superseded, the failover completes, and what the
+// application writes at the new active site afterwards survives.
+func TestFailoverSupersedesARestoreOfItsTarget(t *testing.T) {
+	ss := newSwitchStack(t, "")
+	ss.startWorker()
+	src := ss.source("primary")
+	genTree(t, src, treeSpec{seed: 22, dataBytes: 160 << 20, files: 16})
+	ss.backup()
+	ss.transmit()
+	refresh := ss.start(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary"})
+	waitFor(t, "the refresh to stage files", 2*time.Minute, func() bool {
+		live := ss.heartbeat(refresh)
+		return live.Step == "restore" && live.BytesDone > 0
+	})
+	rep, err := ss.failover(workflows.FailoverInput{Plan: plan, Mode: workflows.ModeUnplanned})
+	if err != nil || rep.Outcome != "completed" {
+		t.Fatalf("failover: %+v, %v", rep, err)
+	}
+	err = ss.wait(refresh, nil)
+	if err == nil || !strings.Contains(err.Error(), "superseded") || !strings.Contains(err.Error(), "failover") {
+		t.Fatalf("the refresh overtaken by the failover: %v; want it superseded", err)
+	}
+	// The application writes at its new active site.
+	order := filepath.Join(ss.source("secondary"), "order-after-failover")
+	writeFile(t, order, "written at the new active site")
+	time.Sleep(3 * time.Second) // long enough for a late swap, had one been coming
+	if b, err := os.ReadFile(order); err != nil || string(b) != "written at the new active site" {
+		t.Fatalf("the write after the failover is gone: %q, %v", b, err)
+	}
+	if err := os.Remove(order); err != nil {
+		t.Fatal(err)
+	}
+	requireSameTree(t, src, ss.source("secondary"))
+	requireReplays(ss.stack)
+}
+
+// heartbeat is the newest progress a pending activity of run has sent in
+// its heartbeats (what the CLI and the Web UI show as live numbers).
+func (s *stack) heartbeat(run client.WorkflowRun) activities.Progress {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var live activities.Progress
+	desc, err := s.cl.DescribeWorkflowExecution(ctx, run.GetID(), run.GetRunID())
+	if err != nil {
+		return live
+	}
+	for _, pa := range desc.GetPendingActivities() {
+		var hb struct {
+			Progress activities.Progress `json:"progress"`
+		}
+		if pa.GetHeartbeatDetails() != nil && converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &hb) == nil &&
+			hb.Progress.Updated.After(live.Updated) {
+			live = hb.Progress
+		}
+	}
+	return live
+}
