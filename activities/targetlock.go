@@ -107,14 +107,14 @@ func (a *Activities) SettleTarget(ctx context.Context, in SettleTargetInput) (Se
 	if err != nil {
 		return SettleTargetResult{}, temporalError(err)
 	}
-	if _, err := os.Stat(filepath.Dir(path)); err != nil {
-		return SettleTargetResult{}, temporalError(fmt.Errorf("target %s: %w", path, err))
+	// Without the target's parent no restore can be swapping into it.
+	if _, err := os.Stat(filepath.Dir(path)); err == nil {
+		unlock, err := lockTarget(ctx, path)
+		if err != nil {
+			return SettleTargetResult{}, temporalError(err)
+		}
+		unlock()
 	}
-	unlock, err := lockTarget(ctx, path)
-	if err != nil {
-		return SettleTargetResult{}, temporalError(err)
-	}
-	unlock()
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return SettleTargetResult{}, temporalError(err)

@@ -153,7 +153,6 @@ func PlanLock(ctx workflow.Context, in PlanLockInput) error {
 	releases := workflow.GetSignalChannel(ctx, SignalRelease)
 	liveness := lockLivenessMin
 	for {
-		idle := len(l.st.Held) == 0 && len(l.st.Waiting) == 0
 		tctx, cancel := workflow.WithCancel(ctx)
 		wait := lockIdle
 		if len(l.st.Waiting) > 0 {
@@ -174,23 +173,29 @@ func PlanLock(ctx workflow.Context, in PlanLockInput) error {
 		sel.AddFuture(workflow.NewTimer(tctx, wait), func(workflow.Future) { timedOut = true })
 		sel.Select(ctx)
 		cancel()
-		if timedOut && len(l.st.Waiting) > 0 {
+		switch {
+		case !timedOut:
+			liveness = lockLivenessMin
+		case len(l.st.Waiting) > 0:
 			l.dropGone(l.blockers())
 			l.grantWaiting()
 			liveness = min(2*liveness, lockLivenessMax)
-		} else if !timedOut {
-			liveness = lockLivenessMin
+		default:
+			// Quiet for lockIdle: forget the claims of holders that are gone.
+			l.dropGone(l.st.Held)
 		}
-		if timedOut && idle || workflow.GetInfo(ctx).GetCurrentHistoryLength() > lockMaxEvents || workflow.GetInfo(ctx).GetContinueAsNewSuggested() {
-			// Take what arrived meanwhile before ending or continuing.
+		// Take what arrived meanwhile before ending or continuing.
+		if timedOut && len(l.st.Held) == 0 && len(l.st.Waiting) == 0 {
 			for l.drain(claims, releases) {
 			}
-			if timedOut && idle && len(l.st.Held) == 0 && len(l.st.Waiting) == 0 {
+			if len(l.st.Held) == 0 && len(l.st.Waiting) == 0 {
 				return nil
 			}
-			if !(timedOut && idle) {
-				return workflow.NewContinueAsNewError(ctx, PlanLock, PlanLockInput{Plan: l.plan, State: l.st})
+		}
+		if workflow.GetInfo(ctx).GetCurrentHistoryLength() > lockMaxEvents || workflow.GetInfo(ctx).GetContinueAsNewSuggested() {
+			for l.drain(claims, releases) {
 			}
+			return workflow.NewContinueAsNewError(ctx, PlanLock, PlanLockInput{Plan: l.plan, State: l.st})
 		}
 	}
 }

@@ -32,6 +32,9 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 		target := "the plan's target at " + site
 		if in.To != "" {
 			target = in.To + " at " + site
+		} else if err := noSwitch(ctx, in.Plan, "restore into "+target); err != nil {
+			// The plan's own data is the switch's to change while it runs.
+			return res, err
 		}
 		c, err := acquire(ctx, in.Plan, ClaimRefuse, "restore into "+target, ResTarget(site, cleanPath(in.To)))
 		if err != nil {
