@@ -99,7 +99,7 @@ func run(args []string) error {
 	defer c.Close()
 
 	acts := activities.New(cfg, c, zl)
-	opts := activities.WorkerOptions()
+	opts := activities.WorkerOptionsFor(cfg)
 	var workers []worker.Worker
 	if *runWorkflows {
 		w := worker.New(c, *queue, opts)
