@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/worker"
 
@@ -175,15 +176,28 @@ func temporalError(err error) error {
 	if reason, ok := drivers.IsPermanent(err); ok {
 		return temporal.NewNonRetryableApplicationError(err.Error(), reason, nil)
 	}
+	if reason, advice, ok := drivers.LocalPermanent(err); ok {
+		return temporal.NewNonRetryableApplicationError(err.Error()+": "+advice, reason, nil)
+	}
 	return err
 }
 
 // WorkerOptions are the options of every worker that runs drorch's
 // activities. Heartbeats reach the server at least every 2 seconds (the SDK
 // otherwise holds them back for up to 0.8 of the heartbeat timeout), so a
-// retried activity resumes from close to where the lost worker was.
-func WorkerOptions() worker.Options {
-	return worker.Options{MaxHeartbeatThrottleInterval: 2 * time.Second}
+// retried activity resumes from close to where the lost worker was. Every
+// activity runs behind the retry interceptor (retry.go) with the default
+// retry budget; WorkerOptionsFor uses each plan's own.
+func WorkerOptions() worker.Options { return WorkerOptionsFor(nil) }
+
+// WorkerOptionsFor are WorkerOptions with the retry budgets of cfg's plans.
+// (A function, not a method: every exported method of Activities is
+// registered as an activity.)
+func WorkerOptionsFor(cfg *config.Config) worker.Options {
+	return worker.Options{
+		MaxHeartbeatThrottleInterval: 2 * time.Second,
+		Interceptors:                 []interceptor.WorkerInterceptor{newRetryInterceptor(budgetOf(cfg))},
+	}
 }
 
 // temporalApplicationError is an application error of the given type,

@@ -205,7 +205,7 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	if resumeDetails(ctx, &st) {
 		a.log.Info().Str("plan", in.Plan).Int("piece", st.Next).Msg("resuming upload")
 	}
-	known, err := r.Chunks(ctx)
+	known, err := r.UsableChunks(ctx) // damaged chunks are uploaded again
 	if err != nil {
 		return UploadResult{}, fmt.Errorf("list chunks at %s: %w", r.Location(), err)
 	}
@@ -691,12 +691,8 @@ func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, 
 	if err != nil {
 		return CommitResult{}, err
 	}
-	for _, e := range m.Entries {
-		for _, ref := range e.Chunks {
-			if _, ok := present[ref.ID]; !ref.Hole && !ok {
-				return CommitResult{}, fmt.Errorf("commit %s: chunk %s of %q is not in %s", in.Point, ref.ID, e.Path, r.Location())
-			}
-		}
+	if err := r.CheckPresent("commit "+in.Point, repo.Needs(m), present); err != nil {
+		return CommitResult{}, err
 	}
 	if err := r.PutManifest(ctx, m); err != nil {
 		return CommitResult{}, fmt.Errorf("write manifest %s: %w", in.Point, err)

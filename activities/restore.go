@@ -53,10 +53,8 @@ func (a *Activities) prepareRestore(ctx context.Context, in PrepareRestoreInput)
 	if err != nil {
 		return PrepareRestoreResult{}, err
 	}
-	for _, id := range chunkList(m) {
-		if _, ok := have[id]; !ok {
-			return PrepareRestoreResult{}, drivers.Permanentf(drivers.ReasonCorrupt, "restore point %s at %s names chunk %s, which is missing", m.Point, r.Location(), id)
-		}
+	if err := r.CheckPresent("restore point "+m.Point, repo.Needs(m), have); err != nil {
+		return PrepareRestoreResult{}, err
 	}
 	ep, err := r.GetEpoch(ctx)
 	if err != nil {

@@ -343,7 +343,7 @@ func (a *Activities) accessAt(plan, site string) ([]access.Access, error) {
 		if err != nil {
 			return nil, fmt.Errorf("plan %s, access at %s, item %d: %w", plan, site, i+1, err)
 		}
-		out = append(out, r)
+		out = append(out, cleanAccess{Access: r, secrets: a.cfg.SecretValues()})
 	}
 	return out, nil
 }

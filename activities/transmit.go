@@ -188,7 +188,7 @@ func (a *Activities) copyChunks(ctx context.Context, in CopyChunksInput) (CopyCh
 	if err := src.GetStaging(ctx, in.Op, "chunks", &ids); err != nil {
 		return CopyChunksResult{}, fmt.Errorf("read the chunk list of transmit %s: %w", in.Op, err)
 	}
-	have, err := dst.Chunks(ctx)
+	have, err := dst.UsableChunks(ctx) // damaged chunks are copied again
 	if err != nil {
 		return CopyChunksResult{}, fmt.Errorf("list chunks at %s: %w", dst.Location(), err)
 	}
@@ -287,10 +287,8 @@ func (a *Activities) commitTransmit(ctx context.Context, in CommitTransmitInput)
 	if err != nil {
 		return PointSummary{}, err
 	}
-	for _, id := range chunkList(m) {
-		if _, ok := have[id]; !ok {
-			return PointSummary{}, fmt.Errorf("commit transmit %s: chunk %s is not at %s yet", in.Point, id, dst.Location())
-		}
+	if err := dst.CheckPresent("commit transmit "+in.Point, repo.Needs(m), have); err != nil {
+		return PointSummary{}, err
 	}
 	if err := dst.PutManifest(ctx, m); err != nil {
 		return PointSummary{}, err

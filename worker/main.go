@@ -101,7 +101,7 @@ func run(args []string) error {
 
 	acts := activities.New(cfg, c, zl)
 	acts.StallTimeout = *stall
-	opts := activities.WorkerOptions()
+	opts := activities.WorkerOptionsFor(cfg)
 	var workers []worker.Worker
 	if *runWorkflows {
 		w := worker.New(c, *queue, opts)

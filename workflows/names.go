@@ -24,6 +24,7 @@ const (
 	OpRestore  = "restore"
 	OpPoints   = "points"
 	OpStatus   = "status"
+	OpCheck    = "check"
 )
 
 // Query and signal names.

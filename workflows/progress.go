@@ -95,12 +95,30 @@ var retryPolicy = &temporal.RetryPolicy{
 // before Temporal declares its worker lost and retries it elsewhere.
 const HeartbeatTimeout = 20 * time.Second
 
+// Retries end (docs/operations.md, "Retries that end"). Errors that no retry
+// fixes are non-retryable where the activities raise them, and an activity
+// that keeps failing without progress gives up once its plan's retry budget
+// (default 1 h) is spent: the activities' retry interceptor enforces both.
+// What the interceptor cannot see is bounded here:
+//   - no worker takes the task: the site's worker is down or partitioned;
+//     after WorkerWaitLimit the step fails (ScheduleToStart is not retried);
+//   - a quick step that runs no attempt to its end (each attempt times out)
+//     stops after QuickStepLimit in all.
+//
+// A step that moves data may take days when it makes progress; its overall
+// limit stays a week.
+const (
+	WorkerWaitLimit = time.Hour
+	QuickStepLimit  = 2 * time.Hour
+)
+
 // shortCtx is for quick steps (prepare, commit, list) on queue.
 func shortCtx(ctx workflow.Context, queue string) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              queue,
+		ScheduleToStartTimeout: WorkerWaitLimit,
 		StartToCloseTimeout:    10 * time.Minute,
-		ScheduleToCloseTimeout: 24 * time.Hour,
+		ScheduleToCloseTimeout: QuickStepLimit,
 		RetryPolicy:            retryPolicy,
 	})
 }
@@ -109,6 +127,7 @@ func shortCtx(ctx workflow.Context, queue string) workflow.Context {
 func longCtx(ctx workflow.Context, queue string) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              queue,
+		ScheduleToStartTimeout: WorkerWaitLimit,
 		StartToCloseTimeout:    48 * time.Hour,
 		ScheduleToCloseTimeout: 7 * 24 * time.Hour,
 		HeartbeatTimeout:       HeartbeatTimeout,

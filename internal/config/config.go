@@ -17,6 +17,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/drorch/drorch/internal/secret"
 )
@@ -110,7 +111,18 @@ type Plan struct {
 	Steps      []*Step              `yaml:"steps"`
 	Failback   Failback             `yaml:"failback"`
 	Drill      Drill                `yaml:"drill"`
+	// RetryBudget is how long a step may go on failing with errors that
+	// might pass (a store or worker down) before it gives up, so that a
+	// stuck plan surfaces within its RPO; 0 is DefaultRetryBudget.
+	RetryBudget time.Duration `yaml:"retryBudget"`
 }
+
+// DefaultRetryBudget is a plan's RetryBudget when the file sets none, and
+// MaxRetryBudget the most it may be.
+const (
+	DefaultRetryBudget = time.Hour
+	MaxRetryBudget     = 7 * 24 * time.Hour
+)
 
 // Source is where a plan's data lives at one site.
 type Source struct {

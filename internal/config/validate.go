@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // The rules a decoded config must follow. Each check reports at the path of
@@ -142,6 +143,9 @@ func (p *Plan) validate(d *decoder, path string, c *Config) {
 	}
 	if p.Encryption != nil {
 		p.Encryption.validate(d, f("encryption"))
+	}
+	if b := p.RetryBudget; b != 0 && (b < time.Minute || b > MaxRetryBudget) {
+		d.errorf(f("retryBudget"), "must be 1m to %s, got %s", MaxRetryBudget, b)
 	}
 	for _, site := range sortedKeys(p.Access) {
 		path := join(f("access"), site)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/store"
@@ -93,6 +95,12 @@ func (r *Repo) PutChunkRaw(ctx context.Context, id ID, body []byte) error {
 	if err := r.put(ctx, ChunkKey(id), body); err != nil {
 		return fmt.Errorf("put chunk %s at %s: %w", id, r.where(ChunkKey(id)), err)
 	}
+	if r.damaged.has(id) {
+		// Written anew from verified data: the damage is repaired.
+		if err := r.ClearDamaged(ctx, id); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -117,4 +125,231 @@ func (r *Repo) Chunks(ctx context.Context) (map[ID]int64, error) {
 		return nil, fmt.Errorf("list chunks at %s: %w", r.where(chunksDir), err)
 	}
 	return out, nil
+}
+
+// Stored sizes. A chunk's object is zstd(plain), then sealed (nonce and GCM
+// tag, 28 bytes) when the repository has a key; the manifest records the
+// plaintext size only, and compression can shrink a chunk to almost
+// nothing (a run of zeros), so only bounds can be checked without reading:
+//   - at least 6 + 4 bytes per started 128 KiB (+ 28 sealed): a zstd frame
+//     has a 4-byte magic number and a frame header of 2 bytes or more, and
+//     holds blocks of at most 128 KiB, each with a 3-byte header and at least
+//     one byte (a run-length block); an empty or cut-short object is damaged;
+//   - at most zstdBound(plain) (+ 28 sealed): zstd's worst case for
+//     incompressible data, so an object larger than that is not this chunk.
+// A truncated object within the bounds is found only by reading it
+// (OpenChunk), as `drorch check --read-data` does.
+
+// minFrame is the least a zstd frame of a non-empty chunk takes: magic (4),
+// frame header (2), one block header (3) and one byte of block content.
+const minFrame = 10
+
+// zstdMin is the least zstd can take for n > 0 bytes: the frame and, per
+// started block of 128 KiB, a block header and one byte.
+func zstdMin(n int64) int64 {
+	const block = 128 << 10
+	return minFrame - 4 + 4*((n+block-1)/block)
+}
+
+// zstdBound is ZSTD_compressBound: the most zstd may take for n bytes.
+func zstdBound(n int64) int64 {
+	const block = 128 << 10
+	b := n + n>>8
+	if n < block {
+		b += (block - n) >> 11
+	}
+	return b + 64 // frame header, checksum and a margin for the encoder's framing
+}
+
+// StoredBounds returns the least and the most bytes the stored object of a
+// chunk of plain plaintext bytes may take in r; plain <= 0 gives the bounds
+// of any chunk.
+func (r *Repo) StoredBounds(plain int64) (lo, hi int64) {
+	var seal int64
+	if r.aead != nil {
+		seal = int64(nonceSize + r.aead.Overhead())
+	}
+	if plain <= 0 {
+		return minFrame + seal, maxChunkBody
+	}
+	return zstdMin(plain) + seal, min(zstdBound(plain)+seal, maxChunkBody)
+}
+
+// CheckStoredSize reports, as a permanent Corrupt error naming the chunk,
+// a stored object whose size cannot be that of chunk id of plain plaintext
+// bytes (plain <= 0: of any chunk).
+func (r *Repo) CheckStoredSize(id ID, plain, stored int64) error {
+	lo, hi := r.StoredBounds(plain)
+	if stored >= lo && stored <= hi {
+		return nil
+	}
+	what := fmt.Sprintf("a chunk of %d bytes stores in %d to %d", plain, lo, hi)
+	if plain <= 0 {
+		what = fmt.Sprintf("a chunk stores in %d to %d", lo, hi)
+	}
+	return drivers.Permanentf(drivers.ReasonCorrupt, "chunk %s at %s is damaged: its object holds %d bytes, but %s (truncated, emptied or replaced)",
+		id, r.where(ChunkKey(id)), stored, what)
+}
+
+// ChunkNeed is a chunk a manifest names, with its plaintext size.
+type ChunkNeed struct {
+	ID   ID
+	Size int64
+	Path string // the first file that names it, for messages
+}
+
+// Needs returns the distinct chunks m names, in the order they first appear.
+func Needs(m *Manifest) []ChunkNeed {
+	seen := make(map[ID]struct{})
+	var out []ChunkNeed
+	for _, e := range m.Entries {
+		for _, ref := range e.Chunks {
+			if ref.Hole {
+				continue
+			}
+			if _, ok := seen[ref.ID]; ok {
+				continue
+			}
+			seen[ref.ID] = struct{}{}
+			out = append(out, ChunkNeed{ID: ref.ID, Size: ref.Size, Path: e.Path})
+		}
+	}
+	return out
+}
+
+// ReasonMissingChunk is the permanent-error reason of a chunk a restore
+// point needs that the repository does not hold.
+const ReasonMissingChunk = "MissingChunk"
+
+// CheckPresent checks, against one listing of the repository (present, as
+// Chunks returns it), that every chunk of needs is there with a plausible
+// stored size. It returns nil, or a permanent error (ReasonMissingChunk or
+// Corrupt) that names the first bad chunk, the file that needs it, how many
+// are bad, and what to do: what is for messages ("commit 2026-…").
+func (r *Repo) CheckPresent(what string, needs []ChunkNeed, present map[ID]int64) error {
+	var first error
+	var missing, damaged int
+	for _, n := range needs {
+		stored, ok := present[n.ID]
+		var err error
+		switch {
+		case !ok:
+			missing++
+			err = drivers.Permanentf(ReasonMissingChunk, "%s: chunk %s of %q is not in %s", what, n.ID, n.Path, r.Location())
+		default:
+			if serr := r.CheckStoredSize(n.ID, n.Size, stored); serr != nil {
+				damaged++
+				err = drivers.Permanent(drivers.ReasonCorrupt, fmt.Errorf("%s: %q needs it: %w", what, n.Path, serr))
+			}
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	if first == nil {
+		return nil
+	}
+	reason, _ := drivers.IsPermanent(first)
+	return drivers.Permanentf(reason, "%v (%d missing and %d damaged of %d chunks): the objects were deleted or damaged after they were written "+
+		"(a lifecycle rule, a retention or a person deleting under %s, or failing storage); no retry brings them back. "+
+		"Run `drorch check --plan %s` to list the damage; a new backup of the same data uploads them again",
+		first, missing, damaged, len(needs), r.Location(), r.plan)
+}
+
+// Damaged chunks. `drorch check` records each chunk it finds missing or
+// damaged as staging/damaged/<id>.json.zst (a Damage). UsableChunks leaves
+// them out of the chunks a backup or transmit takes as present, so the next
+// one that has the data writes the chunk again, and that write removes the
+// record (PutChunkRaw).
+
+// damagedOp is the staging operation under which damage is recorded.
+const damagedOp = "damaged"
+
+// Damage is the record of one damaged or missing chunk.
+type Damage struct {
+	Chunk   ID        `json:"chunk"`
+	Problem string    `json:"problem"`
+	Found   time.Time `json:"found"`
+	By      string    `json:"by,omitempty"` // what found it, e.g. the check's workflow id
+}
+
+// MarkDamaged records d.
+func (r *Repo) MarkDamaged(ctx context.Context, d Damage) error {
+	return r.PutStaging(ctx, damagedOp, d.Chunk.String(), d)
+}
+
+// ClearDamaged removes the record of chunk id, if any.
+func (r *Repo) ClearDamaged(ctx context.Context, id ID) error {
+	key := stagingKey(damagedOp, id.String())
+	if err := r.st.Delete(ctx, r.key(key)); err != nil {
+		return fmt.Errorf("clear the damage record of chunk %s at %s: %w", id, r.where(key), err)
+	}
+	r.damaged.remove(id)
+	return nil
+}
+
+// Damaged lists the chunks recorded as damaged.
+func (r *Repo) Damaged(ctx context.Context) (map[ID]struct{}, error) {
+	names, err := r.ListStaging(ctx, damagedOp)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[ID]struct{}, len(names))
+	for _, n := range names {
+		if id, err := ParseID(n); err == nil {
+			out[id] = struct{}{}
+		}
+	}
+	return out, nil
+}
+
+// UsableChunks is Chunks without the chunks a writer must not trust: those
+// recorded as damaged, and those whose object size no chunk can have (an
+// empty or cut-short object). A backup or transmit that needs one of them
+// writes it again. r remembers the damaged ones, so that writing one clears
+// its record.
+func (r *Repo) UsableChunks(ctx context.Context) (map[ID]int64, error) {
+	present, err := r.Chunks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	damaged, err := r.Damaged(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for id, size := range present {
+		if r.CheckStoredSize(id, 0, size) != nil {
+			delete(present, id)
+		}
+	}
+	for id := range damaged {
+		delete(present, id)
+	}
+	r.damaged.set(damaged)
+	return present, nil
+}
+
+// damagedSet is the set of damaged chunks a Repo knows of.
+type damagedSet struct {
+	mu  sync.Mutex
+	ids map[ID]struct{}
+}
+
+func (d *damagedSet) set(ids map[ID]struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ids = ids
+}
+
+func (d *damagedSet) has(id ID) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.ids[id]
+	return ok
+}
+
+func (d *damagedSet) remove(id ID) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.ids, id)
 }

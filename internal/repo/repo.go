@@ -53,9 +53,10 @@ func ValidPlan(plan string) error {
 
 // Repo is the repository of one plan in one store. It is safe for concurrent use.
 type Repo struct {
-	st   store.Store
-	plan string
-	aead cipher.AEAD // nil when not encrypted
+	st      store.Store
+	plan    string
+	aead    cipher.AEAD // nil when not encrypted
+	damaged damagedSet  // chunks recorded as damaged, as UsableChunks found them
 }
 
 // New opens the repository of plan in st, under the key prefix "<plan>/". key

@@ -12,8 +12,11 @@
 //
 // Exit status: 0 is success. Anything else fails the call, with the exit
 // status and the last 2 KiB of the command's output (stdout and stderr) in
-// the error, which goes into the workflow's history: commands must not print
-// secrets. A failure is transient (Temporal retries it), except
+// the error, which goes into the workflow's history. That output is cleaned
+// first (package redact): URL query strings and user information, and
+// credential assignments (password=…, Authorization: …) are masked, and the
+// activities mask the config's secret values; still, commands should not
+// print secrets. A failure is transient (Temporal retries it), except
 // these statuses from sysexits.h, which no retry can fix or which carry a
 // meaning drorch acts on:
 //
@@ -47,6 +50,7 @@ import (
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/access"
+	"github.com/drorch/drorch/internal/redact"
 )
 
 // Config says which commands to run and how.
@@ -64,8 +68,10 @@ const ModeEnv = "DRORCH_MODE"
 const (
 	defaultTimeout = 60 * time.Second
 
-	// tailSize is how much of a failed command's output goes into the error.
-	tailSize = 2 << 10
+	// tailSize is how much of a failed command's output is kept to clean
+	// and cut to redact.TailSize for the error: more than that, so that a
+	// secret the cut goes through is still recognised.
+	tailSize = 2*redact.TailSize + 1<<10
 	// maxStatusOutput bounds what is kept of the status command's stdout;
 	// the answer is one word.
 	maxStatusOutput = 4 << 10
@@ -270,7 +276,7 @@ func (t *tailBuffer) String() string {
 	if len(b) > t.max {
 		b, cut = b[len(b)-t.max:], true
 	}
-	text := strings.TrimSpace(strings.ToValidUTF8(string(b), "\uFFFD"))
+	text, cut := redact.Tail(b, cut, nil)
 	if text == "" {
 		return ""
 	}

@@ -1,0 +1,216 @@
+package activities
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/interceptor"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/drorch/drorch/internal/config"
+)
+
+// Retries that end. Temporal retries a failed activity until its
+// schedule-to-close timeout; for a step that moves data for a day that
+// timeout must be long, so on its own it would let a step fail for days
+// before anyone hears of it. Every activity therefore runs behind an
+// interceptor that
+//   - converts errors once: permanent driver errors and local file-system
+//     errors no retry fixes (EIO, ENOSPC, EROFS, EACCES…) become
+//     non-retryable with advice (temporalError);
+//   - keeps a retry budget: once a step has been failing, without progress,
+//     for longer than its plan's retryBudget (default 1 h), its next
+//     retryable error is made non-retryable ("RetryBudgetExhausted"), naming
+//     the last error, so the workflow fails and the stuck plan surfaces
+//     within its RPO rather than days later.
+//
+// "Without progress" is measured across attempts in the heartbeat details:
+// the interceptor adds a second detail, retryState, to every heartbeat. An
+// attempt that changes its resume point or its byte, chunk or file counts
+// has made progress, and the failing streak begins again from its failure.
+// An activity that never heartbeats counts from when it was first scheduled.
+
+// ReasonRetryBudget is the error type of a step that gave up after failing
+// for longer than its plan's retry budget.
+const ReasonRetryBudget = "RetryBudgetExhausted"
+
+// retryState is carried in the heartbeat details from attempt to attempt.
+type retryState struct {
+	// FailingSince is when the current streak of failed attempts began;
+	// zero once the attempt that carries it has made progress.
+	FailingSince time.Time `json:"failingSince,omitzero"`
+}
+
+// retryInterceptor installs the inbound interceptor on every activity.
+type retryInterceptor struct {
+	interceptor.WorkerInterceptorBase
+	budget func(plan string) time.Duration
+	now    func() time.Time
+}
+
+func newRetryInterceptor(budget func(plan string) time.Duration) *retryInterceptor {
+	return &retryInterceptor{budget: budget, now: time.Now}
+}
+
+func (r *retryInterceptor) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
+	return &retryInbound{ActivityInboundInterceptorBase: interceptor.ActivityInboundInterceptorBase{Next: next}, r: r}
+}
+
+type retryInbound struct {
+	interceptor.ActivityInboundInterceptorBase
+	r   *retryInterceptor
+	out *retryOutbound
+}
+
+func (i *retryInbound) Init(outbound interceptor.ActivityOutboundInterceptor) error {
+	i.out = &retryOutbound{ActivityOutboundInterceptorBase: interceptor.ActivityOutboundInterceptorBase{Next: outbound}}
+	return i.Next.Init(i.out)
+}
+
+func (i *retryInbound) ExecuteActivity(ctx context.Context, in *interceptor.ExecuteActivityInput) (any, error) {
+	info := activity.GetInfo(ctx)
+	i.out.begin(failingSince(ctx, info, i.r.now()))
+	res, err := i.Next.ExecuteActivity(ctx, in)
+	if err == nil {
+		return res, nil
+	}
+	err = temporalError(err)
+	if !retryable(err) || ctx.Err() != nil {
+		return res, err
+	}
+	since := i.out.failingSince()
+	if since.IsZero() {
+		return res, err // this attempt made progress: a new streak begins
+	}
+	budget := i.r.budget(planOf(in.Args))
+	if failing := i.r.now().Sub(since); failing >= budget {
+		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"%s gave up after failing for %s without progress (attempt %d; the plan's retry budget is %s, set plans.<plan>.retryBudget to change it): %v",
+			info.ActivityType.Name, failing.Round(time.Second), info.Attempt, budget, err), ReasonRetryBudget, nil)
+	}
+	return res, err
+}
+
+// failingSince is when the streak of failures this attempt continues
+// began: zero for a first attempt; for a retry, what the last heartbeat
+// carried, or now when the attempt before made progress, or the first
+// schedule when no attempt ever heartbeated.
+func failingSince(ctx context.Context, info activity.Info, now time.Time) time.Time {
+	if info.Attempt <= 1 {
+		return time.Time{}
+	}
+	if !activity.HasHeartbeatDetails(ctx) {
+		return info.ScheduledTime
+	}
+	var first json.RawMessage
+	var st retryState
+	if err := activity.GetHeartbeatDetails(ctx, &first, &st); err != nil || st.FailingSince.IsZero() {
+		return now
+	}
+	return st.FailingSince
+}
+
+// retryable reports whether Temporal would retry err.
+func retryable(err error) bool {
+	var app *temporal.ApplicationError
+	if errors.As(err, &app) {
+		return !app.NonRetryable()
+	}
+	return true
+}
+
+// planOf finds the plan an activity works for: the Plan field of its input.
+func planOf(args []any) string {
+	if len(args) == 0 {
+		return ""
+	}
+	v := reflect.ValueOf(args[0])
+	if v.Kind() == reflect.Pointer {
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct {
+		return ""
+	}
+	if f := v.FieldByName("Plan"); f.IsValid() && f.Kind() == reflect.String {
+		return f.String()
+	}
+	return ""
+}
+
+// budgetOf returns the retry budget of a plan in cfg.
+func budgetOf(cfg *config.Config) func(string) time.Duration {
+	return func(plan string) time.Duration {
+		if cfg != nil {
+			if p, err := cfg.Plan(plan); err == nil && p.RetryBudget > 0 {
+				return p.RetryBudget
+			}
+		}
+		return config.DefaultRetryBudget
+	}
+}
+
+// retryOutbound adds the retry state to every heartbeat and notices
+// progress: a heartbeat whose first detail differs, in its resume point or
+// counts, from the first one of this attempt.
+type retryOutbound struct {
+	interceptor.ActivityOutboundInterceptorBase
+	mu       sync.Mutex // the reporter heartbeats from two goroutines
+	state    retryState
+	baseline string
+	seen     bool
+}
+
+func (o *retryOutbound) begin(since time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.state, o.seen = retryState{FailingSince: since}, false
+}
+
+func (o *retryOutbound) failingSince() time.Time {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.state.FailingSince
+}
+
+func (o *retryOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
+	if len(details) == 1 {
+		sig := progressSignature(details[0])
+		o.mu.Lock()
+		switch {
+		case !o.seen:
+			o.baseline, o.seen = sig, true
+		case sig != o.baseline:
+			o.state.FailingSince = time.Time{}
+		}
+		details = append(details, o.state)
+		o.mu.Unlock()
+	}
+	o.Next.RecordHeartbeat(ctx, details...)
+}
+
+// progressSignature is what of a heartbeat marks progress: its resume
+// point and its done counts, not its timestamps.
+func progressSignature(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return ""
+	}
+	var hb struct {
+		Resume   json.RawMessage `json:"resume"`
+		Progress struct {
+			BytesDone  int64 `json:"bytesDone"`
+			ChunksDone int64 `json:"chunksDone"`
+			FilesDone  int64 `json:"filesDone"`
+		} `json:"progress"`
+	}
+	if json.Unmarshal(b, &hb) != nil {
+		return string(b)
+	}
+	return fmt.Sprintf("%s/%d/%d/%d", hb.Resume, hb.Progress.BytesDone, hb.Progress.ChunksDone, hb.Progress.FilesDone)
+}
