@@ -136,7 +136,7 @@ running=$(in_progress)
 if [ -n "$running" ]; then
 	note "a switching operation of plan $PLAN is still running (an interrupted demo?): $running"
 	case $running in
-	failback:*) drorch complete --plan "$PLAN" --wait >/dev/null ;;
+	failback:*) drorch complete --plan "$PLAN" --force --wait >/dev/null ;;
 	*)
 		for _ in $(seq 1 300); do [ -n "$(in_progress)" ] || break; sleep 2; done
 		[ -z "$(in_progress)" ] || fail "plan $PLAN's switching operation still runs: see drorch status --plan $PLAN"
