@@ -51,9 +51,14 @@ type claim struct {
 // releases the claim when it is done (release is a no-op for ClaimCheck).
 func acquire(ctx workflow.Context, plan, mode, what string, resources ...string) (*claim, error) {
 	info := workflow.GetInfo(ctx)
+	// Claims belong to the operation: its root workflow (a server too old
+	// to name the root names the parent, which for drorch's one level of
+	// children is the same).
 	owner := info.WorkflowExecution.ID
 	if info.RootWorkflowExecution != nil {
 		owner = info.RootWorkflowExecution.ID
+	} else if info.ParentWorkflowExecution != nil {
+		owner = info.ParentWorkflowExecution.ID
 	}
 	req := ClaimRequest{
 		ID:     fmt.Sprintf("%s/%d", info.WorkflowExecution.RunID, info.GetCurrentHistoryLength()),

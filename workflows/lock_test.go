@@ -111,3 +111,22 @@ func TestPlanLock(t *testing.T) {
 	require.True(t, granted("9"), "restore-c has ended without releasing: its claim is dropped")
 	require.True(t, granted("10"))
 }
+
+// A restore whose target a failover takes over stops and fails as
+// superseded, naming the failover.
+func TestRestoreRevokedIsSuperseded(t *testing.T) {
+	env := newEnv(t)
+	var a *activities.Activities
+	env.OnActivity(a.Describe, mock.Anything, mock.Anything).Return(plan, nil)
+	env.OnActivity(a.PrepareRestore, mock.Anything, mock.Anything).Return(activities.PrepareRestoreResult{}, nil).Maybe()
+	env.OnActivity(a.RestoreData, mock.Anything, mock.Anything).Return(func(ctx context.Context, _ activities.RestoreDataInput) (activities.RestoreDataResult, error) {
+		<-ctx.Done()
+		return activities.RestoreDataResult{}, ctx.Err()
+	}).Maybe()
+	env.RegisterDelayedCallback(func() {
+		env.SignalWorkflow(SignalRevoke, ClaimRevoke{By: "drorch/files/switch", What: "unplanned failover to secondary", Resource: []string{"target/secondary"}})
+	}, 0)
+	env.ExecuteWorkflow(Restore, RestoreInput{Plan: "files", Site: "secondary"})
+	err := env.GetWorkflowError()
+	require.ErrorContains(t, err, "superseded: unplanned failover to secondary (workflow drorch/files/switch) took over target/secondary")
+}

@@ -36,11 +36,12 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 			// The plan's own data is the switch's to change while it runs.
 			return res, err
 		}
-		c, err := acquire(ctx, in.Plan, ClaimRefuse, "restore into "+target, ResTarget(site, cleanPath(in.To)))
-		if err != nil {
-			return res, err
+		c, cerr := acquire(ctx, in.Plan, ClaimRefuse, "restore into "+target, ResTarget(site, cleanPath(in.To)))
+		if cerr != nil {
+			return res, cerr
 		}
 		defer c.release()
+		// err is the named result: a revoked claim says who took over.
 		defer func() { err = c.superseded(err) }()
 		ctx = c.Ctx
 	}

@@ -39,14 +39,18 @@ func TestHistoryDoesNotGrowWithActivityTime(t *testing.T) {
 		events++
 		switch ev.GetEventType() {
 		case enums.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
-			signals++
+			// The plan lock's answer is one signal per run; progress
+			// signals (one per interval of work) must be gone.
+			if ev.GetWorkflowExecutionSignaledEventAttributes().GetSignalName() != workflows.SignalClaimReply {
+				signals++
+			}
 		case enums.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
 			steps++
 		}
 	}
 	t.Logf("backup of %d MiB took %s: %d events, %d activities, %d signals", res.BytesRead>>20, took.Round(time.Millisecond), events, steps, signals)
 	if signals > 0 {
-		t.Fatalf("%d signals in the history of a backup: progress must not grow history", signals)
+		t.Fatalf("%d progress signals in the history of a backup: progress must not grow history", signals)
 	}
 	if events > maxEventsPerStep*steps {
 		t.Fatalf("%d events for %d activities: more than %d a step", events, steps, maxEventsPerStep)
