@@ -53,9 +53,10 @@ func ValidPlan(plan string) error {
 
 // Repo is the repository of one plan in one store. It is safe for concurrent use.
 type Repo struct {
-	st   store.Store
-	plan string
-	aead cipher.AEAD // nil when not encrypted
+	st     store.Store
+	plan   string
+	aead   cipher.AEAD // nil when not encrypted
+	macKey []byte      // authenticates epoch.json; nil when not encrypted
 }
 
 // New opens the repository of plan in st, under the key prefix "<plan>/". key
@@ -81,6 +82,7 @@ func New(st store.Store, plan string, key []byte) (*Repo, error) {
 		if r.aead, err = cipher.NewGCM(block); err != nil {
 			return nil, drivers.Permanent(drivers.ReasonInvalidConfig, err)
 		}
+		r.macKey = deriveEpochKey(key)
 	}
 	return r, nil
 }
