@@ -125,6 +125,12 @@ func (r *Repo) PutManifest(ctx context.Context, m *Manifest) error {
 func (r *Repo) GetManifest(ctx context.Context, point string) (*Manifest, error) {
 	began := time.Now()
 	m, err := r.getManifest(ctx, point)
+	if drivers.IsNotFound(err) {
+		// Absent; say so for good when it was abandoned (and deleted).
+		if e, eerr := r.GetEpoch(ctx); eerr == nil && e.abandoned(point) != nil {
+			return nil, r.invalid(e, point)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
