@@ -71,6 +71,29 @@ const racePlan = "race"
 type raceEnv struct {
 	a      *Activities
 	stores map[string]*raceStore
+	// commitTime is how long a commit took when nothing raced it, measured
+	// before the runs: the raise's random delay spans it.
+	commitTime time.Duration
+}
+
+// calibrate measures a commit that nothing races, with the list delay of
+// the runs at its longest, by running commit once.
+func (env *raceEnv) calibrate(t *testing.T, site string, commit func() error) {
+	t.Helper()
+	env.setListDelay(site, 60*time.Millisecond)
+	began := time.Now()
+	if err := commit(); err != nil {
+		t.Fatalf("calibration commit: %v", err)
+	}
+	env.commitTime = time.Since(began)
+	t.Logf("a commit takes %s", env.commitTime)
+}
+
+func (env *raceEnv) setListDelay(site string, d time.Duration) {
+	rs := env.stores[site]
+	rs.mu.Lock()
+	rs.listDelay = d
+	rs.mu.Unlock()
 }
 
 func newRaceEnv(t *testing.T) *raceEnv {
@@ -149,12 +172,10 @@ func (env *raceEnv) race(ctx context.Context, t *testing.T, run int, site, point
 	t.Helper()
 	rs := env.stores[site]
 	listDelay := time.Duration(10+rand.IntN(50)) * time.Millisecond
-	rs.mu.Lock()
-	rs.listDelay = listDelay
-	rs.mu.Unlock()
+	env.setListDelay(site, listDelay)
 	// The raise lands anywhere from just before the commit begins to well
-	// after it ends (a commit here takes about the listing plus 30 ms).
-	delay := time.Duration(rand.Int64N(int64(2*listDelay+80*time.Millisecond))) - 10*time.Millisecond
+	// after it ends.
+	delay := time.Duration(rand.Int64N(int64(2*env.commitTime))) - 10*time.Millisecond
 
 	var commitErr, raiseErr error
 	var raisedAt int64
@@ -241,6 +262,8 @@ func TestBackupCommitRacesEpochRaise(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	env := newRaceEnv(t)
+	in := env.backupUntilCommit(ctx, t, 100)
+	env.calibrate(t, "primary", func() error { _, err := env.a.commit(ctx, in); return err })
 	const runs = 24
 	var committed, superseded int
 	for run := range runs {
@@ -271,10 +294,12 @@ func TestTransmitCommitRacesEpochRaise(t *testing.T) {
 	a := env.a
 	const runs = 20
 	var committed, superseded int
-	for run := range runs {
+	for run := range runs + 1 {
 		// Both sites at the same epoch, and a fresh point at the primary.
-		if _, err := a.prepareSite(ctx, PrepareSiteInput{Plan: racePlan, Site: "secondary"}); err != nil {
-			t.Fatal(err)
+		for _, site := range []string{"primary", "secondary"} {
+			if _, err := a.prepareSite(ctx, PrepareSiteInput{Plan: racePlan, Site: site}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		sec, err := a.repo(racePlan, "secondary")
 		if err != nil {
@@ -302,10 +327,15 @@ func TestTransmitCommitRacesEpochRaise(t *testing.T) {
 		if _, err := a.copyChunks(ctx, CopyChunksInput{Plan: racePlan, From: "primary", To: "secondary", Op: op}); err != nil {
 			t.Fatal(err)
 		}
-		out := env.race(ctx, t, run, "secondary", pt.Point, se.Epoch, func() error {
+		commit := func() error {
 			_, err := a.commitTransmit(ctx, CommitTransmitInput{Plan: racePlan, From: "primary", To: "secondary", Op: op, Point: pt.Point, Epoch: pt.Epoch})
 			return err
-		})
+		}
+		if run == 0 { // the first round calibrates
+			env.calibrate(t, "secondary", commit)
+			continue
+		}
+		out := env.race(ctx, t, run, "secondary", pt.Point, se.Epoch, commit)
 		if out.committed {
 			committed++
 		} else {
@@ -322,10 +352,8 @@ func TestTransmitCommitRacesEpochRaise(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := env.backupUntilCommit(ctx, t, runs)
-	env.stores["primary"].mu.Lock()
-	env.stores["primary"].listDelay = 0
-	env.stores["primary"].mu.Unlock()
+	in := env.backupUntilCommit(ctx, t, runs+1)
+	env.setListDelay("primary", 0)
 	raiseDuring := func(ctx context.Context) error {
 		_, err := a.SetEpoch(ctx, SetEpochInput{Plan: racePlan, Site: "primary", Active: "secondary", Op: "abandon-at-source", Reason: "failover during the backup's commit"})
 		return err
