@@ -151,8 +151,8 @@ func (r *Repo) superseded(point string, e Epoch, a *AbandonedPoint) error {
 	if a != nil {
 		by, when = a.By, "during its commit under epoch "+fmt.Sprint(a.Epoch)
 		if a.By == a.Epoch {
-			return drivers.Permanentf(drivers.ReasonFenced, "restore point %s at %s: abandoned: its commit did not finish within %s; it is not a valid restore point: take a new backup",
-				point, r.Location(), staleAfter)
+			return drivers.Permanentf(drivers.ReasonFenced, "restore point %s at %s: abandoned: its commit did not finish within %d days; it is not a valid restore point: take a new backup",
+				point, r.Location(), staleAfter/(24*time.Hour))
 		}
 	}
 	return drivers.Permanentf(drivers.ReasonFenced, "restore point %s at %s: superseded by epoch %d (now %d, set by site %s: %s) %s; it is not a valid restore point: take a new backup at the active site",
@@ -219,7 +219,7 @@ func (r *Repo) invalid(e Epoch, point string) error {
 	if a := e.abandoned(point); a != nil {
 		why := fmt.Sprintf("its commit under epoch %d was overtaken by epoch %d on %s", a.Epoch, a.By, a.At.Format(time.RFC3339))
 		if a.By == a.Epoch {
-			why = fmt.Sprintf("its commit did not finish within %s", staleAfter)
+			why = fmt.Sprintf("its commit did not finish within %d days", staleAfter/(24*time.Hour))
 		}
 		return drivers.Permanent(drivers.ReasonNotFound, fmt.Errorf("restore point %s at %s was abandoned (%s); it is not a valid restore point: %w",
 			point, r.Location(), why, drivers.ErrNotFound))
