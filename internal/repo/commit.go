@@ -115,8 +115,9 @@ func (r *Repo) reserve(ctx context.Context, point string, epoch uint64) (began t
 // by which epoch.
 func (r *Repo) release(ctx context.Context, point string) error {
 	var gone *AbandonedPoint
+	listed := false
 	e, err := r.UpdateEpoch(ctx, func(e *Epoch) error {
-		gone = nil
+		gone, listed = nil, false
 		if a := e.abandoned(point); a != nil {
 			gone = a
 			return ErrNoChange
@@ -124,6 +125,7 @@ func (r *Repo) release(ctx context.Context, point string) error {
 		for i, p := range e.Pending {
 			if p.Point == point {
 				e.Pending = append(e.Pending[:i], e.Pending[i+1:]...)
+				listed = true
 				return nil
 			}
 		}
@@ -131,6 +133,17 @@ func (r *Repo) release(ctx context.Context, point string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("commit restore point %s at %s: %w", point, r.Location(), err)
+	}
+	if gone == nil && !listed {
+		// Released by another attempt, unless this one stalled for days
+		// and the point was abandoned, deleted and forgotten meanwhile.
+		switch has, err := r.storedManifest(ctx, point); {
+		case err != nil:
+			return fmt.Errorf("commit restore point %s: %w", point, err)
+		case !has:
+			return drivers.Permanentf(drivers.ReasonFenced,
+				"commit restore point %s at %s: its manifest is gone: the commit stalled until the point was abandoned and deleted; take a new backup", point, r.Location())
+		}
 	}
 	if gone != nil {
 		// Readers ignore it anyway; deleting it saves a hand-recovery
