@@ -43,15 +43,15 @@ func (a *Activities) prepareSite(ctx context.Context, in PrepareSiteInput) (Prep
 	if err := r.Store().Prepare(ctx); err != nil {
 		return PrepareSiteResult{}, fmt.Errorf("prepare repository %s: %w", r.Location(), err)
 	}
-	ep, err := r.GetEpoch(ctx)
+	ep, err := r.UpdateEpoch(ctx, func(e *repo.Epoch) error {
+		if e.Epoch != 0 {
+			return repo.ErrNoChange
+		}
+		e.Epoch, e.Site, e.Reason, e.Updated = 1, in.Site, "repository created", time.Now().UTC()
+		return nil
+	})
 	if err != nil {
 		return PrepareSiteResult{}, err
-	}
-	if ep.Epoch == 0 {
-		ep = repo.Epoch{Epoch: 1, Site: in.Site, Reason: "repository created", Updated: time.Now().UTC()}
-		if err := r.PutEpoch(ctx, ep); err != nil {
-			return PrepareSiteResult{}, err
-		}
 	}
 	return PrepareSiteResult{Repository: r.Location(), Epoch: ep.Epoch}, nil
 }
@@ -646,9 +646,11 @@ type CommitResult struct {
 }
 
 // Commit assembles the manifest from the uploaded pieces, checks that every
-// chunk it names is in the repository and that no failover has raised the
-// epoch since the backup started, and writes the manifest last. Until then
-// the restore point does not exist.
+// chunk it names is in the repository, and writes the manifest last, by the
+// commit rule of repo.CommitPoint: a failover that raises the epoch past the
+// one the backup started with, before or during the commit, makes it fail
+// with "superseded" and the point never valid. Until then the restore point
+// does not exist.
 func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, error) {
 	res, err := a.commit(ctx, in)
 	return res, temporalError(err)
@@ -663,9 +665,6 @@ func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, 
 		// A previous attempt committed and then lost its answer.
 		return CommitResult{Point: m.Point, Totals: m.Totals}, r.DeleteStaging(ctx, in.Op)
 	} else if !drivers.IsNotFound(err) {
-		return CommitResult{}, err
-	}
-	if err := checkEpoch(ctx, r, in.Epoch, "commit backup"); err != nil {
 		return CommitResult{}, err
 	}
 	m := r.NewManifest(in.Point, in.Site, "dir", in.Snapshot, in.Epoch)
@@ -687,15 +686,17 @@ func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, 
 		}
 	}
 	m.ComputeTotals()
-	present, err := r.Chunks(ctx)
+	// The point is reserved before the chunks are listed (seconds to
+	// minutes), so that a failover landing meanwhile abandons it.
+	err = r.CommitPoint(ctx, m, func(ctx context.Context) error {
+		present, err := r.Chunks(ctx)
+		if err != nil {
+			return err
+		}
+		return r.CheckPresent("commit "+in.Point, repo.Needs(m), present)
+	})
 	if err != nil {
 		return CommitResult{}, err
-	}
-	if err := r.CheckPresent("commit "+in.Point, repo.Needs(m), present); err != nil {
-		return CommitResult{}, err
-	}
-	if err := r.PutManifest(ctx, m); err != nil {
-		return CommitResult{}, fmt.Errorf("write manifest %s: %w", in.Point, err)
 	}
 	if err := r.DeleteStaging(ctx, in.Op); err != nil {
 		a.log.Warn().Err(err).Str("op", in.Op).Msg("staging left behind")

@@ -118,33 +118,46 @@ type SetEpochInput struct {
 
 // SetEpoch raises the epoch of the plan's repository at a site above both its
 // own and Min (or to exactly Adopt), recording the active site and the
-// roles. Backups, transmissions and restores started under an older epoch
-// refuse to act against it.
+// roles. It is a compare-and-swap on epoch.json, repeated (a bounded number
+// of times) when another writer came first, and the same write abandons
+// every restore point whose commit under an older epoch is under way there
+// (repo.UpdateEpoch). Backups, transmissions and restores started under an
+// older epoch refuse to act against it. A retry that finds its own Op does
+// nothing; an epoch never wraps around.
 func (a *Activities) SetEpoch(ctx context.Context, in SetEpochInput) (repo.Epoch, error) {
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return repo.Epoch{}, temporalError(err)
 	}
-	cur, err := r.GetEpoch(ctx)
-	if err != nil {
-		return repo.Epoch{}, temporalError(err)
-	}
-	if cur.Op == in.Op && in.Op != "" {
-		return cur, nil
-	}
-	n := max(cur.Epoch, in.Min) + 1
-	if in.Adopt > 0 {
-		if cur.Epoch > in.Adopt {
-			return cur, temporalError(drivers.Permanentf(drivers.ReasonFenced, "site %s is at epoch %d (set by site %s: %s), past epoch %d it was to learn: another switch happened meanwhile; run drorch status --plan %s",
-				in.Site, cur.Epoch, cur.Site, cur.Reason, in.Adopt, in.Plan))
+	raised := false
+	next, err := r.UpdateEpoch(ctx, func(e *repo.Epoch) error {
+		raised = false
+		if e.Op == in.Op && in.Op != "" {
+			return repo.ErrNoChange
 		}
-		n = in.Adopt
+		n := in.Adopt
+		if in.Adopt > 0 {
+			if e.Epoch > in.Adopt {
+				return drivers.Permanentf(drivers.ReasonFenced, "site %s is at epoch %d (set by site %s: %s), past epoch %d it was to learn: another switch happened meanwhile; run drorch status --plan %s",
+					in.Site, e.Epoch, e.Site, e.Reason, in.Adopt, in.Plan)
+			}
+		} else {
+			var err error
+			if n, err = repo.NextEpoch(max(e.Epoch, in.Min)); err != nil {
+				return fmt.Errorf("raise the epoch of plan %s at site %s: %w", in.Plan, in.Site, err)
+			}
+		}
+		e.Epoch, e.Site, e.Active, e.Primary, e.Secondary = n, in.Site, in.Active, in.Primary, in.Secondary
+		e.Op, e.Reason, e.Updated = in.Op, in.Reason, time.Now().UTC()
+		raised = true
+		return nil
+	})
+	if err != nil {
+		return next, temporalError(err)
 	}
-	next := repo.Epoch{Epoch: n, Site: in.Site, Active: in.Active, Primary: in.Primary, Secondary: in.Secondary, Op: in.Op, Reason: in.Reason, Updated: time.Now().UTC()}
-	if err := r.PutEpoch(ctx, next); err != nil {
-		return repo.Epoch{}, temporalError(err)
+	if raised {
+		a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Uint64("epoch", next.Epoch).Str("active", in.Active).Str("primary", in.Primary).Int("abandoned", len(next.Abandoned)).Msg("epoch raised")
 	}
-	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Uint64("epoch", next.Epoch).Str("active", in.Active).Str("primary", in.Primary).Msg("epoch raised")
 	return next, nil
 }
 

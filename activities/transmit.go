@@ -255,8 +255,10 @@ type CommitTransmitInput struct {
 }
 
 // CommitTransmit checks that every chunk of the point is at the destination
-// and writes the manifest there last: only then is the point valid at the
-// destination.
+// and writes the manifest there last, by the commit rule of
+// repo.CommitPoint: only then is the point valid at the destination, and
+// never if the destination's epoch passes the point's meanwhile. A point
+// that is not valid at the source (abandoned there) is never sent.
 func (a *Activities) CommitTransmit(ctx context.Context, in CommitTransmitInput) (PointSummary, error) {
 	res, err := a.commitTransmit(ctx, in)
 	return res, temporalError(err)
@@ -278,19 +280,19 @@ func (a *Activities) commitTransmit(ctx context.Context, in CommitTransmitInput)
 	}
 	m, err := src.GetManifest(ctx, in.Point)
 	if err != nil {
-		return PointSummary{}, err
+		return PointSummary{}, fmt.Errorf("transmit %s from %s: %w", in.Point, in.From, err)
 	}
-	if err := checkEpoch(ctx, dst, in.Epoch, "commit transmit "+in.Point); err != nil {
-		return PointSummary{}, err
+	if m.Epoch != in.Epoch {
+		return PointSummary{}, drivers.Permanentf(drivers.ReasonCorrupt, "commit transmit %s: the manifest at %s says epoch %d, the transmission was prepared with %d", in.Point, src.Location(), m.Epoch, in.Epoch)
 	}
-	have, err := dst.Chunks(ctx)
+	err = dst.CommitPoint(ctx, m, func(ctx context.Context) error {
+		have, err := dst.Chunks(ctx)
+		if err != nil {
+			return err
+		}
+		return dst.CheckPresent("commit transmit "+in.Point, repo.Needs(m), have)
+	})
 	if err != nil {
-		return PointSummary{}, err
-	}
-	if err := dst.CheckPresent("commit transmit "+in.Point, repo.Needs(m), have); err != nil {
-		return PointSummary{}, err
-	}
-	if err := dst.PutManifest(ctx, m); err != nil {
 		return PointSummary{}, err
 	}
 	return summary(m, in.To), nil

@@ -24,6 +24,12 @@ var ErrNotFound = errors.New("not found")
 // connecting): an unplanned failover records such a site as not fenced.
 var ErrUnreachable = errors.New("unreachable")
 
+// ErrPreconditionFailed is wrapped by errors of a conditional write whose
+// condition did not hold (the object changed since it was read, or exists
+// when it was to be created). It is neither permanent nor a fault: the
+// caller reads again and decides anew.
+var ErrPreconditionFailed = errors.New("precondition failed")
+
 // Reasons for permanent errors, used as the Temporal application error type so
 // that a history shows why a step gave up.
 const (
@@ -71,6 +77,10 @@ func IsPermanent(err error) (reason string, ok bool) {
 
 // IsUnreachable reports whether err reports a server that could not be reached.
 func IsUnreachable(err error) bool { return errors.Is(err, ErrUnreachable) }
+
+// IsPreconditionFailed reports whether err reports a conditional write whose
+// condition did not hold.
+func IsPreconditionFailed(err error) bool { return errors.Is(err, ErrPreconditionFailed) }
 
 // IsNotFound reports whether err reports an absent object.
 func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }

@@ -2,8 +2,8 @@ package repo
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -77,43 +77,78 @@ func (r *Repo) NewManifest(point, site, sourceKind string, snapshot time.Time, e
 	}
 }
 
-// PutManifest encodes m, compresses it, seals it with the additional data
-// "manifest:<point>" when r has a key, and stores it as points/<point>.json.zst.
-// An invalid manifest is a permanent InvalidInput error. It is idempotent.
-func (r *Repo) PutManifest(ctx context.Context, m *Manifest) error {
+// sealManifest checks m, encodes it, compresses it and seals it with the
+// additional data "manifest:<point>" when r has a key. It returns the
+// encoding and the body to store. An invalid manifest is a permanent
+// InvalidInput error.
+func (r *Repo) sealManifest(m *Manifest) (plain, body []byte, err error) {
 	if m.Plan != r.plan {
-		return drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: it is of plan %q, the repository of %q", m.Point, m.Plan, r.plan)
+		return nil, nil, drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: it is of plan %q, the repository of %q", m.Point, m.Plan, r.plan)
 	}
 	if m.Encryption != r.Encryption() {
-		return drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: encryption %q, but the repository's is %q", m.Point, m.Encryption, r.Encryption())
+		return nil, nil, drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: encryption %q, but the repository's is %q", m.Point, m.Encryption, r.Encryption())
 	}
-	plain, err := EncodeManifest(m)
+	if err := ValidPointID(m.Point); err != nil {
+		return nil, nil, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest: %w", err))
+	}
+	plain, err = EncodeManifest(m)
 	if err != nil {
-		return drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: %w", m.Point, err))
+		return nil, nil, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: %w", m.Point, err))
 	}
 	if len(plain) > MaxMetadataSize {
-		return drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: %d bytes is more than the %d the format allows", m.Point, len(plain), MaxMetadataSize)
+		return nil, nil, drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: %d bytes is more than the %d the format allows", m.Point, len(plain), MaxMetadataSize)
 	}
 	// A restore point is valid or absent: never write a manifest that would
 	// not read back. Decoding costs little next to the backup it commits.
 	if _, err := DecodeManifest(plain); err != nil {
-		return drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: it would not read back: %w", m.Point, err))
+		return nil, nil, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: it would not read back: %w", m.Point, err))
 	}
-	body, err := r.seal(plain, []byte("manifest:"+m.Point))
+	body, err = r.seal(plain, []byte("manifest:"+m.Point))
 	if err != nil {
-		return fmt.Errorf("put manifest %s: %w", m.Point, err)
+		return nil, nil, fmt.Errorf("put manifest %s: %w", m.Point, err)
 	}
-	key := manifestKey(m.Point)
-	if err := r.put(ctx, key, body); err != nil {
-		return fmt.Errorf("put manifest %s at %s: %w", m.Point, r.where(key), err)
-	}
-	return nil
+	return plain, body, nil
 }
 
-// GetManifest reads and checks the manifest of point. An absent one wraps
-// drivers.ErrNotFound; one that cannot be opened or decoded, or that names
-// another point or plan, is permanent with reason Corrupt.
+// PutManifest commits m as a restore point with nothing to check first:
+// CommitPoint(ctx, m, nil). It never replaces a stored manifest, and is
+// idempotent.
+func (r *Repo) PutManifest(ctx context.Context, m *Manifest) error {
+	return r.CommitPoint(ctx, m, nil)
+}
+
+// GetManifest reads and checks the manifest of a valid restore point. An
+// absent one, one being committed, or one abandoned (docs/format.md,
+// "Committing a restore point") wraps drivers.ErrNotFound, permanent for an
+// abandoned one; one that cannot be opened or decoded, or that names another
+// point or plan, is permanent with reason Corrupt.
 func (r *Repo) GetManifest(ctx context.Context, point string) (*Manifest, error) {
+	began := time.Now()
+	m, err := r.getManifest(ctx, point)
+	if drivers.IsNotFound(err) {
+		// Absent; say so for good when it was abandoned (and deleted).
+		if e, eerr := r.GetEpoch(ctx); eerr == nil && e.abandoned(point) != nil {
+			return nil, r.invalid(e, point)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	// epoch.json after the manifest: a writer reserves its point before it
+	// writes the manifest, so this read sees the point listed if it is not
+	// committed.
+	e, err := r.validAt(ctx, began)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.invalid(e, point); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// getManifest reads and checks the stored manifest of point, valid or not.
+func (r *Repo) getManifest(ctx context.Context, point string) (*Manifest, error) {
 	if err := ValidPointID(point); err != nil {
 		return nil, drivers.Permanent(drivers.ReasonInvalidInput, err)
 	}
@@ -144,19 +179,22 @@ func (r *Repo) GetManifest(ctx context.Context, point string) (*Manifest, error)
 	return m, nil
 }
 
-// HasManifest reports whether the manifest of point is stored, without reading it.
+// HasManifest reports whether point is a valid restore point, without
+// reading its manifest: stored, and neither pending nor abandoned.
 func (r *Repo) HasManifest(ctx context.Context, point string) (bool, error) {
 	if err := ValidPointID(point); err != nil {
 		return false, drivers.Permanent(drivers.ReasonInvalidInput, err)
 	}
-	key := manifestKey(point)
-	if _, err := r.st.Stat(ctx, r.key(key)); err != nil {
-		if errors.Is(err, drivers.ErrNotFound) {
-			return false, nil
-		}
-		return false, fmt.Errorf("stat manifest %s at %s: %w", point, r.where(key), err)
+	began := time.Now()
+	has, err := r.storedManifest(ctx, point)
+	if err != nil || !has {
+		return false, err
 	}
-	return true, nil
+	e, err := r.validAt(ctx, began)
+	if err != nil {
+		return false, err
+	}
+	return r.invalid(e, point) == nil, nil
 }
 
 // PointInfo describes a stored manifest.
@@ -166,9 +204,12 @@ type PointInfo struct {
 	Size int64     // stored size of the manifest
 }
 
-// Points lists the stored manifests, oldest first, in one listing. Keys under
-// points/ that are not manifests of well-formed point ids are ignored.
+// Points lists the valid restore points, oldest first: the stored
+// manifests, in one listing, less the points epoch.json lists as pending or
+// abandoned. Keys under points/ that are not manifests of well-formed point
+// ids are ignored.
 func (r *Repo) Points(ctx context.Context) ([]PointInfo, error) {
+	began := time.Now()
 	prefix := r.key(pointsDir)
 	var out []PointInfo
 	err := r.st.List(ctx, prefix, func(o store.Object) error {
@@ -190,6 +231,12 @@ func (r *Repo) Points(ctx context.Context) ([]PointInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list restore points at %s: %w", r.where(pointsDir), err)
 	}
+	// epoch.json after the listing, as in GetManifest.
+	e, err := r.validAt(ctx, began)
+	if err != nil {
+		return nil, err
+	}
+	out = slices.DeleteFunc(out, func(p PointInfo) bool { return r.invalid(e, p.ID) != nil })
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].Time.Equal(out[j].Time) {
 			return out[i].Time.Before(out[j].Time)

@@ -56,6 +56,7 @@ type Repo struct {
 	st      store.Store
 	plan    string
 	aead    cipher.AEAD // nil when not encrypted
+	macKey  []byte      // authenticates epoch.json; nil when not encrypted
 	damaged damagedSet  // chunks recorded as damaged, as UsableChunks found them
 }
 
@@ -82,6 +83,7 @@ func New(st store.Store, plan string, key []byte) (*Repo, error) {
 		if r.aead, err = cipher.NewGCM(block); err != nil {
 			return nil, drivers.Permanent(drivers.ReasonInvalidConfig, err)
 		}
+		r.macKey = deriveEpochKey(key)
 	}
 	return r, nil
 }

@@ -388,32 +388,6 @@ func TestPointID(t *testing.T) {
 	}
 }
 
-func TestEpoch(t *testing.T) {
-	ctx := context.Background()
-	r, st := newTestRepo(t, testKey)
-	e, err := r.GetEpoch(ctx)
-	if err != nil || e != (Epoch{}) {
-		t.Fatalf("absent epoch: %+v %v", e, err)
-	}
-	want := Epoch{Epoch: 7, Site: "dc2", Reason: "failover", Updated: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)}
-	if err := r.PutEpoch(ctx, want); err != nil {
-		t.Fatal(err)
-	}
-	// Plain JSON even in an encrypted repository, for operators.
-	if raw := string(st.raw("web/epoch.json")); !strings.Contains(raw, `"epoch": 7`) || !strings.Contains(raw, `"site": "dc2"`) {
-		t.Fatalf("epoch.json is not plain JSON: %s", raw)
-	}
-	got, err := r.GetEpoch(ctx)
-	if err != nil || !got.Updated.Equal(want.Updated) || got.Epoch != 7 || got.Site != "dc2" || got.Reason != "failover" {
-		t.Fatalf("GetEpoch: %+v %v", got, err)
-	}
-	for _, bad := range []string{"", "{", `{"epoch":-1}`, `{"epoch":1,"extra":2}`, `{"epoch":1} {}`, "[]"} {
-		st.set("web/epoch.json", []byte(bad))
-		_, err := r.GetEpoch(ctx)
-		wantReason(t, err, drivers.ReasonCorrupt)
-	}
-}
-
 func TestStaging(t *testing.T) {
 	ctx := context.Background()
 	for _, key := range [][]byte{nil, testKey} {

@@ -3,6 +3,8 @@ package repo
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"sort"
@@ -41,14 +43,47 @@ func (s *memStore) Put(ctx context.Context, key string, r io.Reader, size int64)
 	return nil
 }
 
+// PutIf is Put under the store's lock, with S3's conditions; the ETag is a
+// digest of the content, as S3's is for a single-part upload.
+func (s *memStore) PutIf(ctx context.Context, key string, r io.Reader, size int64, cond store.Condition) (string, error) {
+	if cond.IfAbsent == (cond.IfMatch != "") || size < 0 {
+		return "", drivers.Permanentf(drivers.ReasonInvalidInput, "put %s: bad condition %+v or size %d", key, cond, size)
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return "", err
+	}
+	if int64(len(b)) != size {
+		return "", fmt.Errorf("put %s: read %d bytes, expected %d", key, len(b), size)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, ok := s.objs[key]
+	if cond.IfAbsent && ok || cond.IfMatch != "" && (!ok || etagOf(old) != cond.IfMatch) {
+		return "", fmt.Errorf("put %s: %w", key, drivers.ErrPreconditionFailed)
+	}
+	s.objs[key] = b
+	return etagOf(b), nil
+}
+
+func etagOf(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
 func (s *memStore) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	rc, _, err := s.GetObject(ctx, key)
+	return rc, err
+}
+
+func (s *memStore) GetObject(ctx context.Context, key string) (io.ReadCloser, store.Object, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b, ok := s.objs[key]
 	if !ok {
-		return nil, fmt.Errorf("get %s: %w", key, drivers.ErrNotFound)
+		return nil, store.Object{}, fmt.Errorf("get %s: %w", key, drivers.ErrNotFound)
 	}
-	return io.NopCloser(bytes.NewReader(bytes.Clone(b))), nil
+	return io.NopCloser(bytes.NewReader(bytes.Clone(b))), store.Object{Key: key, Size: int64(len(b)), ETag: etagOf(b)}, nil
 }
 
 func (s *memStore) Stat(ctx context.Context, key string) (store.Object, error) {
@@ -58,7 +93,7 @@ func (s *memStore) Stat(ctx context.Context, key string) (store.Object, error) {
 	if !ok {
 		return store.Object{}, fmt.Errorf("stat %s: %w", key, drivers.ErrNotFound)
 	}
-	return store.Object{Key: key, Size: int64(len(b)), Modified: time.Unix(0, 0)}, nil
+	return store.Object{Key: key, Size: int64(len(b)), Modified: time.Unix(0, 0), ETag: etagOf(b)}, nil
 }
 
 func (s *memStore) List(ctx context.Context, prefix string, fn func(store.Object) error) error {

@@ -37,6 +37,10 @@ func (s *s3Store) classify(op, key string, err error) error {
 	switch resp.Code {
 	case "NoSuchKey", "NotFound":
 		return fmt.Errorf("%s: %w", what, drivers.ErrNotFound)
+	case "PreconditionFailed", "ConditionalRequestConflict":
+		// 412, or AWS's 409 for a conditional write that raced another one
+		// to the same key: either way the caller's condition did not hold.
+		return fmt.Errorf("%s: the condition does not hold (%s): %w", what, resp.Code, drivers.ErrPreconditionFailed)
 	case "InvalidAccessKeyId", "SignatureDoesNotMatch":
 		return drivers.Permanentf(drivers.ReasonAccessDenied,
 			"%s: access denied: the access key or secret key is wrong (%s)", what, resp.Code)

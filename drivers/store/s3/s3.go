@@ -213,14 +213,6 @@ func (s *s3Store) precise(ctx context.Context, err error) error {
 // Put uploads r under key. The request is signed over its payload (plain HTTP) or
 // sent over TLS, so the server rejects bytes damaged on the way.
 func (s *s3Store) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	name, err := s.object("put", key)
-	if err != nil {
-		return err
-	}
-	if err := acquire(ctx, s.puts); err != nil {
-		return s.classify("put", key, err)
-	}
-	defer release(s.puts)
 	// No Content-MD5: over plain HTTP the SigV4 signature already covers
 	// the payload's SHA-256, which the server checks; over TLS the channel
 	// does; and drorch verifies every chunk against its id when it reads it.
@@ -229,17 +221,62 @@ func (s *s3Store) Put(ctx context.Context, key string, r io.Reader, size int64) 
 	if size < 0 {
 		size = -1
 		opts.PartSize = streamPartSize
+	}
+	_, err := s.put(ctx, "put", key, r, size, opts)
+	return err
+}
+
+// PutIf uploads r under key with If-Match or If-None-Match: *, which MinIO and
+// AWS S3 evaluate atomically with the write. It is one PUT request, never a
+// multipart upload, whose conditions servers apply to the completion alone.
+func (s *s3Store) PutIf(ctx context.Context, key string, r io.Reader, size int64, cond store.Condition) (string, error) {
+	op := "put (if absent)"
+	if cond.IfMatch != "" {
+		op = "put (if version " + cond.IfMatch + ")"
+	}
+	switch {
+	case cond.IfAbsent == (cond.IfMatch != ""):
+		return "", drivers.Permanentf(drivers.ReasonInvalidInput, "%s %s at %s: the condition must be either if-absent or if-match, not %+v", op, key, s.location, cond)
+	case size < 0:
+		return "", drivers.Permanentf(drivers.ReasonInvalidInput, "%s %s at %s: a conditional put needs the size of its body", op, key, s.location)
+	}
+	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true}
+	if cond.IfAbsent {
+		opts.SetMatchETagExcept("*")
 	} else {
+		opts.SetMatchETag(cond.IfMatch)
+	}
+	etag, err := s.put(ctx, op, key, r, size, opts)
+	if err != nil && cond.IfMatch != "" && drivers.IsNotFound(err) {
+		// AWS answers If-Match on an absent key with NoSuchKey: the version
+		// the caller read is gone, which is a failed condition too.
+		return "", fmt.Errorf("%s %s at %s: the object was deleted: %w", op, key, s.location, drivers.ErrPreconditionFailed)
+	}
+	return etag, err
+}
+
+// put uploads r under key with opts and returns the stored version's ETag.
+func (s *s3Store) put(ctx context.Context, op, key string, r io.Reader, size int64, opts minio.PutObjectOptions) (string, error) {
+	name, err := s.object(op, key)
+	if err != nil {
+		return "", err
+	}
+	if err := acquire(ctx, s.puts); err != nil {
+		return "", s.classify(op, key, err)
+	}
+	defer release(s.puts)
+	if size >= 0 {
 		r = &sizedReader{r: r, left: size}
 	}
-	if _, err := s.client.PutObject(ctx, s.bucket, name, r, size, opts); err != nil {
+	info, err := s.client.PutObject(ctx, s.bucket, name, r, size, opts)
+	if err != nil {
 		if sr, ok := r.(*sizedReader); ok && sr.short {
-			return drivers.Permanentf(drivers.ReasonInvalidInput, "put %s at %s: the reader ended after %d of %d bytes: %w",
-				key, s.location, size-sr.left, size, io.ErrUnexpectedEOF)
+			return "", drivers.Permanentf(drivers.ReasonInvalidInput, "%s %s at %s: the reader ended after %d of %d bytes: %w",
+				op, key, s.location, size-sr.left, size, io.ErrUnexpectedEOF)
 		}
-		return s.classify("put", key, err)
+		return "", s.classify(op, key, err)
 	}
-	return nil
+	return info.ETag, nil
 }
 
 // sizedReader reads at most left bytes and notes when r ends before that. A
@@ -272,21 +309,27 @@ func (s *sizedReader) Read(p []byte) (int, error) {
 // The returned body holds one of the Parallel download slots until it is read
 // to the end or closed; a caller that does neither leaks the slot.
 func (s *s3Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	rc, _, err := s.GetObject(ctx, key)
+	return rc, err
+}
+
+// GetObject is Get, with the object's description from the same response.
+func (s *s3Store) GetObject(ctx context.Context, key string) (io.ReadCloser, store.Object, error) {
 	name, err := s.object("get", key)
 	if err != nil {
-		return nil, err
+		return nil, store.Object{}, err
 	}
 	if err := acquire(ctx, s.gets); err != nil {
-		return nil, s.classify("get", key, err)
+		return nil, store.Object{}, s.classify("get", key, err)
 	}
 	// Core.GetObject is one request. Client.GetObject is lazy, and its Stat
 	// would add a HEAD before every GET: twice the round trips per chunk.
-	rc, _, _, err := minio.Core{Client: s.client}.GetObject(ctx, s.bucket, name, minio.GetObjectOptions{})
+	rc, info, _, err := minio.Core{Client: s.client}.GetObject(ctx, s.bucket, name, minio.GetObjectOptions{})
 	if err != nil {
 		release(s.gets)
-		return nil, s.classify("get", key, err)
+		return nil, store.Object{}, s.classify("get", key, err)
 	}
-	return &body{s: s, key: key, rc: rc}, nil
+	return &body{s: s, key: key, rc: rc}, store.Object{Key: key, Size: info.Size, Modified: info.LastModified, ETag: info.ETag}, nil
 }
 
 // body is a download that gives its slot back exactly once, at EOF or Close.
@@ -325,7 +368,7 @@ func (s *s3Store) Stat(ctx context.Context, key string) (store.Object, error) {
 	if err != nil {
 		return store.Object{}, s.classify("stat", key, err)
 	}
-	return store.Object{Key: key, Size: info.Size, Modified: info.LastModified}, nil
+	return store.Object{Key: key, Size: info.Size, Modified: info.LastModified, ETag: info.ETag}, nil
 }
 
 func (s *s3Store) listPrefix(prefix string) string {

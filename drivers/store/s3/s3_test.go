@@ -529,6 +529,18 @@ func TestClassify(t *testing.T) {
 			t.Errorf("message %q does not start with %q", err, want)
 		}
 	}
+	for _, tc := range []struct {
+		status int
+		code   string
+	}{{412, "PreconditionFailed"}, {409, "ConditionalRequestConflict"}} {
+		err := s.classify("put", "epoch.json", resp(tc.status, tc.code))
+		if !drivers.IsPreconditionFailed(err) {
+			t.Errorf("%s: got %v, want an error wrapping drivers.ErrPreconditionFailed", tc.code, err)
+		}
+		if reason, ok := drivers.IsPermanent(err); ok {
+			t.Errorf("%s: a failed condition must not be permanent (reason %s): the caller reads again", tc.code, reason)
+		}
+	}
 	if err := s.classify("put", "k", context.Canceled); !errors.Is(err, context.Canceled) {
 		t.Errorf("a cancelled context must stay recognisable: %v", err)
 	}

@@ -42,6 +42,12 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"FailedPutLeavesNothing", testFailedPut},
 		{"ConcurrentPuts", testConcurrentPuts},
 		{"ConcurrentPutsSameKey", testConcurrentSameKey},
+		{"ETag", testETag},
+		{"PutIfAbsent", testPutIfAbsent},
+		{"PutIfMatch", testPutIfMatch},
+		{"PutIfInvalid", testPutIfInvalid},
+		{"PutIfRaces", testPutIfRaces},
+		{"CompareAndSwapCounter", testCASCounter},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -431,4 +437,230 @@ func testConcurrentSameKey(t *testing.T, s store.Store) {
 	if !slices.ContainsFunc(datas, func(d []byte) bool { return bytes.Equal(d, got) }) {
 		t.Fatalf("after concurrent puts to one key, it holds %d bytes that match none of them", len(got))
 	}
+}
+
+func putIf(t *testing.T, s store.Store, key string, data []byte, cond store.Condition) (string, error) {
+	t.Helper()
+	return s.PutIf(ctx(t), key, bytes.NewReader(data), int64(len(data)), cond)
+}
+
+func wantPrecondition(t *testing.T, what string, err error) {
+	t.Helper()
+	if !drivers.IsPreconditionFailed(err) {
+		t.Fatalf("%s: got %v, want an error wrapping drivers.ErrPreconditionFailed", what, err)
+	}
+	if reason, ok := drivers.IsPermanent(err); ok {
+		t.Fatalf("%s: a failed condition must not be permanent (reason %s): %v", what, reason, err)
+	}
+}
+
+func getObject(t *testing.T, s store.Store, key string) ([]byte, store.Object) {
+	t.Helper()
+	rc, o, err := s.GetObject(ctx(t), key)
+	if err != nil {
+		t.Fatalf("get object %q: %v", key, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("read %q: %v", key, err)
+	}
+	return b, o
+}
+
+// testETag checks that Stat, GetObject and PutIf agree on a version's ETag
+// and that a new content gets a new one.
+func testETag(t *testing.T, s store.Store) {
+	put(t, s, "epoch.json", []byte(`{"epoch":1}`))
+	st1, err := s.Stat(ctx(t), "epoch.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, o1 := getObject(t, s, "epoch.json")
+	if string(b) != `{"epoch":1}` || o1.Key != "epoch.json" || o1.Size != int64(len(b)) {
+		t.Fatalf("get object: %q, %+v", b, o1)
+	}
+	if st1.ETag == "" || o1.ETag != st1.ETag {
+		t.Fatalf("stat ETag %q, get object ETag %q: want the same, not empty", st1.ETag, o1.ETag)
+	}
+	etag2, err := putIf(t, s, "epoch.json", []byte(`{"epoch":2}`), store.IfMatch(st1.ETag))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st2, err := s.Stat(ctx(t), "epoch.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if etag2 == "" || etag2 != st2.ETag || etag2 == st1.ETag {
+		t.Fatalf("after a new content: put returned ETag %q, stat %q, the old one was %q: want a new ETag, the same from both", etag2, st2.ETag, st1.ETag)
+	}
+	_, _, err = s.GetObject(ctx(t), "missing")
+	wantNotFound(t, "get object of an absent key", err)
+}
+
+func testPutIfAbsent(t *testing.T, s store.Store) {
+	etag, err := putIf(t, s, "points/p.json.zst", []byte("first"), store.IfAbsent())
+	if err != nil {
+		t.Fatalf("create an absent key: %v", err)
+	}
+	if o, err := s.Stat(ctx(t), "points/p.json.zst"); err != nil || o.ETag != etag {
+		t.Fatalf("stat after create: %+v %v, want ETag %q", o, err, etag)
+	}
+	_, err = putIf(t, s, "points/p.json.zst", []byte("second, longer"), store.IfAbsent())
+	wantPrecondition(t, "create over an existing key", err)
+	if got := string(get(t, s, "points/p.json.zst")); got != "first" {
+		t.Fatalf("a refused create changed the object to %q", got)
+	}
+	if err := s.Delete(ctx(t), "points/p.json.zst"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := putIf(t, s, "points/p.json.zst", nil, store.IfAbsent()); err != nil {
+		t.Fatalf("create after delete: %v", err)
+	}
+}
+
+func testPutIfMatch(t *testing.T, s store.Store) {
+	put(t, s, "epoch.json", []byte("v1"))
+	o1, err := s.Stat(ctx(t), "epoch.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2, err := putIf(t, s, "epoch.json", []byte("v2"), store.IfMatch(o1.ETag))
+	if err != nil {
+		t.Fatalf("replace the version read: %v", err)
+	}
+	_, err = putIf(t, s, "epoch.json", []byte("stale"), store.IfMatch(o1.ETag))
+	wantPrecondition(t, "replace a version that was replaced since", err)
+	if got := string(get(t, s, "epoch.json")); got != "v2" {
+		t.Fatalf("a refused replace changed the object to %q", got)
+	}
+	_, err = putIf(t, s, "epoch.json", []byte("v3"), store.IfMatch("0123456789abcdef0123456789abcdef"))
+	wantPrecondition(t, "replace with an ETag that never existed", err)
+	if err := s.Delete(ctx(t), "epoch.json"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = putIf(t, s, "epoch.json", []byte("v3"), store.IfMatch(e2))
+	wantPrecondition(t, "replace a version that was deleted", err)
+	_, err = s.Stat(ctx(t), "epoch.json")
+	wantNotFound(t, "stat after a refused replace of a deleted object", err)
+}
+
+func testPutIfInvalid(t *testing.T, s store.Store) {
+	for _, tc := range []struct {
+		name string
+		size int64
+		cond store.Condition
+	}{
+		{"no condition", 1, store.Condition{}},
+		{"both conditions", 1, store.Condition{IfMatch: "abc", IfAbsent: true}},
+		{"unknown size", -1, store.IfAbsent()},
+	} {
+		_, err := s.PutIf(ctx(t), "k", bytes.NewReader([]byte("x")), tc.size, tc.cond)
+		if reason, ok := drivers.IsPermanent(err); !ok || reason != drivers.ReasonInvalidInput {
+			t.Errorf("%s: got %v, want a permanent InvalidInput error", tc.name, err)
+		}
+	}
+	if got := list(t, s, ""); len(got) != 0 {
+		t.Fatalf("refused puts left %v", keys(got))
+	}
+}
+
+// testPutIfRaces starts writers with the same condition at once, many times:
+// exactly one may win each round, and the object holds the winner's body.
+func testPutIfRaces(t *testing.T, s store.Store) {
+	const writers, rounds = 6, 8
+	for round := range rounds {
+		key := fmt.Sprintf("race/%d", round)
+		var cond store.Condition
+		if round%2 == 0 {
+			cond = store.IfAbsent()
+		} else {
+			put(t, s, key, []byte("base"))
+			o, err := s.Stat(ctx(t), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cond = store.IfMatch(o.ETag)
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, writers)
+		start := make(chan struct{})
+		for i := range writers {
+			wg.Go(func() {
+				<-start
+				_, errs[i] = putIf(t, s, key, []byte(fmt.Sprintf("writer %d", i)), cond)
+			})
+		}
+		close(start)
+		wg.Wait()
+		var won []int
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				won = append(won, i)
+			case !drivers.IsPreconditionFailed(err):
+				t.Fatalf("round %d, writer %d: %v", round, i, err)
+			}
+		}
+		if len(won) != 1 {
+			t.Fatalf("round %d (%+v): writers %v all succeeded, want exactly one", round, cond, won)
+		}
+		if got, want := string(get(t, s, key)), fmt.Sprintf("writer %d", won[0]); got != want {
+			t.Fatalf("round %d: the object holds %q, but the winner wrote %q", round, got, want)
+		}
+	}
+}
+
+// testCASCounter increments a counter from several goroutines by read,
+// compute, compare-and-swap: no increment may be lost.
+func testCASCounter(t *testing.T, s store.Store) {
+	const workers, each = 4, 6
+	if _, err := putIf(t, s, "counter", []byte("0"), store.IfAbsent()); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			for range each {
+				for {
+					n, etag, err := readCounter(ctx(t), s)
+					if err != nil {
+						errs[w] = err
+						return
+					}
+					body := []byte(fmt.Sprint(n + 1))
+					_, err = s.PutIf(ctx(t), "counter", bytes.NewReader(body), int64(len(body)), store.IfMatch(etag))
+					if err == nil {
+						break
+					}
+					if !drivers.IsPreconditionFailed(err) {
+						errs[w] = err
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(get(t, s, "counter")), fmt.Sprint(workers*each); got != want {
+		t.Fatalf("counter is %s after %s compare-and-swap increments: updates were lost", got, want)
+	}
+}
+
+func readCounter(c context.Context, s store.Store) (n int, etag string, err error) {
+	rc, o, err := s.GetObject(c, "counter")
+	if err != nil {
+		return 0, "", err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		return 0, "", err
+	}
+	_, err = fmt.Sscan(string(b), &n)
+	return n, o.ETag, err
 }
