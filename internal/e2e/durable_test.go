@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/drorch/drorch/drivers/source"
@@ -284,4 +285,41 @@ func tailLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// A backup's worker dies after some pieces were recorded in staging; one of
+// those records is then lost. The resumed upload checks the records it
+// relies on and uploads that piece again, so the commit finds every piece.
+func TestResumedBackupChecksItsStagingRecords(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	src := s.source("primary")
+	genTree(t, src, crashData)
+	w := s.spawnWorker()
+	run := s.start(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan})
+	waitFor(t, "a heartbeat naming two uploaded pieces", 5*time.Minute, func() bool { return s.resumePoint(run) >= 2 })
+	w.kill()
+	mc := s.minio["primary"].Client(t)
+	var lost string
+	for obj := range mc.ListObjects(context.Background(), "drorch", minio.ListObjectsOptions{Prefix: plan + "/staging/", Recursive: true}) {
+		if obj.Err == nil && strings.HasSuffix(obj.Key, "/uploaded-000000.json.zst") {
+			lost = obj.Key
+		}
+	}
+	if lost == "" {
+		t.Fatal("no record of the first uploaded piece in staging")
+	}
+	if err := mc.RemoveObject(context.Background(), "drorch", lost, minio.RemoveObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	w2 := s.spawnWorker()
+	if err := s.wait(run, nil); err != nil {
+		t.Fatalf("backup after a lost staging record: %v\n%s", err, s.logs.Tail(3000))
+	}
+	if !strings.Contains(string(w2.log.Bytes()), "has no record in staging") {
+		t.Errorf("the resumed upload did not say it found a piece without its record")
+	}
+	restored := filepath.Join(s.dir, "restored")
+	s.restore("primary", restored)
+	requireSameTree(t, src, restored)
 }
