@@ -83,7 +83,11 @@ type Target interface {
 	Describe() string
 
 	// Begin starts, or resumes, the restore with the given id. Nothing is
-	// visible at the target's path until Commit.
+	// visible at the target's path until Commit. It claims the staging for
+	// this process until Commit, Abort or Close (a live earlier attempt of
+	// the same id makes it fail with a retryable error), and sweeps what
+	// restores with other ids into the same target left behind when no
+	// live process owns it any more.
 	Begin(ctx context.Context, id string) (Restore, error)
 }
 
