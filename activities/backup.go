@@ -89,7 +89,19 @@ func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 	}
 	var res SnapshotResult
 	if err := r.GetStaging(ctx, in.Op, snapshotName, &res); err == nil {
-		return res, nil
+		// The record is written after every piece, each acknowledged by
+		// the store; still, what a later step relies on is checked.
+		missing, err := firstMissing(ctx, r, in.Op, pieceName, res.Pieces)
+		if err != nil {
+			return SnapshotResult{}, err
+		}
+		if missing == res.Pieces {
+			return res, nil
+		}
+		a.log.Warn().Str("plan", in.Plan).Str("op", in.Op).Int("piece", missing).Msg("the finished snapshot's piece is missing from staging: listing the source again")
+		if err := r.DeleteStaging(ctx, in.Op); err != nil {
+			return SnapshotResult{}, err
+		}
 	} else if !drivers.IsNotFound(err) {
 		return SnapshotResult{}, err
 	}
@@ -204,6 +216,18 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	var st uploadResume
 	if resumeDetails(ctx, &st) {
 		a.log.Info().Str("plan", in.Plan).Int("piece", st.Next).Msg("resuming upload")
+		// Each piece was recorded in staging (a store PUT, durable once
+		// acknowledged) before it was reported; the commit reads them all,
+		// so a resumed attempt checks they are there and redoes from the
+		// first that is not.
+		missing, err := firstMissing(ctx, r, in.Op, uploadedName, st.Next)
+		if err != nil {
+			return UploadResult{}, err
+		}
+		if missing < st.Next {
+			a.log.Warn().Str("plan", in.Plan).Str("op", in.Op).Int("piece", missing).Msg("a piece reported uploaded has no record in staging: uploading from it again")
+			st.Next = missing
+		}
 	}
 	known, err := r.UsableChunks(ctx) // damaged chunks are uploaded again
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/source"
@@ -77,7 +78,7 @@ func (a *Activities) VerifyTarget(ctx context.Context, in VerifyTargetInput) (Ve
 		case e.Type != w.Type:
 			fail("%q is a %s, the restore point has a %s", e.Path, e.Type, w.Type)
 			return nil
-		case repo.UnixMode(e.Mode) != w.Mode:
+		case repo.UnixMode(e.Mode) != w.Mode && !setuidLeftOut(r, e, w):
 			fail("%q has mode %o, the restore point %o", e.Path, repo.UnixMode(e.Mode), w.Mode)
 		case e.Type != source.TypeDir && e.Path != "." && !e.ModTime.Equal(w.ModTime):
 			fail("%q was modified %s, the restore point says %s", e.Path, e.ModTime, w.ModTime)
@@ -111,6 +112,14 @@ func (a *Activities) VerifyTarget(ctx context.Context, in VerifyTargetInput) (Ve
 		}
 	}
 	return res, nil
+}
+
+// setuidLeftOut reports whether a restored file's mode differs from the
+// point's only by the setuid and setgid bits that a restore from a repository
+// without a key leaves out (see RestoreDataInput.KeepSetuid).
+func setuidLeftOut(r *repo.Repo, e source.Entry, w *repo.Entry) bool {
+	const bits = uint32(syscall.S_ISUID | syscall.S_ISGID)
+	return !r.Encrypted() && e.Type == source.TypeFile && repo.UnixMode(e.Mode) == w.Mode&^bits
 }
 
 // verifyFile checks every byte of a restored file against its refs.
@@ -177,8 +186,10 @@ func (a *Activities) RemoveTarget(ctx context.Context, in RemoveTargetInput) err
 	}
 	clean := filepath.Clean(in.Path)
 	for site, s := range p.Source {
-		if within(s.Path, clean) || within(clean, s.Path) {
-			return temporalError(drivers.Permanentf(drivers.ReasonInvalidInput, "refusing to use %s as a sandbox: it overlaps the plan's source at %s (%s)", clean, site, s.Path))
+		// Symlinks resolve on this host; a source of another site is
+		// compared as written, and as it would resolve here.
+		if err := refuseLive("drill sandbox", clean, s.Path, site); err != nil {
+			return temporalError(err)
 		}
 	}
 	if clean == "/" || !filepath.IsAbs(clean) {

@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -125,4 +126,28 @@ func (s *splitter) addEntry(index int64, e source.Entry) error {
 		}
 	}
 	return nil
+}
+
+// firstMissing returns the first i in [0, n) whose staging object name(i) is
+// not in the repository's staging area of op, or n when all are there: one
+// listing, so a resumed step checks what earlier attempts reported done
+// before it relies on it.
+func firstMissing(ctx context.Context, r *repo.Repo, op string, name func(int) string, n int) (int, error) {
+	if n <= 0 {
+		return 0, nil
+	}
+	names, err := r.ListStaging(ctx, op)
+	if err != nil {
+		return 0, err
+	}
+	have := make(map[string]bool, len(names))
+	for _, s := range names {
+		have[s] = true
+	}
+	for i := range n {
+		if !have[name(i)] {
+			return i, nil
+		}
+	}
+	return n, nil
 }

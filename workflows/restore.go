@@ -61,7 +61,7 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	var data activities.RestoreDataResult
 	if err := t.step(ctx, "restore", func() error {
 		return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, site)), a.RestoreData,
-			activities.RestoreDataInput{Plan: in.Plan, Site: site, Op: op, Point: prep.Point, To: in.To, SiteEpoch: prep.SiteEpoch}).Get(ctx, &data)
+			activities.RestoreDataInput{Plan: in.Plan, Site: site, Op: op, Point: prep.Point, To: in.To, SiteEpoch: prep.SiteEpoch, KeepSetuid: in.KeepSetuid}).Get(ctx, &data)
 	}); err != nil {
 		return res, err
 	}

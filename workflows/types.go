@@ -73,6 +73,8 @@ type RestoreInput struct {
 	Site  string `json:"site,omitempty"`  // default: the plan's standby site (the one not active)
 	Point string `json:"point,omitempty"` // default: the latest valid point at Site
 	To    string `json:"to,omitempty"`    // default: the plan's source at Site
+	// KeepSetuid recreates setuid/setgid bits from a repository without a key.
+	KeepSetuid bool `json:"keepSetuid,omitempty"`
 }
 
 // RestoreResult describes a restore.

@@ -4,6 +4,7 @@ package source
 
 import (
 	"context"
+	"errors"
 	"io"
 	"io/fs"
 	"time"
@@ -82,13 +83,22 @@ type Target interface {
 	Describe() string
 
 	// Begin starts, or resumes, the restore with the given id. Nothing is
-	// visible at the target's path until Commit.
+	// visible at the target's path until Commit. It claims the staging for
+	// this process until Commit, Abort or Close (a live earlier attempt of
+	// the same id makes it fail with a retryable error), and sweeps what
+	// restores with other ids into the same target left behind when no
+	// live process owns it any more.
 	Begin(ctx context.Context, id string) (Restore, error)
 }
 
 // Restore stages a tree beside the target and moves it into place at Commit.
 // Entries arrive root first, parents before children. Writing an entry again
 // (after a resumed attempt) replaces what was staged for it.
+//
+// Durability: FileWriter.Close makes the file's data and attributes durable,
+// and Sync the directory entries staged so far; a caller reports a file
+// finished (to a later attempt that will skip it) only after both. A later
+// attempt still checks what it skips, through Staged.
 type Restore interface {
 	// Dir creates a directory. Its mode and mtime are applied at Commit, so that
 	// read-only directories can still be filled.
@@ -97,22 +107,42 @@ type Restore interface {
 	Symlink(e Entry) error
 	// File creates (or truncates) a regular file to be filled by WriteAt.
 	File(e Entry) (FileWriter, error)
+	// Sync makes every directory entry staged so far durable. With the
+	// files whose FileWriter was closed before it, they survive a crash.
+	Sync() error
+	// Staged opens the regular file an earlier attempt staged at path, so a
+	// resumed restore can check it before skipping it. It returns
+	// ErrInPlace once the staged tree is in place (a Commit cut short after
+	// its commit point): nothing is staged any more, and what is in place
+	// was made durable before it was moved there.
+	Staged(path string) (File, error)
 	// Commit applies directory modes and times and atomically replaces whatever
 	// is at the target's path with the staged tree. It is idempotent: calling it
 	// again after a crash finishes the move or reports that it is done.
 	Commit(ctx context.Context) error
 	// Abort removes everything staged. The target's path is left untouched.
 	Abort() error
+	// Close gives up the restore without removing anything: a later attempt
+	// with the same id resumes it, and until one does, a restore with
+	// another id into the same target may sweep it as stale. It releases
+	// the restore's claim on its staging and is a no-op after Commit or
+	// Abort.
+	Close() error
 	// Resumed reports whether Begin found this restore's staging from an
 	// earlier attempt (or a commit already under way). Only then may the
 	// caller skip files an earlier attempt wrote.
 	Resumed() bool
 }
 
+// ErrInPlace is returned by Restore.Staged once the staged tree has been
+// moved into place.
+var ErrInPlace = errors.New("the restored tree is in place already")
+
 // FileWriter fills one staged regular file. Regions never written stay holes.
 type FileWriter interface {
 	io.WriterAt
 	// Close sets the file's final size (so trailing holes exist), mode, owner
-	// (when permitted) and modification time.
+	// (when permitted) and modification time, and makes its data and
+	// attributes durable (fsync) before it returns.
 	Close() error
 }

@@ -15,9 +15,17 @@ import (
 
 // Commit applies the directories' modes, owners and times (deepest first, so
 // that finishing a child does not change its parent's mtime afterwards), makes
-// the staged tree durable with syncfs, and swaps it into place:
+// the staged tree durable (fsync of each directory, then syncfs), and swaps it
+// into place:
 //
-//	beside:  target → .drorch-old-<id>, .drorch-staging-<id> → target, remove old
+//	beside:  record the staging's identity in the owner file, exchange
+//	         .drorch-staging-<id> and target in one renameat2(RENAME_EXCHANGE)
+//	         (the commit point; the target's path is never empty), rename the
+//	         previous content, now under the staging's name, to
+//	         .drorch-old-<id>, remove old. Where the file system refuses the
+//	         exchange (EINVAL, ENOSYS): target → .drorch-old-<id>,
+//	         .drorch-staging-<id> → target, remove old; between the two
+//	         renames nothing is at the target's path.
 //	inside:  target's children → .drorch-old-<id>/, the root's attributes →
 //	         .drorch-root-<id>, .drorch-staging-<id> → .drorch-commit-<id>
 //	         (the commit point), its children → target, remove old and the
@@ -50,10 +58,17 @@ func (r *restore) Commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := r.dropOwner(); err != nil {
+		return err
+	}
 	r.finished = true
 	r.release()
 	return nil
 }
+
+// errNoExchange stands for the file system's refusal of RENAME_EXCHANGE in
+// tests that exercise the fallback.
+var errNoExchange = unix.EINVAL
 
 func (r *restore) commitBeside(ctx context.Context) error {
 	b := r.baseFD
@@ -94,14 +109,23 @@ func (r *restore) commitBeside(ctx context.Context) error {
 	if err := r.step("beside:synced"); err != nil {
 		return err
 	}
-	if hasTarget {
-		if hasOld {
-			// Left by an earlier restore with this id that completed but
-			// for this clean-up: the target holds newer content.
-			if err := removeTree(b, r.old); err != nil {
-				return fsError("commit: remove", r.inBase(r.old), err)
-			}
+	if hasTarget && hasOld {
+		// Left by an earlier restore with this id that completed but for
+		// this clean-up: the target holds newer content.
+		if err := removeTree(b, r.old); err != nil {
+			return fsError("commit: remove", r.inBase(r.old), err)
 		}
+	}
+	if hasTarget {
+		swapped, err := r.exchange()
+		if err != nil {
+			return err
+		}
+		if swapped {
+			return r.finishExchange()
+		}
+	}
+	if hasTarget {
 		if err := unix.Renameat(b, r.target, b, r.old); err != nil {
 			return fsError("commit: move previous content aside from", r.d.path, err)
 		}
@@ -120,6 +144,54 @@ func (r *restore) commitBeside(ctx context.Context) error {
 		return err
 	}
 	r.committing = true
+	if err := unix.Fsync(b); err != nil {
+		return fsError("commit: sync", r.basePath, err)
+	}
+	if err := r.step("beside:moved-in"); err != nil {
+		return err
+	}
+	return r.removeOld(b)
+}
+
+// exchange swaps the staged tree and the target in one step. It reports false
+// when the file system cannot (the caller then falls back to two renames).
+// The staging's identity is recorded first, durably: after a crash right
+// after the exchange, Begin tells by it that the target is the restored tree
+// and the staging's name holds the previous content.
+func (r *restore) exchange() (bool, error) {
+	b := r.baseFD
+	var st unix.Stat_t
+	if err := lstatat(b, r.staging, &st); err != nil {
+		return false, fsError("commit: stat", r.inBase(r.staging), err)
+	}
+	r.record.StagedDev, r.record.StagedIno = uint64(st.Dev), st.Ino
+	if err := r.writeOwner(); err != nil {
+		return false, err
+	}
+	var err error = errNoExchange
+	if !r.d.noExchange {
+		err = unix.Renameat2(b, r.staging, b, r.target, unix.RENAME_EXCHANGE)
+	}
+	if errnoIs(err, unix.EINVAL, unix.ENOSYS, unix.EOPNOTSUPP) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fsError("commit: exchange the staged tree with", r.d.path, err)
+	}
+	r.committing = true
+	if err := unix.Fsync(b); err != nil {
+		return true, fsError("commit: sync", r.basePath, err)
+	}
+	return true, r.step("beside:exchanged")
+}
+
+// finishExchange gives the previous content, under the staging's name since
+// the exchange, the old name and removes it.
+func (r *restore) finishExchange() error {
+	b := r.baseFD
+	if err := unix.Renameat(b, r.staging, b, r.old); err != nil {
+		return fsError("commit: rename the previous content to", r.inBase(r.old), err)
+	}
 	if err := unix.Fsync(b); err != nil {
 		return fsError("commit: sync", r.basePath, err)
 	}
@@ -200,6 +272,11 @@ func (r *restore) commitInside(ctx context.Context) error {
 		// Done already, or nothing was staged: either way only the last
 		// Commit's clean-up can be left.
 		return fsError("commit: remove", r.inBase(r.old), err)
+	}
+	// The owner file is in the target: removing it changes the target's
+	// mtime, which finishRoot sets last.
+	if err := r.unlinkOwner(); err != nil {
+		return err
 	}
 	return r.finishRoot()
 }
@@ -293,7 +370,7 @@ func (r *restore) moveAside() error {
 	}
 	moved := 0
 	for _, name := range names {
-		if name == r.staging || name == r.old || name == r.commit || name == r.rootMark {
+		if name == r.staging || name == r.old || name == r.commit || name == r.rootMark || name == r.owner {
 			continue
 		}
 		if err := renameReplacing(t, name, ofd, name); err != nil {
@@ -480,6 +557,11 @@ func (r *restore) applyDirs(ctx context.Context) error {
 			return fsError("commit: open directory", path, err)
 		}
 		err = setAttrs(fd, e, r.root, path)
+		if err == nil {
+			if err = unix.Fsync(fd); err != nil {
+				err = fsError("commit: sync", path, err)
+			}
+		}
 		unix.Close(fd)
 		if err != nil {
 			return err
@@ -533,6 +615,9 @@ func (r *restore) Abort() error {
 	}
 	if err := unix.Fsync(b); err != nil {
 		return fsError("abort: sync", r.basePath, err)
+	}
+	if err := r.dropOwner(); err != nil {
+		return err
 	}
 	r.finished = true
 	r.release()

@@ -40,6 +40,9 @@ type Dir struct {
 	// stepHook, when set, is called at each step of Commit; an error it
 	// returns stops Commit there, as a crash would. Tests only.
 	stepHook func(step string) error
+	// noExchange makes Commit act as on a file system that refuses
+	// RENAME_EXCHANGE. Tests only.
+	noExchange bool
 }
 
 var (

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
@@ -42,6 +43,12 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 // into <target>/.drorch-old-<id> and the staged children into the target. The
 // swap is then not one atomic rename, but each step is resumable.
 //
+// Begin records who owns the staging in <base>/.drorch-owner-<id> and holds
+// an exclusive lock on it until Commit, Abort or Close (or the process's
+// death). It then sweeps what stale restores into the same target left (see
+// sweep): a cancelled, fenced or crashed restore's staging, or the previous
+// content that a Commit cut short did not remove yet.
+//
 // One restore at a time per target: two ids restoring into the same target
 // concurrently would each replace the other's result.
 func (d *Dir) Begin(ctx context.Context, id string) (source.Restore, error) {
@@ -62,26 +69,32 @@ func (d *Dir) Begin(ctx context.Context, id string) (source.Restore, error) {
 	if exists && entryType(st.Mode) == source.TypeSymlink {
 		return nil, d.rootSymlinkError("begin restore into")
 	}
-	r := &restore{
-		d:        d,
-		id:       id,
-		staging:  stagingPrefix + id,
-		old:      oldPrefix + id,
-		commit:   commitPrefix + id,
-		rootMark: rootPrefix + id,
-		root:     os.Geteuid() == 0,
-	}
+	r := d.newRestore(id)
 	var err error
 	if d.stageInside(exists && entryType(st.Mode) == source.TypeDir, id) {
-		err = r.openInside(exists)
+		err = r.openInside(ctx, exists)
 	} else {
-		err = r.openBeside(exists)
+		err = r.openBeside(ctx)
 	}
 	if err != nil {
 		r.release()
 		return nil, err
 	}
 	return r, nil
+}
+
+func (d *Dir) newRestore(id string) *restore {
+	return &restore{
+		d:        d,
+		id:       id,
+		staging:  stagingPrefix + id,
+		old:      oldPrefix + id,
+		commit:   commitPrefix + id,
+		rootMark: rootPrefix + id,
+		owner:    ownerPrefix + id,
+		root:     os.Geteuid() == 0,
+		dirty:    map[string]struct{}{},
+	}
 }
 
 // stageInside decides where to stage; see Begin.
@@ -97,7 +110,7 @@ func (d *Dir) stageInside(targetIsDir bool, id string) bool {
 	if present(filepath.Join(parent, stagingPrefix+id)) || present(filepath.Join(parent, oldPrefix+id)) {
 		return false
 	}
-	for _, prefix := range []string{stagingPrefix, commitPrefix, oldPrefix, rootPrefix} {
+	for _, prefix := range []string{stagingPrefix, commitPrefix, oldPrefix, rootPrefix, ownerPrefix} {
 		if present(filepath.Join(d.path, prefix+id)) {
 			return true
 		}
@@ -130,7 +143,7 @@ func isMountPoint(path string) bool {
 }
 
 // openBeside prepares staging in the target's parent directory.
-func (r *restore) openBeside(targetExists bool) error {
+func (r *restore) openBeside(ctx context.Context) error {
 	parent := filepath.Dir(r.d.path)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fsError("begin restore: create parent directory", parent, err)
@@ -148,6 +161,22 @@ func (r *restore) openBeside(targetExists bool) error {
 		return drivers.Permanentf(drivers.ReasonAccessDenied,
 			"begin restore into %s: cannot stage beside it: %w", show(r.d.path), err)
 	}
+	if err := r.claim(); err != nil {
+		return err
+	}
+	if err := r.sweep(ctx); err != nil {
+		return err
+	}
+	return r.inspectBeside()
+}
+
+// inspectBeside finds where an earlier attempt with this id stopped.
+func (r *restore) inspectBeside() error {
+	fd := r.baseFD
+	hasTarget, err := r.has(r.target)
+	if err != nil {
+		return err
+	}
 	hasStaging, err := r.has(r.staging)
 	if err != nil {
 		return err
@@ -156,10 +185,27 @@ func (r *restore) openBeside(targetExists bool) error {
 	if err != nil {
 		return err
 	}
+	if hasStaging && hasTarget && r.swapped() {
+		// Commit exchanged the staged tree with the target and stopped
+		// before it gave the previous content, now under the staging's
+		// name, the name that says so.
+		if hasOld {
+			if err := removeTree(fd, r.old); err != nil {
+				return fsError("begin restore: remove", r.inBase(r.old), err)
+			}
+		}
+		if err := unix.Renameat(fd, r.staging, fd, r.old); err != nil {
+			return fsError("begin restore: rename", r.inBase(r.staging), err)
+		}
+		if err := unix.Fsync(fd); err != nil {
+			return fsError("begin restore: sync", r.basePath, err)
+		}
+		hasStaging, hasOld = false, true
+	}
 	r.resumed = hasStaging
 	if !hasStaging && hasOld {
-		if targetExists {
-			// The staged tree was renamed into place; only removing the old
+		if hasTarget {
+			// The staged tree was moved into place; only removing the old
 			// content is left. Entries written now are already in place.
 			r.committing = true
 			r.resumed = true
@@ -171,14 +217,27 @@ func (r *restore) openBeside(targetExists bool) error {
 			return fsError("begin restore: put previous content back at", r.d.path, err)
 		}
 		if err := unix.Fsync(fd); err != nil {
-			return fsError("begin restore: sync", parent, err)
+			return fsError("begin restore: sync", r.basePath, err)
 		}
 	}
 	return nil
 }
 
+// swapped reports whether the target is the tree Commit recorded as staged
+// before exchanging it with the target.
+func (r *restore) swapped() bool {
+	if r.prev.StagedIno == 0 {
+		return false
+	}
+	var st unix.Stat_t
+	if lstatat(r.baseFD, r.target, &st) != nil {
+		return false
+	}
+	return uint64(st.Dev) == r.prev.StagedDev && st.Ino == r.prev.StagedIno
+}
+
 // openInside prepares staging inside the target directory.
-func (r *restore) openInside(targetExists bool) error {
+func (r *restore) openInside(ctx context.Context, targetExists bool) error {
 	if !targetExists {
 		if err := os.Mkdir(r.d.path, 0o755); err != nil && !os.IsExist(err) {
 			return fsError("begin restore: create", r.d.path, err)
@@ -190,6 +249,17 @@ func (r *restore) openInside(targetExists bool) error {
 	}
 	r.setBase(fd, r.d.path)
 	r.inside = true
+	if err := r.claim(); err != nil {
+		return err
+	}
+	if err := r.sweep(ctx); err != nil {
+		return err
+	}
+	return r.inspectInside()
+}
+
+// inspectInside finds where an earlier attempt with this id stopped.
+func (r *restore) inspectInside() error {
 	hasCommit, err := r.has(r.commit)
 	if err != nil {
 		return err
@@ -212,11 +282,9 @@ func (r *restore) openInside(targetExists bool) error {
 
 // Resumed reports whether Begin found what an earlier attempt with the same id
 // staged (or had already moved into place). Only then may the caller skip
-// files it recorded as written; a restore that starts afresh, for instance
-// because the earlier attempt's Commit completed, needs every file again.
-//
-// It is not part of source.Restore yet; callers reach it with a type
-// assertion to interface{ Resumed() bool }.
+// files it recorded as written (after checking them, see Staged); a restore
+// that starts afresh, for instance because the earlier attempt's Commit
+// completed, needs every file again.
 func (r *restore) Resumed() bool { return r.resumed }
 
 // step marks a point of Commit for tests that simulate a crash there.
@@ -241,8 +309,13 @@ type restore struct {
 	baseFD   int
 	basePath string
 	// Names in base.
-	target, staging, old, commit, rootMark string
-	root                                   bool // running as root: restore owners
+	target, staging, old, commit, rootMark, owner string
+	root                                          bool // running as root: restore owners
+
+	// ownerFile is the locked owner file (see claim); prev is the record an
+	// earlier attempt left in it, record what this one wrote.
+	ownerFile    *os.File
+	prev, record ownerRecord
 
 	// resumed: Begin found what an earlier attempt with this id staged (or
 	// committed), so files written then need not be written again.
@@ -260,6 +333,9 @@ type restore struct {
 	// dirs are the directories of this attempt, whose mode, owner and times
 	// Commit applies.
 	dirs []source.Entry
+	// dirty are the directories that gained or lost an entry since the last
+	// Sync: staged paths relative to the staging root, "" for base.
+	dirty map[string]struct{}
 }
 
 type stagedDir struct {
@@ -274,13 +350,30 @@ func (r *restore) setBase(fd int, path string) {
 	r.basePath = path
 }
 
-// release closes every descriptor the restore holds.
+// release closes every descriptor the restore holds, which releases its lock
+// on the owner file.
 func (r *restore) release() {
 	r.resetChain()
+	if r.ownerFile != nil {
+		r.ownerFile.Close()
+		r.ownerFile = nil
+	}
 	if r.base != nil {
 		r.base.Close()
 		r.base = nil
 	}
+}
+
+// Close gives up the restore, keeping what it staged for a later attempt with
+// the same id (or for another restore into the target to sweep).
+func (r *restore) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.finished {
+		r.finished = true
+		r.release()
+	}
+	return nil
 }
 
 func (r *restore) resetChain() {
@@ -311,7 +404,7 @@ func (r *restore) staged(rel string) string { return join(r.inBase(r.staging), r
 func (r *restore) usable() error {
 	if r.finished {
 		return drivers.Permanentf(drivers.ReasonInvalidInput,
-			"restore %s into %s: already committed or aborted", r.id, show(r.d.path))
+			"restore %s into %s: already committed, aborted or closed", r.id, show(r.d.path))
 	}
 	return nil
 }
@@ -381,6 +474,7 @@ func (r *restore) Symlink(e source.Entry) error {
 	if err := unix.Symlinkat(e.Target, parent, name); err != nil {
 		return fsError("restore: create symlink", r.staged(e.Path), err)
 	}
+	r.touch(e.Path)
 	if r.root {
 		if err := unix.Fchownat(parent, name, e.UID, e.GID, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fsError("restore: set owner of symlink", r.staged(e.Path), err)
@@ -432,6 +526,7 @@ func (r *restore) File(e source.Entry) (source.FileWriter, error) {
 	if err != nil {
 		return nil, fsError("restore: create file", path, err)
 	}
+	r.touch(e.Path)
 	return &fileWriter{f: os.NewFile(uintptr(fd), path), e: e, path: path, root: r.root}, nil
 }
 
@@ -491,6 +586,7 @@ func (r *restore) openStagedDir(parent int, name, rel string) (int, error) {
 			if err := unix.Mkdirat(parent, name, 0o700); err != nil && err != unix.EEXIST {
 				return -1, fsError("restore: create directory", r.staged(rel), err)
 			}
+			r.touch(rel)
 			continue
 		}
 		if errnoIs(err, unix.ELOOP, unix.ENOTDIR) {
@@ -508,6 +604,7 @@ func (r *restore) openStagedDir(parent int, name, rel string) (int, error) {
 func (r *restore) ensureDir(parent int, name, rel string) error {
 	err := unix.Mkdirat(parent, name, 0o700)
 	if err == nil {
+		r.touch(rel)
 		return nil
 	}
 	if err != unix.EEXIST {
@@ -524,6 +621,7 @@ func (r *restore) ensureDir(parent int, name, rel string) error {
 		if err := unix.Mkdirat(parent, name, 0o700); err != nil {
 			return fsError("restore: create directory", r.staged(rel), err)
 		}
+		r.touch(rel)
 		return nil
 	}
 	if st.Mode&0o7777 == 0o700 {
@@ -552,7 +650,126 @@ func (r *restore) removeStaged(parent int, name, rel string) error {
 	if err := removeTree(parent, name); err != nil {
 		return fsError("restore: replace", r.staged(rel), err)
 	}
+	r.touch(rel)
 	return nil
+}
+
+// touch records that the directory holding the staged entry rel changed, so
+// that Sync makes its entries durable.
+func (r *restore) touch(rel string) {
+	r.dirty[parentRel(rel)] = struct{}{}
+}
+
+// parentRel is the staged directory holding the entry rel: "." for the
+// staging root, "" for base (which holds the staging root itself).
+func parentRel(rel string) string {
+	if rel == "." {
+		return ""
+	}
+	if i := strings.LastIndexByte(rel, '/'); i >= 0 {
+		return rel[:i]
+	}
+	return "."
+}
+
+// Sync makes the entries of every staged directory changed since the last
+// Sync durable (fsync of each such directory). Files are made durable by
+// their own Close.
+func (r *restore) Sync() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.usable(); err != nil {
+		return err
+	}
+	dirty := make([]string, 0, len(r.dirty))
+	for rel := range r.dirty {
+		dirty = append(dirty, rel)
+	}
+	// Deepest first, so that no directory is synced before one it holds.
+	slices.SortFunc(dirty, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	for _, rel := range dirty {
+		if err := r.syncDir(rel); err != nil {
+			return err
+		}
+		delete(r.dirty, rel)
+	}
+	return nil
+}
+
+func (r *restore) syncDir(rel string) error {
+	if rel == "" {
+		if err := unix.Fsync(r.baseFD); err != nil {
+			return fsError("restore: sync", r.basePath, err)
+		}
+		return nil
+	}
+	fd, err := r.openExisting(rel, openDir)
+	if err == unix.ENOENT {
+		return nil // replaced since: its parent is dirty too
+	}
+	if err != nil {
+		return fsError("restore: open directory", r.staged(rel), err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Fsync(fd); err != nil {
+		return fsError("restore: sync", r.staged(rel), err)
+	}
+	return nil
+}
+
+// openExisting opens the staged entry rel with flags, walking from the
+// staging root without following symlinks or creating anything.
+func (r *restore) openExisting(rel string, flags int) (int, error) {
+	comps, err := splitPath(rel)
+	if err != nil {
+		return -1, err
+	}
+	if len(comps) == 0 {
+		return openat(r.baseFD, r.staging, flags, 0)
+	}
+	dir, err := openat(r.baseFD, r.staging, openDir, 0)
+	for i := 0; err == nil && i < len(comps)-1; i++ {
+		var next int
+		next, err = openat(dir, comps[i], openDir, 0)
+		unix.Close(dir)
+		dir = next
+	}
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(dir)
+	return openat(dir, comps[len(comps)-1], flags, 0)
+}
+
+// Staged opens the regular file staged at path for reading (see
+// source.Restore): a resumed restore checks what an earlier attempt wrote.
+func (r *restore) Staged(path string) (source.File, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.usable(); err != nil {
+		return nil, err
+	}
+	if r.committing {
+		return nil, source.ErrInPlace
+	}
+	full := r.staged(path)
+	fd, err := r.openExisting(path, openRead)
+	if err != nil {
+		if errnoIs(err, unix.ELOOP, unix.ENOTDIR) {
+			return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "restore %s: %s is not a staged regular file", r.id, show(full))
+		}
+		return nil, fsError("restore: open", full, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fsError("restore: stat", full, err)
+	}
+	if entryType(st.Mode) != source.TypeFile {
+		unix.Close(fd)
+		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "restore %s: %s is not a staged regular file", r.id, show(full))
+	}
+	return &file{f: os.NewFile(uintptr(fd), full), path: full}, nil
 }
 
 // fileWriter fills one staged file.
@@ -575,7 +792,8 @@ func (w *fileWriter) WriteAt(p []byte, off int64) (int, error) {
 }
 
 // Close sets the file's size (so trailing holes exist), owner (when running as
-// root), mode (after the owner: chown clears setuid and setgid) and times.
+// root), mode (after the owner: chown clears setuid and setgid) and times,
+// and syncs the file.
 func (w *fileWriter) Close() error {
 	w.closeOnce.Do(func() {
 		w.closeErr = w.finish()
@@ -597,7 +815,14 @@ func (w *fileWriter) finish() error {
 			ferr = fsError("restore: set size of", w.path, err)
 			return
 		}
-		ferr = setAttrs(int(fd), w.e, w.root, w.path)
+		if ferr = setAttrs(int(fd), w.e, w.root, w.path); ferr != nil {
+			return
+		}
+		// Durable before the caller may report the file finished; the
+		// directory entry is Sync's.
+		if err := unix.Fsync(int(fd)); err != nil {
+			ferr = fsError("restore: sync", w.path, err)
+		}
 	})
 	if err != nil {
 		return fsError("restore: finish", w.path, err)

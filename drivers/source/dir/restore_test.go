@@ -283,6 +283,7 @@ func TestInterruptedRestoreResumes(t *testing.T) {
 			t.Errorf("a staged directory has mode %o (%v), want 0700 until Commit", st.Mode&0o7777, err)
 		}
 		// The process dies here: no Commit, no Abort.
+		r.Close()
 		if inside {
 			// What the restore stages inside the target is hidden under
 			// one name, removed from the comparison.
@@ -307,13 +308,14 @@ func TestInterruptedRestoreResumes(t *testing.T) {
 }
 
 // checkIgnoring compares with the snapshot, leaving out the entries under
-// name and the root's mtime, which creating or removing name changed.
+// name, the restore's other bookkeeping (.drorch-*) and the root's mtime,
+// which creating or removing them changed.
 func (s snapshot) checkIgnoring(t *testing.T, d *Dir, name string) {
 	t.Helper()
 	now := snap(t, d)
 	var entries []source.Entry
 	for _, e := range now.entries {
-		if e.Path != name && !strings.HasPrefix(e.Path, name+"/") {
+		if e.Path != name && !strings.HasPrefix(e.Path, name+"/") && !strings.HasPrefix(e.Path, ".drorch-") {
 			entries = append(entries, e)
 		}
 	}
@@ -328,15 +330,28 @@ func (s snapshot) checkIgnoring(t *testing.T, d *Dir, name string) {
 	}
 }
 
-var commitSteps = []struct {
+type commitStep struct {
 	step        string
 	inside      bool
+	fallback    bool // the file system refuses RENAME_EXCHANGE
 	afterCommit bool // the staged tree is in place: Abort refuses
 	done        bool // indistinguishable from a completed restore
-}{
+}
+
+func (c commitStep) String() string {
+	if c.fallback {
+		return c.step + "(two renames)"
+	}
+	return c.step
+}
+
+var commitSteps = []commitStep{
 	{step: "beside:synced"},
-	{step: "beside:moved-aside"},
+	{step: "beside:exchanged", afterCommit: true},
 	{step: "beside:moved-in", afterCommit: true},
+	{step: "beside:synced", fallback: true},
+	{step: "beside:moved-aside", fallback: true},
+	{step: "beside:moved-in", fallback: true, afterCommit: true},
 	{step: "inside:synced", inside: true},
 	{step: "inside:moving-aside", inside: true},
 	{step: "inside:moved-aside", inside: true},
@@ -354,7 +369,7 @@ var errCrash = errors.New("simulated crash")
 
 // crashIn runs a restore of a fresh rich tree over a fresh old tree whose
 // Commit stops at step; it returns the source and target.
-func crashIn(t *testing.T, step string, inside bool) (src, target *Dir, before snapshot) {
+func crashIn(t *testing.T, c commitStep) (src, target *Dir, before snapshot) {
 	t.Helper()
 	tmp := tempDir(t)
 	build(t, filepath.Join(tmp, "src"), richTree)
@@ -365,11 +380,12 @@ func crashIn(t *testing.T, step string, inside bool) (src, target *Dir, before s
 	}
 	build(t, dst, oldTree)
 	target = mustNew(t, dst)
-	target.forceStageInside = inside
+	target.forceStageInside = c.inside
+	target.noExchange = c.fallback
 	before = snap(t, target)
 	reached := false
 	target.stepHook = func(s string) error {
-		if s == step {
+		if s == c.step {
 			reached = true
 			return errCrash
 		}
@@ -381,8 +397,9 @@ func crashIn(t *testing.T, step string, inside bool) (src, target *Dir, before s
 	}
 	replay(t, src, r, nil)
 	if err := r.Commit(context.Background()); !errors.Is(err, errCrash) || !reached {
-		t.Fatalf("commit: %v, want the simulated crash at %s", err, step)
+		t.Fatalf("commit: %v, want the simulated crash at %s", err, c)
 	}
+	r.Close() // the process dies
 	target.stepHook = nil
 	return src, target, before
 }
@@ -392,8 +409,8 @@ func crashIn(t *testing.T, step string, inside bool) (src, target *Dir, before s
 // lost (it was moved into place already).
 func TestCommitResumesAfterCrashAtEachStep(t *testing.T) {
 	for _, c := range commitSteps {
-		t.Run(c.step, func(t *testing.T) {
-			src, target, _ := crashIn(t, c.step, c.inside)
+		t.Run(c.String(), func(t *testing.T) {
+			src, target, _ := crashIn(t, c)
 			r, err := target.Begin(context.Background(), "r1")
 			if err != nil {
 				t.Fatal(err)
@@ -415,8 +432,8 @@ func TestCommitAloneFinishesAfterTheCommitPoint(t *testing.T) {
 		if !c.afterCommit {
 			continue
 		}
-		t.Run(c.step, func(t *testing.T) {
-			src, target, _ := crashIn(t, c.step, c.inside)
+		t.Run(c.String(), func(t *testing.T) {
+			src, target, _ := crashIn(t, c)
 			r, err := target.Begin(context.Background(), "r1")
 			if err != nil {
 				t.Fatal(err)
@@ -433,8 +450,8 @@ func TestCommitAloneFinishesAfterTheCommitPoint(t *testing.T) {
 // back as it was; after it, Abort refuses.
 func TestAbortAfterInterruptedCommit(t *testing.T) {
 	for _, c := range commitSteps {
-		t.Run(c.step, func(t *testing.T) {
-			_, target, before := crashIn(t, c.step, c.inside)
+		t.Run(c.String(), func(t *testing.T) {
+			_, target, before := crashIn(t, c)
 			r, err := target.Begin(context.Background(), "r1")
 			if err != nil {
 				t.Fatal(err)
@@ -563,6 +580,7 @@ func TestRestoreReplacesStagedEntries(t *testing.T) {
 	must(dir("w"))
 	// The next attempt: x became a file, y a directory, the read-only file z
 	// a symlink, and w/f is written twice.
+	r.Close()
 	r, err = target.Begin(ctx, "r1")
 	must(err)
 	must(dir("."))
