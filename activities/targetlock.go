@@ -140,18 +140,13 @@ func (a *Activities) swap(ctx context.Context, in RestoreDataInput, r *repo.Repo
 		return err
 	}
 	defer unlock()
-	abort := func(err error) error {
-		if aerr := rs.Abort(); aerr != nil {
-			a.log.Error().Err(aerr).Str("target", path).Msg("removing the staged restore failed")
-		}
-		return err
-	}
+	// Refused here, the staging is removed by RestoreData: no attempt follows.
 	if err := ctx.Err(); err != nil {
-		return abort(fmt.Errorf("restore into %s cancelled before the swap: %w", path, err))
+		return fmt.Errorf("restore into %s cancelled before the swap: %w", path, err)
 	}
 	if in.To == "" {
 		if err := checkSuperseded(ctx, r, in.Site, in.SiteEpoch, "restore "+in.Point+" into "+path); err != nil {
-			return abort(err)
+			return err
 		}
 		if err := r.PutStaging(ctx, "standby", "state", standbyState{Updated: time.Now().UTC()}); err != nil {
 			return err
