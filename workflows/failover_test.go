@@ -25,6 +25,7 @@ type switchEnv struct {
 	log    []string
 	epochs map[string]repo.Epoch // each site's epoch.json
 	lags   []time.Duration       // how old each backup's snapshot is when it ends, in turn; then 0
+	access map[string][]activities.ResourceState // what AccessStatus reports at each site
 }
 
 func (e *switchEnv) did(s string) {
@@ -60,7 +61,9 @@ func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error,
 		return st, nil
 	})
 	e.OnActivity(act.AccessStatus, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.AccessStatusInput) ([]activities.ResourceState, error) {
-		return nil, fail["status "+in.Site]
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.access[in.Site], fail["status "+in.Site]
 	})
 	e.OnActivity(act.SetAccess, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SetAccessInput) ([]activities.ResourceState, error) {
 		key := string(in.Mode) + " " + in.Site

@@ -430,13 +430,13 @@ func readView(ctx workflow.Context, info activities.PlanInfo) planView {
 	switch len(answered) {
 	case 0:
 		v.unknown = fmt.Sprintf("neither site answers within %s (%s: %s; %s: %s)", darkAfter(info),
-			sites[0], errorMessage(silent[sites[0]]), sites[1], errorMessage(silent[sites[1]]))
+			sites[0], silence(silent[sites[0]]), sites[1], silence(silent[sites[1]]))
 	case 1:
 		here := answered[0]
 		if there := other(info, here); v.info.Active == here {
 			v.unknown = fmt.Sprintf("site %s does not answer within %s (%s), and it may hold a newer epoch than %s's %d, which names %s active: "+
 				"a failover to %s while %s was dark is recorded only at %s",
-				there, darkAfter(info), errorMessage(silent[there]), here, v.info.Epoch, here, there, here, there)
+				there, darkAfter(info), silence(silent[there]), here, v.info.Epoch, here, there, here, there)
 		}
 	}
 	return v
@@ -482,6 +482,18 @@ func unanswered(err error) bool {
 	}
 	app := Innermost(err)
 	return app != nil && app.Type() == "Unreachable"
+}
+
+// silence says in a few words why a site did not answer.
+func silence(err error) string {
+	var timeout *temporal.TimeoutError
+	switch {
+	case noWorker(err):
+		return "no worker took the task"
+	case errors.As(err, &timeout):
+		return "no answer in time"
+	}
+	return errorMessage(err)
 }
 
 // noWorker reports whether err says no worker of the site took the task
