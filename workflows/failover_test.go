@@ -23,8 +23,8 @@ type switchEnv struct {
 	*testsuite.TestWorkflowEnvironment
 	mu     sync.Mutex
 	log    []string
-	epochs map[string]repo.Epoch // each site's epoch.json
-	lags   []time.Duration       // how old each backup's snapshot is when it ends, in turn; then 0
+	epochs map[string]repo.Epoch                 // each site's epoch.json
+	lags   []time.Duration                       // how old each backup's snapshot is when it ends, in turn; then 0
 	access map[string][]activities.ResourceState // what AccessStatus reports at each site
 }
 
