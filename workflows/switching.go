@@ -384,7 +384,8 @@ type planView struct {
 // them, the configured primary is active and the configured roles hold.
 //
 // Since changeActiveFromAnswers a site is silent once it has not answered
-// within the plan's darkness bound (before: 30 seconds), and the active site
+// within the plan's darkness bound (before: 30 seconds; a store without the
+// plan's bucket answers, with no epoch), and the active site
 // is decided from what answered (docs/fencing.md): both sites answered, the
 // highest epoch decides; one answered and names the other active, the other
 // is (a switch back would have recorded its epoch at the answering site
@@ -412,7 +413,12 @@ func readView(ctx workflow.Context, info activities.PlanInfo) planView {
 	silent := map[string]error{}
 	for _, site := range sites {
 		var st activities.SiteState
-		if err := futures[site].Get(ctx, &st); err != nil {
+		err := futures[site].Get(ctx, &st)
+		if app := Innermost(err); decide && app != nil && app.Type() == drivers.ReasonNoSuchBucket {
+			// The store answered: it holds no repository, so no epoch.
+			err, st = nil, activities.SiteState{Site: site}
+		}
+		if err != nil {
 			silent[site] = err
 			continue
 		}
