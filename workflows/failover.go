@@ -33,7 +33,7 @@ func Failover(ctx workflow.Context, in FailoverInput) (rep SwitchReport, err err
 	}
 	view := readView(ctx, info)
 	if view.unknown != "" {
-		return rep, activeUnknown(in.Plan, view.unknown, "a failover needs to know which site it fails over from; retry once the silent site answers")
+		return rep, activeUnknown(in.Plan, view, "a failover needs to know which site it fails over from; retry once the silent site answers")
 	}
 	info = view.info
 	from := info.Active

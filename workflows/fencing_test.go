@@ -139,6 +139,8 @@ func TestFailoverRefusesAWritableStandby(t *testing.T) {
 // fails when it cannot be told, and a named site still works.
 func TestActiveSiteFromWhatAnswers(t *testing.T) {
 	silent := temporal.NewTimeoutError(enums.TIMEOUT_TYPE_SCHEDULE_TO_START, nil)
+	noBucket := temporal.NewNonRetryableApplicationError("bucket drorch does not exist", "NoSuchBucket", nil)
+	denied := temporal.NewNonRetryableApplicationError("access denied: the access key or secret key is wrong", "AccessDenied", nil)
 	names := func(active string, n uint64) activities.SiteState {
 		return activities.SiteState{Epoch: repo.Epoch{Epoch: n, Active: active}}
 	}
@@ -149,17 +151,20 @@ func TestActiveSiteFromWhatAnswers(t *testing.T) {
 	for _, tc := range []struct {
 		name               string
 		primary, secondary answer
-		want               string // the site Points lists at; "" for ActiveUnknown
+		want               string // the site Points lists at; "" for an error
+		typ                string // the error's type; default ActiveUnknown
 	}{
-		{"both answer: the highest epoch", answer{state: names("primary", 3)}, answer{state: names("secondary", 4)}, "secondary"},
-		{"no epoch anywhere: the configured primary", answer{}, answer{}, "primary"},
-		{"the secondary is silent, the primary names itself", answer{state: names("primary", 3)}, answer{err: silent}, ""},
-		{"the secondary is silent, nothing recorded at the primary", answer{}, answer{err: silent}, ""},
-		{"the secondary is silent, the primary names it", answer{state: names("secondary", 4)}, answer{err: silent}, "secondary"},
-		{"the primary is silent, the secondary names it", answer{err: silent}, answer{state: names("primary", 3)}, "primary"},
-		{"the primary is silent, nothing recorded at the secondary", answer{err: silent}, answer{}, "primary"},
-		{"the primary is silent, the secondary names itself", answer{err: silent}, answer{state: names("secondary", 4)}, ""},
-		{"both silent", answer{err: silent}, answer{err: silent}, ""},
+		{"both answer: the highest epoch", answer{state: names("primary", 3)}, answer{state: names("secondary", 4)}, "secondary", ""},
+		{"no epoch anywhere: the configured primary", answer{}, answer{}, "primary", ""},
+		{"the secondary is silent, the primary names itself", answer{state: names("primary", 3)}, answer{err: silent}, "", ""},
+		{"the secondary is silent, nothing recorded at the primary", answer{}, answer{err: silent}, "", ""},
+		{"the secondary is silent, the primary names it", answer{state: names("secondary", 4)}, answer{err: silent}, "secondary", ""},
+		{"the primary is silent, the secondary names it", answer{err: silent}, answer{state: names("primary", 3)}, "primary", ""},
+		{"the primary is silent, nothing recorded at the secondary", answer{err: silent}, answer{}, "primary", ""},
+		{"the primary is silent, the secondary names itself", answer{err: silent}, answer{state: names("secondary", 4)}, "", ""},
+		{"both silent", answer{err: silent}, answer{err: silent}, "", ""},
+		{"a store without the bucket answers: no epoch", answer{err: silent}, answer{err: noBucket}, "primary", ""},
+		{"both refuse: the refusal is what to fix", answer{err: denied}, answer{err: denied}, "", "AccessDenied"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, named := range []string{"", "primary"} {
@@ -184,7 +189,11 @@ func TestActiveSiteFromWhatAnswers(t *testing.T) {
 				case tc.want == "":
 					var app *temporal.ApplicationError
 					require.True(t, errors.As(err, &app), "error %v", err)
-					require.Equal(t, "ActiveUnknown", app.Type())
+					typ := tc.typ
+					if typ == "" {
+						typ = "ActiveUnknown"
+					}
+					require.Equal(t, typ, app.Type())
 					require.True(t, app.NonRetryable())
 					require.Contains(t, app.Error(), "name the site explicitly")
 					t.Log(app.Error())

@@ -377,6 +377,7 @@ type planView struct {
 	info    activities.PlanInfo // the roles and active site the highest epoch read names
 	silent  map[string]error    // the sites that did not answer, and why
 	unknown string              // why the active site cannot be told from what answered; "" if it can
+	cause   error               // the refusal that made it unknown, if one did
 }
 
 // readView asks both sites at once for their state: the active site and the
@@ -435,23 +436,42 @@ func readView(ctx workflow.Context, info activities.PlanInfo) planView {
 	v.silent = silent
 	switch len(answered) {
 	case 0:
-		v.unknown = fmt.Sprintf("neither site answers within %s (%s: %s; %s: %s)", darkAfter(info),
-			sites[0], silence(silent[sites[0]]), sites[1], silence(silent[sites[1]]))
+		v.unknown = fmt.Sprintf("no site told its epoch (%s: %s; %s: %s)",
+			sites[0], silence(silent[sites[0]], info), sites[1], silence(silent[sites[1]], info))
+		v.cause = refusal(silent[sites[0]], silent[sites[1]])
 	case 1:
 		here := answered[0]
 		if there := other(info, here); v.info.Active == here {
-			v.unknown = fmt.Sprintf("site %s does not answer within %s (%s), and it may hold a newer epoch than %s's %d, which names %s active: "+
+			v.unknown = fmt.Sprintf("site %s did not tell its epoch (%s), and it may hold a newer one than %s's %d, which names %s active: "+
 				"a failover to %s while %s was dark is recorded only at %s",
-				there, darkAfter(info), silence(silent[there]), here, v.info.Epoch, here, there, here, there)
+				there, silence(silent[there], info), here, v.info.Epoch, here, there, here, there)
+			v.cause = refusal(silent[there])
 		}
 	}
 	return v
 }
 
+// refusal is the first of errs that is a refusal (a non-retryable error: a
+// store that answered no, e.g. AccessDenied), or nil.
+func refusal(errs ...error) error {
+	for _, err := range errs {
+		if app := Innermost(err); app != nil && app.NonRetryable() {
+			return err
+		}
+	}
+	return nil
+}
+
 // activeUnknown is the error of an operation that needs the active site to
 // choose a default while readView cannot tell it.
-func activeUnknown(plan, why, remedy string) error {
-	return temporal.NewNonRetryableApplicationError(fmt.Sprintf("cannot tell which site of plan %s is active: %s; %s", plan, why, remedy), "ActiveUnknown", nil)
+// Its type is ActiveUnknown, or the type of the refusal that made it
+// unknown (AccessDenied, say), which is what has to be fixed.
+func activeUnknown(plan string, v planView, remedy string) error {
+	typ := "ActiveUnknown"
+	if app := Innermost(v.cause); app != nil {
+		typ = app.Type()
+	}
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf("cannot tell which site of plan %s is active: %s; %s", plan, v.unknown, remedy), typ, nil)
 }
 
 // darkAfter is the plan's darkness bound (config failover.darkAfter); a
@@ -491,13 +511,13 @@ func unanswered(err error) bool {
 }
 
 // silence says in a few words why a site did not answer.
-func silence(err error) string {
+func silence(err error, info activities.PlanInfo) string {
 	var timeout *temporal.TimeoutError
 	switch {
 	case noWorker(err):
-		return "no worker took the task"
+		return fmt.Sprintf("no worker took the task within %s", darkAfter(info))
 	case errors.As(err, &timeout):
-		return "no answer in time"
+		return fmt.Sprintf("no answer within %s", darkAfter(info))
 	}
 	return errorMessage(err)
 }
@@ -529,7 +549,7 @@ func withRoles(info activities.PlanInfo, active, primary, secondary string) acti
 func activeSite(ctx workflow.Context, info activities.PlanInfo) (string, error) {
 	v := readView(ctx, info)
 	if v.unknown != "" {
-		return "", activeUnknown(info.Plan, v.unknown, "name the site explicitly (--site, or --from for a transmission), or retry once both sites answer")
+		return "", activeUnknown(info.Plan, v, "name the site explicitly (--site, or --from for a transmission), or retry once both sites answer")
 	}
 	return v.info.Active, nil
 }
