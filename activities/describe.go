@@ -25,6 +25,7 @@ type PlanInfo struct {
 	// Sandboxes are where a drill at each site restores.
 	Sandboxes map[string]string `json:"sandboxes,omitempty"`
 	Failback  FailbackInfo      `json:"failback"`
+	Failover  FailoverInfo      `json:"failover"`
 	// Swapped is set by workflows, not by Describe: a permanent failover
 	// has made Primary and Secondary the reverse of the configured roles.
 	Swapped bool `json:"swapped,omitempty"`
@@ -37,6 +38,12 @@ type FailbackInfo struct {
 	LagThreshold time.Duration `json:"lagThreshold"`
 	Interval     time.Duration `json:"interval"`
 	AutoComplete bool          `json:"autoComplete,omitempty"`
+}
+
+// FailoverInfo says how a failover decides a site is dark (config
+// failover:). Histories recorded before it existed hold zero.
+type FailoverInfo struct {
+	DarkAfter time.Duration `json:"darkAfter,omitempty"`
 }
 
 // StepInfo describes one step of the recovery plan.
@@ -66,6 +73,7 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 		Plan: p.Name, Primary: p.Primary, Secondary: p.Secondary, Active: p.Primary,
 		Encrypted: p.Encryption != nil, Sites: map[string]SiteInfo{}, Config: a.cfg.File,
 		Failback: FailbackInfo{LagThreshold: p.Failback.LagThreshold, Interval: p.Failback.Interval, AutoComplete: p.Failback.AutoComplete},
+		Failover: FailoverInfo{DarkAfter: p.Failover.DarkAfter},
 	}
 	for _, s := range p.Steps {
 		si := StepInfo{Name: s.Name, On: s.On, Before: len(s.Before), Wait: s.Wait, After: len(s.After)}

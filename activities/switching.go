@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -71,8 +72,9 @@ type AccessStatusInput struct {
 }
 
 // AccessStatus reads the mode of every access resource of the plan at the
-// site. With Strict, any resource that does not answer fails the activity;
-// otherwise its error is reported in its state.
+// site. A resource that does not answer, or refuses, fails the activity
+// (type Unreachable when it cannot be reached); one that is fenced part-way
+// (access.ErrPartial) is reported with no mode and the reason in Error.
 func (a *Activities) AccessStatus(ctx context.Context, in AccessStatusInput) ([]ResourceState, error) {
 	rs, err := a.accessAt(in.Plan, in.Site)
 	if err != nil {
@@ -81,6 +83,10 @@ func (a *Activities) AccessStatus(ctx context.Context, in AccessStatusInput) ([]
 	out := []ResourceState{}
 	for _, r := range rs {
 		mode, err := r.Status(ctx)
+		if errors.Is(err, access.ErrPartial) {
+			out = append(out, ResourceState{Resource: r.Describe(), Error: err.Error()})
+			continue
+		}
 		if err != nil {
 			return out, temporalError(unreachableType(fmt.Errorf("status of %s at site %s: %w", r.Describe(), in.Site, err)))
 		}

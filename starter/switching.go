@@ -33,7 +33,7 @@ func (c *cli) failoverCmd() *cobra.Command {
 	var in workflows.FailoverInput
 	var planned, unplanned bool
 	cmd := &cobra.Command{
-		Use:   "failover --plan P [--planned|--unplanned] [--point ID]",
+		Use:   "failover --plan P [--planned|--unplanned] [--point ID] [--force]",
 		Short: "Make the plan's standby site active (planned: a switchover that loses nothing)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -51,6 +51,8 @@ func (c *cli) failoverCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&planned, "planned", false, "fence the active site and sync it first (default)")
 	cmd.Flags().BoolVar(&unplanned, "unplanned", false, "the active site may be dark: go on without fencing it")
 	cmd.Flags().StringVar(&in.Point, "point", "", "restore point to bring up (default: the latest at the target)")
+	cmd.Flags().BoolVar(&in.Force, "force", false, "go on where the failover stops for safety: the active site answered but refused its fence (unplanned), "+
+		"or the standby is not read-only; recorded in the report")
 	c.waitFlags(cmd)
 	return cmd
 }

@@ -19,7 +19,9 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 	}
 	def := in.Site
 	if def == "" {
-		def = activeSite(ctx, info)
+		if def, err = activeSite(ctx, info); err != nil {
+			return res, err
+		}
 	}
 	site, err := siteOf(info, in.Site, def, "site")
 	if err != nil {

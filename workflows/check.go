@@ -47,7 +47,9 @@ func Check(ctx workflow.Context, in CheckInput) (res CheckResult, err error) {
 	}
 	def := in.Site
 	if def == "" {
-		def = activeSite(ctx, info)
+		if def, err = activeSite(ctx, info); err != nil {
+			return res, err
+		}
 	}
 	site, err := siteOf(info, in.Site, def, "site")
 	if err != nil {

@@ -47,7 +47,11 @@ func Drill(ctx workflow.Context, in DrillInput) (rep DrillReport, err error) {
 	if err != nil {
 		return rep, err
 	}
-	site := other(info, activeSite(ctx, info))
+	active, err := activeSite(ctx, info)
+	if err != nil {
+		return rep, err
+	}
+	site := other(info, active)
 	if err := upsert(ctx, t, site); err != nil {
 		return rep, err
 	}

@@ -2,8 +2,10 @@ package workflows
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/drorch/drorch/activities"
@@ -34,7 +36,11 @@ func Failover(ctx workflow.Context, in FailoverInput) (rep SwitchReport, err err
 	if err != nil {
 		return rep, err
 	}
-	info = current(ctx, info)
+	view := readView(ctx, info)
+	if view.unknown != "" {
+		return rep, activeUnknown(in.Plan, view, "a failover needs to know which site it fails over from; retry once the silent site answers")
+	}
+	info = view.info
 	from := info.Active
 	to := other(info, from)
 	if err := upsert(ctx, t, to); err != nil {
@@ -44,6 +50,7 @@ func Failover(ctx workflow.Context, in FailoverInput) (rep SwitchReport, err err
 		return rep, err
 	}
 	f := &failover{switchRun: newSwitchRun(ctx, t, info, OpFailover, in.Mode, from, to, started), in: in}
+	f.silent = view.silent
 	err = f.run()
 	rep = f.finish(err)
 	workflow.GetLogger(ctx).Info("failover "+rep.Outcome, "plan", in.Plan, "from", from, "to", to, "rto", rep.RTO, "rpo", rep.RPO, "fenced", rep.Fenced)
@@ -81,6 +88,9 @@ func (f *failover) run() error {
 		if f.in.Mode == ModeUnplanned && target.Latest == "" && f.in.Point == "" {
 			return invalidInput(fmt.Sprintf("site %s holds no restore point of plan %s: nothing to fail over to", f.to, f.in.Plan))
 		}
+		if workflow.GetVersion(ctx, changeStandbyWritable, workflow.DefaultVersion, 1) >= 1 {
+			return f.standbyReadOnly()
+		}
 		return nil
 	}); err != nil {
 		return err
@@ -89,16 +99,25 @@ func (f *failover) run() error {
 	// Fence the old active site. The RPO is counted to the fence, or to the
 	// start when the old site is dark.
 	fenceAt := rep.Started
-	err := f.t.step(ctx, "fence "+f.from, func() error { return f.setAccess(f.fenceCtx(), f.from, access.ReadOnly) })
-	switch {
-	case err == nil:
-		rep.Fenced = true
-		fenceAt = workflow.Now(ctx)
-		f.onUndo("make "+f.from+" read-write again", f.undoAccess(f.from, access.ReadWrite))
-	case f.in.Mode == ModeUnplanned:
-		rep.FenceNote = "unreachable, not fenced: " + errorMessage(err)
-	default:
-		return wrap(err, "fence %s", f.from)
+	if workflow.GetVersion(ctx, changeFence, workflow.DefaultVersion, 1) >= 1 {
+		if err := f.fence(); err != nil {
+			return err
+		}
+		if rep.Fenced {
+			fenceAt = workflow.Now(ctx)
+		}
+	} else {
+		err := f.t.step(ctx, "fence "+f.from, func() error { return f.setAccess(f.fenceCtx(), f.from, access.ReadOnly) })
+		switch {
+		case err == nil:
+			rep.Fenced = true
+			fenceAt = workflow.Now(ctx)
+			f.onUndo("make "+f.from+" read-write again", f.undoAccess(f.from, access.ReadWrite))
+		case f.in.Mode == ModeUnplanned:
+			rep.FenceNote = "unreachable, not fenced: " + errorMessage(err)
+		default:
+			return wrap(err, "fence %s", f.from)
+		}
 	}
 
 	// Planned: a final backup and transmit after fencing lose nothing.
@@ -179,4 +198,67 @@ func (f *failover) fenceCtx() workflow.Context {
 		})
 	}
 	return f.reachable(f.from)
+}
+
+// fence makes the old active site read-only (since changeFence). Its undo is
+// registered before it is applied, so a fence that fails part-way (the
+// first resource read-only, the second refusing) is undone with the rest.
+// Planned, the fence must succeed. Unplanned, a site that does not answer
+// (no worker within the darkness bound, a resource that cannot be reached)
+// is recorded as not fenced and the failover goes on; a site that answers
+// and refuses stops the failover before anything at the target becomes
+// writable, unless the operator forces it.
+func (f *failover) fence() error {
+	ctx, rep := f.ctx, f.rep
+	if why := f.silent[f.from]; f.in.Mode == ModeUnplanned && noWorker(why) {
+		rep.FenceNote = fmt.Sprintf("unreachable, not fenced: no worker at site %s took a task within %s", f.from, darkAfter(f.info))
+		return nil
+	}
+	f.onUndo("make "+f.from+" read-write again", f.undoAccess(f.from, access.ReadWrite))
+	err := f.t.step(ctx, "fence "+f.from, func() error { return f.setAccess(f.fenceCtx(), f.from, access.ReadOnly) })
+	switch {
+	case err == nil:
+		rep.Fenced = true
+		return nil
+	case f.in.Mode == ModePlanned || temporal.IsCanceledError(err):
+		return wrap(err, "fence %s", f.from)
+	case unanswered(err):
+		// Nothing to undo at a site that does not answer; trying would
+		// hold the compensation of a later failure for as long as it is dark.
+		f.undo = f.undo[:len(f.undo)-1]
+		rep.FenceNote = "unreachable, not fenced: " + errorMessage(err)
+		return nil
+	case f.in.Force:
+		rep.FenceNote = "refused, not fenced (forced): " + errorMessage(err)
+		f.note(fmt.Sprintf("forced: %s answered but refused its fence, and the failover went on: %s may still take writes until it is fenced by other means", f.from, f.from))
+		return nil
+	}
+	return wrap(err, "fence %s: the site answered and refused, so it is not dark and may still take writes; the failover stopped before %s became writable "+
+		"(fix what the fence needs and run it again, or run drorch failover --force to go on without the fence)", f.from, f.to)
+}
+
+// standbyReadOnly refuses a target whose access resources are not all
+// read-only (since changeStandbyWritable): a standby that takes writes is
+// not one to restore over, and writes there would be lost or would split
+// the plan in two. Forced, it is noted and the failover goes on.
+func (f *failover) standbyReadOnly() error {
+	var open []string
+	for _, r := range f.access[f.to] {
+		switch {
+		case r.Error != "":
+			open = append(open, r.Error)
+		case r.Mode != access.ReadOnly:
+			open = append(open, r.Resource+" is "+string(r.Mode))
+		}
+	}
+	if len(open) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("site %s is the standby of plan %s, but %s", f.to, f.in.Plan, strings.Join(open, "; "))
+	if f.in.Force {
+		f.note("forced: " + msg)
+		return nil
+	}
+	return temporal.NewNonRetryableApplicationError(msg+": something may be writing there, and the failover would restore over it; "+
+		"find out what writes there and make the site read-only, or run drorch failover --force to fail over all the same", "StandbyWritable", nil)
 }

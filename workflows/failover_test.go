@@ -23,8 +23,9 @@ type switchEnv struct {
 	*testsuite.TestWorkflowEnvironment
 	mu     sync.Mutex
 	log    []string
-	epochs map[string]repo.Epoch // each site's epoch.json
-	lags   []time.Duration       // how old each backup's snapshot is when it ends, in turn; then 0
+	epochs map[string]repo.Epoch                 // each site's epoch.json
+	lags   []time.Duration                       // how old each backup's snapshot is when it ends, in turn; then 0
+	access map[string][]activities.ResourceState // what AccessStatus reports at each site
 }
 
 func (e *switchEnv) did(s string) {
@@ -67,7 +68,9 @@ func newSwitchEnv(t *testing.T, info activities.PlanInfo, fail map[string]error,
 		return st, nil
 	})
 	e.OnActivity(act.AccessStatus, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.AccessStatusInput) ([]activities.ResourceState, error) {
-		return nil, fail["status "+in.Site]
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.access[in.Site], fail["status "+in.Site]
 	})
 	e.OnActivity(act.SetAccess, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SetAccessInput) ([]activities.ResourceState, error) {
 		key := string(in.Mode) + " " + in.Site

@@ -18,7 +18,11 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	}
 	def := in.Site
 	if def == "" {
-		def = other(info, activeSite(ctx, info))
+		active, err := activeSite(ctx, info)
+		if err != nil {
+			return res, err
+		}
+		def = other(info, active)
 	}
 	site, err := siteOf(info, in.Site, def, "site")
 	if err != nil {
@@ -90,7 +94,9 @@ func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) 
 	}
 	def := in.Site
 	if def == "" {
-		def = activeSite(ctx, info)
+		if def, err = activeSite(ctx, info); err != nil {
+			return res, err
+		}
 	}
 	site, err := siteOf(info, in.Site, def, "site")
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/access"
 	"github.com/drorch/drorch/internal/repo"
 )
@@ -28,6 +29,10 @@ type switchRun struct {
 	op       string              // this operation's id: failover-1a2b3c4d
 	rep      *SwitchReport
 	undo     []undoStep // compensations, in the order the steps were done
+	// silent holds the sites whose state could not be read when the run
+	// began, and why (see readView); access the resource states preflight read.
+	silent map[string]error
+	access map[string][]activities.ResourceState
 }
 
 type undoStep struct {
@@ -70,8 +75,12 @@ func (s *switchRun) reachable(site string) workflow.Context {
 }
 
 // reachableIn is reachable with ctx as the base: a disconnected context
-// for what must run after a cancellation.
+// for what must run after a cancellation. Since changeDarkAfter the bound is
+// the plan's failover.darkAfter (darkOptions).
 func (s *switchRun) reachableIn(ctx workflow.Context, site string) workflow.Context {
+	if workflow.GetVersion(ctx, changeDarkAfter, workflow.DefaultVersion, 1) >= 1 {
+		return workflow.WithActivityOptions(ctx, darkOptions(ctx, site, darkAfter(s.info)))
+	}
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue: siteQueue(ctx, site), ScheduleToStartTimeout: time.Minute, StartToCloseTimeout: 2 * time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2, MaximumAttempts: 3},
@@ -86,9 +95,14 @@ func (s *switchRun) preflight(why string, sites ...string) (map[string]activitie
 		if err := workflow.ExecuteActivity(s.check(site), act.GetSiteState, activities.SiteStateInput{Plan: s.info.Plan, Site: site}).Get(s.ctx, &st); err != nil {
 			return states, wrap(err, "%s site %s", why, site)
 		}
-		if err := workflow.ExecuteActivity(s.check(site), act.AccessStatus, activities.AccessStatusInput{Plan: s.info.Plan, Site: site}).Get(s.ctx, nil); err != nil {
+		var rs []activities.ResourceState
+		if err := workflow.ExecuteActivity(s.check(site), act.AccessStatus, activities.AccessStatusInput{Plan: s.info.Plan, Site: site}).Get(s.ctx, &rs); err != nil {
 			return states, wrap(err, "%s site %s", why, site)
 		}
+		if s.access == nil {
+			s.access = map[string][]activities.ResourceState{}
+		}
+		s.access[site] = rs
 		states[site] = st
 	}
 	return states, nil
@@ -126,13 +140,24 @@ func (s *switchRun) readWrite(site string) error {
 // unless it is dark (then it learns it at failback, and meanwhile every
 // reader takes the highest epoch either site holds). Undone by giving the
 // active role back.
+//
+// Since changeEpochOldSite, dark (the fence did not reach the old site) no
+// longer skips it: its store is asked all the same, within the darkness
+// bound, unless it did not answer when the run began, and only a store that
+// does not take the epoch is left out (with a note).
 func (s *switchRun) epoch(reason string, dark bool) error {
+	tryOld := workflow.GetVersion(s.ctx, changeEpochOldSite, workflow.DefaultVersion, 1) >= 1
 	err := s.t.step(s.ctx, "epoch", func() error {
 		var set repo.Epoch
 		if err := workflow.ExecuteActivity(s.site(s.to), act.SetEpoch, s.epochInput(s.to, s.to, s.op, reason, s.info.Epoch, 0)).Get(s.ctx, &set); err != nil {
 			return err
 		}
 		s.rep.Epoch = set.Epoch
+		if dark && tryOld {
+			var err error
+			dark, err = s.epochAtOld(reason)
+			return err
+		}
 		if dark {
 			s.note(fmt.Sprintf("epoch %d not recorded at %s, which did not answer: it learns it when it is back", s.rep.Epoch, s.from))
 			return nil
@@ -154,6 +179,26 @@ func (s *switchRun) epoch(reason string, dark bool) error {
 		return nil
 	})
 	return nil
+}
+
+// epochAtOld records the new epoch at the old active site, which the fence
+// did not reach, if its store answers within the darkness bound; it reports
+// whether the epoch is still missing there. A store that holds a newer epoch
+// (Fenced: another switch happened meanwhile) stops the operation.
+func (s *switchRun) epochAtOld(reason string) (missing bool, err error) {
+	if why := s.silent[s.from]; why != nil {
+		s.note(fmt.Sprintf("epoch %d not recorded at %s, which did not answer within %s: it learns it when it is back", s.rep.Epoch, s.from, darkAfter(s.info)))
+		return true, nil
+	}
+	err = workflow.ExecuteActivity(s.reachable(s.from), act.SetEpoch, s.epochInput(s.from, s.to, s.op, reason, 0, s.rep.Epoch)).Get(s.ctx, nil)
+	switch {
+	case err == nil:
+		return false, nil
+	case temporal.IsCanceledError(err) || errorType(err) == drivers.ReasonFenced:
+		return true, err
+	}
+	s.note(fmt.Sprintf("epoch %d not recorded at %s: %s: it learns it when it is back", s.rep.Epoch, s.from, errorMessage(err)))
+	return true, nil
 }
 
 // epochInput sets site's epoch naming active, keeping the plan's roles.
@@ -320,30 +365,168 @@ func errorType(err error) string {
 	return ""
 }
 
-// current is the plan as its repositories record it: the active site and
-// the roles named by the highest epoch either site holds, asked of both
-// sites at once; a site that does not answer within 30 seconds is left out.
-// With no epoch naming them, the configured primary is active and the
-// configured roles hold.
+// current is the plan as its repositories record it (see readView), the
+// best view there is even when a site is silent: for operations that need
+// both sites anyway, or that decide for themselves what a silent site means.
 func current(ctx workflow.Context, info activities.PlanInfo) activities.PlanInfo {
+	return readView(ctx, info).info
+}
+
+// planView is what readView learnt.
+type planView struct {
+	info    activities.PlanInfo // the roles and active site the highest epoch read names
+	silent  map[string]error    // the sites that did not answer, and why
+	unknown string              // why the active site cannot be told from what answered; "" if it can
+	cause   error               // the refusal that made it unknown, if one did
+}
+
+// readView asks both sites at once for their state: the active site and the
+// roles are the ones named by the highest epoch read; with no epoch naming
+// them, the configured primary is active and the configured roles hold.
+//
+// Since changeActiveFromAnswers a site is silent once it has not answered
+// within the plan's darkness bound (before: 30 seconds; a store without the
+// plan's bucket answers, with no epoch), and the active site
+// is decided from what answered (docs/fencing.md): both sites answered, the
+// highest epoch decides; one answered and names the other active, the other
+// is (a switch back would have recorded its epoch at the answering site
+// first, since a switch records the epoch at the site it makes active before
+// anywhere else); one answered and names itself active, the silent one may
+// hold a newer epoch (a failover to it while the answering site was dark is
+// recorded only there), so the active site is unknown; none answered,
+// unknown.
+func readView(ctx workflow.Context, info activities.PlanInfo) planView {
+	decide := workflow.GetVersion(ctx, changeActiveFromAnswers, workflow.DefaultVersion, 1) >= 1
+	sites := []string{info.Primary, info.Secondary}
 	futures := map[string]workflow.Future{}
-	for _, site := range []string{info.Primary, info.Secondary} {
-		c := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+	for _, site := range sites {
+		opts := workflow.ActivityOptions{
 			TaskQueue: siteQueue(ctx, site), ScheduleToStartTimeout: 30 * time.Second, StartToCloseTimeout: 30 * time.Second,
 			RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 2},
-		})
-		futures[site] = workflow.ExecuteActivity(c, act.GetSiteState, activities.SiteStateInput{Plan: info.Plan, Site: site})
+		}
+		if decide {
+			opts = darkOptions(ctx, site, darkAfter(info))
+		}
+		futures[site] = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, opts), act.GetSiteState, activities.SiteStateInput{Plan: info.Plan, Site: site})
 	}
 	var best activities.SiteState
-	for _, site := range []string{info.Primary, info.Secondary} {
+	var answered []string
+	silent := map[string]error{}
+	for _, site := range sites {
 		var st activities.SiteState
-		if futures[site].Get(ctx, &st) == nil && st.Epoch.Epoch > best.Epoch.Epoch {
+		err := futures[site].Get(ctx, &st)
+		if app := Innermost(err); decide && app != nil && app.Type() == drivers.ReasonNoSuchBucket {
+			// The store answered: it holds no repository, so no epoch.
+			err, st = nil, activities.SiteState{Site: site}
+		}
+		if err != nil {
+			silent[site] = err
+			continue
+		}
+		answered = append(answered, site)
+		if st.Epoch.Epoch > best.Epoch.Epoch {
 			best = st
 		}
 	}
-	info = withRoles(info, best.Epoch.Active, best.Epoch.Primary, best.Epoch.Secondary)
-	info.Epoch = best.Epoch.Epoch
-	return info
+	v := planView{info: withRoles(info, best.Epoch.Active, best.Epoch.Primary, best.Epoch.Secondary)}
+	v.info.Epoch = best.Epoch.Epoch
+	if !decide {
+		return v
+	}
+	v.silent = silent
+	switch len(answered) {
+	case 0:
+		v.unknown = fmt.Sprintf("no site told its epoch (%s: %s; %s: %s)",
+			sites[0], silence(silent[sites[0]], info), sites[1], silence(silent[sites[1]], info))
+		v.cause = refusal(silent[sites[0]], silent[sites[1]])
+	case 1:
+		here := answered[0]
+		if there := other(info, here); v.info.Active == here {
+			v.unknown = fmt.Sprintf("site %s did not tell its epoch (%s), and it may hold a newer one than %s's %d, which names %s active: "+
+				"a failover to %s while %s was dark is recorded only at %s",
+				there, silence(silent[there], info), here, v.info.Epoch, here, there, here, there)
+			v.cause = refusal(silent[there])
+		}
+	}
+	return v
+}
+
+// refusal is the first of errs that is a refusal (a non-retryable error: a
+// store that answered no, e.g. AccessDenied), or nil.
+func refusal(errs ...error) error {
+	for _, err := range errs {
+		if app := Innermost(err); app != nil && app.NonRetryable() {
+			return err
+		}
+	}
+	return nil
+}
+
+// activeUnknown is the error of an operation that needs the active site to
+// choose a default while readView cannot tell it.
+// Its type is ActiveUnknown, or the type of the refusal that made it
+// unknown (AccessDenied, say), which is what has to be fixed.
+func activeUnknown(plan string, v planView, remedy string) error {
+	typ := "ActiveUnknown"
+	if app := Innermost(v.cause); app != nil {
+		typ = app.Type()
+	}
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf("cannot tell which site of plan %s is active: %s; %s", plan, v.unknown, remedy), typ, nil)
+}
+
+// darkAfter is the plan's darkness bound (config failover.darkAfter); a
+// history recorded before the plan description carried it has the default.
+func darkAfter(info activities.PlanInfo) time.Duration {
+	if info.Failover.DarkAfter > 0 {
+		return info.Failover.DarkAfter
+	}
+	return defaultDarkAfter
+}
+
+const defaultDarkAfter = 10 * time.Second
+
+// darkOptions are for a call to a site that may be dark: its worker must
+// pick the task up within bound and the call must end within bound, retried
+// for at most a second more. The second tells a site without a worker (a
+// ScheduleToStart timeout, see noWorker) from one whose servers are silent.
+func darkOptions(ctx workflow.Context, site string, bound time.Duration) workflow.ActivityOptions {
+	return workflow.ActivityOptions{
+		TaskQueue: siteQueue(ctx, site), ScheduleToStartTimeout: bound, StartToCloseTimeout: bound, ScheduleToCloseTimeout: bound + time.Second,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 500 * time.Millisecond, BackoffCoefficient: 2},
+	}
+}
+
+// unanswered reports whether err says a site did not answer: a timeout
+// (no worker took the task, or the call did not end in time) or a server
+// that could not be reached (type Unreachable). Any other error is an
+// answer: a refusal (a wrong password, access denied) or a failure at a site
+// that is there.
+func unanswered(err error) bool {
+	var timeout *temporal.TimeoutError
+	if errors.As(err, &timeout) {
+		return true
+	}
+	app := Innermost(err)
+	return app != nil && app.Type() == "Unreachable"
+}
+
+// silence says in a few words why a site did not answer.
+func silence(err error, info activities.PlanInfo) string {
+	var timeout *temporal.TimeoutError
+	switch {
+	case noWorker(err):
+		return fmt.Sprintf("no worker took the task within %s", darkAfter(info))
+	case errors.As(err, &timeout):
+		return fmt.Sprintf("no answer within %s", darkAfter(info))
+	}
+	return errorMessage(err)
+}
+
+// noWorker reports whether err says no worker of the site took the task
+// within its ScheduleToStart timeout: the whole site is dark to drorch.
+func noWorker(err error) bool {
+	var timeout *temporal.TimeoutError
+	return errors.As(err, &timeout) && timeout.TimeoutType() == enums.TIMEOUT_TYPE_SCHEDULE_TO_START
 }
 
 // withRoles applies recorded roles to the configured plan, ignoring names
@@ -360,7 +543,23 @@ func withRoles(info activities.PlanInfo, active, primary, secondary string) acti
 	return info
 }
 
-// activeSite is the plan's active site (see current).
-func activeSite(ctx workflow.Context, info activities.PlanInfo) string {
-	return current(ctx, info).Active
+// activeSite is the plan's active site (see readView), for an operation
+// whose default depends on it: when it cannot be told, an ActiveUnknown
+// error asks for the site to be named.
+func activeSite(ctx workflow.Context, info activities.PlanInfo) (string, error) {
+	v := readView(ctx, info)
+	if v.unknown != "" {
+		return "", activeUnknown(info.Plan, v, "name the site explicitly (--site, or --from for a transmission), or retry once both sites answer")
+	}
+	return v.info.Active, nil
 }
+
+// Change ids of workflow.GetVersion: each guards one change of behaviour,
+// so that histories recorded before it replay the old way (docs/fencing.md).
+const (
+	changeDarkAfter         = "dark-after"          // calls to a possibly dark site are bounded by failover.darkAfter
+	changeActiveFromAnswers = "active-from-answers" // readView decides the active site from the sites that answer
+	changeEpochOldSite      = "epoch-old-site"      // the old site's epoch is raised whenever its store answers
+	changeFence             = "fence-refusal"       // a refused fence stops an unplanned failover; the undo is registered first
+	changeStandbyWritable   = "standby-read-write"  // preflight refuses a target that is read-write
+)

@@ -18,7 +18,9 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 	}
 	def := in.From
 	if def == "" {
-		def = activeSite(ctx, info)
+		if def, err = activeSite(ctx, info); err != nil {
+			return res, err
+		}
 	}
 	from, err := siteOf(info, in.From, def, "from")
 	if err != nil {

@@ -144,6 +144,10 @@ type FailoverInput struct {
 	Plan  string `json:"plan"`
 	Mode  string `json:"mode,omitempty"`  // planned (default) or unplanned
 	Point string `json:"point,omitempty"` // default: the latest valid point at the target (after the final sync)
+	// Force goes on where the failover would stop for safety: the old active
+	// site answered but refused its fence (unplanned), or the target is not
+	// read-only. The report says what was forced.
+	Force bool `json:"force,omitempty"`
 }
 
 // SwitchReport is what a switching workflow returns and stores at the site

@@ -22,6 +22,8 @@ func newEnv(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterActivity(&activities.Activities{})
 	grantClaims(env)
+	// Both sites answer, with no epoch: the configured primary is active.
+	env.OnActivity((*activities.Activities)(nil).GetSiteState, mock.Anything, mock.Anything).Return(activities.SiteState{}, nil).Maybe()
 	t.Cleanup(func() { env.AssertExpectations(t) })
 	return env
 }

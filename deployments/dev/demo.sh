@@ -79,8 +79,8 @@ expect_refused() { # site: the fenced site's database refuses the service's writ
 	if out=$(take_order "$site" "refused-$RANDOM" 2>&1); then
 		fail "the $site's PostgreSQL took a write, but the $site is fenced: $out"
 	fi
-	grep -q 'read-only transaction' <<<"$out" || fail "the $site's PostgreSQL refused the write for another reason: $out"
-	ok "the $site's PostgreSQL refuses writes: $(grep -o 'ERROR: .*' <<<"$out" | head -n 1)"
+	grep -Eq 'read-only transaction|not permitted to log in' <<<"$out" || fail "the $site's PostgreSQL refused the write for another reason: $out"
+	ok "the $site's PostgreSQL refuses writes: $(grep -Eo '(ERROR|FATAL): .*' <<<"$out" | head -n 1)"
 }
 
 # --- DNS ----------------------------------------------------------------------

@@ -143,7 +143,13 @@ postgres_up() { # site
 	pg_sql "$site" -d app -c "$rw" -c 'SET ROLE app' -c 'CREATE TABLE IF NOT EXISTS orders (
 		id serial PRIMARY KEY, item text NOT NULL, site text NOT NULL, at timestamptz NOT NULL DEFAULT now())'
 	if $new && [ "$site" = secondary ]; then
-		pg_sql "$site" -d postgres -c 'ALTER SYSTEM SET default_transaction_read_only = on' -c 'SELECT pg_reload_conf()' >/dev/null
+		pg_sql "$site" -d postgres -c "$rw" -c 'ALTER ROLE app NOLOGIN' \
+			-c 'ALTER SYSTEM SET default_transaction_read_only = on' -c 'SELECT pg_reload_conf()' >/dev/null
+	fi
+	# A read-only cluster is fenced as drorch fences it: the service's role
+	# may not log in either (a cluster made by an older stack.sh let it).
+	if [ "$(pg_sql "$site" -d postgres -c 'SHOW default_transaction_read_only')" = on ]; then
+		pg_sql "$site" -d postgres -c "$rw" -c 'ALTER ROLE app NOLOGIN' >/dev/null
 	fi
 }
 

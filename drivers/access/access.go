@@ -5,6 +5,7 @@ package access
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -24,6 +25,13 @@ func ParseMode(s string) (Mode, error) {
 	}
 	return "", fmt.Errorf("access mode %q: want %q or %q", s, ReadOnly, ReadWrite)
 }
+
+// ErrPartial is wrapped by a Status error for a resource that is neither
+// wholly read-only nor wholly read-write: a fence applied or lifted part-way
+// (a driver that fences in several moves was interrupted, or someone undid one
+// of them). Such a resource is not fenced; setting either mode again
+// completes it.
+var ErrPartial = errors.New("partly read-only")
 
 // Access switches one resource (a database, a bucket, anything a command or a
 // webhook can switch). Errors are classified as in package drivers; a

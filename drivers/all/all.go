@@ -22,7 +22,7 @@ func Access(c *config.Access) (access.Access, error) {
 	case "postgres":
 		return postgres.New(postgres.Config{
 			Host: c.Host, Port: c.Port, User: c.User, Password: c.Password,
-			Database: c.Database, SSLMode: c.SSLMode, Timeout: c.Timeout,
+			Database: c.Database, SSLMode: c.SSLMode, Timeout: c.Timeout, Roles: c.Roles,
 		})
 	case "s3bucket":
 		return s3bucket.New(s3bucket.Config{

@@ -109,6 +109,7 @@ type Plan struct {
 	Access     map[string][]*Access `yaml:"access"` // by site, in the order they are switched
 	DNS        []*DNSRecord         `yaml:"dns"`
 	Steps      []*Step              `yaml:"steps"`
+	Failover   Failover             `yaml:"failover"`
 	Failback   Failback             `yaml:"failback"`
 	Drill      Drill                `yaml:"drill"`
 	// RetryBudget is how long a step may go on failing with errors that

@@ -28,6 +28,7 @@ type Access struct {
 	Password secret.Secret `yaml:"password"`
 	Database string        `yaml:"database"`
 	SSLMode  string        `yaml:"sslmode"`
+	Roles    []string      `yaml:"roles"` // the application's login roles: NOLOGIN while read-only
 
 	// s3bucket
 	Endpoint  string        `yaml:"endpoint"`
@@ -105,6 +106,14 @@ type Drill struct {
 	Sandbox string `yaml:"sandbox"` // default: the standby's source path + ".drill"
 }
 
+// Failover says how an unplanned failover decides that a site is dark.
+type Failover struct {
+	// DarkAfter is how long a site may take to answer (its worker to pick
+	// a task up, its store or access resources to reply) before an
+	// unplanned failover counts it dark and goes on without it.
+	DarkAfter time.Duration `yaml:"darkAfter"`
+}
+
 // Failback says when data recovery has caught up.
 type Failback struct {
 	LagThreshold time.Duration `yaml:"lagThreshold"` // caught up when the primary's data is younger than this after a round
@@ -119,6 +128,7 @@ const (
 	DefaultFailbackLag      = 5 * time.Minute
 	DefaultFailbackInterval = 30 * time.Second
 	DefaultApprovalTimeout  = time.Hour
+	DefaultDarkAfter        = 10 * time.Second
 )
 
 // Procedures a recovery step can run in.
@@ -131,6 +141,13 @@ func (f *Failback) setDefaults() {
 	f.Interval = DefaultFailbackInterval
 }
 func (a *Approval) setDefaults() { a.Timeout = DefaultApprovalTimeout }
+func (f *Failover) setDefaults() { f.DarkAfter = DefaultDarkAfter }
+
+func (f *Failover) validate(d *decoder, path string) {
+	if f.DarkAfter < time.Second || f.DarkAfter > 10*time.Minute {
+		d.errorf(join(path, "darkAfter"), "must be 1s to 10m, got %s: the time a site that answers needs to answer, at most", f.DarkAfter)
+	}
+}
 
 func (a Access) Format(f fmt.State, verb rune)    { type plain Access; formatPlain(f, plain(a)) }
 func (r DNSRecord) Format(f fmt.State, verb rune) { type plain DNSRecord; formatPlain(f, plain(r)) }
@@ -139,7 +156,7 @@ func (t TSIG) Format(f fmt.State, verb rune)      { type plain TSIG; formatPlain
 // accessFields lists, per driver, the keys it takes besides driver and
 // timeout; a key of another driver is an error rather than silently unused.
 var accessFields = map[string][]string{
-	"postgres": {"host", "port", "user", "password", "database", "sslmode"},
+	"postgres": {"host", "port", "user", "password", "database", "sslmode", "roles"},
 	"s3bucket": {"endpoint", "bucket", "region", "accessKey", "secretKey", "insecure", "caFile", "users", "groups"},
 	"exec":     {"setMode", "status", "env", "dir"},
 	"http":     {"url", "statusURL", "headers", "caFile", "insecure"},
@@ -175,6 +192,7 @@ func (a *Access) validate(d *decoder, path string) {
 		if a.Password.Ref() == "" {
 			d.errorf(f("password"), `required: a reference "env:NAME" or "file:PATH"`)
 		}
+		a.validateRoles(d, f("roles"))
 	case "s3bucket":
 		if err := hostPort(a.Endpoint, false); err != nil {
 			d.errorf(f("endpoint"), "%v", err)
@@ -209,6 +227,31 @@ func (a *Access) validate(d *decoder, path string) {
 			if err := httpURL(a.StatusURL); err != nil {
 				d.errorf(f("statusURL"), "%v", err)
 			}
+		}
+	}
+}
+
+// validateRoles checks a postgres fence's roles: the application's login
+// roles, which read-only makes NOLOGIN. They are required, as the cluster's
+// read-only default alone is one the application can lift for itself (SET
+// default_transaction_read_only = off, BEGIN READ WRITE).
+func (a *Access) validateRoles(d *decoder, path string) {
+	if len(a.Roles) == 0 {
+		d.errorf(path, "required: the application's login roles, e.g. [app]; read-only makes them NOLOGIN, "+
+			"since default_transaction_read_only alone is a default any session can turn off")
+		return
+	}
+	for i, r := range a.Roles {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		switch {
+		case strings.TrimSpace(r) == "":
+			d.errorf(p, "must be a role name, got %q", r)
+		case r == a.User:
+			d.errorf(p, "%q is the user drorch connects as (user): a fence would lock drorch out, and it could not lift it", r)
+		case strings.EqualFold(r, "public") || strings.HasPrefix(r, "pg_"):
+			d.errorf(p, "%q is not a login role (PUBLIC and pg_* roles are PostgreSQL's own)", r)
+		case slices.Contains(a.Roles[:i], r):
+			d.errorf(p, "%q is listed twice", r)
 		}
 	}
 }

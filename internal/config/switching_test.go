@@ -9,7 +9,7 @@ import (
 
 const switching = valid + `    access:
       primary:
-        - {driver: postgres, host: 127.0.0.1, port: 5433, user: drorch, password: env:DRORCH_PG_PASSWORD, database: app}
+        - {driver: postgres, host: 127.0.0.1, port: 5433, user: drorch, password: env:DRORCH_PG_PASSWORD, database: app, roles: [app, reports]}
         - {driver: s3bucket, endpoint: 127.0.0.1:9001, bucket: app-data, accessKey: env:DRORCH_PRIMARY_ACCESS_KEY, secretKey: env:DRORCH_PRIMARY_SECRET_KEY, insecure: true, users: [app, ci], groups: [writers]}
       secondary:
         - {driver: exec, setMode: [/usr/local/bin/app-mode, --site, b], status: [/usr/local/bin/app-mode, --status], timeout: 20s}
@@ -28,6 +28,7 @@ const switching = valid + `    access:
         wait: 30s
       - name: ops-approval
         approval: {timeout: 2h}
+    failover: {darkAfter: 5s}
     failback: {lagThreshold: 2m, autoComplete: true}
 `
 
@@ -58,6 +59,12 @@ func TestParseSwitching(t *testing.T) {
 		s[1].Approval.Timeout != 2*time.Hour || !s[1].RunsOn("failback") {
 		t.Fatalf("steps: %+v", s)
 	}
+	if a := p.Access["primary"][0]; strings.Join(a.Roles, ",") != "app,reports" {
+		t.Fatalf("postgres roles: %q", a.Roles)
+	}
+	if p.Failover.DarkAfter != 5*time.Second {
+		t.Fatalf("failover: %+v", p.Failover)
+	}
 	if p.Failback.LagThreshold != 2*time.Minute || !p.Failback.AutoComplete || p.Failback.Interval != DefaultFailbackInterval {
 		t.Fatalf("failback: %+v", p.Failback)
 	}
@@ -83,7 +90,7 @@ func TestParseSwitchingErrors(t *testing.T) {
 		{"users: [app, ci]", `users: [app, ""]`, `plans.files.access.primary[1].users[1]: must be a MinIO IAM user name, got ""`},
 		{"groups: [writers]", `groups: [" "]`, `plans.files.access.primary[1].groups[0]: must be a MinIO IAM group name, got " "`},
 		{"users: [app, ci]", "users: {name: app}", "plans.files.access.primary[1].users: must be a list, got a mapping"},
-		{"database: app}", "database: app, groups: [writers]}", "plans.files.access.primary[0].groups: not a setting of the postgres driver"},
+		{"database: app,", "database: app, groups: [writers],", "plans.files.access.primary[0].groups: not a setting of the postgres driver"},
 		{"status: [/usr/local/bin/app-mode, --status], ", "", "plans.files.access.secondary[0].status: required"},
 		{`url: "https://lb.example/mode"`, `url: "lb.example/mode"`, "plans.files.access.secondary[1].url: must be an http:// or https:// URL"},
 		{"timeout: 20s", "timeout: soon", `plans.files.access.secondary[0].timeout: must be a duration such as 30s`},
@@ -97,6 +104,13 @@ func TestParseSwitchingErrors(t *testing.T) {
 		{"name: ops-approval", "name: check-health", `plans.files.steps[1].name: another step is named "check-health"`},
 		{`{http: "http://127.0.0.1:8080/health"}`, `{}`, "plans.files.steps[0].before[1]: required: exec (a command) or http (a URL)"},
 		{"access:\n      primary:", "access:\n      moon: []\n      primary:", `plans.files.access.moon: "moon" is not a site of this plan`},
+		{"database: app, roles: [app, reports]}", "database: app}", "plans.files.access.primary[0].roles: required: the application's login roles"},
+		{"roles: [app, reports]", "roles: [app, drorch]", `plans.files.access.primary[0].roles[1]: "drorch" is the user drorch connects as`},
+		{"roles: [app, reports]", "roles: [app, app]", `plans.files.access.primary[0].roles[1]: "app" is listed twice`},
+		{"roles: [app, reports]", "roles: [app, pg_monitor]", `plans.files.access.primary[0].roles[1]: "pg_monitor" is not a login role`},
+		{"roles: [app, reports]", `roles: [app, ""]`, `plans.files.access.primary[0].roles[1]: must be a role name`},
+		{"darkAfter: 5s", "darkAfter: 100ms", "plans.files.failover.darkAfter: must be 1s to 10m, got 100ms"},
+		{"darkAfter: 5s", "darkAfter: 5", "plans.files.failover.darkAfter: must be a duration"},
 		{"lagThreshold: 2m", "lagTreshold: 2m", "plans.files.failback.lagTreshold: unknown key; allowed: lagThreshold, interval, autoComplete"},
 	}
 	for _, tc := range cases {

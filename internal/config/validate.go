@@ -159,6 +159,7 @@ func (p *Plan) validate(d *decoder, path string, c *Config) {
 	for i, r := range p.DNS {
 		r.validate(d, fmt.Sprintf("%s[%d]", f("dns"), i), p)
 	}
+	p.Failover.validate(d, f("failover"))
 	if sb := p.Drill.Sandbox; sb != "" {
 		if !filepath.IsAbs(sb) || filepath.Clean(sb) != sb || sb == "/" {
 			d.errorf(join(f("drill"), "sandbox"), "must be an absolute, clean path other than /, got %q", sb)

@@ -37,6 +37,12 @@ type switchStack struct {
 
 var siteAddr = map[string]string{"primary": "192.0.2.1", "secondary": "192.0.2.2"}
 
+// The application's role in each site's PostgreSQL: the fence locks it out.
+const (
+	appRole     = "app"
+	appPassword = "app-e2e-password"
+)
+
 // newSwitchStack starts the servers; zone, when given, replaces the DNS
 // record's zone (to inject a failure).
 func newSwitchStack(t *testing.T, steps string, zone ...string) *switchStack {
@@ -63,8 +69,8 @@ func newSwitchStackIn(t *testing.T, ns *testenv.NetNS, steps string, zone ...str
 			p := ss.pg[site]
 			env := "E2E_PG_" + site
 			s.setenv(env, p.Password)
-			b = fmt.Appendf(b, "      %s:\n        - {driver: postgres, host: %s, port: %d, user: %s, password: env:%s, database: %s, sslmode: disable}\n",
-				site, p.Host, p.Port, p.User, env, p.Database)
+			b = fmt.Appendf(b, "      %s:\n        - {driver: postgres, host: %s, port: %d, user: %s, password: env:%s, database: %s, sslmode: disable, roles: [%s]}\n",
+				site, p.Host, p.Port, p.User, env, p.Database, appRole)
 		}
 		s.setenv("E2E_TSIG", ss.bind.KeySecret)
 		z := ss.bind.Zone
@@ -78,8 +84,14 @@ func newSwitchStackIn(t *testing.T, ns *testenv.NetNS, steps string, zone ...str
 	// The plan starts as a running production would: the primary's database
 	// open for writes, the standby's read-only.
 	for _, p := range ss.pg {
-		if err := ss.exec(p, "CREATE TABLE orders (id serial PRIMARY KEY, note text)"); err != nil {
-			t.Fatal(err)
+		for _, sql := range []string{
+			"CREATE TABLE orders (id serial PRIMARY KEY, note text)",
+			"CREATE ROLE " + appRole + " LOGIN PASSWORD '" + appPassword + "'",
+			"GRANT SELECT, INSERT ON orders TO " + appRole, "GRANT USAGE ON SEQUENCE orders_id_seq TO " + appRole,
+		} {
+			if err := ss.exec(p, sql); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	for site, mode := range map[string]access.Mode{"primary": access.ReadWrite, "secondary": access.ReadOnly} {
@@ -91,7 +103,8 @@ func newSwitchStackIn(t *testing.T, ns *testenv.NetNS, steps string, zone ...str
 func (ss *switchStack) setMode(site string, mode access.Mode) {
 	ss.t.Helper()
 	p := ss.pg[site]
-	a, err := postgres.New(postgres.Config{Host: p.Host, Port: p.Port, User: p.User, Password: secret.New("test", p.Password), Database: p.Database, SSLMode: "disable"})
+	a, err := postgres.New(postgres.Config{Host: p.Host, Port: p.Port, User: p.User, Password: secret.New("test", p.Password), Database: p.Database, SSLMode: "disable",
+		Roles: []string{appRole}})
 	if err != nil {
 		ss.t.Fatal(err)
 	}
@@ -113,15 +126,27 @@ func (ss *switchStack) exec(p *testenv.Postgres, sql string) error {
 }
 
 // writable reports whether the site's database accepts a write from a new
-// session, as an application would see it.
+// session of the application's role, as the application would see it: not
+// when the role may not log in or the transaction is read-only.
 func (ss *switchStack) writable(site string) bool {
 	ss.t.Helper()
-	err := ss.exec(ss.pg[site], "INSERT INTO orders (note) VALUES ('probe')")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(ss.pg[site].DSN())
+	if err != nil {
+		ss.t.Fatal(err)
+	}
+	cfg.User, cfg.Password = appRole, appPassword
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err == nil {
+		_, err = conn.Exec(ctx, "INSERT INTO orders (note) VALUES ('probe')")
+		conn.Close(ctx)
+	}
 	var pgErr *pgconn.PgError
 	switch {
 	case err == nil:
 		return true
-	case errors.As(err, &pgErr) && pgErr.Code == "25006":
+	case errors.As(err, &pgErr) && (pgErr.Code == "25006" || pgErr.Code == "28000"): // read-only transaction, not permitted to log in
 		return false
 	}
 	ss.t.Fatalf("write probe at %s: %v", site, err)

@@ -1,18 +1,25 @@
 // Package postgres switches a PostgreSQL cluster between read-only and
-// read-write for a failover: it sets default_transaction_read_only for the
-// whole cluster with ALTER SYSTEM, reloads the configuration, and ends the
-// sessions that were opened under the previous setting.
+// read-write for a failover. Read-only is two locks, both needed:
 //
-// default_transaction_read_only is a default, not a lock: it stops every
-// application that does not ask otherwise, but a session may still run
-// "SET default_transaction_read_only = off" or "BEGIN READ WRITE", and a role
-// or database setting (ALTER ROLE … SET) overrides it for new sessions. It
-// fences the applications of a failed site; it does not contain a hostile
-// user.
+//   - default_transaction_read_only for the whole cluster (ALTER SYSTEM and a
+//     reload), so every session that does not ask otherwise is read-only;
+//   - the application's login roles (Config.Roles) made NOLOGIN, and their
+//     sessions ended, so the application cannot open a session at all.
+//
+// default_transaction_read_only alone is a default, not a lock: a session may
+// run "SET default_transaction_read_only = off" or "BEGIN READ WRITE", and a
+// role or database setting (ALTER ROLE … SET) overrides it for new sessions.
+// NOLOGIN is what holds against the application's own roles; the default
+// still stops any other role that was not listed (and the superuser's
+// everyday sessions). Read-write is the reverse: the default reset, then the
+// roles may log in again. drorch's own user is never among the roles, so it
+// can always undo the fence; its sessions write by asking for a read-write
+// transaction.
 //
 // The account needs superuser, or the ALTER SYSTEM privilege on
-// default_transaction_read_only together with pg_read_all_stats (to see other
-// sessions) and pg_signal_backend (to end them; never a superuser's).
+// default_transaction_read_only, CREATEROLE (with ADMIN OPTION on the roles,
+// PostgreSQL 16 and later), pg_read_all_stats (to see other sessions) and
+// pg_signal_backend (to end them; never a superuser's).
 package postgres
 
 import (
@@ -44,6 +51,9 @@ type Config struct {
 	Database string        // the one to connect to; the mode is the whole cluster's. Default "postgres"
 	SSLMode  string        // disable, allow, prefer, require, verify-ca or verify-full; default "prefer"
 	Timeout  time.Duration // bounds each connection and each statement, and each wait for the server; default 10s
+	// Roles are the application's login roles: NOLOGIN while read-only.
+	// Not the User, and no role drorch needs to log in as.
+	Roles []string
 }
 
 const (
@@ -98,6 +108,16 @@ func New(cfg Config) (access.Access, error) {
 	case cfg.Timeout < 0:
 		return nil, invalid("timeout %s: must not be negative", cfg.Timeout)
 	}
+	for i, r := range cfg.Roles {
+		switch {
+		case r == "":
+			return nil, invalid("roles[%d] is empty", i)
+		case r == cfg.User:
+			return nil, invalid("roles[%d]: %q is the user drorch connects as; a fence would lock drorch out and it could not lift it", i, r)
+		case slices.Contains(cfg.Roles[:i], r):
+			return nil, invalid("roles[%d]: %q is listed twice", i, r)
+		}
+	}
 
 	// Every setting is spelled out so that the environment (PGHOST, PGOPTIONS,
 	// PGTARGETSESSIONATTRS=read-write…) cannot change what is switched, and
@@ -126,8 +146,12 @@ func (c *cluster) Describe() string {
 	return "postgres " + net.JoinHostPort(c.cfg.Host, strconv.Itoa(c.cfg.Port)) + "/" + c.cfg.Database
 }
 
-// Status reports what a new session gets: read-only when
-// default_transaction_read_only is on, or when the server is a hot standby.
+// Status reports the mode in force. Read-only: a hot standby (in recovery),
+// or default_transaction_read_only on and every listed role NOLOGIN.
+// Read-write: default_transaction_read_only off and every listed role able to
+// log in. Anything between is an error wrapping access.ErrPartial that says
+// what is in place and what is not; a listed role that does not exist is a
+// permanent InvalidConfig error.
 func (c *cluster) Status(ctx context.Context) (access.Mode, error) {
 	conn, err := c.connect(ctx)
 	if err != nil {
@@ -138,30 +162,86 @@ func (c *cluster) Status(ctx context.Context) (access.Mode, error) {
 	if err != nil {
 		return "", err
 	}
-	if st.readOnly || st.inRecovery {
+	if st.inRecovery {
 		return access.ReadOnly, nil
 	}
-	return access.ReadWrite, nil
+	canLogin, err := c.logins(ctx, conn)
+	if err != nil {
+		return "", err
+	}
+	var in, out []string // roles that can log in, roles that cannot
+	for _, r := range c.cfg.Roles {
+		if canLogin[r] {
+			in = append(in, r)
+		} else {
+			out = append(out, r)
+		}
+	}
+	switch {
+	case st.readOnly && len(in) == 0:
+		return access.ReadOnly, nil
+	case !st.readOnly && len(out) == 0:
+		return access.ReadWrite, nil
+	case st.readOnly:
+		return "", fmt.Errorf("%s: %w: default_transaction_read_only is on, but role(s) %s can log in and ask for a read-write transaction: set the mode again to finish the fence",
+			c.Describe(), access.ErrPartial, strings.Join(in, ", "))
+	default:
+		return "", fmt.Errorf("%s: %w: role(s) %s cannot log in (NOLOGIN) although default_transaction_read_only is off: set the mode again to finish",
+			c.Describe(), access.ErrPartial, strings.Join(out, ", "))
+	}
 }
 
-// SetMode sets default_transaction_read_only for the cluster (ALTER SYSTEM SET
-// for read-only; ALTER SYSTEM RESET for read-write, so that a value from
-// postgresql.conf is left alone), reloads the configuration when a new session
-// would not get the mode yet, waits until one does, and ends every client
-// session older than that configuration: their open transactions keep the
-// mode they began with.
+// logins reports, for each listed role, whether it may log in; a listed role
+// that does not exist is a permanent InvalidConfig error.
+func (c *cluster) logins(ctx context.Context, conn *pgx.Conn) (map[string]bool, error) {
+	out := map[string]bool{}
+	if len(c.cfg.Roles) == 0 {
+		return out, nil
+	}
+	qctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	rows, err := conn.Query(qctx, "SELECT rolname::text, rolcanlogin FROM pg_roles WHERE rolname::text = ANY($1::text[])", c.cfg.Roles)
+	if err != nil {
+		return nil, c.fail(ctx, "read roles", err)
+	}
+	var name string
+	var login bool
+	if _, err := pgx.ForEachRow(rows, []any{&name, &login}, func() error { out[name] = login; return nil }); err != nil {
+		return nil, c.fail(ctx, "read roles", err)
+	}
+	for _, r := range c.cfg.Roles {
+		if _, ok := out[r]; !ok {
+			return nil, drivers.Permanentf(drivers.ReasonInvalidConfig, "%s: role %q (listed in roles) does not exist in this cluster: list the application's login roles", c.Describe(), r)
+		}
+	}
+	return out, nil
+}
+
+// SetMode puts the cluster in mode and returns once the mode is in force for
+// new sessions and open ones alike.
+//
+// Read-only: the listed roles become NOLOGIN (in one transaction),
+// default_transaction_read_only is set on (ALTER SYSTEM SET) and the
+// configuration reloaded, then every client session older than that
+// configuration and every session of a listed role is ended: open
+// transactions keep the mode they began with. Read-write: the setting is
+// reset (ALTER SYSTEM RESET, so that a value from postgresql.conf is left
+// alone) and reloaded, the listed roles may log in again, and the sessions
+// older than the configuration are ended. On a hot standby read-only is in
+// force already (its roles are the primary's and cannot be changed there).
 //
 // Setting the mode in force is a no-op for the sessions opened under it, so a
-// retried or repeated call does not end them again; a call that failed after
-// the reload and before the sessions ended ends them when it is retried.
+// retried or repeated call does not end them again; a call that failed part
+// way completes what it began when it is retried.
 //
 // Errors: a password or role refused is permanent (AuthFailed); a missing
-// database permanent (InvalidConfig); lacking the privilege to alter the
-// setting or to end a session permanent (AccessDenied); read-write on a hot
-// standby permanent (InRecovery); read-write while postgresql.conf or a role
-// or database setting keeps default_transaction_read_only on permanent
-// (InvalidConfig). A server that cannot be reached is a transient error
-// wrapping drivers.ErrUnreachable; anything else is transient.
+// database or listed role permanent (InvalidConfig); lacking the privilege to
+// alter the setting or the roles or to end a session permanent
+// (AccessDenied); read-write on a hot standby permanent (InRecovery);
+// read-write while postgresql.conf or a role or database setting keeps
+// default_transaction_read_only on permanent (InvalidConfig). A server that
+// cannot be reached is a transient error wrapping drivers.ErrUnreachable;
+// anything else is transient.
 func (c *cluster) SetMode(ctx context.Context, mode access.Mode) error {
 	if mode != access.ReadOnly && mode != access.ReadWrite {
 		return drivers.Permanentf(drivers.ReasonInvalidInput, "%s: set mode %q: want %q or %q", c.Describe(), mode, access.ReadOnly, access.ReadWrite)
@@ -180,6 +260,13 @@ func (c *cluster) SetMode(ctx context.Context, mode access.Mode) error {
 	readOnly := mode == access.ReadOnly
 	if !readOnly && st.inRecovery {
 		return drivers.Permanentf(ReasonInRecovery, "%s: set read-write: the server is a hot standby (in recovery); it stays read-only until it is promoted", c.Describe())
+	}
+	// The application's roles are locked out first and let in last, so
+	// that none of its sessions ever starts under the mode being left.
+	if readOnly && !st.inRecovery {
+		if err := c.setLogin(ctx, conn, false); err != nil {
+			return err
+		}
 	}
 
 	// ALTER SYSTEM even when the mode is in force: it is cheap, and it
@@ -209,10 +296,46 @@ func (c *cluster) SetMode(ctx context.Context, mode access.Mode) error {
 			overridden = c.overridden(ctx, conn, mode)
 		}
 	}
-	if err := c.endSessionsBefore(ctx, conn, st.loaded); err != nil {
+	if !readOnly {
+		if err := c.setLogin(ctx, conn, true); err != nil {
+			return err
+		}
+	}
+	var roles []string
+	if readOnly {
+		roles = c.cfg.Roles
+	}
+	if err := c.endSessions(ctx, conn, st.loaded, roles); err != nil {
 		return err
 	}
 	return overridden
+}
+
+// setLogin lets the listed roles log in, or not, in one transaction, which
+// asks to be read-write: the cluster's default may be read-only already.
+func (c *cluster) setLogin(ctx context.Context, conn *pgx.Conn, login bool) error {
+	if len(c.cfg.Roles) == 0 {
+		return nil
+	}
+	if _, err := c.logins(ctx, conn); err != nil {
+		return err
+	}
+	opt := "NOLOGIN"
+	if login {
+		opt = "LOGIN"
+	}
+	var b strings.Builder
+	b.WriteString("BEGIN READ WRITE;")
+	for _, r := range c.cfg.Roles {
+		fmt.Fprintf(&b, " ALTER ROLE %s %s;", pgx.Identifier{r}.Sanitize(), opt)
+	}
+	b.WriteString(" COMMIT")
+	if err := c.exec(ctx, conn, "alter roles "+strings.Join(c.cfg.Roles, ", ")+" "+opt, b.String()); err != nil {
+		// A failed statement leaves the transaction aborted; the
+		// connection is closed by the caller, which rolls it back.
+		return err
+	}
+	return nil
 }
 
 // state is what a session was given when it started.
@@ -289,10 +412,12 @@ func (c *cluster) overridden(ctx context.Context, conn *pgx.Conn, mode access.Mo
 	return drivers.Permanentf(drivers.ReasonInvalidConfig, "%s: set %s: new sessions still get default_transaction_read_only = %s from %s", c.Describe(), mode, setting, where)
 }
 
-// endSessionsBefore ends every other client session that started before the
-// configuration loaded at loaded, and waits until they are gone. A session
-// that started later was given the configuration in force.
-func (c *cluster) endSessionsBefore(ctx context.Context, conn *pgx.Conn, loaded time.Time) error {
+// endSessions ends every other client session that started before the
+// configuration loaded at loaded, and every session of the given roles, and
+// waits until they are gone. A session that started later was given the
+// configuration in force. A role's session that started while the role was
+// being locked out is caught by looking again, a few times.
+func (c *cluster) endSessions(ctx context.Context, conn *pgx.Conn, loaded time.Time, roles []string) error {
 	var seesAll bool
 	if err := c.queryRow(ctx, conn, "check privileges", "SELECT pg_has_role('pg_read_all_stats', 'USAGE')").Scan(&seesAll); err != nil {
 		return err
@@ -300,21 +425,38 @@ func (c *cluster) endSessionsBefore(ctx context.Context, conn *pgx.Conn, loaded 
 	if !seesAll {
 		return drivers.Permanentf(drivers.ReasonAccessDenied, "%s: end open sessions: user %s cannot see other users' sessions: needs superuser, or pg_read_all_stats and pg_signal_backend", c.Describe(), c.cfg.User)
 	}
-	qctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-	defer cancel()
-	rows, err := conn.Query(qctx,
-		`SELECT pid FROM pg_stat_activity
-		  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND backend_start <= $1`, loaded)
-	if err != nil {
-		return c.fail(ctx, "list open sessions", err)
+	if roles == nil {
+		roles = []string{}
 	}
-	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
-	if err != nil {
-		return c.fail(ctx, "list open sessions", err)
+	for round := 0; ; round++ {
+		qctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+		rows, err := conn.Query(qctx,
+			`SELECT pid FROM pg_stat_activity
+			  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+			    AND (backend_start <= $1 OR usename::text = ANY($2::text[]))`, loaded, roles)
+		if err != nil {
+			cancel()
+			return c.fail(ctx, "list open sessions", err)
+		}
+		pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		cancel()
+		if err != nil {
+			return c.fail(ctx, "list open sessions", err)
+		}
+		if len(pids) == 0 {
+			return nil
+		}
+		if round == 3 {
+			return fmt.Errorf("%s: sessions of roles %s keep opening after they were made NOLOGIN: does another superuser let them in again?", c.Describe(), strings.Join(roles, ", "))
+		}
+		if err := c.terminate(ctx, conn, pids); err != nil {
+			return err
+		}
 	}
-	if len(pids) == 0 {
-		return nil
-	}
+}
+
+// terminate ends the sessions pids and waits until they are gone.
+func (c *cluster) terminate(ctx context.Context, conn *pgx.Conn, pids []int32) error {
 	list := make([]string, len(pids))
 	for i, pid := range pids {
 		// A session that ended meanwhile makes this return false: fine.
@@ -392,10 +534,10 @@ func (c *cluster) fail(ctx context.Context, op string, err error) error {
 		switch pgErr.Code {
 		case "28P01", "28000": // invalid_password, invalid_authorization_specification
 			return drivers.Permanent(drivers.ReasonAuth, fmt.Errorf("%s: %w", prefix, pgErr))
-		case "3D000": // invalid_catalog_name
+		case "3D000", "42704": // invalid_catalog_name, undefined_object (a role)
 			return drivers.Permanent(drivers.ReasonInvalidConfig, fmt.Errorf("%s: %w", prefix, pgErr))
 		case "42501": // insufficient_privilege
-			return drivers.Permanent(drivers.ReasonAccessDenied, fmt.Errorf("%s: %w: user %s needs superuser or the ALTER SYSTEM privilege on default_transaction_read_only (and pg_read_all_stats and pg_signal_backend to end sessions)", prefix, pgErr, c.cfg.User))
+			return drivers.Permanent(drivers.ReasonAccessDenied, fmt.Errorf("%s: %w: user %s needs superuser, or the ALTER SYSTEM privilege on default_transaction_read_only, CREATEROLE for the roles, and pg_read_all_stats and pg_signal_backend to end sessions", prefix, pgErr, c.cfg.User))
 		}
 		return fmt.Errorf("%s: %w", prefix, pgErr)
 	}

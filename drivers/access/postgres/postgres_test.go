@@ -60,7 +60,7 @@ func newAccess(t *testing.T, p *testenv.Postgres, edit func(*Config)) access.Acc
 		Password: secret.New("env:PGPASSWORD", p.Password),
 		Database: p.Database,
 		Timeout:  5 * time.Second, // SSLMode: the default, prefer, against a server without TLS
-
+		Roles:    []string{appUser},
 	}
 	if edit != nil {
 		edit(&cfg)
@@ -97,6 +97,21 @@ func appConn(ctx context.Context, p *testenv.Postgres) (*pgx.Conn, error) {
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
+// appWrites reports whether the application can write now: a new session of
+// its role inserts. false when the role may not log in or the transaction is
+// read-only.
+func appWrites(ctx context.Context, p *testenv.Postgres) (bool, error) {
+	conn, err := appConn(ctx, p)
+	if sqlState(err) == "28000" { // invalid_authorization_specification: not permitted to log in
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(ctx)
+	return insert(ctx, conn)
+}
+
 // insert reports whether conn may write: false when the server refuses
 // because the transaction is read-only.
 func insert(ctx context.Context, conn *pgx.Conn) (bool, error) {
@@ -118,14 +133,7 @@ func sqlState(err error) string {
 func TestConformance(t *testing.T) {
 	t.Parallel()
 	s := start(t)
-	accesstest.Run(t, s.access, func(ctx context.Context) (bool, error) {
-		conn, err := appConn(ctx, s.Postgres)
-		if err != nil {
-			return false, err
-		}
-		defer conn.Close(ctx)
-		return insert(ctx, conn)
-	})
+	accesstest.Run(t, s.access, func(ctx context.Context) (bool, error) { return appWrites(ctx, s.Postgres) })
 	if got, want := s.access.Describe(), "postgres "+s.Host+":"+strconv.Itoa(s.Port)+"/app"; got != want {
 		t.Errorf("Describe() = %q, want %q", got, want)
 	}
@@ -199,14 +207,8 @@ func TestReadOnlyForEveryUserAndDatabase(t *testing.T) {
 	if err := s.access.SetMode(ctx, access.ReadOnly); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := appConn(ctx, s.Postgres)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, "INSERT INTO probe VALUES (1)")
-	if sqlState(err) != "25006" {
-		t.Errorf("insert by %s in read-only mode: got %v, want SQLSTATE 25006", appUser, err)
+	if _, err := appConn(ctx, s.Postgres); sqlState(err) != "28000" {
+		t.Errorf("%s logging in in read-only mode: got %v, want SQLSTATE 28000 (not permitted to log in)", appUser, err)
 	}
 	for _, db := range []string{"app", "postgres"} {
 		_, err := superConn(t, s.Postgres, db).Exec(ctx, "CREATE TABLE written(x int)")
@@ -226,11 +228,7 @@ func TestSetModeAgainKeepsSessions(t *testing.T) {
 	if err := s.access.SetMode(ctx, access.ReadOnly); err != nil {
 		t.Fatal(err)
 	}
-	reader, err := appConn(ctx, s.Postgres)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reader.Close(ctx)
+	reader := superConn(t, s.Postgres, s.Database)
 	if err := s.access.SetMode(ctx, access.ReadOnly); err != nil {
 		t.Fatal(err)
 	}
@@ -270,8 +268,8 @@ func TestReadWriteBlockedByPostgresqlConf(t *testing.T) {
 		t.Fatalf("SetMode(read-write) with postgresql.conf setting read-only: got %v (permanent %v %q), want a permanent InvalidConfig naming %s", err, ok, reason, conf)
 	}
 	t.Log(err)
-	if mode, err := s.access.Status(ctx); err != nil || mode != access.ReadOnly {
-		t.Fatalf("Status = %s, %v; want %s", mode, err, access.ReadOnly)
+	if mode, err := s.access.Status(ctx); mode == access.ReadWrite {
+		t.Fatalf("Status = %s, %v; want it not to say %s", mode, err, access.ReadWrite)
 	}
 }
 
@@ -290,13 +288,8 @@ func TestReadOnlyOverriddenForARole(t *testing.T) {
 		t.Fatalf("SetMode(read-only) with a role setting read-write: got %v, want a permanent InvalidConfig naming ALTER ROLE", err)
 	}
 	t.Log(err)
-	conn, err := appConn(ctx, s.Postgres)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if ok, err := insert(ctx, conn); ok || err != nil {
-		t.Fatalf("insert by %s: accepted=%v, %v; want it refused as read-only", appUser, ok, err)
+	if ok, err := appWrites(ctx, s.Postgres); ok || err != nil {
+		t.Fatalf("write by %s: accepted=%v, %v; want it refused", appUser, ok, err)
 	}
 }
 
@@ -314,7 +307,8 @@ func TestErrors(t *testing.T) {
 		{"wrong password", func(c *Config) { c.Password = secret.New("env:X", badPassword) }, drivers.ReasonAuth, true, "password authentication failed"},
 		{"no such role", func(c *Config) { c.User = "nobody" }, drivers.ReasonAuth, true, `"nobody"`},
 		{"no such database", func(c *Config) { c.Database = "nosuch" }, drivers.ReasonInvalidConfig, true, `"nosuch"`},
-		{"not a superuser", func(c *Config) { c.User, c.Password = appUser, secret.New("env:X", appPassword) }, drivers.ReasonAccessDenied, false, "needs superuser"},
+		{"not a superuser", func(c *Config) { c.User, c.Password, c.Roles = appUser, secret.New("env:X", appPassword), nil }, drivers.ReasonAccessDenied, false, "needs superuser"},
+		{"no such application role", func(c *Config) { c.Roles = []string{"nosuchapp"} }, drivers.ReasonInvalidConfig, true, `"nosuchapp"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -417,5 +411,94 @@ func TestNew(t *testing.T) {
 	}
 	if got := a.(*cluster).conn.User; got != "o'brien" {
 		t.Errorf("user %q after quoting, want o'brien", got)
+	}
+}
+
+// The application cannot lift the fence for itself: its open sessions are
+// ended whatever they asked for, and it cannot open another one to ask for a
+// read-write transaction. drorch's user still can, and lifts it.
+func TestApplicationCannotLiftTheFence(t *testing.T) {
+	t.Parallel()
+	s := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Sessions opened while read-write that ask to keep writing.
+	overriding, err := appConn(ctx, s.Postgres)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer overriding.Close(context.Background())
+	if _, err := overriding.Exec(ctx, "SET default_transaction_read_only = off"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.access.SetMode(ctx, access.ReadOnly); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := overriding.Exec(ctx, "BEGIN READ WRITE; INSERT INTO probe VALUES (7); COMMIT"); err == nil {
+		t.Error("a session of the application that turned the read-only default off wrote after SetMode(read-only)")
+	}
+	for _, sql := range []string{"BEGIN READ WRITE; INSERT INTO probe VALUES (8); COMMIT", "SET default_transaction_read_only = off; INSERT INTO probe VALUES (9)"} {
+		conn, err := appConn(ctx, s.Postgres)
+		if err == nil {
+			_, err = conn.Exec(ctx, sql)
+			conn.Close(ctx)
+			t.Errorf("the application logged in to a fenced cluster; %q: %v", sql, err)
+			continue
+		}
+		if sqlState(err) != "28000" || !strings.Contains(err.Error(), "not permitted to log in") {
+			t.Errorf("the application's login to a fenced cluster: %v; want SQLSTATE 28000, not permitted to log in", err)
+		}
+	}
+	var n int
+	if err := superConn(t, s.Postgres, s.Database).QueryRow(ctx, "SELECT count(*) FROM probe").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("probe has %d rows written through the fence", n)
+	}
+	if mode, err := s.access.Status(ctx); err != nil || mode != access.ReadOnly {
+		t.Fatalf("Status = %s, %v; want %s", mode, err, access.ReadOnly)
+	}
+
+	if err := s.access.SetMode(ctx, access.ReadWrite); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := appWrites(ctx, s.Postgres); !ok {
+		t.Fatalf("after SetMode(read-write) the application cannot write: %v", err)
+	}
+}
+
+// A fence half in place is neither mode: Status says what is missing, and
+// setting the mode again completes it.
+func TestPartialFenceIsReported(t *testing.T) {
+	t.Parallel()
+	s := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, tc := range []struct {
+		mode   access.Mode
+		undo   string // what someone does behind drorch's back
+		inText string
+	}{
+		{access.ReadOnly, "BEGIN READ WRITE; ALTER ROLE " + appUser + " LOGIN; COMMIT", "role(s) app can log in"},
+		{access.ReadWrite, "ALTER ROLE " + appUser + " NOLOGIN", "role(s) app cannot log in"},
+	} {
+		if err := s.access.SetMode(ctx, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := superConn(t, s.Postgres, s.Database).Exec(ctx, tc.undo); err != nil {
+			t.Fatal(err)
+		}
+		mode, err := s.access.Status(ctx)
+		if !errors.Is(err, access.ErrPartial) || !strings.Contains(err.Error(), tc.inText) || !strings.Contains(err.Error(), s.access.Describe()) {
+			t.Fatalf("Status of a %s fence undone in part: %s, %v; want an ErrPartial naming the resource and saying %q", tc.mode, mode, err, tc.inText)
+		}
+		t.Log(err)
+		if err := s.access.SetMode(ctx, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		if mode, err := s.access.Status(ctx); err != nil || mode != tc.mode {
+			t.Fatalf("after SetMode(%s) again: Status = %s, %v", tc.mode, mode, err)
+		}
 	}
 }
