@@ -71,6 +71,10 @@ type Epoch struct {
 	// Version is the ETag of the epoch.json this was read from, "" when
 	// there was none: the version PutEpoch expects to replace. Not stored.
 	Version string `json:"-"`
+	// Unsealed is set by GetEpoch on an epoch.json without a MAC in a
+	// repository with a key, accepted because an older drorch wrote it
+	// and sealing has not begun there; the next write seals it. Not stored.
+	Unsealed bool `json:"-"`
 }
 
 // PendingPoint is a restore point whose writer reserved it before its
@@ -154,10 +158,13 @@ func (r *Repo) encodeEpoch(e Epoch) ([]byte, error) {
 }
 
 // decodeEpoch checks b's MAC against r's key and decodes it. Its errors are
-// errCorrupt, each saying what an operator can do.
+// errCorrupt, each saying what an operator can do. A file without a MAC in a
+// repository with a key is decoded with Unsealed set: GetEpoch decides
+// whether to trust it.
 func (r *Repo) decodeEpoch(b []byte) (Epoch, error) {
 	doc := b
-	if rest, ok := bytes.CutPrefix(b, []byte(epochMACHead)); ok {
+	rest, authenticated := bytes.CutPrefix(b, []byte(epochMACHead))
+	if authenticated {
 		if len(rest) < 64+len(epochMACTail) || !bytes.HasPrefix(rest[64:], []byte(epochMACTail)) {
 			return Epoch{}, errCorrupt{"its MAC line is malformed (corrupted)"}
 		}
@@ -174,10 +181,6 @@ func (r *Repo) decodeEpoch(b []byte) (Epoch, error) {
 				"do not edit it: compare it with the other site's (drorch status) and see docs/format.md, \"epoch.json\"", r.plan)}
 		}
 		doc = append([]byte("{\n"), body...)
-	} else if r.macKey != nil {
-		return Epoch{}, errCorrupt{fmt.Sprintf("it is not authenticated (no \"mac\"), but plan %q has an encryption key, and anyone who can write the bucket could have written it. "+
-			"If an older drorch wrote it (its epoch, site and active agree with the other site's and with your switching history), "+
-			"seal it as docs/format.md describes in \"Sealing an older epoch.json\"", r.plan)}
 	}
 	var e Epoch
 	d := json.NewDecoder(bytes.NewReader(doc))
@@ -191,13 +194,24 @@ func (r *Repo) decodeEpoch(b []byte) (Epoch, error) {
 	if err != nil {
 		return Epoch{}, errCorrupt{fmt.Sprintf("%v (corrupted)", err)}
 	}
+	if r.macKey != nil && !authenticated {
+		if len(e.Pending)+len(e.Abandoned) > 0 {
+			// Only a drorch that seals epoch.json knows these lists: an
+			// older one never wrote them.
+			return Epoch{}, errCorrupt{fmt.Sprintf("it is not authenticated (no \"mac\") yet lists pending or abandoned points, which only a drorch that seals it writes: "+
+				"it was written by someone without plan %q's key; do not edit it: compare it with the other site's (drorch status) and see docs/format.md, \"epoch.json\"", r.plan)}
+		}
+		e.Unsealed = true
+	}
 	return e, nil
 }
 
 // GetEpoch reads epoch.json, with its version (ETag) in Epoch.Version. An
 // absent one is epoch 0 with an empty version and no error; one that cannot
-// be decoded, or whose MAC is missing or wrong in a repository with a key, is
-// permanent with reason Corrupt.
+// be decoded, or whose MAC is wrong, is permanent with reason Corrupt. In a
+// repository with a key, one without a MAC is what an older drorch wrote: it
+// is accepted, with Epoch.Unsealed set, as long as no seal marker exists
+// there, and refused as Corrupt once one does (see PutEpoch).
 func (r *Repo) GetEpoch(ctx context.Context) (Epoch, error) {
 	rc, o, err := r.st.GetObject(ctx, r.key(epochKey))
 	if errors.Is(err, drivers.ErrNotFound) {
@@ -219,6 +233,18 @@ func (r *Repo) GetEpoch(ctx context.Context) (Epoch, error) {
 	if err != nil {
 		return Epoch{}, drivers.Permanentf(drivers.ReasonCorrupt, "epoch at %s: %v", r.where(epochKey), err)
 	}
+	if e.Unsealed {
+		since, sealed, err := r.sealedSince(ctx)
+		if err != nil {
+			return Epoch{}, fmt.Errorf("epoch at %s is not authenticated (no \"mac\"), and whether to trust it cannot be decided: %w", r.where(epochKey), err)
+		}
+		if sealed {
+			return Epoch{}, drivers.Permanentf(drivers.ReasonCorrupt,
+				"epoch at %s: it is not authenticated (no \"mac\"), but drorch has sealed plan %q's epoch.json here since %s (%s records it, and only a holder of the key can write it): "+
+					"it was written by someone without the key after sealing began; do not edit it: compare it with the other site's (drorch status) and see docs/format.md, \"Sealing epoch.json\"",
+				r.where(epochKey), r.plan, since.Format(time.RFC3339), sealMarkKey)
+		}
+	}
 	e.Version = o.ETag
 	return e, nil
 }
@@ -228,10 +254,21 @@ func (r *Repo) GetEpoch(ctx context.Context) (Epoch, error) {
 // none. Another writer having come first fails it with an error wrapping
 // drivers.ErrPreconditionFailed. It returns e with its new version. It does
 // not check what e says: UpdateEpoch does.
+//
+// With a key it writes the file sealed (with its MAC), then makes sure the
+// seal marker exists, from which on no unsealed epoch.json is trusted here.
+// In that order, so that a crash between the two leaves a file that reads;
+// the next write creates the marker. A marker that exists but does not open
+// fails the write, before it is made, as Corrupt.
 func (r *Repo) PutEpoch(ctx context.Context, e Epoch, expected string) (Epoch, error) {
 	b, err := r.encodeEpoch(e)
 	if err != nil {
 		return Epoch{}, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put epoch: %w", err))
+	}
+	if r.macKey != nil {
+		if _, _, err := r.sealedSince(ctx); err != nil {
+			return Epoch{}, fmt.Errorf("put epoch at %s: %w", r.where(epochKey), err)
+		}
 	}
 	cond := store.IfAbsent()
 	if expected != "" {
@@ -241,7 +278,12 @@ func (r *Repo) PutEpoch(ctx context.Context, e Epoch, expected string) (Epoch, e
 	if err != nil {
 		return Epoch{}, fmt.Errorf("put epoch at %s: %w", r.where(epochKey), err)
 	}
-	e.Version = etag
+	if r.macKey != nil {
+		if err := r.markSealed(ctx); err != nil {
+			return Epoch{}, err
+		}
+	}
+	e.Version, e.Unsealed = etag, false
 	return e, nil
 }
 

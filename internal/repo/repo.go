@@ -17,6 +17,8 @@ import (
 	"io"
 	"regexp"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -58,6 +60,9 @@ type Repo struct {
 	aead    cipher.AEAD // nil when not encrypted
 	macKey  []byte      // authenticates epoch.json; nil when not encrypted
 	damaged damagedSet  // chunks recorded as damaged, as UsableChunks found them
+	// sealed is when epoch.json began to be sealed here, once r has read
+	// or written the marker that records it (sealmark.go); nil before.
+	sealed atomic.Pointer[time.Time]
 }
 
 // New opens the repository of plan in st, under the key prefix "<plan>/". key
