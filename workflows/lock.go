@@ -3,7 +3,6 @@ package workflows
 import (
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -300,19 +299,18 @@ func (l *planLock) release(rel ClaimRelease) {
 
 // revoke tells the holders of what blocks req that req takes it over.
 func (l *planLock) revoke(req ClaimRequest) {
+	var holders []string // in the order their claims were granted
 	byHolder := map[string][]string{}
 	for i := range l.st.Held {
 		h := &l.st.Held[i]
 		if h.Owner != req.Owner && slices.Contains(req.Resources, h.Resource) && !h.Revoked {
 			h.Revoked = true
+			if !slices.Contains(holders, h.Holder) {
+				holders = append(holders, h.Holder)
+			}
 			byHolder[h.Holder] = append(byHolder[h.Holder], h.Resource)
 		}
 	}
-	holders := make([]string, 0, len(byHolder))
-	for h := range byHolder {
-		holders = append(holders, h)
-	}
-	sort.Strings(holders)
 	for _, h := range holders {
 		err := workflow.SignalExternalWorkflow(l.ctx, h, "", SignalRevoke, ClaimRevoke{By: req.Holder, What: req.What, Resource: byHolder[h]}).Get(l.ctx, nil)
 		if err != nil {
