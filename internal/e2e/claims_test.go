@@ -10,6 +10,7 @@ import (
 
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
+	"golang.org/x/sys/unix"
 
 	"github.com/drorch/drorch/activities"
 	"github.com/drorch/drorch/workflows"
@@ -56,28 +57,42 @@ func TestRestoresIntoOneTargetNeverInterleave(t *testing.T) {
 }
 
 // A standby refresh (a restore into the standby's own target) that is
-// still staging when an unplanned failover to that site runs is taken over:
-// the restore fails as superseded, the failover completes, and what the
-// application writes at the new active site afterwards survives.
+// held after staging (here: the test holds the target's swap lock, as a
+// paused worker would) when an unplanned failover to that site runs is
+// taken over: the restore fails as superseded, the failover completes, and
+// what the application writes at the new active site afterwards survives.
 func TestFailoverSupersedesARestoreOfItsTarget(t *testing.T) {
 	ss := newSwitchStack(t, "")
 	ss.startWorker()
 	src := ss.source("primary")
-	genTree(t, src, treeSpec{seed: 22, dataBytes: 160 << 20, files: 16})
+	genTree(t, src, treeSpec{seed: 22, dataBytes: 16 << 20, files: 16})
 	ss.backup()
 	ss.transmit()
-	refresh := ss.start(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary"})
-	waitFor(t, "the refresh to stage files", 2*time.Minute, func() bool {
-		live := ss.heartbeat(refresh)
-		return live.Step == "restore" && live.BytesDone > 0
-	})
-	rep, err := ss.failover(workflows.FailoverInput{Plan: plan, Mode: workflows.ModeUnplanned})
-	if err != nil || rep.Outcome != "completed" {
-		t.Fatalf("failover: %+v, %v", rep, err)
+	dst := ss.source("secondary")
+	hold, err := os.OpenFile(filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".drorch-lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer hold.Close()
+	if err := unix.Flock(int(hold.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	refresh := ss.start(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary"})
+	waitFor(t, "the refresh to stage every file", 2*time.Minute, func() bool {
+		live := ss.heartbeat(refresh)
+		return live.Step == "restore" && live.BytesTotal > 0 && live.BytesDone == live.BytesTotal
+	})
+	failover := ss.startSwitch(workflows.Failover, workflows.FailoverInput{Plan: plan, Mode: workflows.ModeUnplanned})
 	err = ss.wait(refresh, nil)
 	if err == nil || !strings.Contains(err.Error(), "superseded") || !strings.Contains(err.Error(), "failover") {
 		t.Fatalf("the refresh overtaken by the failover: %v; want it superseded", err)
+	}
+	if err := unix.Flock(int(hold.Fd()), unix.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	var rep workflows.SwitchReport
+	if err := ss.wait(failover, &rep); err != nil || rep.Outcome != "completed" || !rep.Restored {
+		t.Fatalf("failover: %+v, %v", rep, err)
 	}
 	// The application writes at its new active site.
 	order := filepath.Join(ss.source("secondary"), "order-after-failover")
