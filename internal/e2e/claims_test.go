@@ -68,28 +68,18 @@ func TestFailoverSupersedesARestoreOfItsTarget(t *testing.T) {
 	genTree(t, src, treeSpec{seed: 22, dataBytes: 16 << 20, files: 16})
 	ss.backup()
 	ss.transmit()
-	dst := ss.source("secondary")
-	hold, err := os.OpenFile(filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".drorch-lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hold.Close()
-	if err := unix.Flock(int(hold.Fd()), unix.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
+	letGo := holdSwap(t, ss.source("secondary"))
 	refresh := ss.start(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary"})
 	waitFor(t, "the refresh to stage every file", 2*time.Minute, func() bool {
 		live := ss.heartbeat(refresh)
 		return live.Step == "restore" && live.BytesTotal > 0 && live.BytesDone == live.BytesTotal
 	})
 	failover := ss.startSwitch(workflows.Failover, workflows.FailoverInput{Plan: plan, Mode: workflows.ModeUnplanned})
-	err = ss.wait(refresh, nil)
+	err := ss.wait(refresh, nil)
 	if err == nil || !strings.Contains(err.Error(), "superseded") || !strings.Contains(err.Error(), "failover") {
 		t.Fatalf("the refresh overtaken by the failover: %v; want it superseded", err)
 	}
-	if err := unix.Flock(int(hold.Fd()), unix.LOCK_UN); err != nil {
-		t.Fatal(err)
-	}
+	letGo()
 	var rep workflows.SwitchReport
 	if err := ss.wait(failover, &rep); err != nil || rep.Outcome != "completed" || !rep.Restored {
 		t.Fatalf("failover: %+v, %v", rep, err)
@@ -129,4 +119,22 @@ func (s *stack) heartbeat(run client.WorkflowRun) activities.Progress {
 		}
 	}
 	return live
+}
+
+// holdSwap holds the swap lock of the restore target at path, as a restore
+// swapping into it would: a restore into it stages every file, then waits
+// at its swap until the returned function lets go (or the test ends). A
+// test so holds a restore mid-way, whatever the machine's speed.
+func holdSwap(t *testing.T, path string) (letGo func()) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".drorch-lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	letGo = func() { _ = f.Close() } // closing the descriptor releases the lock
+	t.Cleanup(letGo)
+	return letGo
 }

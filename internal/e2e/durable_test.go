@@ -144,6 +144,7 @@ func TestCancelledRestoreRemovesItsStaging(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(to, "keep-me"), []byte("what the target held"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	holdSwap(t, to) // the restore stages everything, then waits to swap
 	run := s.start(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "primary", To: to})
 	waitFor(t, "the restore to stage files", 5*time.Minute, func() bool { return s.resumePoint(run) > files[1] })
 	if len(restoreBookkeeping(t, s.dir)) == 0 {
@@ -177,9 +178,11 @@ func TestStaleRestoreStagingIsSwept(t *testing.T) {
 	s.backup()
 
 	to := filepath.Join(s.dir, "restored")
+	letGo := holdSwap(t, to) // the restore stages everything, then waits to swap
 	run := s.start(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "primary", To: to})
 	waitFor(t, "the restore to stage files", 5*time.Minute, func() bool { return s.resumePoint(run) > files[1] })
 	w.kill()
+	letGo()
 	if err := s.cl.TerminateWorkflow(context.Background(), run.GetID(), run.GetRunID(), "the test abandons it"); err != nil {
 		t.Fatal(err)
 	}
