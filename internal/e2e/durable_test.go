@@ -294,9 +294,12 @@ func tailLines(s string, n int) string {
 // those records is then lost. The resumed upload checks the records it
 // relies on and uploads that piece again, so the commit finds every piece.
 func TestResumedBackupChecksItsStagingRecords(t *testing.T) {
-	s := newStack(t, stackOptions{})
+	s := newStack(t, stackOptions{encrypt: true})
 	src := s.source("primary")
-	genTree(t, src, crashData)
+	// Many small files make many pieces (2,000 entries each), each a
+	// while to upload: the test sees two finished with more to come on a
+	// machine of any speed.
+	genTree(t, src, treeSpec{seed: 7, dataBytes: 96 << 20, files: 12000})
 	w := s.spawnWorker()
 	run := s.start(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan})
 	waitFor(t, "a heartbeat naming two uploaded pieces", 5*time.Minute, func() bool { return s.resumePoint(run) >= 2 })
