@@ -230,15 +230,21 @@ type Progress struct {
 // looking dead; stopping once nothing has moved for StallTimeout keeps a
 // hung one from looking alive.
 type reporter struct {
-	a       *Activities
-	ctx     context.Context
+	a   *Activities
+	ctx context.Context // the activity's
+	// work is the context the activity's work runs in: cancelled when it
+	// has stalled, so that the attempt ends here too and its retry can
+	// take over (a stalled attempt would otherwise run on, holding what it
+	// holds, until its start-to-close timeout).
+	work    context.Context
+	stop    context.CancelCauseFunc
 	mu      sync.Mutex
 	p       Progress
 	res     any       // resume details, heartbeated with the progress
 	seen    Progress  // the counters when progress last moved
 	moved   time.Time // when progress last moved
 	stalled bool
-	stop    chan struct{}
+	halt    chan struct{}
 	done    chan struct{}
 }
 
@@ -250,14 +256,15 @@ type heartbeat struct {
 
 func (a *Activities) startReporter(ctx context.Context, step string) *reporter {
 	now := time.Now()
-	r := &reporter{a: a, ctx: ctx, p: Progress{Step: step, Started: now.UTC()}, moved: now, stop: make(chan struct{}), done: make(chan struct{})}
+	r := &reporter{a: a, ctx: ctx, p: Progress{Step: step, Started: now.UTC()}, moved: now, halt: make(chan struct{}), done: make(chan struct{})}
+	r.work, r.stop = context.WithCancelCause(ctx)
 	go func() {
 		defer close(r.done)
 		t := time.NewTicker(a.HeartbeatInterval)
 		defer t.Stop()
 		for {
 			select {
-			case <-r.stop:
+			case <-r.halt:
 				return
 			case <-ctx.Done():
 				return
@@ -305,7 +312,8 @@ func (r *reporter) beat(final bool) {
 	r.mu.Unlock()
 	if first {
 		r.a.log.Warn().Str("step", hb.Progress.Step).Dur("stalled", r.a.StallTimeout).
-			Msg("no progress: heartbeats stop, so the attempt times out and is retried from its last resume point")
+			Msg("no progress: this attempt stops and is retried from its last resume point")
+		r.stop(fmt.Errorf("%s made no progress for %s", hb.Progress.Step, r.a.StallTimeout))
 	}
 	switch {
 	case stalled:
@@ -318,9 +326,10 @@ func (r *reporter) beat(final bool) {
 
 // close stops the ticker and records the final progress.
 func (r *reporter) close() {
-	close(r.stop)
+	close(r.halt)
 	<-r.done
 	r.beat(true)
+	r.stop(nil)
 }
 
 // resumeDetails decodes the resume point of a previous attempt into v and

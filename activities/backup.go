@@ -119,6 +119,7 @@ func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 	}
 	rep := a.startReporter(ctx, "snapshot")
 	defer rep.close()
+	ctx = rep.work // ends when the work stalls
 
 	res = SnapshotResult{Source: src.Describe(), Snapshot: time.Now().UTC()}
 	sp := splitter{emit: func(p piece) error {
@@ -239,6 +240,7 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	}
 	rep := a.startReporter(ctx, "upload")
 	defer rep.close()
+	ctx = rep.work // ends when the work stalls
 	rep.update(func(p *Progress) { p.BytesTotal = in.Bytes })
 	u := &uploader{
 		repo: r, src: src, onChange: sc.OnChange, retries: sc.Retries, rep: rep,

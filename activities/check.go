@@ -106,6 +106,7 @@ func (a *Activities) checkRepository(ctx context.Context, in CheckRepositoryInpu
 	}
 	rep := a.startReporter(ctx, "check")
 	defer rep.close()
+	ctx = rep.work // ends when the work stalls
 	c := &checker{repo: r, in: in, res: CheckRepositoryResult{Repository: r.Location(), ReadPercent: in.ReadPercent, Damage: []DamagedObject{}}}
 
 	uses, err := c.manifests(ctx)

@@ -54,6 +54,7 @@ func (a *Activities) VerifyTarget(ctx context.Context, in VerifyTargetInput) (Ve
 	}
 	rep := a.startReporter(ctx, "verify")
 	defer rep.close()
+	ctx = rep.work // ends when the work stalls
 	rep.update(func(p *Progress) { p.BytesTotal = m.Totals.Bytes })
 	want := make(map[string]*repo.Entry, len(m.Entries))
 	for i := range m.Entries {

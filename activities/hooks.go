@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
-	"sync"
 	"syscall"
 	"time"
 
@@ -65,7 +64,7 @@ func runHook(ctx context.Context, h *config.Hook, secrets []string) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if len(h.Exec) > 0 {
-		out := &tailBuffer{max: 2*redact.TailSize + 1024} // room for a secret the cut goes through
+		out := &tailBuffer{redact.TailWriter{Max: 2*redact.TailSize + 1024}} // room for a secret the cut goes through
 		cmd := exec.CommandContext(ctx, h.Exec[0], h.Exec[1:]...)
 		cmd.Stdout, cmd.Stderr = out, out
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -104,37 +103,13 @@ func runHook(ctx context.Context, h *config.Hook, secrets []string) error {
 	return nil
 }
 
-// tailBuffer keeps the last max bytes written to it; the command's stdout
-// and stderr share it, and os/exec copies them from one goroutine when
-// they are the same writer.
-type tailBuffer struct {
-	mu      sync.Mutex
-	buf     []byte
-	max     int
-	dropped bool
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > 2*t.max {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
-		t.dropped = true
-	}
-	return len(p), nil
-}
+// tailBuffer is a command's output kept for its error.
+type tailBuffer struct{ redact.TailWriter }
 
 // text is the cleaned end of the output for an error: "" when there was
 // none, else ": " and the text.
 func (t *tailBuffer) text(secrets []string) string {
-	t.mu.Lock()
-	b, cut := t.buf, t.dropped
-	if len(b) > t.max {
-		b, cut = b[len(b)-t.max:], true
-	}
-	t.mu.Unlock()
-	s, cut := redact.Tail(b, cut, secrets)
+	s, cut := t.Tail(secrets)
 	switch {
 	case s == "":
 		return ""
@@ -176,7 +151,7 @@ func cleanError(err error, secrets []string) error {
 		return err
 	}
 	c := &cleanedError{msg: clean}
-	for _, class := range []error{drivers.ErrUnreachable, drivers.ErrNotFound, context.Canceled, context.DeadlineExceeded} {
+	for _, class := range []error{drivers.ErrUnreachable, drivers.ErrNotFound, drivers.ErrPreconditionFailed, access.ErrPartial, context.Canceled, context.DeadlineExceeded} {
 		if errors.Is(err, class) {
 			c.class = class
 			break

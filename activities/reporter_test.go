@@ -31,8 +31,11 @@ func TestReporterHeartbeatsOnlyWhileProgressMoves(t *testing.T) {
 				}
 				time.Sleep(25 * time.Millisecond)
 			}
-			close(rep.stop)
+			close(rep.halt)
 			<-rep.done
+			if stalled := rep.work.Err() != nil; stalled == moving {
+				t.Fatalf("moving %v: the work's context cancelled: %v", moving, stalled)
+			}
 			if beats.Load() == 0 {
 				t.Fatal("no heartbeat at all")
 			}

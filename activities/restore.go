@@ -267,6 +267,7 @@ func (a *Activities) restoreInto(ctx context.Context, r *repo.Repo, tgt source.T
 	}
 	rep := a.startReporter(ctx, "restore")
 	defer rep.close()
+	ctx = rep.work // ends when the work stalls
 	rep.update(func(p *Progress) { p.BytesTotal, p.FilesTotal = m.Totals.Bytes, m.Totals.Files })
 	// Until this attempt reports progress of its own, the earlier one's
 	// stands: an attempt lost before its first checkpoint must not make the

@@ -200,6 +200,7 @@ func (a *Activities) copyChunks(ctx context.Context, in CopyChunksInput) (CopyCh
 	}
 	rep := a.startReporter(ctx, "copy")
 	defer rep.close()
+	ctx = rep.work // ends when the work stalls
 	res := CopyChunksResult{Chunks: int64(len(ids))}
 	rep.update(func(p *Progress) {
 		p.ChunksTotal, p.ChunksDone, p.BytesTotal = int64(len(ids)), int64(len(ids)-len(missing)), in.Bytes

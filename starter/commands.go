@@ -90,7 +90,7 @@ func (c *cli) transmitCmd() *cobra.Command {
 func (c *cli) restoreCmd() *cobra.Command {
 	var in workflows.RestoreInput
 	cmd := &cobra.Command{
-		Use:   "restore --plan P --site S [--point ID] [--to PATH] [--setuid]",
+		Use:   "restore --plan P --site S [--point ID] [--to PATH] [--setuid] [--force]",
 		Short: "Restore a restore point held at a site into the plan's source there, or into --to",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -122,6 +122,7 @@ func (c *cli) restoreCmd() *cobra.Command {
 	cmd.Flags().StringVar(&in.Point, "point", "", "restore point id (default: the latest at --site)")
 	cmd.Flags().StringVar(&in.To, "to", "", "absolute path to restore into (default: the plan's source at --site)")
 	cmd.Flags().BoolVar(&in.KeepSetuid, "setuid", false, "recreate setuid/setgid bits even from a repository without a key (whose content is not authenticated)")
+	cmd.Flags().BoolVar(&in.Force, "force", false, "overwrite the plan's own data at a site that takes writes (the active site, or read-write access resources)")
 	c.waitFlags(cmd)
 	return cmd
 }

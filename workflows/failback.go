@@ -66,6 +66,15 @@ const runsPerFailback = 100
 // like a failover's; a failure before leaves the active site as it was.
 func Failback(ctx workflow.Context, in FailbackInput) (rep SwitchReport, err error) {
 	started := workflow.Now(ctx)
+	// The complete update is answered from the first moment (refused while
+	// the run is starting), so that it is never mistaken for an older run's.
+	f := &failback{in: in}
+	if workflow.GetVersion(ctx, versionCompleteUpdate, workflow.DefaultVersion, 1) >= 1 {
+		f.byUpdate = true
+		if err := f.completions(ctx); err != nil {
+			return rep, err
+		}
+	}
 	t, info, err := begin(ctx, OpFailback, in.Plan)
 	defer func() { t.finish(err) }()
 	if err != nil {
@@ -97,21 +106,12 @@ func Failback(ctx workflow.Context, in FailbackInput) (rep SwitchReport, err err
 	if err := claimTargets(ctx, in.Plan, "data recovery to "+r.To, r.To); err != nil {
 		return rep, err
 	}
-	f := &failback{
-		switchRun: newSwitchRunID(ctx, t, info, OpFailback, r.Op, "", r.From, r.To, r.Started),
-		in:        in,
-		r:         r,
-		auto:      in.AutoComplete || info.Failback.AutoComplete,
-		signals:   workflow.GetSignalChannel(ctx, SignalComplete),
-	}
+	f.switchRun = newSwitchRunID(ctx, t, info, OpFailback, r.Op, "", r.From, r.To, r.Started)
+	f.auto = in.AutoComplete || info.Failback.AutoComplete
+	f.signals = workflow.GetSignalChannel(ctx, SignalComplete)
+	f.caught = r.Rounds > 0 && r.Lag < info.Failback.LagThreshold
 	f.rep.Notes = r.Notes
-	if workflow.GetVersion(ctx, versionCompleteUpdate, workflow.DefaultVersion, 1) >= 1 {
-		f.byUpdate = true
-		f.caught = r.Rounds > 0 && r.Lag < info.Failback.LagThreshold
-		if err := f.completions(); err != nil {
-			return rep, err
-		}
-	}
+	f.r = r // from here on, complete is answered
 	err = f.run()
 	if workflow.IsContinueAsNewError(err) {
 		return rep, err
@@ -149,14 +149,16 @@ type CompleteResult struct {
 
 // completions answers the complete update: refused before the primary has
 // caught up (unless forced) and once completing has begun.
-func (f *failback) completions() error {
-	return workflow.SetUpdateHandlerWithOptions(f.ctx, UpdateComplete,
+func (f *failback) completions(ctx workflow.Context) error {
+	return workflow.SetUpdateHandlerWithOptions(ctx, UpdateComplete,
 		func(ctx workflow.Context, in CompleteSignal) (CompleteResult, error) {
 			f.take(in)
 			return CompleteResult{Lag: f.r.Lag, Rounds: f.r.Rounds}, nil
 		},
 		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, in CompleteSignal) error {
 			switch {
+			case f.r == nil:
+				return fmt.Errorf("data recovery of %s is starting: try again in a few seconds", f.in.Plan)
 			case f.r.Complete != nil && !in.Force:
 				return fmt.Errorf("data recovery of %s is already completing", f.in.Plan)
 			case in.Force:

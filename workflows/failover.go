@@ -50,6 +50,7 @@ func Failover(ctx workflow.Context, in FailoverInput) (rep SwitchReport, err err
 		return rep, err
 	}
 	f := &failover{switchRun: newSwitchRun(ctx, t, info, OpFailover, in.Mode, from, to, started), in: in}
+	f.force = in.Force
 	f.silent = view.silent
 	err = f.run()
 	rep = f.finish(err)
@@ -112,7 +113,7 @@ func (f *failover) run() error {
 		case err == nil:
 			rep.Fenced = true
 			fenceAt = workflow.Now(ctx)
-			f.onUndo("make "+f.from+" read-write again", f.undoAccess(f.from, access.ReadWrite))
+			f.onUndoAccess(f.from, access.ReadWrite)
 		case f.in.Mode == ModeUnplanned:
 			rep.FenceNote = "unreachable, not fenced: " + errorMessage(err)
 		default:
@@ -214,7 +215,7 @@ func (f *failover) fence() error {
 		rep.FenceNote = fmt.Sprintf("unreachable, not fenced: no worker at site %s took a task within %s", f.from, darkAfter(f.info))
 		return nil
 	}
-	f.onUndo("make "+f.from+" read-write again", f.undoAccess(f.from, access.ReadWrite))
+	f.onUndoAccess(f.from, access.ReadWrite)
 	err := f.t.step(ctx, "fence "+f.from, func() error { return f.setAccess(f.fenceCtx(), f.from, access.ReadOnly) })
 	switch {
 	case err == nil:

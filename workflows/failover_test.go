@@ -277,3 +277,16 @@ func TestFailoverToAMissingPointChangesNothing(t *testing.T) {
 	require.Contains(t, app.Error(), "restore point missing")
 	require.Equal(t, []string{"report primary"}, e.log, "nothing is fenced or switched")
 }
+
+// A compensation that cannot make the new site read-only again does not
+// reopen the old one: one writer, even when undoing.
+func TestCompensationNeverLeavesTwoWriters(t *testing.T) {
+	e := newSwitchEnv(t, switchPlan, map[string]error{
+		"dns secondary":       temporal.NewNonRetryableApplicationError("zone example.test does not exist", "NotFound", nil),
+		"read-only secondary": temporal.NewNonRetryableApplicationError("password authentication failed", "AuthFailed", nil),
+	})
+	e.ExecuteWorkflow(Failover, FailoverInput{Plan: "files"})
+	require.Error(t, e.GetWorkflowError())
+	require.Contains(t, e.log, "epoch primary active=primary", "the rest is undone")
+	require.NotContains(t, e.log, "read-write primary", "the old site is not reopened while the new one may take writes")
+}

@@ -266,25 +266,39 @@ func (l *planLock) grant(req ClaimRequest) {
 }
 
 // grantWaiting grants, in order, the waiting requests nothing blocks; a
-// request never overtakes an earlier one that wants the same resource.
+// request never overtakes an earlier one that wants the same resource. A
+// request leaves the queue before it is granted: a grant that cannot be
+// delivered releases, which calls grantWaiting again, and must not find it
+// there.
 func (l *planLock) grantWaiting() {
-	var still []ClaimRequest
+	for {
+		i := l.nextGrantable()
+		if i < 0 {
+			return
+		}
+		w := l.st.Waiting[i]
+		l.st.Waiting = slices.Delete(l.st.Waiting, i, i+1)
+		l.grant(w)
+	}
+}
+
+// nextGrantable is the index of the first waiting request that nothing
+// blocks, -1 if none.
+func (l *planLock) nextGrantable() int {
 	wanted := map[string]bool{}
-	for _, w := range l.st.Waiting {
+	for i, w := range l.st.Waiting {
 		free := len(l.conflicts(w)) == 0
 		for _, r := range w.Resources {
 			free = free && !wanted[r]
 		}
 		if free {
-			l.grant(w)
-			continue
+			return i
 		}
-		still = append(still, w)
 		for _, r := range w.Resources {
 			wanted[r] = true
 		}
 	}
-	l.st.Waiting = still
+	return -1
 }
 
 func (l *planLock) release(rel ClaimRelease) {
@@ -330,25 +344,30 @@ func (l *planLock) blockers() []HeldClaim {
 }
 
 // dropGone releases the claims of holders among claims whose workflow has
-// ended without releasing them (terminated, timed out).
+// ended without releasing them (terminated, timed out). The holders are
+// asked at once, each briefly: the lock answers no one meanwhile.
 func (l *planLock) dropGone(claims []HeldClaim) {
-	seen := map[string]bool{}
 	ctx := workflow.WithActivityOptions(l.ctx, workflow.ActivityOptions{
-		TaskQueue: workflow.GetInfo(l.ctx).TaskQueueName, StartToCloseTimeout: 30 * time.Second,
-		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 3},
+		TaskQueue: workflow.GetInfo(l.ctx).TaskQueueName, ScheduleToCloseTimeout: 10 * time.Second,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 1},
 	})
+	var holders []string
+	var asked []workflow.Future
 	for _, h := range claims {
-		if seen[h.Holder] {
+		if slices.Contains(holders, h.Holder) {
 			continue
 		}
-		seen[h.Holder] = true
+		holders = append(holders, h.Holder)
+		asked = append(asked, workflow.ExecuteActivity(ctx, act.WorkflowRunning, activities.WorkflowRunningInput{WorkflowID: h.Holder}))
+	}
+	for i, h := range holders {
 		var running bool
-		if err := workflow.ExecuteActivity(ctx, act.WorkflowRunning, activities.WorkflowRunningInput{WorkflowID: h.Holder}).Get(l.ctx, &running); err != nil {
+		if err := asked[i].Get(l.ctx, &running); err != nil {
 			continue // not known: keep the claim
 		}
 		if !running {
-			workflow.GetLogger(l.ctx).Warn("claim dropped: its holder has ended", "holder", h.Holder, "resource", h.Resource)
-			l.release(ClaimRelease{Holder: h.Holder})
+			workflow.GetLogger(l.ctx).Warn("claim dropped: its holder has ended", "holder", h)
+			l.release(ClaimRelease{Holder: h})
 		}
 	}
 }

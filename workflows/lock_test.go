@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -20,17 +21,21 @@ type lockEnv struct {
 	replies map[string]ClaimReply // by request id
 	revoked map[string]ClaimRevoke
 	running map[string]bool // holders WorkflowRunning says are running
+	gone    map[string]bool // holders a signal cannot reach
 }
 
 func newLockEnv(t *testing.T) *lockEnv {
 	var s testsuite.WorkflowTestSuite
-	e := &lockEnv{TestWorkflowEnvironment: s.NewTestWorkflowEnvironment(), replies: map[string]ClaimReply{}, revoked: map[string]ClaimRevoke{}, running: map[string]bool{}}
+	e := &lockEnv{TestWorkflowEnvironment: s.NewTestWorkflowEnvironment(), replies: map[string]ClaimReply{}, revoked: map[string]ClaimRevoke{}, running: map[string]bool{}, gone: map[string]bool{}}
 	e.RegisterActivity(&activities.Activities{})
 	e.OnSignalExternalWorkflow(mock.Anything, mock.Anything, "", SignalClaimReply, mock.Anything).Return(func(_, holder, _, _ string, arg any) error {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		r := arg.(ClaimReply)
 		e.replies[r.ID] = r
+		if e.gone[holder] {
+			return errors.New("workflow execution already completed")
+		}
 		return nil
 	}).Maybe()
 	e.OnSignalExternalWorkflow(mock.Anything, mock.Anything, "", SignalRevoke, mock.Anything).Return(func(_, holder, _, _ string, arg any) error {
@@ -129,4 +134,22 @@ func TestRestoreRevokedIsSuperseded(t *testing.T) {
 	env.ExecuteWorkflow(Restore, RestoreInput{Plan: "files", Site: "secondary"})
 	err := env.GetWorkflowError()
 	require.ErrorContains(t, err, "superseded: unplanned failover to secondary (workflow drorch/files/switch) took over target/secondary")
+}
+
+// A preempting requester that is gone by the time it is granted (its
+// workflow terminated while it waited) neither keeps the target nor makes
+// the lock loop: the target goes to the next request.
+func TestPlanLockGrantToAGoneRequester(t *testing.T) {
+	e := newLockEnv(t)
+	e.running["restore-a"], e.running["next"] = true, true
+	e.gone["failover"] = true
+	e.at(time.Second, func() { e.claim("1", "restore-a", "restore-a", ClaimRefuse, ResTarget("secondary", "")) })
+	e.at(2*time.Second, func() { e.claim("2", "failover", "failover", ClaimPreempt, ResTarget("secondary", "")) })
+	e.at(3*time.Second, func() { e.SignalWorkflow(SignalRelease, ClaimRelease{Holder: "restore-a"}) })
+	e.at(4*time.Second, func() { e.claim("3", "next", "next", ClaimRefuse, ResTarget("secondary", "")) })
+	e.at(5*time.Second, func() { e.SignalWorkflow(SignalRelease, ClaimRelease{Holder: "next"}) })
+	e.ExecuteWorkflow(PlanLock, PlanLockInput{Plan: "files"})
+	require.NoError(t, e.GetWorkflowError())
+	r, _ := e.reply("3")
+	require.True(t, r.Granted, "the target is free once the gone requester's grant could not be delivered: %+v", r)
 }

@@ -1,9 +1,13 @@
 package workflows
 
 import (
+	"fmt"
+
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/drivers/access"
 )
 
 // Restore writes a restore point held at a site into a target: the plan's
@@ -48,6 +52,12 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 		// err is the named result: a revoked claim says who took over.
 		defer func() { err = c.superseded(err) }()
 		ctx = c.Ctx
+		// A switch's own restores go into a target it has fenced.
+		if in.To == "" && !in.Force && workflow.GetInfo(ctx).ParentWorkflowExecution == nil {
+			if err := t.step(ctx, "check target", func() error { return refuseWritable(ctx, info, site, in.Site != "") }); err != nil {
+				return res, err
+			}
+		}
 	}
 	var a *activities.Activities
 	op, _ := opID(ctx, OpRestore)
@@ -82,6 +92,33 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	res.Duration = workflow.Now(ctx).Sub(started)
 	workflow.GetLogger(ctx).Info("restore completed", "plan", in.Plan, "site", site, "point", res.Point, "target", res.Target)
 	return res, nil
+}
+
+// refuseWritable refuses to restore over the plan's own data at site when
+// that site takes writes: it is the plan's active site (asked only when the
+// site was named; the default is the standby), or one of its access
+// resources is read-write. Overwriting it would throw away what the
+// application wrote there; --force says the operator means it.
+func refuseWritable(ctx workflow.Context, info activities.PlanInfo, site string, named bool) error {
+	refuse := func(why string) error {
+		return temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"restore into the plan's own data at %s refused: %s; its data would be replaced. Restore elsewhere (--to PATH), or pass --force if that is what you mean", site, why), "TargetWritable", nil)
+	}
+	if named {
+		if v := readView(ctx, info); v.unknown == "" && v.info.Active == site {
+			return refuse(fmt.Sprintf("%s is the plan's active site", site))
+		}
+	}
+	var states []activities.ResourceState
+	if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, site)), act.AccessStatus, activities.AccessStatusInput{Plan: info.Plan, Site: site}).Get(ctx, &states); err != nil {
+		return wrap(err, "read the access mode of %s before restoring into it", site)
+	}
+	for _, r := range states {
+		if r.Mode == access.ReadWrite {
+			return refuse(fmt.Sprintf("%s is read-write at %s: something may be writing there", r.Resource, site))
+		}
+	}
+	return nil
 }
 
 // Points lists the restore points of a plan at a site. It runs as a workflow

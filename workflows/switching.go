@@ -33,11 +33,14 @@ type switchRun struct {
 	// began, and why (see readView); access the resource states preflight read.
 	silent map[string]error
 	access map[string][]activities.ResourceState
+	force  bool // the operator's --force: go on past a site that refuses
 }
 
 type undoStep struct {
 	what string
 	do   func(ctx workflow.Context) error
+	// closes makes a site read-only again; opens makes one read-write.
+	closes, opens bool
 }
 
 // newSwitchRun starts the report of an operation that began at started.
@@ -119,7 +122,7 @@ func (s *switchRun) readOnly(ctx workflow.Context, site string) error {
 	if err := s.t.step(s.ctx, "read-only "+site, func() error { return s.setAccess(ctx, site, access.ReadOnly) }); err != nil {
 		return wrap(err, "make %s read-only", site)
 	}
-	s.onUndo("make "+site+" read-write again", s.undoAccess(site, access.ReadWrite))
+	s.onUndoAccess(site, access.ReadWrite)
 	return nil
 }
 
@@ -130,7 +133,7 @@ func (s *switchRun) readWrite(site string) error {
 	if err := s.t.step(s.ctx, "read-write "+site, func() error { return s.setAccess(s.site(site), site, access.ReadWrite) }); err != nil {
 		return err
 	}
-	s.onUndo("make "+site+" read-only again", s.undoAccess(site, access.ReadOnly))
+	s.onUndoAccess(site, access.ReadOnly)
 	_ = workflow.ExecuteActivity(s.site(site), act.MarkStandby, activities.MarkStandbyInput{Plan: s.info.Plan, Site: site}).Get(s.ctx, nil)
 	return nil
 }
@@ -147,12 +150,28 @@ func (s *switchRun) readWrite(site string) error {
 // does not take the epoch is left out (with a note).
 func (s *switchRun) epoch(reason string, dark bool) error {
 	tryOld := workflow.GetVersion(s.ctx, changeEpochOldSite, workflow.DefaultVersion, 1) >= 1
+	undo := func(ctx workflow.Context) error {
+		for _, site := range []string{s.from, s.to} {
+			if site == s.from && dark {
+				continue
+			}
+			if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(s.ctx, site)), act.SetEpoch, s.epochInput(site, s.from, s.op+"-undo", s.rep.Operation+" undone", s.rep.Epoch, 0)).Get(ctx, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	err := s.t.step(s.ctx, "epoch", func() error {
 		var set repo.Epoch
 		if err := workflow.ExecuteActivity(s.site(s.to), act.SetEpoch, s.epochInput(s.to, s.to, s.op, reason, s.info.Epoch, 0)).Get(s.ctx, &set); err != nil {
 			return err
 		}
 		s.rep.Epoch = set.Epoch
+		if tryOld {
+			// The new site names itself active from here on: a failure
+			// recording it at the old one must still give the role back.
+			s.onUndo("give the active role back to "+s.from, undo)
+		}
 		if dark && tryOld {
 			var err error
 			dark, err = s.epochAtOld(reason)
@@ -167,17 +186,9 @@ func (s *switchRun) epoch(reason string, dark bool) error {
 	if err != nil {
 		return err
 	}
-	s.onUndo("give the active role back to "+s.from, func(ctx workflow.Context) error {
-		for _, site := range []string{s.from, s.to} {
-			if site == s.from && dark {
-				continue
-			}
-			if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(s.ctx, site)), act.SetEpoch, s.epochInput(site, s.from, s.op+"-undo", s.rep.Operation+" undone", s.rep.Epoch, 0)).Get(ctx, nil); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	if !tryOld {
+		s.onUndo("give the active role back to "+s.from, undo)
+	}
 	return nil
 }
 
@@ -196,6 +207,15 @@ func (s *switchRun) epochAtOld(reason string) (missing bool, err error) {
 		return false, nil
 	case temporal.IsCanceledError(err) || errorType(err) == drivers.ReasonFenced:
 		return true, err
+	case !unanswered(err) && !s.force:
+		// The store answered and refused: the old site is up, and would
+		// not know it has lost the active role.
+		return true, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"record epoch %d at %s: its store answered but refused: %s; fix what it needs and run the failover again, or run drorch failover --force to go on without it",
+			s.rep.Epoch, s.from, errorMessage(err)), "EpochRefused", nil)
+	case !unanswered(err):
+		s.note(fmt.Sprintf("forced: epoch %d not recorded at %s, whose store refused it: %s", s.rep.Epoch, s.from, errorMessage(err)))
+		return true, nil
 	}
 	s.note(fmt.Sprintf("epoch %d not recorded at %s: %s: it learns it when it is back", s.rep.Epoch, s.from, errorMessage(err)))
 	return true, nil
@@ -225,10 +245,17 @@ func (s *switchRun) undoAccess(site string, mode access.Mode) func(ctx workflow.
 	}
 }
 
+// onUndoAccess adds the compensation that switches site's access back to
+// mode.
+func (s *switchRun) onUndoAccess(site string, mode access.Mode) {
+	s.undo = append(s.undo, undoStep{what: "make " + site + " " + string(mode) + " again", do: s.undoAccess(site, mode),
+		opens: mode == access.ReadWrite, closes: mode == access.ReadOnly})
+}
+
 // onUndo adds a compensation; do runs in a context that outlives the
 // workflow's cancellation and must derive its activity options from it.
 func (s *switchRun) onUndo(what string, do func(ctx workflow.Context) error) {
-	s.undo = append(s.undo, undoStep{what, do})
+	s.undo = append(s.undo, undoStep{what: what, do: do})
 }
 
 func (s *switchRun) note(n string) {
@@ -264,10 +291,19 @@ func (s *switchRun) finish(err error) SwitchReport {
 func (s *switchRun) compensate() []string {
 	ctx, _ := workflow.NewDisconnectedContext(s.ctx)
 	var done []string
+	unclosed := ""
 	for i := len(s.undo) - 1; i >= 0; i-- {
 		u := s.undo[i]
+		if u.opens && unclosed != "" && workflow.GetVersion(s.ctx, changeOneWriter, workflow.DefaultVersion, 1) >= 1 {
+			// Opening the old site now would leave two writable sites.
+			done = append(done, u.what+": SKIPPED: "+unclosed+" could not be made read-only again; open it by hand once that one is read-only")
+			continue
+		}
 		if err := u.do(ctx); err != nil {
 			done = append(done, u.what+": FAILED: "+errorMessage(err))
+			if u.closes {
+				unclosed = u.what
+			}
 			continue
 		}
 		done = append(done, u.what)
@@ -502,11 +538,13 @@ func darkOptions(ctx workflow.Context, site string, bound time.Duration) workflo
 // answer: a refusal (a wrong password, access denied) or a failure at a site
 // that is there.
 func unanswered(err error) bool {
+	app := Innermost(err)
 	var timeout *temporal.TimeoutError
 	if errors.As(err, &timeout) {
-		return true
+		// Out of time after attempts that got an answer (a refusal, a
+		// server error): the last answer counts, not the clock.
+		return app == nil || app.Type() == "Unreachable"
 	}
-	app := Innermost(err)
 	return app != nil && app.Type() == "Unreachable"
 }
 
@@ -559,6 +597,7 @@ func activeSite(ctx workflow.Context, info activities.PlanInfo) (string, error) 
 const (
 	changeDarkAfter         = "dark-after"          // calls to a possibly dark site are bounded by failover.darkAfter
 	changeActiveFromAnswers = "active-from-answers" // readView decides the active site from the sites that answer
+	changeOneWriter         = "one-writer"          // compensation does not reopen a site while another could not be closed
 	changeEpochOldSite      = "epoch-old-site"      // the old site's epoch is raised whenever its store answers
 	changeFence             = "fence-refusal"       // a refused fence stops an unplanned failover; the undo is registered first
 	changeStandbyWritable   = "standby-read-write"  // preflight refuses a target that is read-write

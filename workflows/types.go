@@ -75,6 +75,9 @@ type RestoreInput struct {
 	To    string `json:"to,omitempty"`    // default: the plan's source at Site
 	// KeepSetuid recreates setuid/setgid bits from a repository without a key.
 	KeepSetuid bool `json:"keepSetuid,omitempty"`
+	// Force overwrites the plan's own data at a site that takes writes: the
+	// plan's active site, or one whose access resources are read-write.
+	Force bool `json:"force,omitempty"`
 }
 
 // RestoreResult describes a restore.

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/drivers/access"
 	"github.com/drorch/drorch/workflows"
 )
 
@@ -137,4 +138,33 @@ func holdSwap(t *testing.T, path string) (letGo func()) {
 	letGo = func() { _ = f.Close() } // closing the descriptor releases the lock
 	t.Cleanup(letGo)
 	return letGo
+}
+
+// A restore does not overwrite the plan's data at a site that takes
+// writes (the active site, or a standby whose database was opened by
+// hand) unless the operator says so.
+func TestRestoreRefusesAWritableTarget(t *testing.T) {
+	ss := newSwitchStack(t, "")
+	ss.startWorker()
+	genTree(t, ss.source("primary"), treeSpec{seed: 24, dataBytes: 1 << 20, files: 4})
+	ss.backup()
+	ss.transmit()
+	err := ss.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "primary"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "primary is the plan's active site") || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("a restore over the active site's data: %v; want it refused", err)
+	}
+	ss.setMode("secondary", access.ReadWrite)
+	marker := filepath.Join(ss.source("secondary"), "written-at-the-standby")
+	writeFile(t, marker, "someone writes here")
+	err = ss.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan}, nil)
+	if err == nil || !strings.Contains(err.Error(), "is read-write at secondary") {
+		t.Fatalf("a restore over a read-write standby: %v; want it refused", err)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the refused restore touched the standby: %v", err)
+	}
+	if err := ss.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Force: true}, nil); err != nil {
+		t.Fatalf("a forced restore: %v", err)
+	}
+	requireSameTree(t, ss.source("primary"), ss.source("secondary"))
 }

@@ -44,7 +44,6 @@ import (
 	"os"
 	osexec "os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -190,7 +189,7 @@ func (c *command) run(ctx context.Context, what string, argv []string, extraEnv 
 	}
 	cmd.WaitDelay = waitDelay
 	var (
-		tail   = &tailBuffer{max: tailSize}
+		tail   = &tailBuffer{redact.TailWriter{Max: tailSize}}
 		stdout = &limitedBuffer{max: maxStatusOutput}
 	)
 	if wantStdout {
@@ -247,36 +246,13 @@ func classifyExit(what string, exit *osexec.ExitError, output string) error {
 	return err
 }
 
-// tailBuffer keeps the last max bytes written to it. stdout and stderr are
-// copied by two goroutines, hence the lock.
-type tailBuffer struct {
-	mu      sync.Mutex
-	buf     []byte
-	max     int
-	dropped bool
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > 2*t.max {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
-		t.dropped = true
-	}
-	return len(p), nil
-}
+// tailBuffer is a command's output kept for its error.
+type tailBuffer struct{ redact.TailWriter }
 
 // String returns the tail as the end of an error message: "" when there was
 // no output, else "; output" and the text on the following lines.
 func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	b, cut := t.buf, t.dropped
-	if len(b) > t.max {
-		b, cut = b[len(b)-t.max:], true
-	}
-	text, cut := redact.Tail(b, cut, nil)
+	text, cut := t.Tail(nil)
 	if text == "" {
 		return ""
 	}
