@@ -81,13 +81,16 @@ func TestWorkerKilledDuringRestoreRewritesADamagedFile(t *testing.T) {
 	s.backup()
 
 	to := filepath.Join(s.dir, "restored")
+	// The restore is held at its swap, so that however fast this machine
+	// is, the worker dies with the files staged and reported finished.
+	letGo := holdSwap(t, to)
 	run := s.start(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "primary", To: to})
-	// Three files reported, and a good part of the restore still to do.
 	waitFor(t, "a restore heartbeat naming finished files", 5*time.Minute, func() bool { return s.resumePoint(run) > files[2] })
 	w.kill()
+	letGo()
 	next := s.resumePoint(run)
-	if next >= files[len(files)-3] || !s.running(run) {
-		t.Fatalf("the restore was nearly done (resume point %d of %d entries) before the worker was killed: make the data larger", next, len(entries))
+	if !s.running(run) {
+		t.Fatalf("the restore ended before the worker was killed")
 	}
 	staging := restoreBookkeeping(t, s.dir)
 	var stagingDir string
