@@ -84,6 +84,11 @@ func (i *retryInbound) ExecuteActivity(ctx context.Context, in *interceptor.Exec
 	if !retryable(err) || ctx.Err() != nil {
 		return res, err
 	}
+	if errors.Is(err, context.Canceled) {
+		// Cancelled from within while the activity itself was not: only
+		// the reporter does that, when the work has stalled.
+		err = fmt.Errorf("%s made no progress for the worker's --stall-timeout, so this attempt stopped and the next resumes from its last resume point: %w", info.ActivityType.Name, err)
+	}
 	since := i.out.failingSince()
 	if since.IsZero() {
 		return res, err // this attempt made progress: a new streak begins

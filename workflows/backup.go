@@ -17,13 +17,7 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 	if err != nil {
 		return res, err
 	}
-	def := in.Site
-	if def == "" {
-		if def, err = activeSite(ctx, info); err != nil {
-			return res, err
-		}
-	}
-	site, err := siteOf(info, in.Site, def, "site")
+	site, err := siteOrActive(ctx, info, in.Site, "site")
 	if err != nil {
 		return res, err
 	}

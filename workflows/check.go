@@ -45,13 +45,7 @@ func Check(ctx workflow.Context, in CheckInput) (res CheckResult, err error) {
 	if in.ReadDataPercent < 0 || in.ReadDataPercent > 100 {
 		return res, invalidInput("readDataPercent must be 0 to 100")
 	}
-	def := in.Site
-	if def == "" {
-		if def, err = activeSite(ctx, info); err != nil {
-			return res, err
-		}
-	}
-	site, err := siteOf(info, in.Site, def, "site")
+	site, err := siteOrActive(ctx, info, in.Site, "site")
 	if err != nil {
 		return res, err
 	}

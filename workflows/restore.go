@@ -129,13 +129,7 @@ func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) 
 	if err != nil {
 		return res, err
 	}
-	def := in.Site
-	if def == "" {
-		if def, err = activeSite(ctx, info); err != nil {
-			return res, err
-		}
-	}
-	site, err := siteOf(info, in.Site, def, "site")
+	site, err := siteOrActive(ctx, info, in.Site, "site")
 	if err != nil {
 		return res, err
 	}

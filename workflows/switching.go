@@ -592,6 +592,19 @@ func activeSite(ctx workflow.Context, info activities.PlanInfo) (string, error) 
 	return v.info.Active, nil
 }
 
+// siteOrActive is the site the input names in field, or, when it names
+// none, the plan's active site (see activeSite).
+func siteOrActive(ctx workflow.Context, info activities.PlanInfo, site, field string) (string, error) {
+	def := site
+	if def == "" {
+		var err error
+		if def, err = activeSite(ctx, info); err != nil {
+			return "", err
+		}
+	}
+	return siteOf(info, site, def, field)
+}
+
 // Change ids of workflow.GetVersion: each guards one change of behaviour,
 // so that histories recorded before it replay the old way (docs/fencing.md).
 const (

@@ -16,13 +16,7 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 	if err != nil {
 		return res, err
 	}
-	def := in.From
-	if def == "" {
-		if def, err = activeSite(ctx, info); err != nil {
-			return res, err
-		}
-	}
-	from, err := siteOf(info, in.From, def, "from")
+	from, err := siteOrActive(ctx, info, in.From, "from")
 	if err != nil {
 		return res, err
 	}
