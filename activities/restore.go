@@ -37,6 +37,10 @@ type PrepareRestoreResult struct {
 	PointSummary
 	Target    string `json:"target"`
 	SiteEpoch uint64 `json:"siteEpoch"`
+	// Resolved is a --to path with its symlinks resolved on the site's
+	// worker: the key of its claim, so that two spellings of one directory
+	// are one target.
+	Resolved string `json:"resolved,omitempty"`
 }
 
 // PrepareRestore reads and verifies the manifest, checks that every chunk it
@@ -70,7 +74,11 @@ func (a *Activities) prepareRestore(ctx context.Context, in PrepareRestoreInput)
 	if err != nil {
 		return PrepareRestoreResult{}, err
 	}
-	return PrepareRestoreResult{PointSummary: summary(m, in.Site), Target: tgt.Describe(), SiteEpoch: ep.Epoch}, nil
+	res := PrepareRestoreResult{PointSummary: summary(m, in.Site), Target: tgt.Describe(), SiteEpoch: ep.Epoch}
+	if in.To != "" {
+		res.Resolved = resolvePath(in.To)
+	}
+	return res, nil
 }
 
 // restoreTarget is target, refusing a path given with --to that is, holds

@@ -29,10 +29,12 @@ import (
 const reasonSuperseded = "Superseded"
 
 // targetPath is the directory a restore at site writes: to, or the plan's
-// source there.
+// source there. The swap lock sits in its parent; a --to path's parent is
+// resolved, so that two spellings of one directory share one lock.
 func (a *Activities) targetPath(plan, site, to string) (string, error) {
 	if to != "" {
-		return filepath.Clean(to), nil
+		c := filepath.Clean(to)
+		return filepath.Join(resolvePath(filepath.Dir(c)), filepath.Base(c)), nil
 	}
 	sc, _, err := a.sourceAt(plan, site)
 	if err != nil {

@@ -17,6 +17,12 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	started := workflow.Now(ctx)
 	t, info, err := begin(ctx, OpRestore, in.Plan)
 	defer func() { t.finish(err) }()
+	var cl *claim // the target's, once held
+	defer func() {
+		// err is the named result: a revoked claim says who took over.
+		err = cl.superseded(err)
+		cl.release()
+	}()
 	if err != nil {
 		return res, err
 	}
@@ -35,25 +41,30 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	if err := upsert(ctx, t, site); err != nil {
 		return res, err
 	}
-	// One restore at a time into a target; a failover takes it over.
-	if claimsOn(ctx) {
+	// One restore at a time into a target; a failover takes it over. The
+	// plan's own target is claimed first; another path once the site's
+	// worker has resolved it (two spellings of one directory are one target).
+	claims := claimsOn(ctx)
+	claim := func(target, key string) error {
+		c, cerr := acquire(ctx, in.Plan, ClaimRefuse, "restore into "+target, ResTarget(site, key))
+		if cerr != nil {
+			return cerr
+		}
+		ctx = c.Ctx
+		cl = c
+		return nil
+	}
+	if claims && in.To == "" {
 		target := "the plan's target at " + site
-		if in.To != "" {
-			target = in.To + " at " + site
-		} else if err := noSwitch(ctx, in.Plan, "restore into "+target); err != nil {
+		if err := noSwitch(ctx, in.Plan, "restore into "+target); err != nil {
 			// The plan's own data is the switch's to change while it runs.
 			return res, err
 		}
-		c, cerr := acquire(ctx, in.Plan, ClaimRefuse, "restore into "+target, ResTarget(site, cleanPath(in.To)))
-		if cerr != nil {
-			return res, cerr
+		if err := claim(target, ""); err != nil {
+			return res, err
 		}
-		defer c.release()
-		// err is the named result: a revoked claim says who took over.
-		defer func() { err = c.superseded(err) }()
-		ctx = c.Ctx
 		// A switch's own restores go into a target it has fenced.
-		if in.To == "" && !in.Force && workflow.GetInfo(ctx).ParentWorkflowExecution == nil {
+		if !in.Force && workflow.GetInfo(ctx).ParentWorkflowExecution == nil {
 			if err := t.step(ctx, "check target", func() error { return refuseWritable(ctx, info, site, in.Site != "") }); err != nil {
 				return res, err
 			}
@@ -71,6 +82,15 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 		return res, err
 	}
 	res.Point, res.Snapshot, res.Target = prep.Point, prep.Snapshot, prep.Target
+	if claims && in.To != "" {
+		key := prep.Resolved
+		if key == "" {
+			key = cleanPath(in.To) // a worker from before resolving
+		}
+		if err := claim(in.To+" at "+site, key); err != nil {
+			return res, err
+		}
+	}
 
 	var data activities.RestoreDataResult
 	if err := t.step(ctx, "restore", func() error {

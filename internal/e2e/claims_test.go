@@ -18,7 +18,8 @@ import (
 )
 
 // Two restores into one target, started together, never interleave: the
-// plan lock grants the target to one, and refuses the other naming it.
+// plan lock grants the target to one, and refuses the other naming it,
+// also when the other names the target through a symlink.
 func TestRestoresIntoOneTargetNeverInterleave(t *testing.T) {
 	s := newStack(t, stackOptions{})
 	s.startWorker()
@@ -26,8 +27,13 @@ func TestRestoresIntoOneTargetNeverInterleave(t *testing.T) {
 	genTree(t, src, treeSpec{seed: 21, dataBytes: 96 << 20, files: 12})
 	s.backup()
 	to := filepath.Join(s.dir, "restored")
+	alias := filepath.Join(t.TempDir(), "alias")
+	if err := os.Symlink(s.dir, alias); err != nil {
+		t.Fatal(err)
+	}
 	in := workflows.RestoreInput{Plan: plan, Site: "primary", To: to}
-	runs := []client.WorkflowRun{s.start(workflows.OpRestore, workflows.Restore, in), s.start(workflows.OpRestore, workflows.Restore, in)}
+	viaAlias := workflows.RestoreInput{Plan: plan, Site: "primary", To: filepath.Join(alias, "restored")}
+	runs := []client.WorkflowRun{s.start(workflows.OpRestore, workflows.Restore, in), s.start(workflows.OpRestore, workflows.Restore, viaAlias)}
 	errs := make([]error, 2)
 	done := make(chan int)
 	for i, r := range runs {
