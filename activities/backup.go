@@ -693,25 +693,10 @@ func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, 
 	} else if !drivers.IsNotFound(err) {
 		return CommitResult{}, err
 	}
-	m := r.NewManifest(in.Point, in.Site, "dir", in.Snapshot, in.Epoch)
-	last := int64(-1)
-	for i := range in.Pieces {
-		var up uploaded
-		if err := r.GetStaging(ctx, in.Op, uploadedName(i), &up); err != nil {
-			return CommitResult{}, fmt.Errorf("read uploaded piece %d: %w", i, err)
-		}
-		for _, it := range up.Items {
-			if it.Index == last && it.Offset > 0 {
-				// The next segment of the file already begun.
-				cur := &m.Entries[len(m.Entries)-1]
-				cur.Chunks = append(cur.Chunks, it.Refs...)
-				continue
-			}
-			m.Entries = append(m.Entries, it.Entry.manifest(it.Refs))
-			last = it.Index
-		}
+	m, err := assembleManifest(ctx, r, in)
+	if err != nil {
+		return CommitResult{}, err
 	}
-	m.ComputeTotals()
 	// The point is reserved before the chunks are listed (seconds to
 	// minutes), so that a failover landing meanwhile abandons it.
 	err = r.CommitPoint(ctx, m, func(ctx context.Context) error {
@@ -728,6 +713,35 @@ func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, 
 		a.log.Warn().Err(err).Str("op", in.Op).Msg("staging left behind")
 	}
 	return CommitResult{Point: m.Point, Totals: m.Totals}, nil
+}
+
+// assembleManifest builds the manifest of a backup from its staged upload
+// records. A record that is gone (the staging was cleaned up or lost) is
+// permanent: no retry brings it back, the backup must run again.
+func assembleManifest(ctx context.Context, r *repo.Repo, in CommitInput) (*repo.Manifest, error) {
+	m := r.NewManifest(in.Point, in.Site, "dir", in.Snapshot, in.Epoch)
+	last := int64(-1)
+	for i := range in.Pieces {
+		var up uploaded
+		if err := r.GetStaging(ctx, in.Op, uploadedName(i), &up); err != nil {
+			if drivers.IsNotFound(err) {
+				return nil, drivers.Permanentf(drivers.ReasonNotFound, "commit %s: the record of uploaded piece %d is gone from %s (staging cleaned up or lost): run the backup again", in.Point, i, r.Location())
+			}
+			return nil, fmt.Errorf("read uploaded piece %d: %w", i, err)
+		}
+		for _, it := range up.Items {
+			if it.Index == last && it.Offset > 0 {
+				// The next segment of the file already begun.
+				cur := &m.Entries[len(m.Entries)-1]
+				cur.Chunks = append(cur.Chunks, it.Refs...)
+				continue
+			}
+			m.Entries = append(m.Entries, it.Entry.manifest(it.Refs))
+			last = it.Index
+		}
+	}
+	m.ComputeTotals()
+	return m, nil
 }
 
 // checkEpoch refuses to act on a repository whose epoch has moved past the

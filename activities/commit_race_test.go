@@ -382,23 +382,5 @@ func (env *raceEnv) assemble(ctx context.Context, in CommitInput) (*repo.Manifes
 	if err != nil {
 		return nil, err
 	}
-	m := r.NewManifest(in.Point, in.Site, "dir", in.Snapshot, in.Epoch)
-	last := int64(-1)
-	for i := range in.Pieces {
-		var up uploaded
-		if err := r.GetStaging(ctx, in.Op, uploadedName(i), &up); err != nil {
-			return nil, err
-		}
-		for _, it := range up.Items {
-			if it.Index == last && it.Offset > 0 {
-				cur := &m.Entries[len(m.Entries)-1]
-				cur.Chunks = append(cur.Chunks, it.Refs...)
-				continue
-			}
-			m.Entries = append(m.Entries, it.Entry.manifest(it.Refs))
-			last = it.Index
-		}
-	}
-	m.ComputeTotals()
-	return m, nil
+	return assembleManifest(ctx, r, in)
 }
