@@ -14,14 +14,18 @@ type DescribeInput struct {
 // PlanInfo is the non-secret description of a plan as this worker's config
 // has it. Workflows record it first, so a history shows what was run.
 type PlanInfo struct {
-	Plan      string              `json:"plan"`
-	Primary   string              `json:"primary"`
-	Secondary string              `json:"secondary"`
-	Active    string              `json:"active"`
-	Encrypted bool                `json:"encrypted"`
-	Sites     map[string]SiteInfo `json:"sites"`
-	Config    string              `json:"config"` // the file the worker loaded
-	Steps     []StepInfo          `json:"steps,omitempty"`
+	Plan      string `json:"plan"`
+	Primary   string `json:"primary"`
+	Secondary string `json:"secondary"`
+	// Secondaries are every standby site in order of preference
+	// (Secondaries[0] == Secondary); empty in histories recorded before
+	// three-site plans: read it through Standbys().
+	Secondaries []string            `json:"secondaries,omitempty"`
+	Active      string              `json:"active"`
+	Encrypted   bool                `json:"encrypted"`
+	Sites       map[string]SiteInfo `json:"sites"`
+	Config      string              `json:"config"` // the file the worker loaded
+	Steps       []StepInfo          `json:"steps,omitempty"`
 	// Sandboxes are where a drill at each site restores.
 	Sandboxes map[string]string `json:"sandboxes,omitempty"`
 	Failback  FailbackInfo      `json:"failback"`
@@ -32,6 +36,17 @@ type PlanInfo struct {
 	// Epoch is set by workflows: the highest epoch either site holds.
 	Epoch uint64 `json:"epoch,omitempty"`
 }
+
+// Standbys returns the plan's secondaries, in order of preference.
+func (p PlanInfo) Standbys() []string {
+	if len(p.Secondaries) == 0 {
+		return []string{p.Secondary}
+	}
+	return p.Secondaries
+}
+
+// SiteNames returns the plan's sites: its primary, then its secondaries.
+func (p PlanInfo) SiteNames() []string { return append([]string{p.Primary}, p.Standbys()...) }
 
 // FailbackInfo says when data recovery has caught up (config failback:).
 type FailbackInfo struct {
@@ -70,7 +85,7 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 		return PlanInfo{}, temporalError(err)
 	}
 	info := PlanInfo{
-		Plan: p.Name, Primary: p.Primary, Secondary: p.Secondary, Active: p.Primary,
+		Plan: p.Name, Primary: p.Primary, Secondary: p.Secondary, Secondaries: p.Secondaries, Active: p.Primary,
 		Encrypted: p.Encryption != nil, Sites: map[string]SiteInfo{}, Config: a.cfg.File,
 		Failback: FailbackInfo{LagThreshold: p.Failback.LagThreshold, Interval: p.Failback.Interval, AutoComplete: p.Failback.AutoComplete},
 		Failover: FailoverInfo{DarkAfter: p.Failover.DarkAfter},
@@ -82,7 +97,7 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 		}
 		info.Steps = append(info.Steps, si)
 	}
-	sites := []string{p.Primary, p.Secondary}
+	sites := p.Sites()
 	sort.Strings(sites)
 	for _, name := range sites {
 		var si SiteInfo

@@ -25,7 +25,13 @@ const (
 	OpPoints   = "points"
 	OpStatus   = "status"
 	OpCheck    = "check"
+	OpProtect  = "protect"
+	OpForget   = "forget"
 )
+
+// ScheduleID is the id of the Temporal Schedule that runs plan's protection
+// cycle (drorch schedule apply); its runs are drorch/<plan>/protect-<time>.
+func ScheduleID(plan string) string { return "drorch/" + plan + "/protect" }
 
 // Query and signal names.
 const (
@@ -43,10 +49,14 @@ var (
 	PlanAttr      = temporal.NewSearchAttributeKeyKeyword("DrorchPlan")
 	SiteAttr      = temporal.NewSearchAttributeKeyKeyword("DrorchSite")
 	OperationAttr = temporal.NewSearchAttributeKeyKeyword("DrorchOperation")
+	// RPOBreachedAttr (type Bool) is set on Protect runs: true when a
+	// standby site's newest valid point is older than the plan's RPO
+	// objective at the end of the run.
+	RPOBreachedAttr = temporal.NewSearchAttributeKeyBool("DrorchRPOBreached")
 )
 
 // SearchAttributeNames lists the custom attributes drorch needs registered.
-var SearchAttributeNames = []string{PlanAttr.GetName(), SiteAttr.GetName(), OperationAttr.GetName()}
+var SearchAttributeNames = []string{PlanAttr.GetName(), SiteAttr.GetName(), OperationAttr.GetName(), RPOBreachedAttr.GetName()}
 
 // WorkflowID builds the readable id of one run: drorch/<plan>/<op>/<time>, with
 // the time in UTC to the millisecond, e.g.

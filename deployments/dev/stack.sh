@@ -241,7 +241,7 @@ up() {
 	start temporal "$TEMPORAL" server start-dev --ip 127.0.0.1 --port 7233 --ui-port 8233 \
 		--http-port 7243 --metrics-port 7244 --db-filename "$DEV/temporal.db" --log-level warn \
 		--search-attribute DrorchPlan=Keyword --search-attribute DrorchSite=Keyword \
-		--search-attribute DrorchOperation=Keyword
+		--search-attribute DrorchOperation=Keyword --search-attribute DrorchRPOBreached=Bool
 	MINIO_ROOT_USER=$DRORCH_PRIMARY_ACCESS_KEY MINIO_ROOT_PASSWORD=$DRORCH_PRIMARY_SECRET_KEY MINIO_BROWSER=off \
 		start minio-primary "$MINIO" server --quiet --address 127.0.0.1:9001 "$DEV/minio-primary"
 	MINIO_ROOT_USER=$DRORCH_SECONDARY_ACCESS_KEY MINIO_ROOT_PASSWORD=$DRORCH_SECONDARY_SECRET_KEY MINIO_BROWSER=off \

@@ -104,6 +104,10 @@ type Plan struct {
 	Name       string               `yaml:"-"` // its key under plans
 	Primary    string               `yaml:"primary"`
 	Secondary  string               `yaml:"secondary"`
+	// Secondaries are the plan's standby sites in order of preference, for
+	// a plan with more than one (secondaries: [city-b, remote-c]). Parse
+	// fills both: Secondary is always Secondaries[0].
+	Secondaries []string `yaml:"secondaries"`
 	Source     map[string]*Source   `yaml:"source"` // by site name
 	Encryption *Encryption          `yaml:"encryption"`
 	Access     map[string][]*Access `yaml:"access"` // by site, in the order they are switched
@@ -116,6 +120,15 @@ type Plan struct {
 	// might pass (a store or worker down) before it gives up, so that a
 	// stuck plan surfaces within its RPO; 0 is DefaultRetryBudget.
 	RetryBudget time.Duration `yaml:"retryBudget"`
+	// Schedule runs the protection cycle (Protect) by itself; nil: only by hand.
+	Schedule *Schedule `yaml:"schedule"`
+	// Retention says which restore points to keep at each site; nil is
+	// the default policy (DefaultRetention).
+	Retention *Retention `yaml:"retention"`
+	// Standby is "cold" (the default: a failover restores) or "warm" (the
+	// protection cycle refreshes the standby target after each transmit).
+	Standby    string     `yaml:"standby"`
+	Objectives Objectives `yaml:"objectives"`
 }
 
 // DefaultRetryBudget is a plan's RetryBudget when the file sets none, and
@@ -257,8 +270,11 @@ func (p *Plan) SourceAt(site string) (*Source, error) {
 	return nil, fmt.Errorf("plan %s has no source at site %q; it has sources at: %s", p.Name, site, strings.Join(sortedKeys(p.Source), ", "))
 }
 
-// Sites returns the plan's sites: its primary, then its secondary.
-func (p *Plan) Sites() []string { return []string{p.Primary, p.Secondary} }
+// Sites returns the plan's sites: its primary, then its secondaries in order.
+func (p *Plan) Sites() []string { return append([]string{p.Primary}, p.Secondaries...) }
+
+// HasSite reports whether site is one of the plan's sites.
+func (p *Plan) HasSite(site string) bool { return slices.Contains(p.Sites(), site) }
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))

@@ -360,10 +360,10 @@ func TestParseErrors(t *testing.T) {
 		}, []string{
 			`drorch.yaml:23: plans.files.primary: unknown site "tertiary"; sites: primary, secondary`,
 			`drorch.yaml:25: plans.files.source: required at the primary site: add source.tertiary`,
-			`drorch.yaml:26: plans.files.source.primary: "primary" is not a site of this plan; sources may be at its primary "tertiary" and its secondary "secondary"`}},
+			`drorch.yaml:26: plans.files.source.primary: "primary" is not a site of this plan; its sites are tertiary, secondary`}},
 		{"secondary missing", func(t *testing.T) string { return edit(t, "    secondary: secondary\n", "") }, []string{
 			`drorch.yaml:22: plans.files.secondary: required: the name of a site; sites: primary, secondary`,
-			`drorch.yaml:26: plans.files.source.secondary: "secondary" is not a site of this plan; sources may be at its primary "primary" and its secondary ""`}},
+			`drorch.yaml:26: plans.files.source.secondary: "secondary" is not a site of this plan; its sites are primary`}},
 		{"primary equals secondary", func(t *testing.T) string {
 			return edit(t, "    secondary: secondary\n", "    secondary: primary\n", "      secondary: {driver: dir, path: /srv/data-standby}\n", "")
 		}, []string{
@@ -371,7 +371,7 @@ func TestParseErrors(t *testing.T) {
 		{"source at foreign site", func(t *testing.T) string {
 			return edit(t, "      secondary: {driver: dir", "      tertiary: {driver: dir")
 		}, []string{
-			`drorch.yaml:27: plans.files.source.tertiary: "tertiary" is not a site of this plan; sources may be at its primary "primary" and its secondary "secondary"`}},
+			`drorch.yaml:27: plans.files.source.tertiary: "tertiary" is not a site of this plan; its sites are primary, secondary`}},
 		{"source missing at primary", func(t *testing.T) string {
 			return edit(t, "      primary: {driver: dir, path: /srv/data, onChange: retry, retries: 3}\n", "")
 		}, []string{
@@ -431,7 +431,7 @@ func TestParseErrors(t *testing.T) {
 			`drorch.yaml:9: sites.primary.store.bucekt: unknown key; allowed: driver, endpoint, bucket, prefix, region, accessKey, secretKey, insecure, caFile, parallel`}},
 		{"unknown plan key", func(t *testing.T) string { return edit(t, "    source:", "    sourc:") }, []string{
 			`drorch.yaml:22: plans.files.source: required at the primary site: add source.primary`,
-			`drorch.yaml:25: plans.files.sourc: unknown key; allowed: primary, secondary, source, encryption, access, dns, steps, failover, failback, drill, retryBudget`}},
+			`drorch.yaml:25: plans.files.sourc: unknown key; allowed: primary, secondary, secondaries, source, encryption, access, dns, steps, failover, failback, drill, retryBudget, schedule, retention, standby, objectives`}},
 		{"unknown source key", func(t *testing.T) string {
 			return edit(t, "path: /srv/data-standby", "path: /srv/data-standby, pth: /x")
 		}, []string{

@@ -276,7 +276,7 @@ func (r *DNSRecord) validate(d *decoder, path string, p *Plan) {
 	if r.TTL < 1 || r.TTL > 86400 {
 		d.errorf(f("ttl"), "must be 1 to 86400 seconds, got %d", r.TTL)
 	}
-	for _, site := range []string{p.Primary, p.Secondary} {
+	for _, site := range p.Sites() {
 		vals, ok := r.Values[site]
 		vp := join(f("values"), site)
 		if !ok || len(vals) == 0 {
@@ -293,7 +293,7 @@ func (r *DNSRecord) validate(d *decoder, path string, p *Plan) {
 		}
 	}
 	for _, site := range sortedKeys(r.Values) {
-		if site != p.Primary && site != p.Secondary {
+		if !p.HasSite(site) {
 			d.errorf(join(f("values"), site), "%q is not a site of this plan", site)
 		}
 	}

@@ -118,8 +118,7 @@ func (s *Store) validate(d *decoder, path string) {
 func (p *Plan) validate(d *decoder, path string, c *Config) {
 	f := func(key string) string { return join(path, key) }
 	sites := strings.Join(sortedKeys(c.Sites), ", ")
-	for _, r := range []struct{ key, site string }{{"primary", p.Primary}, {"secondary", p.Secondary}} {
-		key, site := r.key, r.site
+	known := func(key, site string) {
 		switch _, ok := c.Sites[site]; {
 		case site == "":
 			d.errorf(f(key), "required: the name of a site; sites: %s", sites)
@@ -127,14 +126,36 @@ func (p *Plan) validate(d *decoder, path string, c *Config) {
 			d.errorf(f(key), "unknown site %q; sites: %s", site, sites)
 		}
 	}
-	if p.Primary != "" && p.Primary == p.Secondary {
-		d.errorf(f("secondary"), "must differ from primary (both are %q)", p.Primary)
+	known("primary", p.Primary)
+	switch {
+	case p.Secondary != "" && len(p.Secondaries) > 0:
+		d.errorf(f("secondaries"), "give secondary or secondaries, not both")
+		p.Secondaries = []string{p.Secondary}
+	case len(p.Secondaries) > 0:
+		seen := map[string]bool{p.Primary: true}
+		for i, site := range p.Secondaries {
+			key := fmt.Sprintf("secondaries[%d]", i)
+			known(key, site)
+			if seen[site] && site != "" {
+				d.errorf(f(key), "%q is named twice among the plan's sites", site)
+			}
+			seen[site] = true
+		}
+		p.Secondary = p.Secondaries[0]
+	default:
+		known("secondary", p.Secondary)
+		if p.Primary != "" && p.Primary == p.Secondary {
+			d.errorf(f("secondary"), "must differ from primary (both are %q)", p.Primary)
+		}
+		if p.Secondary != "" {
+			p.Secondaries = []string{p.Secondary}
+		}
 	}
 	src := f("source")
 	for _, site := range sortedKeys(p.Source) {
 		path := join(src, site)
-		if site != p.Primary && site != p.Secondary {
-			d.errorf(path, "%q is not a site of this plan; sources may be at its primary %q and its secondary %q", site, p.Primary, p.Secondary)
+		if !p.HasSite(site) {
+			d.errorf(path, "%q is not a site of this plan; its sites are %s", site, strings.Join(p.Sites(), ", "))
 		}
 		p.Source[site].validate(d, path)
 	}
@@ -149,7 +170,7 @@ func (p *Plan) validate(d *decoder, path string, c *Config) {
 	}
 	for _, site := range sortedKeys(p.Access) {
 		path := join(f("access"), site)
-		if site != p.Primary && site != p.Secondary {
+		if !p.HasSite(site) {
 			d.errorf(path, "%q is not a site of this plan", site)
 		}
 		for i, a := range p.Access[site] {
@@ -160,6 +181,7 @@ func (p *Plan) validate(d *decoder, path string, c *Config) {
 		r.validate(d, fmt.Sprintf("%s[%d]", f("dns"), i), p)
 	}
 	p.Failover.validate(d, f("failover"))
+	p.validateProtection(d, path)
 	if sb := p.Drill.Sandbox; sb != "" {
 		if !filepath.IsAbs(sb) || filepath.Clean(sb) != sb || sb == "/" {
 			d.errorf(join(f("drill"), "sandbox"), "must be an absolute, clean path other than /, got %q", sb)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -18,8 +20,11 @@ import (
 )
 
 // SearchAttributes are the custom search attributes the dev server is started
-// with, all of type Keyword.
-var SearchAttributes = []string{"DrorchPlan", "DrorchSite", "DrorchOperation"}
+// with, by name, and their types.
+var SearchAttributes = map[string]string{
+	"DrorchPlan": "Keyword", "DrorchSite": "Keyword", "DrorchOperation": "Keyword",
+	"DrorchRPOBreached": "Bool",
+}
 
 // Temporal is a Temporal dev server (`temporal server start-dev`, in-memory).
 type Temporal struct {
@@ -137,8 +142,8 @@ func startTemporalOnce(bin, dir string) (*Temporal, error) {
 	} else {
 		args = append(args, "--headless")
 	}
-	for _, sa := range SearchAttributes {
-		args = append(args, "--search-attribute", sa+"=Keyword")
+	for _, sa := range slices.Sorted(maps.Keys(SearchAttributes)) {
+		args = append(args, "--search-attribute", sa+"="+SearchAttributes[sa])
 	}
 	// TEMPORAL_* variables (address, namespace, TLS) configure the CLI as a
 	// client and must not leak in from a developer's shell.

@@ -5,12 +5,12 @@ import (
 	"context"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
-	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/operatorservice/v1"
 )
 
@@ -103,9 +103,9 @@ func TestTemporalSearchAttributes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range SearchAttributes {
-		if got := resp.GetCustomAttributes()[name]; got != enumspb.INDEXED_VALUE_TYPE_KEYWORD {
-			t.Errorf("search attribute %s: got %v, want Keyword", name, got)
+	for name, typ := range SearchAttributes {
+		if got := resp.GetCustomAttributes()[name]; got.String() != "INDEXED_VALUE_TYPE_"+strings.ToUpper(typ) {
+			t.Errorf("search attribute %s: got %v, want %s", name, got, typ)
 		}
 	}
 }
