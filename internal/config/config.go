@@ -101,21 +101,21 @@ type Store struct {
 // Plan is a protection plan: one data set, protected from its primary site to
 // its secondary site.
 type Plan struct {
-	Name       string               `yaml:"-"` // its key under plans
-	Primary    string               `yaml:"primary"`
-	Secondary  string               `yaml:"secondary"`
+	Name      string `yaml:"-"` // its key under plans
+	Primary   string `yaml:"primary"`
+	Secondary string `yaml:"secondary"`
 	// Secondaries are the plan's standby sites in order of preference, for
 	// a plan with more than one (secondaries: [city-b, remote-c]). Parse
 	// fills both: Secondary is always Secondaries[0].
-	Secondaries []string `yaml:"secondaries"`
-	Source     map[string]*Source   `yaml:"source"` // by site name
-	Encryption *Encryption          `yaml:"encryption"`
-	Access     map[string][]*Access `yaml:"access"` // by site, in the order they are switched
-	DNS        []*DNSRecord         `yaml:"dns"`
-	Steps      []*Step              `yaml:"steps"`
-	Failover   Failover             `yaml:"failover"`
-	Failback   Failback             `yaml:"failback"`
-	Drill      Drill                `yaml:"drill"`
+	Secondaries []string             `yaml:"secondaries"`
+	Source      map[string]*Source   `yaml:"source"` // by site name
+	Encryption  *Encryption          `yaml:"encryption"`
+	Access      map[string][]*Access `yaml:"access"` // by site, in the order they are switched
+	DNS         []*DNSRecord         `yaml:"dns"`
+	Steps       []*Step              `yaml:"steps"`
+	Failover    Failover             `yaml:"failover"`
+	Failback    Failback             `yaml:"failback"`
+	Drill       Drill                `yaml:"drill"`
 	// RetryBudget is how long a step may go on failing with errors that
 	// might pass (a store or worker down) before it gives up, so that a
 	// stuck plan surfaces within its RPO; 0 is DefaultRetryBudget.
