@@ -172,11 +172,6 @@ type SwitchReport struct {
 	PointTime    time.Time                `json:"pointTime,omitzero"`
 	Epoch        uint64                   `json:"epoch,omitempty"`
 	Restored     bool                     `json:"restored"` // false: the standby already held the point
-
-	// TimeSaved is how long restoring the point took when a warm refresh
-	// put it into the standby (0: unknown), when Restored is false.
-	TimeSaved Duration `json:"timeSaved,omitempty"`
-
 	RTO          time.Duration            `json:"rto"`      // start → DNS verified
 	RPO          time.Duration            `json:"rpo"`      // fence (or start) − restore point time
 	DNS          []activities.RecordState `json:"dns,omitempty"`
@@ -189,4 +184,8 @@ type SwitchReport struct {
 	Rounds    int           `json:"rounds,omitempty"`
 	Lag       time.Duration `json:"lag,omitempty"`
 	Preserved string        `json:"preserved,omitempty"`
+
+	// TimeSaved is how long restoring the point took when a warm refresh
+	// put it into the standby (0: unknown), when Restored is false.
+	TimeSaved Duration `json:"timeSaved,omitempty"`
 }
