@@ -117,6 +117,13 @@ func Protect(ctx workflow.Context, in ProtectInput) (res ProtectResult, err erro
 	}
 	view := readView(ctx, info)
 	if view.unknown != "" {
+		// Nothing can be measured either: with an objective, that is a breach.
+		if res.RPOBreached = info.Objectives.RPO > 0; res.RPOBreached {
+			workflow.GetLogger(ctx).Warn("RPO objective breached", "plan", in.Plan, "objective", info.Objectives.RPO.String(), "why", view.unknown)
+		}
+		if err := workflow.UpsertTypedSearchAttributes(ctx, RPOBreachedAttr.ValueSet(res.RPOBreached)); err != nil {
+			return res, err
+		}
 		return res, activeUnknown(in.Plan, view, "the protection cycle wrote nothing; it runs again at the next schedule once the sites answer")
 	}
 	p := &protect{ctx: ctx, t: t, in: in, info: info, res: &res, active: view.info.Active}
