@@ -35,6 +35,20 @@ type PlanInfo struct {
 	Swapped bool `json:"swapped,omitempty"`
 	// Epoch is set by workflows: the highest epoch either site holds.
 	Epoch uint64 `json:"epoch,omitempty"`
+	// The protection cycle (Protect): cold or warm standby, the recovery
+	// objectives, and the schedule's start window ("HH:MM-HH:MM" in
+	// TimeZone, "" any time). Empty in histories recorded before them.
+	Standby    string         `json:"standby,omitempty"`
+	Objectives ObjectivesInfo `json:"objectives,omitzero"`
+	Window     string         `json:"window,omitempty"`
+	TimeZone   string         `json:"timeZone,omitempty"`
+}
+
+// ObjectivesInfo are the plan's recovery objectives (config objectives:);
+// zero is not set.
+type ObjectivesInfo struct {
+	RPO time.Duration `json:"rpo,omitempty"`
+	RTO time.Duration `json:"rto,omitempty"`
 }
 
 // Standbys returns the plan's secondaries, in order of preference.
@@ -89,6 +103,10 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 		Encrypted: p.Encryption != nil, Sites: map[string]SiteInfo{}, Config: a.cfg.File,
 		Failback: FailbackInfo{LagThreshold: p.Failback.LagThreshold, Interval: p.Failback.Interval, AutoComplete: p.Failback.AutoComplete},
 		Failover: FailoverInfo{DarkAfter: p.Failover.DarkAfter},
+		Standby:  p.Standby, Objectives: ObjectivesInfo{RPO: p.Objectives.RPO, RTO: p.Objectives.RTO},
+	}
+	if p.Schedule != nil {
+		info.Window, info.TimeZone = p.Schedule.Window, p.Schedule.TimeZone
 	}
 	for _, s := range p.Steps {
 		si := StepInfo{Name: s.Name, On: s.On, Before: len(s.Before), Wait: s.Wait, After: len(s.After)}

@@ -183,6 +183,9 @@ type SiteState struct {
 	Latest     string     `json:"latest,omitempty"` // latest valid restore point
 	LatestTime time.Time  `json:"latestTime,omitzero"`
 	Standby    string     `json:"standby,omitempty"` // the point last restored into the standby target
+	// StandbyTook is how long the restore of Standby took, when a warm
+	// refresh recorded it: the time a failover saves by not restoring.
+	StandbyTook time.Duration `json:"standbyTook,omitempty"`
 }
 
 // siteStateProbe bounds GetSiteState's first read of a site's store.
@@ -221,7 +224,7 @@ func (a *Activities) GetSiteState(ctx context.Context, in SiteStateInput) (SiteS
 	}
 	var sb standbyState
 	if err := r.GetStaging(ctx, "standby", "state", &sb); err == nil {
-		st.Standby = sb.Point
+		st.Standby, st.StandbyTook = sb.Point, sb.Took
 	} else if !drivers.IsNotFound(err) {
 		return st, temporalError(err)
 	}
@@ -233,6 +236,8 @@ func (a *Activities) GetSiteState(ctx context.Context, in SiteStateInput) (SiteS
 type standbyState struct {
 	Point   string    `json:"point"`
 	Updated time.Time `json:"updated"`
+	// Took is how long restoring Point took, when the writer knew it.
+	Took time.Duration `json:"took,omitempty"`
 }
 
 // SwitchDNSInput names the site whose values the plan's records get.
@@ -340,6 +345,9 @@ type MarkStandbyInput struct {
 	Plan  string `json:"plan"`
 	Site  string `json:"site"`
 	Point string `json:"point"`
+	// Took is how long the restore of Point took (a warm refresh records
+	// it), so that a failover can report the time it saves.
+	Took time.Duration `json:"took,omitempty"`
 }
 
 // MarkStandby records in the site's repository which point its standby
@@ -350,7 +358,7 @@ func (a *Activities) MarkStandby(ctx context.Context, in MarkStandbyInput) error
 	if err != nil {
 		return temporalError(err)
 	}
-	return temporalError(r.PutStaging(ctx, "standby", "state", standbyState{Point: in.Point, Updated: time.Now().UTC()}))
+	return temporalError(r.PutStaging(ctx, "standby", "state", standbyState{Point: in.Point, Updated: time.Now().UTC(), Took: in.Took}))
 }
 
 // accessAt opens the access resources of a plan at a site, in order.

@@ -98,6 +98,8 @@ type SettleTargetInput struct {
 // SettleTargetResult is what the target holds once settled.
 type SettleTargetResult struct {
 	Standby string `json:"standby,omitempty"` // the point the standby target holds, "" if unknown
+	// StandbyTook is how long restoring Standby took, when recorded.
+	StandbyTook time.Duration `json:"standbyTook,omitempty"`
 }
 
 // SettleTarget waits until no restore is swapping into the plan's own
@@ -125,7 +127,7 @@ func (a *Activities) SettleTarget(ctx context.Context, in SettleTargetInput) (Se
 	if err := r.GetStaging(ctx, "standby", "state", &sb); err != nil && !drivers.IsNotFound(err) {
 		return SettleTargetResult{}, temporalError(err)
 	}
-	return SettleTargetResult{Standby: sb.Point}, nil
+	return SettleTargetResult{Standby: sb.Point, StandbyTook: sb.Took}, nil
 }
 
 // swap moves a staged restore into its target under the target's swap

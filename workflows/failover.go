@@ -155,9 +155,13 @@ func (f *failover) run() error {
 			if err := workflow.ExecuteActivity(f.site(f.to), act.SettleTarget, activities.SettleTargetInput{Plan: f.in.Plan, Site: f.to}).Get(ctx, &st); err != nil {
 				return err
 			}
-			target.Standby = st.Standby
+			target.Standby, target.StandbyTook = st.Standby, st.StandbyTook
 		}
 		if point == target.Standby && point != "" {
+			if workflow.GetVersion(ctx, changeTimeSaved, workflow.DefaultVersion, 1) >= 1 {
+				// What the warm refresh that put the point there took.
+				rep.TimeSaved = Duration(target.StandbyTook)
+			}
 			return nil
 		}
 		rep.Restored = true

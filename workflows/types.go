@@ -184,4 +184,8 @@ type SwitchReport struct {
 	Rounds    int           `json:"rounds,omitempty"`
 	Lag       time.Duration `json:"lag,omitempty"`
 	Preserved string        `json:"preserved,omitempty"`
+
+	// TimeSaved is how long restoring the point took when a warm refresh
+	// put it into the standby (0: unknown), when Restored is false.
+	TimeSaved Duration `json:"timeSaved,omitempty"`
 }

@@ -249,6 +249,21 @@ drorch report --plan "$PLAN" --last 4
 say "Plan status"
 drorch status --plan "$PLAN"
 
+say "The protection cycle by itself: a Temporal Schedule runs Protect every minute"
+drorch schedule apply --plan "$PLAN"
+drorch schedule unpause --plan "$PLAN" --note "running for the demo"
+note "waiting for the schedule to start a cycle by itself (backup → transmit → retention → warm standby refresh)"
+for _ in $(seq 1 75); do
+	last=$("${DRORCH[@]}" schedule list --json | python3 -c 'import json,sys; print(next((s.get("lastResult","") for s in json.load(sys.stdin) if s["plan"]=="'"$PLAN"'"), ""))')
+	[ -n "$last" ] && [ "$last" != RUNNING ] && break
+	sleep 2
+done
+drorch schedule list
+[ "$last" = COMPLETED ] || note "the last cycle ended $last: see it in the Web UI (DrorchOperation = \"protect\")"
+drorch status --plan "$PLAN"
+note "temporal schedule list / temporal schedule describe --schedule-id drorch/$PLAN/protect show it too"
+drorch schedule pause --plan "$PLAN" --note "paused at the end of the demo: drorch schedule unpause --plan $PLAN keeps it running"
+
 say "Done"
 echo "Temporal Web UI: http://127.0.0.1:8233 (search: DrorchPlan = \"$PLAN\"; the switching runs have workflow id $SWITCH_ID)"
 echo "Ask BIND yourself:  dig @${DNS_SERVER%:*} -p ${DNS_SERVER#*:} $DNS_NAME"
