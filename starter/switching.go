@@ -42,7 +42,7 @@ secondary (secondaries: [city-b, remote-c]) fails over to the site --to names,
 or else to the first of its sites in order (primary, then secondaries) that is
 not active and answers. With three or more sites a failover needs a majority of
 them to answer; when only one does (a regional disaster), --force goes on.`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if planned && unplanned {
 				return fmt.Errorf("give --planned or --unplanned, not both")
