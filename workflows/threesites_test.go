@@ -2,12 +2,14 @@ package workflows
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/internal/repo"
 )
 
 // threeSitePlan is a plan with a same-city standby and a remote one.
@@ -146,4 +148,31 @@ func TestRolesOfAPermanentFailoverAmongThreeSites(t *testing.T) {
 		"report remote",
 	}, e.log)
 	require.Equal(t, "primary", e.epochs["secondary"].Secondary)
+}
+
+// Data recovery from the remote site returns the plan to its primary; the
+// same-city standby is left alone until completion, when it learns the new
+// epoch with the other two.
+func TestFailbackFromTheRemoteSite(t *testing.T) {
+	info := threeSitePlan
+	info.Failback.LagThreshold, info.Failback.Interval, info.Failback.AutoComplete = 5*time.Minute, 30*time.Second, true
+	e := newSwitchEnv(t, info, nil)
+	for _, site := range []string{"primary", "secondary", "remote"} {
+		e.epochs[site] = repo.Epoch{Epoch: 4, Active: "remote"}
+	}
+	e.ExecuteWorkflow(Failback, FailbackInput{Plan: "files"})
+	require.NoError(t, e.GetWorkflowError())
+	var rep SwitchReport
+	require.NoError(t, e.GetWorkflowResult(&rep))
+	require.Equal(t, "completed", rep.Outcome)
+	require.Equal(t, "remote", rep.From)
+	require.Equal(t, "primary", rep.To)
+	for _, s := range e.log {
+		require.NotRegexp(t, `^(read-only|read-write|backup|restore) secondary`, s, "the same-city standby is not touched")
+	}
+	require.Subset(t, e.log, []string{"transmit remote>primary p2", "epoch primary active=primary", "epoch remote active=primary", "epoch secondary active=primary", "dns primary"})
+	for _, site := range []string{"primary", "secondary", "remote"} {
+		require.Equal(t, uint64(5), e.epochs[site].Epoch, site)
+		require.Equal(t, "primary", e.epochs[site].Active, site)
+	}
 }
