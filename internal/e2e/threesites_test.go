@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -134,9 +135,16 @@ func TestThreeSitesFailoverToTheRemoteSite(t *testing.T) {
 	writeFile(t, filepath.Join(src, "late.txt"), "written after the last transmission\n")
 	late := ts.backup()
 
+	if _, errOut, err := ts.drorch("failover", "--plan", plan, "--to", "nowhere"); err == nil || !strings.Contains(errOut, `plan files has no site "nowhere": its sites are primary, secondary and remote`) {
+		t.Fatalf("drorch failover --to nowhere: %v\n%s", err, errOut)
+	}
+	out, errOut, err := ts.drorch("failover", "--plan", plan, "--to", "remote", "--wait", "--json")
+	if err != nil {
+		t.Fatalf("drorch failover --to remote: %v\n%s\n%s\n%s", err, out, errOut, ts.logs.Tail(4000))
+	}
 	var rep workflows.SwitchReport
-	if err := ts.run(workflows.OpFailover, workflows.Failover, workflows.FailoverInput{Plan: plan, To: "remote"}, &rep); err != nil {
-		t.Fatalf("failover --to remote: %v\n%s", err, ts.logs.Tail(4000))
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("drorch failover --json: %v\n%s", err, out)
 	}
 	if rep.Outcome != "completed" || rep.From != "primary" || rep.To != "remote" || !rep.Restored || !rep.Fenced {
 		t.Fatalf("failover report: %+v", rep)
@@ -169,4 +177,6 @@ func TestThreeSitesFailoverToTheRemoteSite(t *testing.T) {
 	if got := ts.manifestSite("remote", next.Point); got != "remote" {
 		t.Fatalf("the manifest of %s names site %q, want remote", next.Point, got)
 	}
+	requireReplays(ts.stack)
+	requireNoSecrets(t, ts.stack)
 }
