@@ -176,3 +176,19 @@ func TestFailbackFromTheRemoteSite(t *testing.T) {
 		require.Equal(t, "primary", e.epochs[site].Active, site)
 	}
 }
+
+// A failover to the remote site that fails after raising the epoch gives
+// the active role back at every site that learnt it.
+func TestThreeSiteFailoverUndoneEverywhere(t *testing.T) {
+	e := newThreeSiteEnv(t, map[string]error{"dns remote": temporal.NewNonRetryableApplicationError("zone example.test does not exist", "NotFound", nil)})
+	e.ExecuteWorkflow(Failover, FailoverInput{Plan: "files", To: "remote"})
+	require.Error(t, e.GetWorkflowError())
+	for _, site := range []string{"primary", "secondary", "remote"} {
+		require.Equal(t, "primary", e.epochs[site].Active, site)
+		require.Greater(t, e.epochs[site].Epoch, uint64(4), site)
+	}
+	require.Contains(t, e.log, "read-write primary")
+	require.Contains(t, e.log, "read-only remote")
+	require.NotContains(t, e.log, "read-only secondary")
+	require.NotContains(t, e.log, "read-write secondary")
+}
