@@ -475,7 +475,7 @@ type planView struct {
 	cause   error               // the refusal that made it unknown, if one did
 }
 
-// readView asks both sites at once for their state: the active site and the
+// readView asks the plan's sites at once for their state: the active site and the
 // roles are the ones named by the highest epoch read; with no epoch naming
 // them, the configured primary is active and the configured roles hold.
 //
@@ -490,6 +490,10 @@ type planView struct {
 // hold a newer epoch (a failover to it while the answering site was dark is
 // recorded only there), so the active site is unknown; none answered,
 // unknown.
+//
+// Since changeThreeSites every site of the plan is asked (planSites); with
+// three or more, the active site is known once a majority answered
+// (fromMajority), since a switch records its epoch at a majority.
 func readView(ctx workflow.Context, info activities.PlanInfo) planView {
 	decide := workflow.GetVersion(ctx, changeActiveFromAnswers, workflow.DefaultVersion, 1) >= 1
 	sites := planSites(ctx, info)
