@@ -149,6 +149,9 @@ func (s *switchRun) readWrite(site string) error {
 // longer skips it: its store is asked all the same, within the darkness
 // bound, unless it did not answer when the run began, and only a store that
 // does not take the epoch is left out (with a note).
+//
+// Since changeThreeSites the plan's further sites learn it too when their
+// store answers (epochAtOthers), and are given the role back on undo.
 func (s *switchRun) epoch(reason string, dark bool) error {
 	tryOld := workflow.GetVersion(s.ctx, changeEpochOldSite, workflow.DefaultVersion, 1) >= 1
 	var others []string // the further sites (three sites) that recorded the epoch
