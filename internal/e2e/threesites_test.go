@@ -111,7 +111,8 @@ func (ts *threeSiteStack) manifestSite(site, point string) string {
 // there, opens it, repoints DNS and raises the epoch at every site, leaving
 // the same-city standby read-only; afterwards a point the old primary made
 // under the old epoch is refused at both other sites, and a backup with no
-// site given runs at the remote site.
+// site given runs at the remote site. Data recovery then returns the plan to
+// its primary.
 func TestThreeSitesFailoverToTheRemoteSite(t *testing.T) {
 	ts := newThreeSiteStack(t)
 	ts.startWorker()
@@ -177,6 +178,53 @@ func TestThreeSitesFailoverToTheRemoteSite(t *testing.T) {
 	if got := ts.manifestSite("remote", next.Point); got != "remote" {
 		t.Fatalf("the manifest of %s names site %q, want remote", next.Point, got)
 	}
+	for _, site := range ts.sites {
+		if ep := ts.epochAt(site); ep.Epoch != rep.Epoch || ep.Active != "remote" {
+			t.Errorf("epoch.json at %s after the failover: epoch %d naming %s active, want %d naming remote", site, ep.Epoch, ep.Active, rep.Epoch)
+		}
+	}
+
+	// Data recovery returns the plan to its primary; every site learns the
+	// epoch that says so, and the same-city standby stays read-only.
+	var back workflows.SwitchReport
+	if err := ts.run(workflows.OpFailback, workflows.Failback, workflows.FailbackInput{Plan: plan, AutoComplete: true}, &back); err != nil {
+		t.Fatalf("failback: %v\n%s", err, ts.logs.Tail(4000))
+	}
+	if back.Outcome != "completed" || back.From != "remote" || back.To != "primary" {
+		t.Fatalf("failback report: %+v", back)
+	}
+	requireSameTree(t, ts.source("remote"), src)
+	for site, want := range map[string]string{"primary": "read-write", "secondary": "read-only", "remote": "read-only"} {
+		if got := ts.mode(site); got != want {
+			t.Errorf("site %s is %s after the failback, want %s", site, got, want)
+		}
+	}
+	for _, site := range ts.sites {
+		if ep := ts.epochAt(site); ep.Epoch != back.Epoch || ep.Active != "primary" {
+			t.Errorf("epoch.json at %s after the failback: epoch %d naming %s active, want %d naming primary", site, ep.Epoch, ep.Active, back.Epoch)
+		}
+	}
+	if got := ts.bind.Query(t, "app."+ts.bind.Zone, "A"); len(got) != 1 || got[0] != threeSiteAddr["primary"] {
+		t.Fatalf("BIND answers app = %v after the failback, want the primary's %s", got, threeSiteAddr["primary"])
+	}
+	if b := ts.backup(); b.Site != "primary" {
+		t.Fatalf("backup with no site after the failback ran at %s, want the primary", b.Site)
+	}
 	requireReplays(ts.stack)
 	requireNoSecrets(t, ts.stack)
+}
+
+// epochAt reads epoch.json at site straight from its store.
+func (ts *threeSiteStack) epochAt(site string) repo.Epoch {
+	ts.t.Helper()
+	obj, err := ts.minio[site].Client(ts.t).GetObject(context.Background(), "drorch", plan+"/epoch.json", minio.GetObjectOptions{})
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	defer obj.Close()
+	var ep repo.Epoch
+	if err := json.NewDecoder(obj).Decode(&ep); err != nil {
+		ts.t.Fatalf("epoch.json at %s: %v", site, err)
+	}
+	return ep
 }
