@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -112,8 +113,8 @@ func (a *Activities) repo(planName, site string) (*repo.Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	if site != p.Primary && site != p.Secondary {
-		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "plan %s has no site %q (its sites are %s and %s)", p.Name, site, p.Primary, p.Secondary)
+	if !p.HasSite(site) {
+		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "plan %s has no site %q (its sites are %s)", p.Name, site, siteList(p.Sites()))
 	}
 	st, err := a.store(site)
 	if err != nil {
@@ -348,4 +349,12 @@ func resumeDetails(ctx context.Context, v any) bool {
 		return false
 	}
 	return json.Unmarshal(hb.Resume, v) == nil
+}
+
+// siteList names a plan's sites for a message: "a and b", "a, b and c".
+func siteList(names []string) string {
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -124,9 +125,17 @@ func checkPlan(cfg *config.Config, plan string, sites ...string) error {
 		return err
 	}
 	for _, s := range sites {
-		if s != "" && s != p.Primary && s != p.Secondary {
-			return fmt.Errorf("plan %s has no site %q: its sites are %s and %s", plan, s, p.Primary, p.Secondary)
+		if s != "" && !p.HasSite(s) {
+			return fmt.Errorf("plan %s has no site %q: its sites are %s", plan, s, siteList(p.Sites()))
 		}
 	}
 	return nil
+}
+
+// siteList names a plan's sites for a message: "a and b", "a, b and c".
+func siteList(names []string) string {
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
 }

@@ -33,9 +33,16 @@ func (c *cli) failoverCmd() *cobra.Command {
 	var in workflows.FailoverInput
 	var planned, unplanned bool
 	cmd := &cobra.Command{
-		Use:   "failover --plan P [--planned|--unplanned] [--point ID] [--force]",
+		Use:   "failover --plan P [--to SITE] [--planned|--unplanned] [--point ID] [--force]",
 		Short: "Make the plan's standby site active (planned: a switchover that loses nothing)",
-		Args:  cobra.NoArgs,
+		Long: `Make the plan's standby site active (planned: a switchover that loses nothing).
+
+With two sites the standby is the other site. A plan with more than one
+secondary (secondaries: [city-b, remote-c]) fails over to the site --to names,
+or else to the first of its sites in order (primary, then secondaries) that is
+not active and answers. With three or more sites a failover needs a majority of
+them to answer; when only one does (a regional disaster), --force goes on.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if planned && unplanned {
 				return fmt.Errorf("give --planned or --unplanned, not both")
@@ -44,23 +51,26 @@ func (c *cli) failoverCmd() *cobra.Command {
 			if unplanned {
 				in.Mode = workflows.ModeUnplanned
 			}
-			return c.startSwitch(in.Plan, workflows.OpFailover, workflows.Failover, in)
+			return c.startSwitch(in.Plan, workflows.OpFailover, workflows.Failover, in, in.To)
 		},
 	}
 	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
 	cmd.Flags().BoolVar(&planned, "planned", false, "fence the active site and sync it first (default)")
 	cmd.Flags().BoolVar(&unplanned, "unplanned", false, "the active site may be dark: go on without fencing it")
+	cmd.Flags().StringVar(&in.To, "to", "", "site to make active: one of the plan's sites other than the active one "+
+		"(default: the other site; of three or more, the first in order that answers)")
 	cmd.Flags().StringVar(&in.Point, "point", "", "restore point to bring up (default: the latest at the target)")
 	cmd.Flags().BoolVar(&in.Force, "force", false, "go on where the failover stops for safety: the active site answered but refused its fence (unplanned), "+
-		"or the standby is not read-only; recorded in the report")
+		"the standby is not read-only, or (three or more sites) fewer than a majority answer; recorded in the report")
 	c.waitFlags(cmd)
 	return cmd
 }
 
 // startSwitch starts a switching workflow under the plan's switch id and,
 // with --wait, prints its report.
-func (c *cli) startSwitch(plan, op string, wf, in any) error {
-	cc, err := c.open(plan)
+// sites are the sites the input names, checked against the plan first.
+func (c *cli) startSwitch(plan, op string, wf, in any, sites ...string) error {
+	cc, err := c.open(plan, sites...)
 	if err != nil {
 		return err
 	}

@@ -37,12 +37,19 @@ func Failover(ctx workflow.Context, in FailoverInput) (rep SwitchReport, err err
 		return rep, err
 	}
 	view := readView(ctx, info)
+	forcedView := ""
 	if view.unknown != "" {
-		return rep, activeUnknown(in.Plan, view, "a failover needs to know which site it fails over from; retry once the silent site answers")
+		if !forceMinority(ctx, info, view, in.Force) {
+			return rep, activeUnknown(in.Plan, view, "a failover needs to know which site it fails over from; retry once the silent site answers")
+		}
+		forcedView = fmt.Sprintf("forced: the active site %s was taken from the highest epoch (%d) of the sites that answered, though %s", view.info.Active, view.info.Epoch, view.unknown)
 	}
 	info = view.info
 	from := info.Active
-	to := other(info, from)
+	to, err := failoverTarget(ctx, info, view, in.To)
+	if err != nil {
+		return rep, err
+	}
 	if err := upsert(ctx, t, to); err != nil {
 		return rep, err
 	}
@@ -52,10 +59,62 @@ func Failover(ctx workflow.Context, in FailoverInput) (rep SwitchReport, err err
 	f := &failover{switchRun: newSwitchRun(ctx, t, info, OpFailover, in.Mode, from, to, started), in: in}
 	f.force = in.Force
 	f.silent = view.silent
+	if forcedView != "" {
+		f.note(forcedView)
+	}
 	err = f.run()
 	rep = f.finish(err)
 	workflow.GetLogger(ctx).Info("failover "+rep.Outcome, "plan", in.Plan, "from", from, "to", to, "rto", rep.RTO, "rpo", rep.RPO, "fenced", rep.Fenced)
 	return rep, err
+}
+
+// failoverTarget is the site a failover from the active site makes active:
+// the one the input names (since changeThreeSites), which must be another
+// of the plan's sites; else, of two sites, the other one; of three or more,
+// the first of its sites in order (primary, then secondaries) that is not
+// active and answered when the run began.
+func failoverTarget(ctx workflow.Context, info activities.PlanInfo, view planView, to string) (string, error) {
+	from := info.Active
+	if !threeSites(ctx) {
+		return other(info, from), nil
+	}
+	if to != "" {
+		site, err := siteOf(info, to, "", "to")
+		if err != nil {
+			return "", err
+		}
+		if site == from {
+			return "", invalidInput(fmt.Sprintf("to: %s is the active site of plan %s already: name another of its sites (%s)", site, info.Plan, siteList(info)))
+		}
+		return site, nil
+	}
+	sites := info.SiteNames()
+	if len(sites) < 3 {
+		return other(info, from), nil
+	}
+	var dark []string
+	for _, site := range sites {
+		if site == from {
+			continue
+		}
+		if why := view.silent[site]; why != nil {
+			dark = append(dark, site+": "+silence(why, info))
+			continue
+		}
+		return site, nil
+	}
+	return "", temporal.NewNonRetryableApplicationError(fmt.Sprintf("no standby site of plan %s answered (%s): nothing to fail over to; run it again once one answers",
+		info.Plan, strings.Join(dark, "; ")), "Unreachable", nil)
+}
+
+// forceMinority reports whether a forced failover may go on although the
+// active site cannot be told: a plan of three or more sites of which only a
+// minority answered (since changeThreeSites) — the regional disaster that
+// takes the primary and the same-city standby down together, where the
+// operator, not a majority, says the remote site is to take over.
+func forceMinority(ctx workflow.Context, info activities.PlanInfo, view planView, force bool) bool {
+	n := len(info.SiteNames())
+	return force && n > 2 && threeSites(ctx) && len(view.silent) < n
 }
 
 // failover holds a failover's state between its steps.

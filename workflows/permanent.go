@@ -5,6 +5,7 @@ import (
 
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/drorch/drorch/activities"
 	"github.com/drorch/drorch/drivers/access"
 )
 
@@ -46,13 +47,13 @@ func PermanentFailover(ctx workflow.Context, in PermanentFailoverInput) (rep Swi
 		return rep, err
 	}
 	s := newSwitchRun(ctx, t, info, OpPermanentFailover, "", oldPrimary, newPrimary, started)
-	err = s.runPermanent(configured.Primary)
+	err = s.runPermanent(configured)
 	rep = s.finish(err)
 	workflow.GetLogger(ctx).Info("permanent failover "+rep.Outcome, "plan", in.Plan, "primary", newPrimary, "secondary", oldPrimary)
 	return rep, err
 }
 
-func (s *switchRun) runPermanent(configuredPrimary string) error {
+func (s *switchRun) runPermanent(configured activities.PlanInfo) error {
 	ctx, rep := s.ctx, s.rep
 	if err := s.t.step(ctx, "preflight", func() error {
 		_, err := s.preflight("the new primary", s.to)
@@ -67,7 +68,16 @@ func (s *switchRun) runPermanent(configuredPrimary string) error {
 		rep.FenceNote = "unreachable, not fenced: " + errorMessage(err)
 	}
 	s.info.Primary, s.info.Secondary = s.to, s.from
-	s.info.Swapped = s.to != configuredPrimary
+	s.info.Swapped = s.to != configured.Primary
+	if len(configured.Secondaries) > 1 {
+		// Three sites: the old primary becomes the first secondary, the
+		// others follow in configured order (withRoles reads them so);
+		// back at the configured primary, the configured roles hold.
+		s.info.Secondaries = standbysAfter(configured.SiteNames(), s.to, s.from)
+		if !s.info.Swapped {
+			s.info.Secondary, s.info.Secondaries = configured.Secondary, configured.Secondaries
+		}
+	}
 	if err := s.epoch(fmt.Sprintf("permanent failover: %s is the primary, %s the secondary", s.to, s.from), !rep.Fenced); err != nil {
 		return err
 	}

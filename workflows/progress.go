@@ -6,6 +6,7 @@ package workflows
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -153,10 +154,19 @@ func siteOf(info activities.PlanInfo, site, def, field string) (string, error) {
 	if site == "" {
 		return def, nil
 	}
-	if site != info.Primary && site != info.Secondary {
-		return "", invalidInput(fmt.Sprintf("%s: plan %s has no site %q; its sites are %s and %s", field, info.Plan, site, info.Primary, info.Secondary))
+	if !slices.Contains(info.SiteNames(), site) {
+		return "", invalidInput(fmt.Sprintf("%s: plan %s has no site %q; its sites are %s", field, info.Plan, site, siteList(info)))
 	}
 	return site, nil
+}
+
+// siteList names the plan's sites for a message: "a and b", "a, b and c".
+func siteList(info activities.PlanInfo) string {
+	names := info.SiteNames()
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
 }
 
 // siteQueue is the queue of site's workers beside the queue this workflow
@@ -165,9 +175,14 @@ func siteQueue(ctx workflow.Context, site string) string {
 	return SiteTaskQueue(workflow.GetInfo(ctx).TaskQueueName, site)
 }
 
+// other is the site a procedure pairs with site when none is named: of two
+// sites, the other one; of three or more, the first of the plan's sites in
+// role order (its primary, then its secondaries) that is not site.
 func other(info activities.PlanInfo, site string) string {
-	if site == info.Primary {
-		return info.Secondary
+	for _, s := range info.SiteNames() {
+		if s != site {
+			return s
+		}
 	}
 	return info.Primary
 }

@@ -3,6 +3,7 @@ package workflows
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.temporal.io/api/enums/v1"
@@ -148,10 +149,15 @@ func (s *switchRun) readWrite(site string) error {
 // longer skips it: its store is asked all the same, within the darkness
 // bound, unless it did not answer when the run began, and only a store that
 // does not take the epoch is left out (with a note).
+//
+// Since changeThreeSites the plan's further sites learn it too when their
+// store answers (epochAtOthers), and are given the role back on undo.
 func (s *switchRun) epoch(reason string, dark bool) error {
 	tryOld := workflow.GetVersion(s.ctx, changeEpochOldSite, workflow.DefaultVersion, 1) >= 1
+	var others []string // the further sites (three sites) that recorded the epoch
 	undo := func(ctx workflow.Context) error {
-		for _, site := range []string{s.from, s.to} {
+		sites := append(append([]string{s.from}, others...), s.to)
+		for _, site := range sites {
 			if site == s.from && dark {
 				continue
 			}
@@ -172,22 +178,78 @@ func (s *switchRun) epoch(reason string, dark bool) error {
 			// recording it at the old one must still give the role back.
 			s.onUndo("give the active role back to "+s.from, undo)
 		}
-		if dark && tryOld {
+		switch {
+		case dark && tryOld:
 			var err error
-			dark, err = s.epochAtOld(reason)
-			return err
-		}
-		if dark {
+			if dark, err = s.epochAtOld(reason); err != nil {
+				return err
+			}
+		case dark:
 			s.note(fmt.Sprintf("epoch %d not recorded at %s, which did not answer: it learns it when it is back", s.rep.Epoch, s.from))
-			return nil
+		default:
+			if err := workflow.ExecuteActivity(s.site(s.from), act.SetEpoch, s.epochInput(s.from, s.to, s.op, reason, 0, s.rep.Epoch)).Get(s.ctx, nil); err != nil {
+				return err
+			}
 		}
-		return workflow.ExecuteActivity(s.site(s.from), act.SetEpoch, s.epochInput(s.from, s.to, s.op, reason, 0, s.rep.Epoch)).Get(s.ctx, nil)
+		return s.epochAtOthers(reason, dark, &others)
 	})
 	if err != nil {
 		return err
 	}
 	if !tryOld {
 		s.onUndo("give the active role back to "+s.from, undo)
+	}
+	return nil
+}
+
+// epochAtOthers records the new epoch at the plan's sites other than the
+// old and the new active one (since changeThreeSites, a plan with more than
+// one secondary): each that answers within the darkness bound learns it and
+// appends itself to recorded. The switch needs the epoch at a majority of
+// the plan's sites (oldMissing: not at the old one), so that any majority
+// of them tells the active site (readView); short of it, it stops unless
+// forced.
+func (s *switchRun) epochAtOthers(reason string, oldMissing bool, recorded *[]string) error {
+	sites := s.info.SiteNames()
+	if len(sites) < 3 || !threeSites(s.ctx) {
+		return nil
+	}
+	n := 1 // the new active site
+	if !oldMissing {
+		n++
+	}
+	for _, site := range sites {
+		if site == s.from || site == s.to {
+			continue
+		}
+		if why := s.silent[site]; why != nil {
+			s.note(fmt.Sprintf("epoch %d not recorded at %s, which did not answer within %s: it learns it when it is back", s.rep.Epoch, site, darkAfter(s.info)))
+			continue
+		}
+		err := workflow.ExecuteActivity(s.reachable(site), act.SetEpoch, s.epochInput(site, s.to, s.op, reason, 0, s.rep.Epoch)).Get(s.ctx, nil)
+		switch {
+		case err == nil:
+			*recorded = append(*recorded, site)
+			n++
+		case temporal.IsCanceledError(err) || errorType(err) == drivers.ReasonFenced:
+			return err
+		case !unanswered(err) && !s.force:
+			return temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+				"record epoch %d at %s: its store answered but refused: %s; fix what it needs and run it again, or run it with --force to go on without it",
+				s.rep.Epoch, site, errorMessage(err)), "EpochRefused", nil)
+		case !unanswered(err):
+			s.note(fmt.Sprintf("forced: epoch %d not recorded at %s, whose store refused it: %s", s.rep.Epoch, site, errorMessage(err)))
+		default:
+			s.note(fmt.Sprintf("epoch %d not recorded at %s: %s: it learns it when it is back", s.rep.Epoch, site, errorMessage(err)))
+		}
+	}
+	if need := majority(len(sites)); n < need {
+		msg := fmt.Sprintf("epoch %d is recorded at %d of plan %s's %d sites, and a switch needs it at a majority (%d) so that any majority of them tells the active site",
+			s.rep.Epoch, n, s.info.Plan, len(sites), need)
+		if !s.force {
+			return temporal.NewNonRetryableApplicationError(msg+": run it again once another site answers, or with --force to go on all the same", "NoMajority", nil)
+		}
+		s.note("forced: " + msg)
 	}
 	return nil
 }
@@ -416,7 +478,7 @@ type planView struct {
 	cause   error               // the refusal that made it unknown, if one did
 }
 
-// readView asks both sites at once for their state: the active site and the
+// readView asks the plan's sites at once for their state: the active site and the
 // roles are the ones named by the highest epoch read; with no epoch naming
 // them, the configured primary is active and the configured roles hold.
 //
@@ -431,9 +493,13 @@ type planView struct {
 // hold a newer epoch (a failover to it while the answering site was dark is
 // recorded only there), so the active site is unknown; none answered,
 // unknown.
+//
+// Since changeThreeSites every site of the plan is asked (planSites); with
+// three or more, the active site is known once a majority answered
+// (fromMajority), since a switch records its epoch at a majority.
 func readView(ctx workflow.Context, info activities.PlanInfo) planView {
 	decide := workflow.GetVersion(ctx, changeActiveFromAnswers, workflow.DefaultVersion, 1) >= 1
-	sites := []string{info.Primary, info.Secondary}
+	sites := planSites(ctx, info)
 	futures := map[string]workflow.Future{}
 	for _, site := range sites {
 		opts := workflow.ActivityOptions{
@@ -470,6 +536,10 @@ func readView(ctx workflow.Context, info activities.PlanInfo) planView {
 		return v
 	}
 	v.silent = silent
+	if len(sites) > 2 {
+		v.unknown, v.cause = fromMajority(info, sites, answered, silent)
+		return v
+	}
 	switch len(answered) {
 	case 0:
 		v.unknown = fmt.Sprintf("no site told its epoch (%s: %s; %s: %s)",
@@ -485,6 +555,49 @@ func readView(ctx workflow.Context, info activities.PlanInfo) planView {
 		}
 	}
 	return v
+}
+
+// fromMajority decides whether the answers of a plan with three or more
+// sites tell its active site: a switch among them completes only once its
+// epoch is recorded at a majority of the sites (see majority), and any two
+// majorities share a site, so the highest epoch a majority holds is the
+// newest there is. Fewer answers cannot tell: it returns why, and the
+// refusal among the silences, if any.
+func fromMajority(info activities.PlanInfo, sites, answered []string, silent map[string]error) (string, error) {
+	if len(answered) >= majority(len(sites)) {
+		return "", nil
+	}
+	var why []string
+	var errs []error
+	for _, site := range sites {
+		if err := silent[site]; err != nil {
+			why = append(why, site+": "+silence(err, info))
+			errs = append(errs, err)
+		}
+	}
+	return fmt.Sprintf("only %d of its %d sites told their epoch (%s), and a switch is recorded at a majority (%d) of them: a site that did not answer may hold a newer epoch",
+		len(answered), len(sites), strings.Join(why, "; "), majority(len(sites))), refusal(errs...)
+}
+
+// majority is how many of n sites a switch records its epoch at before it
+// completes, when n is three or more.
+func majority(n int) int { return n/2 + 1 }
+
+// planSites are the sites whose epoch decides the plan's active site: since
+// changeThreeSites every site of the plan (its primary, then its
+// secondaries in order), before only the primary and the secondary.
+func planSites(ctx workflow.Context, info activities.PlanInfo) []string {
+	if threeSites(ctx) {
+		return info.SiteNames()
+	}
+	return []string{info.Primary, info.Secondary}
+}
+
+// threeSites reports whether this run acts on every site of a plan with
+// more than one secondary (changeThreeSites); runs recorded before act on
+// its primary and secondary only. Two-site plans act the same either way.
+func threeSites(ctx workflow.Context) bool {
+	return workflow.GetVersion(ctx, changeThreeSites, workflow.DefaultVersion, 1) >= 1
 }
 
 // refusal is the first of errs that is a refusal (a non-retryable error: a
@@ -568,17 +681,39 @@ func noWorker(err error) bool {
 }
 
 // withRoles applies recorded roles to the configured plan, ignoring names
-// that are not the plan's sites.
+// that are not the plan's sites. epoch.json records the primary and the
+// first secondary; a plan's further secondaries follow in the configured
+// order.
 func withRoles(info activities.PlanInfo, active, primary, secondary string) activities.PlanInfo {
-	sites := map[string]bool{info.Primary: true, info.Secondary: true}
+	names := info.SiteNames()
+	sites := map[string]bool{}
+	for _, s := range names {
+		sites[s] = true
+	}
 	if sites[primary] && sites[secondary] && primary != secondary && primary != info.Primary {
 		info.Primary, info.Secondary, info.Swapped = primary, secondary, true
+		if len(info.Secondaries) > 0 {
+			info.Secondaries = standbysAfter(names, primary, secondary)
+		}
 	}
 	info.Active = info.Primary
 	if sites[active] {
 		info.Active = active
 	}
 	return info
+}
+
+// standbysAfter are the secondaries of a plan whose sites are names (in
+// configured order) once primary is its primary and secondary its first
+// secondary: secondary, then the others in configured order.
+func standbysAfter(names []string, primary, secondary string) []string {
+	out := []string{secondary}
+	for _, s := range names {
+		if s != primary && s != secondary {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // activeSite is the plan's active site (see readView), for an operation
@@ -614,4 +749,5 @@ const (
 	changeEpochOldSite      = "epoch-old-site"      // the old site's epoch is raised whenever its store answers
 	changeFence             = "fence-refusal"       // a refused fence stops an unplanned failover; the undo is registered first
 	changeStandbyWritable   = "standby-read-write"  // preflight refuses a target that is read-write
+	changeThreeSites        = "three-sites"         // every site of a plan with more than one secondary takes part in switching
 )

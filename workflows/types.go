@@ -151,6 +151,10 @@ type FailoverInput struct {
 	// site answered but refused its fence (unplanned), or the target is not
 	// read-only. The report says what was forced.
 	Force bool `json:"force,omitempty"`
+	// To is the site to fail over to: one of the plan's sites other than
+	// the active one. Default: of two sites, the other; of three or more,
+	// the first of them in order (primary, then secondaries) that answers.
+	To string `json:"to,omitempty"`
 }
 
 // SwitchReport is what a switching workflow returns and stores at the site

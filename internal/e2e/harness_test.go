@@ -49,6 +49,7 @@ type stack struct {
 	env      []string // the secrets' environment, for worker processes
 	logs     *syncBuffer
 	runs     []client.WorkflowRun
+	sites    []string // primary, secondary, and remote with stackOptions.third
 }
 
 type stackOptions struct {
@@ -60,6 +61,9 @@ type stackOptions struct {
 	// darkable, when set, puts the primary's MinIO in this network
 	// namespace, whose link the test can cut.
 	darkable *testenv.NetNS
+	// third adds a third site, "remote", with its own MinIO and source
+	// directory: the plan's secondaries are then [secondary, remote].
+	third bool
 }
 
 func newStack(t *testing.T, opts stackOptions) *stack {
@@ -70,6 +74,10 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		minio:    map[string]*testenv.MinIO{},
 		dir:      t.TempDir(),
 		logs:     &syncBuffer{},
+		sites:    []string{"primary", "secondary"},
+	}
+	if opts.third {
+		s.sites = append(s.sites, "remote")
 	}
 	s.cl = s.temporal.Client(t)
 	t.Cleanup(func() {
@@ -84,7 +92,7 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 	}
 	var cfg strings.Builder
 	cfg.WriteString("sites:\n")
-	for _, site := range []string{"primary", "secondary"} {
+	for _, site := range s.sites {
 		var m *testenv.MinIO
 		if site == "primary" && opts.darkable != nil {
 			m = testenv.StartMinIOIn(t, opts.darkable)
@@ -102,8 +110,12 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		fmt.Fprintf(&cfg, "  %s:\n    store: {driver: s3, endpoint: %s, bucket: %s, accessKey: env:E2E_%s_ACCESS, secretKey: env:E2E_%s_SECRET, insecure: true}\n",
 			site, m.Endpoint, store["bucket"], up, up)
 	}
-	fmt.Fprintf(&cfg, "plans:\n  %s:\n    primary: primary\n    secondary: secondary\n    source:\n", plan)
-	for _, site := range []string{"primary", "secondary"} {
+	secondaries := "secondary: secondary"
+	if opts.third {
+		secondaries = "secondaries: [secondary, remote]"
+	}
+	fmt.Fprintf(&cfg, "plans:\n  %s:\n    primary: primary\n    %s\n    source:\n", plan, secondaries)
+	for _, site := range s.sites {
 		p := filepath.Join(s.dir, site)
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			t.Fatal(err)
@@ -140,7 +152,7 @@ func (s *stack) setenv(name, value string) {
 
 func (s *stack) source(site string) string { return filepath.Join(s.dir, site) }
 
-// startWorker runs a worker for both sites inside the test process.
+// startWorker runs a worker for every site inside the test process.
 func (s *stack) startWorker() {
 	s.t.Helper()
 	zl := zerolog.New(s.logs).Level(zerolog.DebugLevel)
@@ -152,7 +164,7 @@ func (s *stack) startWorker() {
 	}
 	w.RegisterActivity(acts)
 	ws = append(ws, w)
-	for _, site := range []string{"primary", "secondary"} {
+	for _, site := range s.sites {
 		sw := worker.New(s.cl, workflows.SiteTaskQueue(s.queue, site), activities.WorkerOptions())
 		sw.RegisterActivity(acts)
 		ws = append(ws, sw)
@@ -175,7 +187,7 @@ var workerBin struct {
 	err  error
 }
 
-// workerProcess is the drorch-worker binary serving both sites of a stack.
+// workerProcess is the drorch-worker binary serving every site of a stack.
 type workerProcess struct {
 	cmd *exec.Cmd
 	log *syncBuffer
@@ -200,8 +212,12 @@ func (s *stack) spawnWorker() *workerProcess {
 		s.t.Fatal(workerBin.err)
 	}
 	wp := &workerProcess{log: &syncBuffer{}}
-	wp.cmd = exec.Command(workerBin.path, "--config", s.cfgPath, "--site", "primary", "--site", "secondary",
-		"--task-queue", s.queue, "--address", s.temporal.Address, "--namespace", s.temporal.Namespace, "--log-level", "debug")
+	args := []string{"--config", s.cfgPath}
+	for _, site := range s.sites {
+		args = append(args, "--site", site)
+	}
+	wp.cmd = exec.Command(workerBin.path, append(args,
+		"--task-queue", s.queue, "--address", s.temporal.Address, "--namespace", s.temporal.Namespace, "--log-level", "debug")...)
 	wp.cmd.Env = append(os.Environ(), s.env...)
 	var out io.Writer = wp.log
 	if dir := os.Getenv("DRORCH_E2E_LOGS"); dir != "" {
