@@ -63,7 +63,7 @@ func (c *cli) completeCmd() *cobra.Command {
 					if c.json {
 						return printJSON(os.Stdout, map[string]any{"workflowId": id, "update": workflows.UpdateComplete, "lag": res.Lag.String(), "rounds": res.Rounds})
 					}
-					fmt.Printf("%s is completing (the primary's lag was %s after %d sync rounds)\n", id, res.Lag.Round(time.Second), res.Rounds)
+					fmt.Printf("%s is completing (the primary's lag was %s after %d sync rounds)\n", id, res.Lag.D().Round(time.Second), res.Rounds)
 					return nil
 				}
 				run := cc.GetWorkflow(ctx, id, "")

@@ -143,16 +143,16 @@ func printReport(w io.Writer, r workflows.SwitchReport) {
 		fmt.Fprintf(tw, "preserved\t%s (the returning site's own data before it was overwritten)\n", r.Preserved)
 	}
 	if r.Rounds > 0 {
-		fmt.Fprintf(tw, "sync rounds\t%d (lag after the last: %s)\n", r.Rounds, r.Lag.Round(time.Second))
+		fmt.Fprintf(tw, "sync rounds\t%d (lag after the last: %s)\n", r.Rounds, r.Lag.D().Round(time.Second))
 	}
 	fmt.Fprintf(tw, "epoch\t%d\n", r.Epoch)
-	fmt.Fprintf(tw, "RTO\t%s\n", r.RTO.Round(time.Millisecond))
-	fmt.Fprintf(tw, "RPO\t%s\n", r.RPO.Round(time.Second))
+	fmt.Fprintf(tw, "RTO\t%s\n", r.RTO.D().Round(time.Millisecond))
+	fmt.Fprintf(tw, "RPO\t%s\n", r.RPO.D().Round(time.Second))
 	for _, d := range r.DNS {
 		fmt.Fprintf(tw, "dns\t%s → %v\n", d.Record, d.Values)
 	}
 	for _, s := range r.Steps {
-		status := s.Duration.Round(time.Millisecond).String()
+		status := s.Duration.D().Round(time.Millisecond).String()
 		if s.Error != "" {
 			status += " FAILED: " + s.Error
 		}
@@ -189,7 +189,7 @@ func (c *cli) statusCmd() *cobra.Command {
 					}
 					fmt.Fprintf(tw, "in progress\t%s\n", line)
 				}
-				fmt.Fprintf(tw, "RPO now\t%s\n", res.RPO.Round(time.Second))
+				fmt.Fprintf(tw, "RPO now\t%s\n", res.RPO.D().Round(time.Second))
 				for _, s := range res.Sites {
 					if !s.Reachable {
 						fmt.Fprintf(tw, "%s\tUNREACHABLE: %s\n", s.Site, s.Error)
@@ -232,7 +232,7 @@ func (c *cli) reportCmd() *cobra.Command {
 				fmt.Fprintln(tw, "STARTED\tOPERATION\tFROM → TO\tOUTCOME\tFENCED\tRTO\tRPO\tPOINT")
 				for _, r := range res.Reports {
 					fmt.Fprintf(tw, "%s\t%s %s\t%s → %s\t%s\t%v\t%s\t%s\t%s\n", r.Started.Local().Format(time.DateTime), r.Operation, r.Mode,
-						r.From, r.To, r.Outcome, r.Fenced, r.RTO.Round(time.Millisecond), r.RPO.Round(time.Second), r.Point)
+						r.From, r.To, r.Outcome, r.Fenced, r.RTO.D().Round(time.Millisecond), r.RPO.D().Round(time.Second), r.Point)
 				}
 				tw.Flush()
 			})
@@ -281,7 +281,7 @@ func (c *cli) drillCmd() *cobra.Command {
 				fmt.Fprintf(tw, "drill\t%s at %s (sandbox %s, removed)\n", verdict, rep.Site, rep.Sandbox)
 				fmt.Fprintf(tw, "restore point\t%s\n", rep.Point)
 				fmt.Fprintf(tw, "verified\t%d chunks, %d files, %s\n", rep.Verified, rep.Restored.Files, bytesText(rep.Restored.Bytes))
-				fmt.Fprintf(tw, "implied RTO\t%s (DNS aside)\n", rep.RTO.Round(time.Millisecond))
+				fmt.Fprintf(tw, "implied RTO\t%s (DNS aside)\n", rep.RTO.D().Round(time.Millisecond))
 				for _, p := range rep.Problems {
 					fmt.Fprintf(tw, "problem\t%s\n", p)
 				}

@@ -29,7 +29,7 @@ type DrillReport struct {
 	Problems  []string       `json:"problems,omitempty"`
 	Restored  RestoreResult  `json:"restored"`
 	Verified  int64          `json:"chunksVerified"`
-	RTO       time.Duration  `json:"rto"` // restore + verification + recovery steps: what a failover to this point would take, DNS aside
+	RTO       Duration       `json:"rto"` // restore + verification + recovery steps: what a failover to this point would take, DNS aside
 	Started   time.Time      `json:"started"`
 	Finished  time.Time      `json:"finished"`
 	Steps     []StepProgress `json:"steps"`
@@ -100,7 +100,7 @@ func Drill(ctx workflow.Context, in DrillInput) (rep DrillReport, err error) {
 	if err == nil {
 		err = runSteps(ctx, t, info, "drill", site)
 	}
-	rep.RTO = workflow.Now(ctx).Sub(started)
+	rep.RTO = Duration(workflow.Now(ctx).Sub(started))
 	if err != nil {
 		rep.Problems = append(rep.Problems, errorMessage(err))
 	}

@@ -36,7 +36,7 @@ type StatusResult struct {
 	Secondary string         `json:"secondary"` // likewise
 	Epoch     uint64         `json:"epoch"`
 	Sites     []SiteStatus   `json:"sites"`
-	RPO       time.Duration  `json:"rpo"` // now − the standby's latest restore point
+	RPO       Duration       `json:"rpo"` // now − the standby's latest restore point
 	Reports   []SwitchReport `json:"reports"`
 	AsOf      time.Time      `json:"asOf"`
 	// InProgress is the plan's running switching operation. The workflow
@@ -84,7 +84,7 @@ func Status(ctx workflow.Context, in StatusInput) (res StatusResult, err error) 
 	res.AsOf = workflow.Now(ctx)
 	for _, ss := range res.Sites {
 		if ss.Site != res.Active && ss.Reachable && !ss.State.LatestTime.IsZero() {
-			res.RPO = res.AsOf.Sub(ss.State.LatestTime)
+			res.RPO = Duration(res.AsOf.Sub(ss.State.LatestTime))
 		}
 	}
 	sort.Slice(res.Reports, func(i, j int) bool { return res.Reports[i].Started.Before(res.Reports[j].Started) })
