@@ -35,6 +35,17 @@ type PlanInfo struct {
 	Swapped bool `json:"swapped,omitempty"`
 	// Epoch is set by workflows: the highest epoch either site holds.
 	Epoch uint64 `json:"epoch,omitempty"`
+	// Objectives are the plan's recovery objectives (config objectives:);
+	// zero: not set, and in histories recorded before they existed.
+	Objectives ObjectivesInfo `json:"objectives,omitzero"`
+	// Standby is "cold" or "warm" (config standby:); empty in older histories.
+	Standby string `json:"standby,omitempty"`
+}
+
+// ObjectivesInfo are a plan's recovery point and time objectives.
+type ObjectivesInfo struct {
+	RPO time.Duration `json:"rpo,omitempty"`
+	RTO time.Duration `json:"rto,omitempty"`
 }
 
 // Standbys returns the plan's secondaries, in order of preference.
@@ -87,8 +98,9 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 	info := PlanInfo{
 		Plan: p.Name, Primary: p.Primary, Secondary: p.Secondary, Secondaries: p.Secondaries, Active: p.Primary,
 		Encrypted: p.Encryption != nil, Sites: map[string]SiteInfo{}, Config: a.cfg.File,
-		Failback: FailbackInfo{LagThreshold: p.Failback.LagThreshold, Interval: p.Failback.Interval, AutoComplete: p.Failback.AutoComplete},
-		Failover: FailoverInfo{DarkAfter: p.Failover.DarkAfter},
+		Failback:   FailbackInfo{LagThreshold: p.Failback.LagThreshold, Interval: p.Failback.Interval, AutoComplete: p.Failback.AutoComplete},
+		Failover:   FailoverInfo{DarkAfter: p.Failover.DarkAfter},
+		Objectives: ObjectivesInfo{RPO: p.Objectives.RPO, RTO: p.Objectives.RTO}, Standby: p.Standby,
 	}
 	for _, s := range p.Steps {
 		si := StepInfo{Name: s.Name, On: s.On, Before: len(s.Before), Wait: s.Wait, After: len(s.After)}

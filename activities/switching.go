@@ -287,6 +287,7 @@ func fqdn(name, zone string) string {
 
 // SaveReportInput stores a switching report in a site's repository.
 type SaveReportInput struct {
+	Kind   string `json:"kind,omitempty"` // ReportSwitch (default) or ReportDrill
 	Plan   string `json:"plan"`
 	Site   string `json:"site"`
 	ID     string `json:"id"`
@@ -300,11 +301,26 @@ func (a *Activities) SaveReport(ctx context.Context, in SaveReportInput) error {
 	if err != nil {
 		return temporalError(err)
 	}
-	return temporalError(r.PutStaging(ctx, "reports", in.ID, in.Report))
+	return temporalError(r.PutStaging(ctx, reportDir(in.Kind), in.ID, in.Report))
+}
+
+// Kinds of stored reports.
+const (
+	ReportSwitch = ""      // a switching operation's SwitchReport
+	ReportDrill  = "drill" // a drill's DrillReport
+)
+
+// reportDir is where reports of kind are kept in staging.
+func reportDir(kind string) string {
+	if kind == ReportDrill {
+		return "drills"
+	}
+	return "reports"
 }
 
 // ListReportsInput names the site whose reports are read.
 type ListReportsInput struct {
+	Kind  string `json:"kind,omitempty"` // ReportSwitch (default) or ReportDrill
 	Plan  string `json:"plan"`
 	Site  string `json:"site"`
 	Limit int    `json:"limit"` // the newest ones; 0: 10
@@ -316,7 +332,7 @@ func (a *Activities) ListReports(ctx context.Context, in ListReportsInput) ([]js
 	if err != nil {
 		return nil, temporalError(err)
 	}
-	names, err := r.ListStaging(ctx, "reports")
+	names, err := r.ListStaging(ctx, reportDir(in.Kind))
 	if err != nil {
 		return nil, temporalError(err)
 	}
@@ -327,7 +343,7 @@ func (a *Activities) ListReports(ctx context.Context, in ListReportsInput) ([]js
 	out := []json.RawMessage{}
 	for _, n := range names {
 		var rep json.RawMessage
-		if err := r.GetStaging(ctx, "reports", n, &rep); err != nil {
+		if err := r.GetStaging(ctx, reportDir(in.Kind), n, &rep); err != nil {
 			return nil, temporalError(err)
 		}
 		out = append(out, rep)
