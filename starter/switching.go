@@ -167,55 +167,6 @@ func printReport(w io.Writer, r workflows.SwitchReport) {
 	tw.Flush()
 }
 
-func (c *cli) statusCmd() *cobra.Command {
-	var in workflows.StatusInput
-	cmd := &cobra.Command{
-		Use:   "status --plan P",
-		Short: "Show the plan's active site, epochs, latest restore points, access modes and current RPO",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return c.status(in, func(w io.Writer, res workflows.StatusResult) {
-				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-				fmt.Fprintf(tw, "plan\t%s\n", res.Plan)
-				fmt.Fprintf(tw, "active\t%s (epoch %d)\n", res.Active, res.Epoch)
-				fmt.Fprintf(tw, "roles\tprimary %s, secondary %s\n", res.Primary, res.Secondary)
-				if p := res.InProgress; p != nil {
-					line := p.Operation + ": " + p.Step
-					if p.Waiting != "" {
-						line += ", waiting for " + p.Waiting
-					}
-					if p.Retrying != "" {
-						line += ", retrying: " + p.Retrying
-					}
-					fmt.Fprintf(tw, "in progress\t%s\n", line)
-				}
-				fmt.Fprintf(tw, "RPO now\t%s\n", res.RPO.D().Round(time.Second))
-				for _, s := range res.Sites {
-					if !s.Reachable {
-						fmt.Fprintf(tw, "%s\tUNREACHABLE: %s\n", s.Site, s.Error)
-						continue
-					}
-					fmt.Fprintf(tw, "%s\tepoch %d, latest point %s, standby holds %q\n", s.Site, s.State.Epoch.Epoch, s.State.Latest, s.State.Standby)
-					for _, a := range s.Access {
-						fmt.Fprintf(tw, "  %s\t%s\n", a.Resource, a.Mode)
-					}
-					if s.Error != "" {
-						fmt.Fprintf(tw, "  access\t%s\n", s.Error)
-					}
-				}
-				if n := len(res.Reports); n > 0 {
-					r := res.Reports[n-1]
-					fmt.Fprintf(tw, "last switch\t%s %s → %s %s at %s\n", r.Operation, r.From, r.To, r.Outcome, r.Finished.Local().Format(time.DateTime))
-				}
-				tw.Flush()
-			})
-		},
-	}
-	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
-	cmd.Flags().BoolVar(&c.json, "json", false, "print the status as one JSON object")
-	return cmd
-}
-
 func (c *cli) reportCmd() *cobra.Command {
 	var in workflows.StatusInput
 	cmd := &cobra.Command{
@@ -242,21 +193,6 @@ func (c *cli) reportCmd() *cobra.Command {
 	cmd.Flags().IntVar(&in.Reports, "last", 10, "how many reports")
 	cmd.Flags().BoolVar(&c.json, "json", false, "print the reports as JSON")
 	return cmd
-}
-
-// status runs the Status workflow and prints its result with human, or as
-// JSON.
-func (c *cli) status(in workflows.StatusInput, human func(io.Writer, workflows.StatusResult)) error {
-	cc, err := c.open(in.Plan)
-	if err != nil {
-		return err
-	}
-	defer cc.Close()
-	c.wait = true
-	var res workflows.StatusResult
-	// The result's JSON has no inProgress, so decoding it keeps this.
-	res.InProgress = switchInProgress(cc, in.Plan)
-	return c.start(cc, workflows.OpStatus, in.Plan, "", workflows.Status, in, &res, func(w io.Writer) { human(w, res) })
 }
 
 func (c *cli) drillCmd() *cobra.Command {
