@@ -13,6 +13,7 @@ import (
 	"github.com/drorch/drorch/drivers/all"
 	"github.com/drorch/drorch/drivers/dns"
 	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/metrics"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -301,7 +302,36 @@ func (a *Activities) SaveReport(ctx context.Context, in SaveReportInput) error {
 	if err != nil {
 		return temporalError(err)
 	}
-	return temporalError(r.PutStaging(ctx, reportDir(in.Kind), in.ID, in.Report))
+	if err := r.PutStaging(ctx, reportDir(in.Kind), in.ID, in.Report); err != nil {
+		return temporalError(err)
+	}
+	if in.Kind == ReportDrill {
+		var d drillVerdict
+		if b, err := json.Marshal(in.Report); err == nil && json.Unmarshal(b, &d) == nil && d.Passed {
+			metrics.DrillPassed(in.Plan, d.Finished)
+		}
+	}
+	return nil
+}
+
+// drillVerdict is what metrics read of a stored drill report.
+type drillVerdict struct {
+	Passed   bool      `json:"passed"`
+	Finished time.Time `json:"finished"`
+}
+
+// LastDrillPassed is when the newest passed drill among the site's stored
+// drill reports finished; zero if none passed.
+func (a *Activities) LastDrillPassed(ctx context.Context, plan, site string) (time.Time, error) {
+	reps, err := a.ListReports(ctx, ListReportsInput{Kind: ReportDrill, Plan: plan, Site: site, Limit: 20})
+	var last time.Time
+	for _, raw := range reps {
+		var d drillVerdict
+		if json.Unmarshal(raw, &d) == nil && d.Passed && d.Finished.After(last) {
+			last = d.Finished
+		}
+	}
+	return last, err
 }
 
 // Kinds of stored reports.
