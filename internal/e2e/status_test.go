@@ -44,6 +44,10 @@ func TestStatusAddsNoRun(t *testing.T) {
 	genTree(t, s.source("primary"), treeSpec{seed: 41, dataBytes: 256 << 10, files: 5})
 	b := s.backup()
 	s.transmit()
+	var drill workflows.DrillReport
+	if err := s.run(workflows.OpDrill, workflows.Drill, workflows.DrillInput{Plan: plan}, &drill); err != nil || !drill.Passed {
+		t.Fatalf("drill: %v, %+v", err, drill.Problems)
+	}
 
 	// An operation of the plan that is running (its start is delayed, so
 	// it never touches anything).
@@ -93,6 +97,9 @@ func TestStatusAddsNoRun(t *testing.T) {
 	if st.RPO <= 0 || st.Schedule == nil || st.Schedule.Exists {
 		t.Fatalf("status: RPO %s, schedule %+v", st.RPO, st.Schedule)
 	}
+	if d := st.LastDrill; d == nil || !d.Passed || d.Site != "secondary" || d.Point != b.Point || d.RTO <= 0 {
+		t.Fatalf("last drill: %+v", st.LastDrill)
+	}
 	if r := st.Running[0]; r.WorkflowID != pending.GetID() || r.Type != "Backup" || r.Operation != workflows.OpBackup {
 		t.Fatalf("running: %+v", st.Running)
 	}
@@ -103,7 +110,7 @@ func TestStatusAddsNoRun(t *testing.T) {
 	}
 	// Every plan, for a person.
 	out, errOut, err := s.drorch("status")
-	for _, want := range []string{"objectives  RPO 1h0m0s, RTO 5m0s", "no schedule", "last drill  none", "running     Backup " + pending.GetID()} {
+	for _, want := range []string{"objectives  RPO 1h0m0s, RTO 5m0s", "no schedule", "last drill  PASSED at secondary", "running     Backup " + pending.GetID()} {
 		if err != nil || !strings.Contains(out, want) {
 			t.Fatalf("status lacks %q: %v\n%s\n%s", want, err, out, errOut)
 		}
