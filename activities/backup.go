@@ -13,6 +13,7 @@ import (
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/source"
+	"github.com/drorch/drorch/internal/metrics"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -201,7 +202,12 @@ type uploadResume struct {
 // finished piece is recorded in staging and in the heartbeat, so a retried
 // attempt continues with the next piece.
 func (a *Activities) Upload(ctx context.Context, in UploadInput) (UploadResult, error) {
+	started := time.Now()
 	res, err := a.upload(ctx, in)
+	if err == nil {
+		metrics.BackupBytes(in.Plan, in.Site, res.BytesStored)
+		metrics.OperationDone("backup", time.Since(started))
+	}
 	return res, temporalError(err)
 }
 
@@ -679,6 +685,9 @@ type CommitResult struct {
 // does not exist.
 func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, error) {
 	res, err := a.commit(ctx, in)
+	if err == nil {
+		metrics.PointCommitted(in.Plan, in.Site, in.Snapshot)
+	}
 	return res, temporalError(err)
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/source"
+	"github.com/drorch/drorch/internal/metrics"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -225,7 +226,11 @@ const restoreWorkers = 16
 // cancellation, fencing, the last attempt's timeout); what a crash leaves is
 // swept by the next restore into the same target.
 func (a *Activities) RestoreData(ctx context.Context, in RestoreDataInput) (RestoreDataResult, error) {
+	started := time.Now()
 	res, err := a.restoreData(ctx, in)
+	if err == nil {
+		metrics.OperationDone("restore", time.Since(started))
+	}
 	return res, temporalError(err)
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/drorch/drorch/drivers/all"
 	"github.com/drorch/drorch/drivers/dns"
 	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/metrics"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -292,6 +293,7 @@ func fqdn(name, zone string) string {
 
 // SaveReportInput stores a switching report in a site's repository.
 type SaveReportInput struct {
+	Kind   string `json:"kind,omitempty"` // ReportSwitch (default) or ReportDrill
 	Plan   string `json:"plan"`
 	Site   string `json:"site"`
 	ID     string `json:"id"`
@@ -305,11 +307,55 @@ func (a *Activities) SaveReport(ctx context.Context, in SaveReportInput) error {
 	if err != nil {
 		return temporalError(err)
 	}
-	return temporalError(r.PutStaging(ctx, "reports", in.ID, in.Report))
+	if err := r.PutStaging(ctx, reportDir(in.Kind), in.ID, in.Report); err != nil {
+		return temporalError(err)
+	}
+	if in.Kind == ReportDrill {
+		var d drillVerdict
+		if b, err := json.Marshal(in.Report); err == nil && json.Unmarshal(b, &d) == nil && d.Passed {
+			metrics.DrillPassed(in.Plan, d.Finished)
+		}
+	}
+	return nil
+}
+
+// drillVerdict is what metrics read of a stored drill report.
+type drillVerdict struct {
+	Passed   bool      `json:"passed"`
+	Finished time.Time `json:"finished"`
+}
+
+// LastDrillPassed is when the newest passed drill among the site's stored
+// drill reports finished; zero if none passed.
+func (a *Activities) LastDrillPassed(ctx context.Context, plan, site string) (time.Time, error) {
+	reps, err := a.ListReports(ctx, ListReportsInput{Kind: ReportDrill, Plan: plan, Site: site, Limit: 20})
+	var last time.Time
+	for _, raw := range reps {
+		var d drillVerdict
+		if json.Unmarshal(raw, &d) == nil && d.Passed && d.Finished.After(last) {
+			last = d.Finished
+		}
+	}
+	return last, err
+}
+
+// Kinds of stored reports.
+const (
+	ReportSwitch = ""      // a switching operation's SwitchReport
+	ReportDrill  = "drill" // a drill's DrillReport
+)
+
+// reportDir is where reports of kind are kept in staging.
+func reportDir(kind string) string {
+	if kind == ReportDrill {
+		return "drills"
+	}
+	return "reports"
 }
 
 // ListReportsInput names the site whose reports are read.
 type ListReportsInput struct {
+	Kind  string `json:"kind,omitempty"` // ReportSwitch (default) or ReportDrill
 	Plan  string `json:"plan"`
 	Site  string `json:"site"`
 	Limit int    `json:"limit"` // the newest ones; 0: 10
@@ -321,7 +367,7 @@ func (a *Activities) ListReports(ctx context.Context, in ListReportsInput) ([]js
 	if err != nil {
 		return nil, temporalError(err)
 	}
-	names, err := r.ListStaging(ctx, "reports")
+	names, err := r.ListStaging(ctx, reportDir(in.Kind))
 	if err != nil {
 		return nil, temporalError(err)
 	}
@@ -332,7 +378,7 @@ func (a *Activities) ListReports(ctx context.Context, in ListReportsInput) ([]js
 	out := []json.RawMessage{}
 	for _, n := range names {
 		var rep json.RawMessage
-		if err := r.GetStaging(ctx, "reports", n, &rep); err != nil {
+		if err := r.GetStaging(ctx, reportDir(in.Kind), n, &rep); err != nil {
 			return nil, temporalError(err)
 		}
 		out = append(out, rep)

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/drorch/drorch/drivers"
+	"github.com/drorch/drorch/internal/metrics"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -171,7 +172,12 @@ const copyWorkers = 16
 // a request signed over its payload. A retried attempt lists the
 // destination again, so it never re-sends what arrived.
 func (a *Activities) CopyChunks(ctx context.Context, in CopyChunksInput) (CopyChunksResult, error) {
+	started := time.Now()
 	res, err := a.copyChunks(ctx, in)
+	if err == nil {
+		metrics.TransmitBytes(in.Plan, in.To, res.BytesCopied)
+		metrics.OperationDone("transmit", time.Since(started))
+	}
 	return res, temporalError(err)
 }
 
@@ -262,6 +268,9 @@ type CommitTransmitInput struct {
 // that is not valid at the source (abandoned there) is never sent.
 func (a *Activities) CommitTransmit(ctx context.Context, in CommitTransmitInput) (PointSummary, error) {
 	res, err := a.commitTransmit(ctx, in)
+	if err == nil {
+		metrics.PointCommitted(in.Plan, in.To, res.Snapshot)
+	}
 	return res, temporalError(err)
 }
 

@@ -89,7 +89,7 @@ func printCheck(w io.Writer, res workflows.CheckResult) {
 	} else {
 		fmt.Fprintf(tw, "read back\tnone (presence and size only; --read-data reads them)\n")
 	}
-	fmt.Fprintf(tw, "duration\t%s\n", res.Duration.Round(time.Millisecond))
+	fmt.Fprintf(tw, "duration\t%s\n", res.Duration.D().Round(time.Millisecond))
 	tw.Flush()
 	if len(res.Damage) == 0 {
 		return

@@ -39,7 +39,7 @@ func (c *cli) backupCmd() *cobra.Command {
 				if res.Skipped > 0 {
 					fmt.Fprintf(tw, "skipped\t%d devices, FIFOs or sockets\n", res.Skipped)
 				}
-				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.Round(time.Millisecond))
+				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.D().Round(time.Millisecond))
 				tw.Flush()
 			})
 		},
@@ -73,8 +73,8 @@ func (c *cli) transmitCmd() *cobra.Command {
 				} else {
 					fmt.Fprintf(tw, "copied\t%d of %d chunks, %s\n", res.ChunksCopied, res.Chunks, bytesText(res.BytesCopied))
 				}
-				fmt.Fprintf(tw, "RPO\t%s\n", res.RPO.Round(time.Second))
-				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.Round(time.Millisecond))
+				fmt.Fprintf(tw, "RPO\t%s\n", res.RPO.D().Round(time.Second))
+				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.D().Round(time.Millisecond))
 				tw.Flush()
 			})
 		},
@@ -112,7 +112,7 @@ func (c *cli) restoreCmd() *cobra.Command {
 				fmt.Fprintf(tw, "restored into\t%s at site %s\n", res.Target, res.Site)
 				fmt.Fprintf(tw, "entries\t%d (%d files, %s)\n", res.Entries, res.Files, bytesText(res.Bytes))
 				fmt.Fprintf(tw, "written\t%s from %d verified chunks (%d, %s, already in the target)\n", bytesText(res.BytesWritten), res.Chunks, res.ChunksLocal, bytesText(res.BytesLocal))
-				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.Round(time.Millisecond))
+				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.D().Round(time.Millisecond))
 				tw.Flush()
 			})
 		},

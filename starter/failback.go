@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"os/user"
@@ -63,7 +62,7 @@ func (c *cli) completeCmd() *cobra.Command {
 					if c.json {
 						return printJSON(os.Stdout, map[string]any{"workflowId": id, "update": workflows.UpdateComplete, "lag": res.Lag.String(), "rounds": res.Rounds})
 					}
-					fmt.Printf("%s is completing (the primary's lag was %s after %d sync rounds)\n", id, res.Lag.Round(time.Second), res.Rounds)
+					fmt.Printf("%s is completing (the primary's lag was %s after %d sync rounds)\n", id, res.Lag.D().Round(time.Second), res.Rounds)
 					return nil
 				}
 				run := cc.GetWorkflow(ctx, id, "")
@@ -125,13 +124,17 @@ func (c *cli) cancelCmd() *cobra.Command {
 					return nil
 				}
 				_ = cc.GetWorkflow(ctx, id, "").Get(ctx, nil) // ends cancelled, after undoing
-				c.wait = true
-				var res workflows.StatusResult
-				return c.start(cc, workflows.OpStatus, plan, "", workflows.Status, workflows.StatusInput{Plan: plan, Reports: 1}, &res, func(w io.Writer) {
-					if n := len(res.Reports); n > 0 {
-						printReport(w, res.Reports[n-1])
-					}
-				})
+				res, err := c.planStatus(cc, workflows.StatusInput{Plan: plan, Reports: 1})
+				if err != nil {
+					return err
+				}
+				if c.json {
+					return printJSON(os.Stdout, res)
+				}
+				if n := len(res.Reports); n > 0 {
+					printReport(os.Stdout, res.Reports[n-1])
+				}
+				return nil
 			})
 		},
 	}

@@ -153,16 +153,16 @@ func printReport(w io.Writer, r workflows.SwitchReport) {
 		fmt.Fprintf(tw, "preserved\t%s (the returning site's own data before it was overwritten)\n", r.Preserved)
 	}
 	if r.Rounds > 0 {
-		fmt.Fprintf(tw, "sync rounds\t%d (lag after the last: %s)\n", r.Rounds, r.Lag.Round(time.Second))
+		fmt.Fprintf(tw, "sync rounds\t%d (lag after the last: %s)\n", r.Rounds, r.Lag.D().Round(time.Second))
 	}
 	fmt.Fprintf(tw, "epoch\t%d\n", r.Epoch)
-	fmt.Fprintf(tw, "RTO\t%s\n", r.RTO.Round(time.Millisecond))
-	fmt.Fprintf(tw, "RPO\t%s\n", r.RPO.Round(time.Second))
+	fmt.Fprintf(tw, "RTO\t%s\n", r.RTO.D().Round(time.Millisecond))
+	fmt.Fprintf(tw, "RPO\t%s\n", r.RPO.D().Round(time.Second))
 	for _, d := range r.DNS {
 		fmt.Fprintf(tw, "dns\t%s → %v\n", d.Record, d.Values)
 	}
 	for _, s := range r.Steps {
-		status := s.Duration.Round(time.Millisecond).String()
+		status := s.Duration.D().Round(time.Millisecond).String()
 		if s.Error != "" {
 			status += " FAILED: " + s.Error
 		}
@@ -175,55 +175,6 @@ func printReport(w io.Writer, r workflows.SwitchReport) {
 		fmt.Fprintf(tw, "undone\t%s\n", u)
 	}
 	tw.Flush()
-}
-
-func (c *cli) statusCmd() *cobra.Command {
-	var in workflows.StatusInput
-	cmd := &cobra.Command{
-		Use:   "status --plan P",
-		Short: "Show the plan's active site, epochs, latest restore points, access modes and current RPO",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return c.status(in, func(w io.Writer, res workflows.StatusResult) {
-				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-				fmt.Fprintf(tw, "plan\t%s\n", res.Plan)
-				fmt.Fprintf(tw, "active\t%s (epoch %d)\n", res.Active, res.Epoch)
-				fmt.Fprintf(tw, "roles\tprimary %s, secondary %s\n", res.Primary, res.Secondary)
-				if p := res.InProgress; p != nil {
-					line := p.Operation + ": " + p.Step
-					if p.Waiting != "" {
-						line += ", waiting for " + p.Waiting
-					}
-					if p.Retrying != "" {
-						line += ", retrying: " + p.Retrying
-					}
-					fmt.Fprintf(tw, "in progress\t%s\n", line)
-				}
-				fmt.Fprintf(tw, "RPO now\t%s\n", res.RPO.Round(time.Second))
-				for _, s := range res.Sites {
-					if !s.Reachable {
-						fmt.Fprintf(tw, "%s\tUNREACHABLE: %s\n", s.Site, s.Error)
-						continue
-					}
-					fmt.Fprintf(tw, "%s\tepoch %d, latest point %s, standby holds %q\n", s.Site, s.State.Epoch.Epoch, s.State.Latest, s.State.Standby)
-					for _, a := range s.Access {
-						fmt.Fprintf(tw, "  %s\t%s\n", a.Resource, a.Mode)
-					}
-					if s.Error != "" {
-						fmt.Fprintf(tw, "  access\t%s\n", s.Error)
-					}
-				}
-				if n := len(res.Reports); n > 0 {
-					r := res.Reports[n-1]
-					fmt.Fprintf(tw, "last switch\t%s %s → %s %s at %s\n", r.Operation, r.From, r.To, r.Outcome, r.Finished.Local().Format(time.DateTime))
-				}
-				tw.Flush()
-			})
-		},
-	}
-	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
-	cmd.Flags().BoolVar(&c.json, "json", false, "print the status as one JSON object")
-	return cmd
 }
 
 func (c *cli) reportCmd() *cobra.Command {
@@ -242,7 +193,7 @@ func (c *cli) reportCmd() *cobra.Command {
 				fmt.Fprintln(tw, "STARTED\tOPERATION\tFROM → TO\tOUTCOME\tFENCED\tRTO\tRPO\tPOINT")
 				for _, r := range res.Reports {
 					fmt.Fprintf(tw, "%s\t%s %s\t%s → %s\t%s\t%v\t%s\t%s\t%s\n", r.Started.Local().Format(time.DateTime), r.Operation, r.Mode,
-						r.From, r.To, r.Outcome, r.Fenced, r.RTO.Round(time.Millisecond), r.RPO.Round(time.Second), r.Point)
+						r.From, r.To, r.Outcome, r.Fenced, r.RTO.D().Round(time.Millisecond), r.RPO.D().Round(time.Second), r.Point)
 				}
 				tw.Flush()
 			})
@@ -252,21 +203,6 @@ func (c *cli) reportCmd() *cobra.Command {
 	cmd.Flags().IntVar(&in.Reports, "last", 10, "how many reports")
 	cmd.Flags().BoolVar(&c.json, "json", false, "print the reports as JSON")
 	return cmd
-}
-
-// status runs the Status workflow and prints its result with human, or as
-// JSON.
-func (c *cli) status(in workflows.StatusInput, human func(io.Writer, workflows.StatusResult)) error {
-	cc, err := c.open(in.Plan)
-	if err != nil {
-		return err
-	}
-	defer cc.Close()
-	c.wait = true
-	var res workflows.StatusResult
-	// The result's JSON has no inProgress, so decoding it keeps this.
-	res.InProgress = switchInProgress(cc, in.Plan)
-	return c.start(cc, workflows.OpStatus, in.Plan, "", workflows.Status, in, &res, func(w io.Writer) { human(w, res) })
 }
 
 func (c *cli) drillCmd() *cobra.Command {
@@ -291,7 +227,7 @@ func (c *cli) drillCmd() *cobra.Command {
 				fmt.Fprintf(tw, "drill\t%s at %s (sandbox %s, removed)\n", verdict, rep.Site, rep.Sandbox)
 				fmt.Fprintf(tw, "restore point\t%s\n", rep.Point)
 				fmt.Fprintf(tw, "verified\t%d chunks, %d files, %s\n", rep.Verified, rep.Restored.Files, bytesText(rep.Restored.Bytes))
-				fmt.Fprintf(tw, "implied RTO\t%s (DNS aside)\n", rep.RTO.Round(time.Millisecond))
+				fmt.Fprintf(tw, "implied RTO\t%s (DNS aside)\n", rep.RTO.D().Round(time.Millisecond))
 				for _, p := range rep.Problems {
 					fmt.Fprintf(tw, "problem\t%s\n", p)
 				}

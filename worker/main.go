@@ -1,10 +1,11 @@
 // Command drorch-worker runs drorch's workflows and, for each site it is
 // given, the activities that touch that site's resources.
 //
-//	drorch-worker --config drorch.yaml --site primary [--site secondary]
+//	drorch-worker --config drorch.yaml --site primary [--site secondary] [--metrics-listen 127.0.0.1:9464]
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,12 +14,14 @@ import (
 	"sort"
 	"strings"
 
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
 	"github.com/drorch/drorch/activities"
 	"github.com/drorch/drorch/deployments/dev"
 	"github.com/drorch/drorch/internal/config"
 	"github.com/drorch/drorch/internal/connect"
+	"github.com/drorch/drorch/internal/metrics"
 	"github.com/drorch/drorch/internal/zlog"
 	"github.com/drorch/drorch/workflows"
 )
@@ -48,6 +51,7 @@ func run(args []string) error {
 		level        = fs.String("log-level", "info", "log level: debug, info, warn, error")
 		runWorkflows = fs.Bool("workflows", true, "also run workflows (on the --task-queue)")
 		queue        = fs.String("task-queue", workflows.TaskQueue, "task queue of the workflows; site activities use <task-queue>-<site>")
+		metricsAddr  = fs.String("metrics-listen", "", "serve Prometheus metrics on this host:port at /metrics, e.g. 127.0.0.1:9464 (default: off)")
 		stall        = fs.Duration("stall-timeout", activities.DefaultStallTimeout, "a data-moving activity that moves nothing this long stops heartbeating, times out and is retried")
 	)
 	fs.Var(&sites, "site", "site whose activities this worker runs (repeatable)")
@@ -93,7 +97,17 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := connect.Dial(settings, zl)
+	var m *metrics.Metrics
+	var with []func(*client.Options)
+	if *metricsAddr != "" {
+		m = metrics.New()
+		h, err := m.SDKHandler(func(err error) { zl.Warn().Err(err).Msg("temporal metrics") })
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		with = append(with, func(o *client.Options) { o.MetricsHandler = h })
+	}
+	c, err := connect.Dial(settings, zl, with...)
 	if err != nil {
 		return err
 	}
@@ -101,6 +115,17 @@ func run(args []string) error {
 
 	acts := activities.New(cfg, c, zl)
 	acts.StallTimeout = *stall
+	if m != nil {
+		ctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		addr, err := serveMetrics(ctx, *metricsAddr, m, zl)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen %s: %w", *metricsAddr, err)
+		}
+		metrics.Install(m)
+		go (&refresher{m: m, acts: acts, c: c, cfg: cfg, sites: sites, log: zl}).run(ctx)
+		zl.Info().Str("address", addr.String()).Msg("serving Prometheus metrics at /metrics")
+	}
 	opts := activities.WorkerOptionsFor(cfg)
 	var workers []worker.Worker
 	if *runWorkflows {

@@ -71,7 +71,7 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 		return res, err
 	}
 	res.Totals = commit.Totals
-	res.Duration = workflow.Now(ctx).Sub(started)
+	res.Duration = Duration(workflow.Now(ctx).Sub(started))
 	workflow.GetLogger(ctx).Info("backup committed", "plan", in.Plan, "site", site, "point", res.Point,
 		"bytesRead", res.BytesRead, "bytesNew", res.BytesNew, "chunksNew", res.ChunksNew)
 	return res, nil

@@ -1,8 +1,6 @@
 package workflows
 
 import (
-	"time"
-
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/drorch/drorch/activities"
@@ -26,7 +24,7 @@ type CheckResult struct {
 	Plan string `json:"plan"`
 	Site string `json:"site"`
 	activities.CheckRepositoryResult
-	Duration time.Duration `json:"duration"`
+	Duration Duration `json:"duration"`
 }
 
 // Check verifies the repository of a plan at a site (DESIGN §3): every
@@ -67,7 +65,7 @@ func Check(ctx workflow.Context, in CheckInput) (res CheckResult, err error) {
 	if err != nil {
 		return res, err
 	}
-	res.Duration = workflow.Now(ctx).Sub(started)
+	res.Duration = Duration(workflow.Now(ctx).Sub(started))
 	workflow.GetLogger(ctx).Info("check done", "plan", in.Plan, "site", site, "ok", res.OK, "damaged", res.DamageTotal)
 	return res, nil
 }

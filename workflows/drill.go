@@ -18,6 +18,10 @@ type DrillInput struct {
 	Sandbox string `json:"sandbox,omitempty"` // default: the plan's drill sandbox at the standby
 }
 
+// versionDrillReport: a drill stores its report at the drill's site
+// (staging/drills/), where `drorch status` reads the last drill.
+const versionDrillReport = "drill-report"
+
 // DrillReport is a drill's verdict.
 type DrillReport struct {
 	Plan      string         `json:"plan"`
@@ -29,7 +33,7 @@ type DrillReport struct {
 	Problems  []string       `json:"problems,omitempty"`
 	Restored  RestoreResult  `json:"restored"`
 	Verified  int64          `json:"chunksVerified"`
-	RTO       time.Duration  `json:"rto"` // restore + verification + recovery steps: what a failover to this point would take, DNS aside
+	RTO       Duration       `json:"rto"` // restore + verification + recovery steps: what a failover to this point would take, DNS aside
 	Started   time.Time      `json:"started"`
 	Finished  time.Time      `json:"finished"`
 	Steps     []StepProgress `json:"steps"`
@@ -100,7 +104,7 @@ func Drill(ctx workflow.Context, in DrillInput) (rep DrillReport, err error) {
 	if err == nil {
 		err = runSteps(ctx, t, info, "drill", site)
 	}
-	rep.RTO = workflow.Now(ctx).Sub(started)
+	rep.RTO = Duration(workflow.Now(ctx).Sub(started))
 	if err != nil {
 		rep.Problems = append(rep.Problems, errorMessage(err))
 	}
@@ -113,6 +117,14 @@ func Drill(ctx workflow.Context, in DrillInput) (rep DrillReport, err error) {
 	}
 	rep.Finished = workflow.Now(ctx)
 	rep.Steps = t.p.Steps
+	if workflow.GetVersion(dctx, versionDrillReport, workflow.DefaultVersion, 1) >= 1 {
+		// Stored at the drill's site, where status finds the last drill.
+		if serr := workflow.ExecuteActivity(shortCtx(dctx, siteQueue(ctx, site)), act.SaveReport, activities.SaveReportInput{
+			Kind: activities.ReportDrill, Plan: in.Plan, Site: site, ID: rep.Finished.UTC().Format("20060102T150405.000Z") + "-" + op, Report: rep,
+		}).Get(dctx, nil); serr != nil {
+			workflow.GetLogger(ctx).Warn("drill report not stored", "site", site, "error", serr)
+		}
+	}
 	workflow.GetLogger(ctx).Info("drill finished", "plan", in.Plan, "site", site, "passed", rep.Passed, "rto", rep.RTO)
 	return rep, nil
 }

@@ -33,7 +33,7 @@ type FailbackResume struct {
 	From      string          `json:"from"` // the active site
 	To        string          `json:"to"`   // the returning primary
 	Rounds    int             `json:"rounds"`
-	Lag       time.Duration   `json:"lag"`
+	Lag       Duration        `json:"lag"`
 	Preserved string          `json:"preserved,omitempty"`
 	Complete  *CompleteSignal `json:"complete,omitempty"` // the operator's signal, once received
 	Steps     []StepProgress  `json:"steps"`
@@ -109,7 +109,7 @@ func Failback(ctx workflow.Context, in FailbackInput) (rep SwitchReport, err err
 	f.switchRun = newSwitchRunID(ctx, t, info, OpFailback, r.Op, "", r.From, r.To, r.Started)
 	f.auto = in.AutoComplete || info.Failback.AutoComplete
 	f.signals = workflow.GetSignalChannel(ctx, SignalComplete)
-	f.caught = r.Rounds > 0 && r.Lag < info.Failback.LagThreshold
+	f.caught = r.Rounds > 0 && r.Lag.D() < info.Failback.LagThreshold
 	f.rep.Notes = r.Notes
 	f.r = r // from here on, complete is answered
 	err = f.run()
@@ -143,8 +143,8 @@ const versionCompleteUpdate = "complete-update"
 
 // CompleteResult is the complete update's answer.
 type CompleteResult struct {
-	Lag    time.Duration `json:"lag"`
-	Rounds int           `json:"rounds"`
+	Lag    Duration `json:"lag"`
+	Rounds int      `json:"rounds"`
 }
 
 // completions answers the complete update: refused before the primary has
@@ -166,7 +166,7 @@ func (f *failback) completions(ctx workflow.Context) error {
 			case f.r.Rounds == 0 || !f.caught && f.r.Complete == nil:
 				lag := "no sync round has finished yet"
 				if f.r.Rounds > 0 {
-					lag = fmt.Sprintf("the primary's lag is %s, over the threshold %s", f.r.Lag.Round(time.Second), f.info.Failback.LagThreshold)
+					lag = fmt.Sprintf("the primary's lag is %s, over the threshold %s", f.r.Lag.D().Round(time.Second), f.info.Failback.LagThreshold)
 				}
 				return fmt.Errorf("not caught up yet: %s; wait for it, or complete --force (the final sync then runs while neither site takes writes)", lag)
 			}
@@ -239,22 +239,22 @@ func (f *failback) catchUp() error {
 			if err != nil {
 				return err
 			}
-			r.Lag = workflow.Now(ctx).Sub(b.Snapshot)
+			r.Lag = Duration(workflow.Now(ctx).Sub(b.Snapshot))
 			return nil
 		}); err != nil {
 			return err
 		}
 		f.poll()
-		caught := r.Lag < threshold
+		caught := r.Lag.D() < threshold
 		f.caught = caught
 		if f.ready(caught) {
 			break
 		}
 		if caught {
 			f.t.p.Waiting = fmt.Sprintf("caught up (lag %s, under %s): waiting for drorch complete --plan %s; syncing every %s meanwhile",
-				r.Lag.Round(time.Second), threshold, f.in.Plan, f.info.Failback.Interval)
+				r.Lag.D().Round(time.Second), threshold, f.in.Plan, f.info.Failback.Interval)
 		} else {
-			f.t.p.Waiting = fmt.Sprintf("lag %s, over the threshold %s: next sync round in %s", r.Lag.Round(time.Second), threshold, f.info.Failback.Interval)
+			f.t.p.Waiting = fmt.Sprintf("lag %s, over the threshold %s: next sync round in %s", r.Lag.D().Round(time.Second), threshold, f.info.Failback.Interval)
 		}
 		if f.byUpdate {
 			_, _ = workflow.AwaitWithTimeout(ctx, f.info.Failback.Interval, func() bool { return f.r.Complete != nil })
@@ -325,7 +325,7 @@ func (f *failback) complete() error {
 			return err
 		}
 		rep.Point, rep.PointTime = b.Point, b.Snapshot
-		rep.RPO = max(fenceAt.Sub(b.Snapshot), 0)
+		rep.RPO = Duration(max(fenceAt.Sub(b.Snapshot), 0))
 		return nil
 	}); err != nil {
 		return err
@@ -342,7 +342,7 @@ func (f *failback) complete() error {
 	if err := f.dns(f.to); err != nil {
 		return err
 	}
-	rep.RTO = workflow.Now(ctx).Sub(fenceAt)
+	rep.RTO = Duration(workflow.Now(ctx).Sub(fenceAt))
 	// Forward replication resumes: the first restore point of the new
 	// epoch at the primary, held at the secondary too. Failing here does not
 	// undo the switch; the next scheduled backup and transmit catch up.

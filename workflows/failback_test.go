@@ -48,7 +48,7 @@ func TestFailbackSyncsUntilCaughtUpThenCompletesOnSignal(t *testing.T) {
 	require.Equal(t, "p2", rep.Preserved)
 	require.GreaterOrEqual(t, rep.Rounds, 2)
 	require.Equal(t, uint64(5), rep.Epoch)
-	require.Equal(t, time.Duration(0), rep.RPO, "the final sync runs after the active site is read-only")
+	require.Equal(t, Duration(0), rep.RPO, "the final sync runs after the active site is read-only")
 	sync := []string{"backup secondary", "transmit secondary>primary p2", "restore primary p2"}
 	want := []string{"read-only primary", "backup primary", "epoch primary active=secondary"}
 	for i := 0; i < rep.Rounds; i++ {

@@ -234,7 +234,7 @@ func (f *failover) run() error {
 	} else {
 		rep.PointTime = target.LatestTime
 	}
-	rep.RPO = max(fenceAt.Sub(rep.PointTime), 0)
+	rep.RPO = Duration(max(fenceAt.Sub(rep.PointTime), 0))
 
 	if err := runSteps(ctx, f.t, f.info, "failover", f.to); err != nil {
 		return err
@@ -247,7 +247,7 @@ func (f *failover) run() error {
 	if err := f.dns(f.to); err != nil {
 		return err
 	}
-	rep.RTO = workflow.Now(ctx).Sub(rep.Started)
+	rep.RTO = Duration(workflow.Now(ctx).Sub(rep.Started))
 	return nil
 }
 

@@ -148,6 +148,20 @@ func PlanLock(ctx workflow.Context, in PlanLockInput) error {
 	if err := workflow.UpsertTypedSearchAttributes(ctx, PlanAttr.ValueSet(in.Plan), OperationAttr.ValueSet("lock")); err != nil {
 		return err
 	}
+	// A status update wakes the loop when it is done, so that the history
+	// length is checked after it; woken is no claim traffic.
+	wake := workflow.NewBufferedChannel(ctx, 1)
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateStatus, func(ctx workflow.Context, in StatusInput) (StatusResult, error) {
+		defer wake.SendAsync(true)
+		return readStatus(ctx, in)
+	}, workflow.UpdateHandlerOptions{Validator: func(in StatusInput) error {
+		if in.Plan != l.plan {
+			return fmt.Errorf("status of plan %q asked of the lock of plan %s", in.Plan, l.plan)
+		}
+		return nil
+	}}); err != nil {
+		return err
+	}
 	claims := workflow.GetSignalChannel(ctx, SignalClaim)
 	releases := workflow.GetSignalChannel(ctx, SignalRelease)
 	liveness := lockLivenessMin
@@ -170,9 +184,12 @@ func PlanLock(ctx workflow.Context, in PlanLockInput) error {
 			l.release(rel)
 		})
 		sel.AddFuture(workflow.NewTimer(tctx, wait), func(workflow.Future) { timedOut = true })
+		woken := false
+		sel.AddReceive(wake, func(c workflow.ReceiveChannel, _ bool) { c.ReceiveAsync(nil); woken = true })
 		sel.Select(ctx)
 		cancel()
 		switch {
+		case woken:
 		case !timedOut:
 			liveness = lockLivenessMin
 		case len(l.st.Waiting) > 0:
@@ -187,11 +204,19 @@ func PlanLock(ctx workflow.Context, in PlanLockInput) error {
 		if timedOut && len(l.st.Held) == 0 && len(l.st.Waiting) == 0 {
 			for l.drain(claims, releases) {
 			}
-			if len(l.st.Held) == 0 && len(l.st.Waiting) == 0 {
+			// A status update still reading keeps the lock: it would
+			// be lost with the run.
+			if len(l.st.Held) == 0 && len(l.st.Waiting) == 0 && workflow.AllHandlersFinished(ctx) {
 				return nil
 			}
 		}
 		if workflow.GetInfo(ctx).GetCurrentHistoryLength() > lockMaxEvents || workflow.GetInfo(ctx).GetContinueAsNewSuggested() {
+			// Status updates finish in this run first (bounded by
+			// statusSiteLimit); claims that arrive meanwhile wait in
+			// their channels and are drained below.
+			if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
+				return err
+			}
 			for l.drain(claims, releases) {
 			}
 			return workflow.NewContinueAsNewError(ctx, PlanLock, PlanLockInput{Plan: l.plan, State: l.st})

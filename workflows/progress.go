@@ -69,7 +69,7 @@ func (t *tracker) step(ctx workflow.Context, name string, fn func() error) error
 	err := fn()
 	s := &t.p.Steps[len(t.p.Steps)-1]
 	s.Finished = workflow.Now(ctx)
-	s.Duration = s.Finished.Sub(s.Started)
+	s.Duration = Duration(s.Finished.Sub(s.Started))
 	if err != nil {
 		s.Error = err.Error()
 	}

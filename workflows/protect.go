@@ -311,9 +311,9 @@ func (p *protect) refresh(sites []string, point string) {
 			continue
 		}
 		site := p.site(s)
-		site.Refreshed, site.RefreshTook = true, Duration(r.Duration)
+		site.Refreshed, site.RefreshTook = true, r.Duration
 		if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, s)), act.MarkStandby,
-			activities.MarkStandbyInput{Plan: p.info.Plan, Site: s, Point: r.Point, Took: r.Duration}).Get(ctx, nil); err != nil {
+			activities.MarkStandbyInput{Plan: p.info.Plan, Site: s, Point: r.Point, Took: r.Duration.D()}).Get(ctx, nil); err != nil {
 			workflow.GetLogger(ctx).Warn("refresh time not recorded", "site", s, "error", err)
 		}
 	}

@@ -64,7 +64,7 @@ func TestProtectRunsTheCycleAndMeasuresTheRPO(t *testing.T) {
 			env.OnWorkflow(Backup, mock.Anything, BackupInput{Plan: "files", Site: "primary"}).Return(BackupResult{Point: "p2", BytesRead: 100, BytesNew: 10}, nil).Once()
 			env.OnWorkflow(Transmit, mock.Anything, TransmitInput{Plan: "files", From: "primary", To: "secondary", Point: "p2"}).Return(TransmitResult{Point: "p2", BytesCopied: 10}, nil).Once()
 			env.OnActivity(a.AccessStatus, mock.Anything, mock.Anything).Return([]activities.ResourceState{}, nil).Once()
-			env.OnWorkflow(Restore, mock.Anything, RestoreInput{Plan: "files", Site: "secondary", Point: "p2"}).Return(RestoreResult{Point: "p2", Duration: 3 * time.Second}, nil).Once()
+			env.OnWorkflow(Restore, mock.Anything, RestoreInput{Plan: "files", Site: "secondary", Point: "p2"}).Return(RestoreResult{Point: "p2", Duration: Duration(3 * time.Second)}, nil).Once()
 			env.OnActivity(a.MarkStandby, mock.Anything, activities.MarkStandbyInput{Plan: "files", Site: "secondary", Point: "p2", Took: 3 * time.Second}).Return(nil).Once()
 			env.ExecuteWorkflow(Protect, ProtectInput{Plan: "files", SkipRetention: true})
 			require.NoError(t, env.GetWorkflowError())

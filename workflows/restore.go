@@ -109,7 +109,7 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 			workflow.GetLogger(ctx).Warn("standby state not recorded", "error", err)
 		}
 	}
-	res.Duration = workflow.Now(ctx).Sub(started)
+	res.Duration = Duration(workflow.Now(ctx).Sub(started))
 	workflow.GetLogger(ctx).Info("restore completed", "plan", in.Plan, "site", site, "point", res.Point, "target", res.Target)
 	return res, nil
 }

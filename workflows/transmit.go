@@ -77,9 +77,9 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 		}
 	}
 	now := workflow.Now(ctx)
-	res.RPO = now.Sub(point.Snapshot)
+	res.RPO = Duration(now.Sub(point.Snapshot))
 	cleanup(ctx, in.Plan, from, op)
-	res.Duration = workflow.Now(ctx).Sub(started)
+	res.Duration = Duration(workflow.Now(ctx).Sub(started))
 	workflow.GetLogger(ctx).Info("restore point transmitted", "plan", in.Plan, "from", from, "to", to,
 		"point", res.Point, "chunksCopied", res.ChunksCopied, "rpo", res.RPO)
 	return res, nil

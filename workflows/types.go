@@ -37,10 +37,10 @@ type BackupResult struct {
 	Reread     int64       `json:"reread"`
 	// Unchanged files were not read: their size and modification time
 	// matched the parent restore point, whose chunks they reuse.
-	Unchanged      int64         `json:"unchanged"`
-	BytesUnchanged int64         `json:"bytesUnchanged"`
-	Parent         string        `json:"parent,omitempty"`
-	Duration       time.Duration `json:"duration"`
+	Unchanged      int64    `json:"unchanged"`
+	BytesUnchanged int64    `json:"bytesUnchanged"`
+	Parent         string   `json:"parent,omitempty"`
+	Duration       Duration `json:"duration"`
 }
 
 // TransmitInput starts a transmission of a restore point between sites.
@@ -53,18 +53,18 @@ type TransmitInput struct {
 
 // TransmitResult describes a transmission.
 type TransmitResult struct {
-	Plan         string        `json:"plan"`
-	From         string        `json:"from"`
-	To           string        `json:"to"`
-	Point        string        `json:"point"`
-	Snapshot     time.Time     `json:"snapshot"`
-	AlreadyThere bool          `json:"alreadyThere"` // the destination already held the point
-	Chunks       int64         `json:"chunks"`
-	ChunksCopied int64         `json:"chunksCopied"`
-	BytesCopied  int64         `json:"bytesCopied"`
-	Bytes        int64         `json:"bytes"` // logical size of the point
-	RPO          time.Duration `json:"rpo"`   // age of the point when it became valid at To
-	Duration     time.Duration `json:"duration"`
+	Plan         string    `json:"plan"`
+	From         string    `json:"from"`
+	To           string    `json:"to"`
+	Point        string    `json:"point"`
+	Snapshot     time.Time `json:"snapshot"`
+	AlreadyThere bool      `json:"alreadyThere"` // the destination already held the point
+	Chunks       int64     `json:"chunks"`
+	ChunksCopied int64     `json:"chunksCopied"`
+	BytesCopied  int64     `json:"bytesCopied"`
+	Bytes        int64     `json:"bytes"` // logical size of the point
+	RPO          Duration  `json:"rpo"`   // age of the point when it became valid at To
+	Duration     Duration  `json:"duration"`
 }
 
 // RestoreInput starts a restore.
@@ -94,9 +94,9 @@ type RestoreResult struct {
 	Chunks       int64     `json:"chunksVerified"`
 	// ChunksLocal and BytesLocal were already in the target's files at the
 	// same place (verified by SHA-256), not fetched from the store.
-	ChunksLocal int64         `json:"chunksLocal"`
-	BytesLocal  int64         `json:"bytesLocal"`
-	Duration    time.Duration `json:"duration"`
+	ChunksLocal int64    `json:"chunksLocal"`
+	BytesLocal  int64    `json:"bytesLocal"`
+	Duration    Duration `json:"duration"`
 }
 
 // PointsInput lists the restore points of a plan at a site.
@@ -130,11 +130,11 @@ type Progress struct {
 
 // StepProgress is one step, finished or running.
 type StepProgress struct {
-	Name     string        `json:"name"`
-	Started  time.Time     `json:"started"`
-	Finished time.Time     `json:"finished,omitzero"`
-	Duration time.Duration `json:"duration,omitempty"`
-	Error    string        `json:"error,omitempty"`
+	Name     string    `json:"name"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished,omitzero"`
+	Duration Duration  `json:"duration,omitempty"`
+	Error    string    `json:"error,omitempty"`
 }
 
 // FailoverInput starts a failover: planned (a switchover: the old active site
@@ -176,8 +176,8 @@ type SwitchReport struct {
 	PointTime    time.Time                `json:"pointTime,omitzero"`
 	Epoch        uint64                   `json:"epoch,omitempty"`
 	Restored     bool                     `json:"restored"` // false: the standby already held the point
-	RTO          time.Duration            `json:"rto"`      // start → DNS verified
-	RPO          time.Duration            `json:"rpo"`      // fence (or start) − restore point time
+	RTO          Duration                 `json:"rto"`      // start → DNS verified
+	RPO          Duration                 `json:"rpo"`      // fence (or start) − restore point time
 	DNS          []activities.RecordState `json:"dns,omitempty"`
 	Steps        []StepProgress           `json:"steps"`
 	Compensation []string                 `json:"compensation,omitempty"`
@@ -185,9 +185,9 @@ type SwitchReport struct {
 	// Failback: the sync rounds run, the returning site's lag after the
 	// last one, and the restore point that preserved the returning site's
 	// own data before it was overwritten.
-	Rounds    int           `json:"rounds,omitempty"`
-	Lag       time.Duration `json:"lag,omitempty"`
-	Preserved string        `json:"preserved,omitempty"`
+	Rounds    int      `json:"rounds,omitempty"`
+	Lag       Duration `json:"lag,omitempty"`
+	Preserved string   `json:"preserved,omitempty"`
 
 	// TimeSaved is how long restoring the point took when a warm refresh
 	// put it into the standby (0: unknown), when Restored is false.

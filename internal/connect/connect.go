@@ -56,7 +56,7 @@ func Settings(f Flags, c config.Temporal) (config.Temporal, error) {
 }
 
 // Dial connects to Temporal with s, logging through zl.
-func Dial(s config.Temporal, zl zerolog.Logger) (client.Client, error) {
+func Dial(s config.Temporal, zl zerolog.Logger, with ...func(*client.Options)) (client.Client, error) {
 	opts := client.Options{
 		HostPort:      s.Address,
 		Namespace:     s.Namespace,
@@ -94,6 +94,9 @@ func Dial(s config.Temporal, zl zerolog.Logger) (client.Client, error) {
 		if opts.ConnectionOptions.TLS == nil {
 			opts.ConnectionOptions.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
 		}
+	}
+	for _, f := range with {
+		f(&opts)
 	}
 	c, err := client.Dial(opts)
 	if err != nil {

@@ -145,13 +145,13 @@ func unplannedWithoutPrimaryWorker(t *testing.T, ns *testenv.NetNS) {
 		t.Fatalf("unplanned failover without the primary's worker: %v\n%s", err, ss.logs.Tail(4000))
 	}
 	t.Logf("RTO %s (start → DNS verified; the workflow took %s), RPO %s, fence: %s, notes %q",
-		rep.RTO.Round(time.Millisecond), took.Round(time.Millisecond), rep.RPO.Round(time.Second), rep.FenceNote, rep.Notes)
+		rep.RTO.D().Round(time.Millisecond), took.Round(time.Millisecond), rep.RPO.D().Round(time.Second), rep.FenceNote, rep.Notes)
 	if rep.Outcome != "completed" || rep.Fenced || !strings.Contains(rep.FenceNote, "no worker at site primary") {
 		t.Fatalf("report: outcome %s, fenced %v, fence %q", rep.Outcome, rep.Fenced, rep.FenceNote)
 	}
 	// A sanity bound, not a benchmark: the darkness bound is 10 s, and
 	// before it a dark site cost a minute of schedule-to-start.
-	if rep.RTO > 45*time.Second {
+	if rep.RTO.D() > 45*time.Second {
 		t.Errorf("RTO %s with the primary's worker dead: the darkness bound is 10s", rep.RTO)
 	}
 	if got := ss.bind.Query(t, "app."+ss.bind.Zone, "A"); len(got) != 1 || got[0] != siteAddr["secondary"] {

@@ -193,8 +193,9 @@ type workerProcess struct {
 	log *syncBuffer
 }
 
-// spawnWorker starts the drorch-worker binary, built once per test run.
-func (s *stack) spawnWorker() *workerProcess {
+// spawnWorker starts the drorch-worker binary, built once per test run,
+// with extra flags.
+func (s *stack) spawnWorker(extra ...string) *workerProcess {
 	s.t.Helper()
 	workerBin.once.Do(func() {
 		dir, err := os.MkdirTemp("", "drorch-e2e-bin")
@@ -218,6 +219,7 @@ func (s *stack) spawnWorker() *workerProcess {
 	}
 	wp.cmd = exec.Command(workerBin.path, append(args,
 		"--task-queue", s.queue, "--address", s.temporal.Address, "--namespace", s.temporal.Namespace, "--log-level", "debug")...)
+	wp.cmd.Args = append(wp.cmd.Args, extra...)
 	wp.cmd.Env = append(os.Environ(), s.env...)
 	var out io.Writer = wp.log
 	if dir := os.Getenv("DRORCH_E2E_LOGS"); dir != "" {
