@@ -1,10 +1,20 @@
 package workflows
 
 import (
+	"fmt"
+
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/drivers"
 )
+
+// changeTransmitNewestEpoch (workflow.GetVersion): a transmission of a plan
+// with three sites or more refuses a point older than the newest epoch any
+// site holds, so that a standby that missed a raise is not fed the old
+// primary's points.
+const changeTransmitNewestEpoch = "transmit-newest-epoch"
 
 // Transmit makes a restore point of one site valid at another (DESIGN §1):
 // verify the manifest at the source, prepare the destination and check its
@@ -46,6 +56,20 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 		return res, err
 	}
 	res.Point, res.Snapshot, res.Bytes = point.Point, point.Snapshot, point.Totals.Bytes
+
+	// With three sites or more, the destination may be a standby that was
+	// dark when the plan's epoch was last raised, and still holds the old
+	// one, which its own check below would accept. Every site's epoch is
+	// consulted: a point older than the newest epoch any site holds is not
+	// sent (docs/fencing.md, "Three sites or more").
+	if len(info.Standbys()) > 1 && workflow.GetVersion(ctx, changeTransmitNewestEpoch, workflow.DefaultVersion, 1) >= 1 {
+		if v := readView(ctx, info); v.info.Epoch > point.Epoch {
+			cleanup(ctx, in.Plan, from, op)
+			return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+				"restore point %s of plan %s was made at epoch %d, but the plan is at epoch %d (site %s active): refusing to send it from %s to %s; take a new backup at the active site",
+				point.Point, in.Plan, point.Epoch, v.info.Epoch, v.info.Active, from, to), drivers.ReasonFenced, nil)
+		}
+	}
 
 	var dest activities.CheckDestinationResult
 	if err := t.step(ctx, "prepare-destination", func() error {

@@ -119,17 +119,22 @@ func TestThreeSitesFailoverToTheRemoteSite(t *testing.T) {
 	src := ts.source("primary")
 	genTree(t, src, treeSpec{seed: 81, dataBytes: 2 << 20, files: 12})
 
-	first := ts.backup()
-	if first.Site != "primary" {
-		t.Fatalf("backup with no site ran at %s, want the primary", first.Site)
+	// One protection cycle reaches both secondaries.
+	var cycle workflows.ProtectResult
+	if err := ts.run(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan, SkipRetention: true}, &cycle); err != nil {
+		t.Fatalf("protect: %v\n%s", err, ts.logs.Tail(4000))
 	}
-	for _, to := range []string{"secondary", "remote"} {
-		var res workflows.TransmitResult
-		if err := ts.run(workflows.OpTransmit, workflows.Transmit, workflows.TransmitInput{Plan: plan, To: to}, &res); err != nil {
-			t.Fatalf("transmit to %s: %v", to, err)
+	if cycle.Active != "primary" || cycle.Point == "" || len(cycle.Sites) != 3 {
+		t.Fatalf("protect cycle: %+v", cycle)
+	}
+	for _, s := range cycle.Sites {
+		if s.Point != cycle.Point {
+			t.Errorf("protect cycle: site %s holds %q, want the new point %s", s.Site, s.Point, cycle.Point)
 		}
-		if res.From != "primary" || res.To != to || res.Point != first.Point {
-			t.Fatalf("transmit to %s: %+v", to, res)
+	}
+	for _, site := range []string{"secondary", "remote"} {
+		if got := ts.manifestSite(site, cycle.Point); got != "primary" {
+			t.Fatalf("the manifest of %s at %s names site %q, want primary", cycle.Point, site, got)
 		}
 	}
 	// A point of the old primary that never left it.
@@ -164,7 +169,7 @@ func TestThreeSitesFailoverToTheRemoteSite(t *testing.T) {
 	for _, to := range []string{"secondary", "remote"} {
 		err := ts.run(workflows.OpTransmit, workflows.Transmit, workflows.TransmitInput{Plan: plan, From: "primary", To: to, Point: late.Point}, nil)
 		app := innermostAppError(err)
-		if app == nil || app.Type() != "Fenced" || !app.NonRetryable() || !strings.Contains(app.Message(), "refusing to act against it") {
+		if app == nil || app.Type() != "Fenced" || !app.NonRetryable() || !strings.Contains(app.Message(), "epoch") {
 			t.Fatalf("transmit of the old primary's point %s (epoch %d) to %s: %v; want a non-retryable Fenced refusal", late.Point, late.Epoch, to, err)
 		}
 		t.Logf("refused at %s: %s", to, app.Message())
