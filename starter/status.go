@@ -194,6 +194,12 @@ func scheduleStatus(ctx context.Context, cc *clientConn, plan string) *workflows
 				st.LastResult = strings.ToLower(strings.TrimPrefix(d.GetWorkflowExecutionInfo().GetStatus().String(), "WORKFLOW_EXECUTION_STATUS_"))
 				st.LastResult = strings.TrimPrefix(st.LastResult, "workflow_execution_status_")
 			}
+			if v, err := cc.QueryWorkflow(ctx, r.WorkflowID, "", workflows.QueryProtect); err == nil {
+				var cycle workflows.ProtectResult
+				if v.Get(&cycle) == nil {
+					st.LastCycle = &cycle
+				}
+			}
 		}
 	}
 	return st
@@ -276,6 +282,9 @@ func printStatus(w io.Writer, res workflows.StatusResult) {
 		}
 	}
 	fmt.Fprintf(tw, "schedule\t%s\n", scheduleText(res.Schedule))
+	if c := res.Schedule.LastCycle; c != nil {
+		fmt.Fprintf(tw, "last cycle\t%s\n", cycleText(c))
+	}
 	if d := res.LastDrill; d != nil {
 		verdict := "PASSED"
 		if !d.Passed {
@@ -338,4 +347,31 @@ func scheduleText(s *workflows.ScheduleStatus) string {
 		state += ", last run " + s.LastResult + " at " + s.LastRun.Local().Format(time.DateTime)
 	}
 	return state
+}
+
+// cycleText sums up a protection cycle: what it made and the RPO it left.
+func cycleText(c *workflows.ProtectResult) string {
+	if c.Skipped != "" {
+		return "skipped: " + c.Skipped
+	}
+	text := fmt.Sprintf("point %s at %s, %d bytes new, %d sent, took %s", orDash(c.Point), orDash(c.Active), c.BytesNew, c.BytesCopied, c.Duration)
+	for _, s := range c.Sites {
+		if s.Role == "standby" && s.Newest != "" {
+			text += fmt.Sprintf("; RPO at %s %s", s.Site, s.RPO)
+		}
+	}
+	if c.RPOBreached {
+		text += " (RPO objective breached)"
+	}
+	if len(c.Failures) > 0 {
+		text += "; failed: " + strings.Join(c.Failures, "; ")
+	}
+	return text
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -92,6 +92,9 @@ type ScheduleStatus struct {
 	NextRun    time.Time `json:"nextRun,omitzero"`
 	LastRun    time.Time `json:"lastRun,omitzero"`
 	LastResult string    `json:"lastResult,omitempty"` // the last run's status: completed, failed, running…
+	// LastCycle is what the schedule's last Protect run did (its "protect"
+	// query: whole once it ended, partial while it runs).
+	LastCycle *ProtectResult `json:"lastCycle,omitempty"`
 	Error      string    `json:"error,omitempty"`      // why the schedule could not be read
 }
 
