@@ -95,7 +95,7 @@ type ScheduleStatus struct {
 	// LastCycle is what the schedule's last Protect run did (its "protect"
 	// query: whole once it ended, partial while it runs).
 	LastCycle *ProtectResult `json:"lastCycle,omitempty"`
-	Error      string    `json:"error,omitempty"`      // why the schedule could not be read
+	Error     string         `json:"error,omitempty"` // why the schedule could not be read
 }
 
 // RunningOperation is an open workflow of the plan.
