@@ -1,0 +1,699 @@
+package repo
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/drorch/drorch/drivers"
+	"github.com/drorch/drorch/drivers/store"
+)
+
+// Garbage collection (docs/format.md, "Garbage collection") deletes the
+// chunks no stored manifest names, in two phases: a run first marks such a
+// chunk (gc/mark), and only a later run, under the same epoch, deletes it,
+// if it is still unnamed, has stayed marked at least GCMargin, and the run
+// holds the sweep lease in epoch.json, which it takes only while no commit
+// is pending and which keeps new commits from beginning until it is let go.
+
+// GCMargin is how long a chunk must stay marked before a sweep may delete
+// it: it protects the chunks a backup or transmit has uploaded but not yet
+// committed (a commit's own chunks are protected by the sweep lease). A
+// var only so that tests can shorten it; 24 h as in kopia.
+var GCMargin = 24 * time.Hour
+
+const (
+	// sweepMax is the longest a sweep deletes chunks after it took the
+	// lease, measured on the sweeper's monotonic clock from before it.
+	sweepMax = 30 * time.Minute
+	// sweepStale: a lease this old is a crashed sweeper's and no longer
+	// holds commits back. sweepStale - sweepMax is the clock skew a
+	// committer may have against the sweeper.
+	sweepStale = 6 * time.Hour
+
+	gcMarkKey    = "gc/mark"
+	gcMarkFormat = "drorch-gc-mark"
+	markRecord   = 32 + 8 // chunk id, then since in Unix seconds, big-endian
+)
+
+// SweepLease is the lease in epoch.json of a garbage collection that is
+// deleting chunks.
+type SweepLease struct {
+	ID    string    `json:"id"`    // the sweep's random id
+	Since time.Time `json:"since"` // when it was taken, on the sweeper's clock
+}
+
+// sweeping refuses a new commit while a sweep holds the lease. It is
+// transient: the commit is retried and goes ahead once the sweep is done.
+func (r *Repo) sweeping(e Epoch, now time.Time) error {
+	if e.Sweep == nil {
+		return nil
+	}
+	if age := now.Sub(e.Sweep.Since); age > sweepStale || age < -sweepStale {
+		return nil // a crashed sweeper's, or a clock far off: a new sweep replaces it
+	}
+	return fmt.Errorf("garbage collection has been deleting unused chunks at %s since %s (sweep %s); no commit may begin until it is done: try again in a few minutes",
+		r.Location(), e.Sweep.Since.Format(time.RFC3339), e.Sweep.ID)
+}
+
+// GCOptions tune CollectGarbage.
+type GCOptions struct {
+	// DryRun changes nothing: the result says what a run would mark and
+	// delete now.
+	DryRun bool
+	// NoSweep marks only, deleting nothing: a run that cannot rule out
+	// a reader of a point being forgotten (a restore in progress).
+	NoSweep string
+	// Forgotten are points whose manifests count as deleted (for DryRun).
+	Forgotten map[string]bool
+	// Progress, when set, is called now and then with the stage and a count.
+	Progress func(stage string, n int64)
+}
+
+// GCResult is what a garbage collection found and did.
+type GCResult struct {
+	Epoch       uint64 `json:"epoch"`
+	Manifests   int    `json:"manifests"`  // stored manifests read (valid or not)
+	Referenced  int    `json:"referenced"` // distinct chunks they name
+	Chunks      int    `json:"chunks"`     // chunks stored
+	ChunkBytes  int64  `json:"chunkBytes"`
+	Marked      int    `json:"marked"` // unnamed chunks waiting to be deleted by a later run
+	MarkedBytes int64  `json:"markedBytes"`
+	NewlyMarked int    `json:"newlyMarked"`
+	Unmarked    int    `json:"unmarked"` // marked before, named again
+	Deleted     int    `json:"deleted"`
+	Freed       int64  `json:"freed"` // bytes deleted
+	Swept       bool   `json:"swept"` // the run held the sweep lease
+	// NoSweep says why the run did not delete, when it did not.
+	NoSweep string `json:"noSweep,omitempty"`
+}
+
+// ForgetPoint deletes the manifest of a restore point: it is no longer a
+// restore point, and its chunks are garbage unless another manifest names
+// them. Deleting an absent one is not an error.
+func (r *Repo) ForgetPoint(ctx context.Context, point string) error {
+	if err := ValidPointID(point); err != nil {
+		return drivers.Permanent(drivers.ReasonInvalidInput, err)
+	}
+	if err := r.st.Delete(ctx, r.key(manifestKey(point))); err != nil {
+		return fmt.Errorf("forget restore point %s: delete %s: %w", point, r.where(manifestKey(point)), err)
+	}
+	return nil
+}
+
+// CollectGarbage marks the chunks no stored manifest names and deletes
+// those a previous run marked under the same epoch at least GCMargin ago
+// that are still unnamed, when it can take the sweep lease. Its memory is
+// about 100 bytes per stored chunk at most: the named ids, sorted, and the
+// marks; manifests and the chunk listing are streamed.
+func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, error) {
+	var res GCResult
+	progress := opt.Progress
+	if progress == nil {
+		progress = func(string, int64) {}
+	}
+	started := time.Now()
+	now := started.UTC()
+	e, err := r.GetEpoch(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.Epoch = e.Epoch
+
+	// The lease first: with it held and nothing pending, every manifest
+	// that will ever name a chunk this run may delete is stored already.
+	var lease *SweepLease
+	switch {
+	case opt.NoSweep != "":
+		res.NoSweep = opt.NoSweep
+	case opt.DryRun:
+		if len(e.Pending) > 0 {
+			res.NoSweep = fmt.Sprintf("%d restore points are being committed", len(e.Pending))
+		}
+	default:
+		lease, res.NoSweep, err = r.takeSweep(ctx)
+		if err != nil {
+			return res, err
+		}
+		if lease != nil {
+			defer func() {
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+				defer cancel()
+				if rerr := r.letGoSweep(cctx, lease.ID); rerr != nil && err == nil {
+					err = rerr
+				}
+			}()
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, started.Add(sweepMax))
+			defer cancel()
+			res.Swept = true
+			if e, err = r.GetEpoch(ctx); err != nil { // as the lease left it
+				return res, err
+			}
+			res.Epoch = e.Epoch
+		}
+	}
+	sweep := res.NoSweep == ""
+
+	old, err := r.readMark(ctx)
+	if err != nil {
+		return res, err
+	}
+	if old != nil && old.Epoch != e.Epoch {
+		old = nil // a mark of another epoch is void: the repository may hold what that epoch did not know
+	}
+
+	// Every stored manifest names chunks to keep: valid, pending (whose
+	// manifests may be written already) or abandoned (kept until deleted).
+	var points []string
+	prefix := r.key(pointsDir)
+	if err := r.st.List(ctx, prefix, func(o store.Object) error {
+		if id, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), manifestExt); ok && ValidPointID(id) == nil && !opt.Forgotten[id] {
+			points = append(points, id)
+		}
+		return nil
+	}); err != nil {
+		return res, fmt.Errorf("garbage collection: list manifests at %s: %w", r.where(pointsDir), err)
+	}
+	var named idSet
+	for i, p := range points {
+		if err := r.scanRefs(ctx, p, named.add); err != nil {
+			if drivers.IsNotFound(err) {
+				continue // forgotten or abandoned and deleted since the listing
+			}
+			return res, fmt.Errorf("garbage collection at %s stopped, nothing deleted: %w", r.Location(), err)
+		}
+		progress("manifests", int64(i+1))
+	}
+	named.compact()
+	res.Manifests, res.Referenced = len(points), len(named.ids)
+
+	// Stream the chunk listing (in id order).
+	next := &gcMark{Epoch: e.Epoch}
+	var doomed []ID
+	var doomedBytes []int64
+	cprefix := r.key(chunksDir)
+	err = r.st.List(ctx, cprefix, func(o store.Object) error {
+		rel := strings.TrimPrefix(o.Key, cprefix)
+		if len(rel) != 2+1+64 || rel[2] != '/' || rel[:2] != rel[3:5] {
+			return nil
+		}
+		id, err := ParseID(rel[3:])
+		if err != nil {
+			return nil
+		}
+		res.Chunks++
+		res.ChunkBytes += o.Size
+		if res.Chunks%10000 == 0 {
+			progress("chunks", int64(res.Chunks))
+		}
+		since, marked := old.since(id)
+		if named.has(id) {
+			if marked {
+				res.Unmarked++
+			}
+			return nil
+		}
+		if !marked {
+			since = now
+			res.NewlyMarked++
+		} else if sweep && now.Sub(since) >= GCMargin {
+			doomed = append(doomed, id)
+			doomedBytes = append(doomedBytes, o.Size)
+			// It stays in the mark until it is gone: a run cut short
+			// leaves it marked, for the next to delete.
+			next.ids = append(next.ids, id)
+			next.times = append(next.times, since.Unix())
+			return nil
+		}
+		next.ids = append(next.ids, id)
+		next.times = append(next.times, since.Unix())
+		res.Marked++
+		res.MarkedBytes += o.Size
+		return nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("garbage collection: list chunks at %s: %w", r.where(chunksDir), err)
+	}
+	if opt.DryRun {
+		res.Deleted = len(doomed)
+		for _, n := range doomedBytes {
+			res.Freed += n
+		}
+		return res, nil
+	}
+	// Mark before deleting: what a run cut short did not delete, the next
+	// deletes.
+	if err := r.writeMark(ctx, next); err != nil {
+		return res, err
+	}
+	if len(doomed) == 0 {
+		return res, nil
+	}
+	gone, freed, derr := r.deleteChunks(ctx, doomed, doomedBytes, progress)
+	res.Deleted, res.Freed = gone, freed
+	if derr != nil {
+		return res, derr
+	}
+	// The mark without what was deleted.
+	left := &gcMark{Epoch: next.Epoch}
+	for i, id := range next.ids {
+		if _, found := slices.BinarySearchFunc(doomed, id, cmpID); !found {
+			left.ids = append(left.ids, id)
+			left.times = append(left.times, next.times[i])
+		}
+	}
+	return res, r.writeMark(ctx, left)
+}
+
+// takeSweep takes the sweep lease, unless a commit is pending or another
+// sweep holds it: then it says why in noSweep.
+func (r *Repo) takeSweep(ctx context.Context) (lease *SweepLease, noSweep string, err error) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	mine := SweepLease{ID: hex.EncodeToString(b[:])}
+	_, err = r.UpdateEpoch(ctx, func(e *Epoch) error {
+		lease, noSweep = nil, ""
+		now := time.Now()
+		if len(e.Pending) > 0 {
+			noSweep = fmt.Sprintf("%d restore points are being committed (%s since %s)", len(e.Pending), e.Pending[0].Point, e.Pending[0].Since.Format(time.RFC3339))
+			return ErrNoChange
+		}
+		if err := r.sweeping(*e, now); err != nil {
+			noSweep = "another garbage collection is sweeping (" + e.Sweep.ID + ")"
+			return ErrNoChange
+		}
+		mine.Since = now.UTC()
+		l := mine
+		e.Sweep, lease = &l, &l
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("garbage collection: take the sweep lease in epoch.json at %s: %w", r.Location(), err)
+	}
+	return lease, noSweep, nil
+}
+
+// letGoSweep removes the lease id from epoch.json, if it is still there.
+func (r *Repo) letGoSweep(ctx context.Context, id string) error {
+	_, err := r.UpdateEpoch(ctx, func(e *Epoch) error {
+		if e.Sweep == nil || e.Sweep.ID != id {
+			return ErrNoChange
+		}
+		e.Sweep = nil
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("garbage collection: let go of the sweep lease in epoch.json at %s (commits wait until it is %s old): %w", r.Location(), sweepStale, err)
+	}
+	return nil
+}
+
+func (r *Repo) deleteChunks(ctx context.Context, ids []ID, sizes []int64, progress func(string, int64)) (int, int64, error) {
+	var (
+		mu    sync.Mutex
+		n     int
+		freed int64
+		first error
+		wg    sync.WaitGroup
+	)
+	jobs := make(chan int)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				err := r.st.Delete(ctx, r.key(ChunkKey(ids[i])))
+				mu.Lock()
+				if err != nil && first == nil {
+					first = fmt.Errorf("garbage collection: delete chunk %s at %s: %w", ids[i], r.where(ChunkKey(ids[i])), err)
+				}
+				if err == nil {
+					n++
+					freed += sizes[i]
+					if n%1000 == 0 {
+						progress("deleted", int64(n))
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range ids {
+		if ctx.Err() != nil {
+			break
+		}
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = fmt.Errorf("garbage collection at %s: deleting stopped after %d of %d chunks: %w", r.Location(), n, len(ids), ctx.Err())
+	}
+	return n, freed, first
+}
+
+func cmpID(a, b ID) int { return bytes.Compare(a[:], b[:]) }
+
+// idSet is a set of chunk ids kept as a sorted slice, 32 bytes an id; adds
+// are buffered and merged in when the buffer is as large as the set.
+type idSet struct {
+	ids []ID // sorted, distinct
+	buf []ID
+}
+
+func (s *idSet) add(id ID) {
+	s.buf = append(s.buf, id)
+	if len(s.buf) >= max(len(s.ids), 1<<16) {
+		s.compact()
+	}
+}
+
+func (s *idSet) compact() {
+	if len(s.buf) == 0 {
+		return
+	}
+	slices.SortFunc(s.buf, cmpID)
+	s.buf = slices.Compact(s.buf)
+	merged := make([]ID, 0, len(s.ids)+len(s.buf))
+	i, j := 0, 0
+	for i < len(s.ids) || j < len(s.buf) {
+		switch {
+		case j == len(s.buf) || i < len(s.ids) && cmpID(s.ids[i], s.buf[j]) < 0:
+			merged = append(merged, s.ids[i])
+			i++
+		case i == len(s.ids) || cmpID(s.buf[j], s.ids[i]) < 0:
+			merged = append(merged, s.buf[j])
+			j++
+		default:
+			merged = append(merged, s.ids[i])
+			i, j = i+1, j+1
+		}
+	}
+	s.ids, s.buf = merged, s.buf[:0]
+}
+
+func (s *idSet) has(id ID) bool {
+	_, ok := slices.BinarySearchFunc(s.ids, id, cmpID)
+	return ok
+}
+
+// gcMark is gc/mark: the unnamed chunks a run found, each with when it was
+// first found unnamed, under one epoch; sorted by id.
+type gcMark struct {
+	Epoch uint64
+	ids   []ID
+	times []int64 // Unix seconds
+}
+
+func (m *gcMark) since(id ID) (time.Time, bool) {
+	if m == nil {
+		return time.Time{}, false
+	}
+	i, ok := slices.BinarySearchFunc(m.ids, id, cmpID)
+	if !ok {
+		return time.Time{}, false
+	}
+	return time.Unix(m.times[i], 0).UTC(), true
+}
+
+type gcMarkHeader struct {
+	Format  string    `json:"format"`
+	Version int       `json:"version"`
+	Plan    string    `json:"plan"`
+	Epoch   uint64    `json:"epoch"`
+	Written time.Time `json:"written"`
+	Count   int       `json:"count"`
+}
+
+func (r *Repo) markAD() []byte { return []byte("gc-mark:" + r.plan) }
+
+func (r *Repo) writeMark(ctx context.Context, m *gcMark) error {
+	if !slices.IsSortedFunc(m.ids, cmpID) {
+		return fmt.Errorf("garbage collection at %s: the store listed chunks out of order; nothing deleted", r.Location())
+	}
+	h, err := json.Marshal(gcMarkHeader{Format: gcMarkFormat, Version: FormatVersion, Plan: r.plan, Epoch: m.Epoch, Written: time.Now().UTC(), Count: len(m.ids)})
+	if err != nil {
+		return err
+	}
+	plain := make([]byte, 0, len(h)+1+len(m.ids)*markRecord)
+	plain = append(append(plain, h...), '\n')
+	for i, id := range m.ids {
+		plain = append(plain, id[:]...)
+		plain = binary.BigEndian.AppendUint64(plain, uint64(m.times[i]))
+	}
+	body, err := r.seal(plain, r.markAD())
+	if err != nil {
+		return fmt.Errorf("garbage collection: seal %s: %w", r.where(gcMarkKey), err)
+	}
+	if err := r.put(ctx, gcMarkKey, body); err != nil {
+		return fmt.Errorf("garbage collection: write %s: %w", r.where(gcMarkKey), err)
+	}
+	return nil
+}
+
+// readMark reads gc/mark; nil when there is none. One that does not open
+// is permanent with reason Corrupt (delete it: the next run marks anew).
+func (r *Repo) readMark(ctx context.Context) (*gcMark, error) {
+	body, err := r.get(ctx, gcMarkKey, MaxMetadataSize)
+	if errors.Is(err, drivers.ErrNotFound) {
+		return nil, nil
+	}
+	var m *gcMark
+	if err == nil {
+		var plain []byte
+		if plain, err = r.open(body, r.markAD(), &metaDec); err == nil {
+			m, err = r.parseMark(plain)
+		}
+	}
+	if err != nil {
+		return nil, classify(fmt.Errorf("garbage collection mark %s: %w (deleting it is safe: the next run marks anew)", r.where(gcMarkKey), err))
+	}
+	return m, nil
+}
+
+func (r *Repo) parseMark(plain []byte) (*gcMark, error) {
+	line, rest, ok := bytes.Cut(plain, []byte{'\n'})
+	var h gcMarkHeader
+	if !ok || json.Unmarshal(line, &h) != nil || h.Format != gcMarkFormat || h.Plan != r.plan || h.Count < 0 || len(rest) != h.Count*markRecord {
+		return nil, errCorrupt{fmt.Sprintf("not a mark of plan %q (corrupted)", r.plan)}
+	}
+	m := &gcMark{Epoch: h.Epoch, ids: make([]ID, h.Count), times: make([]int64, h.Count)}
+	for i := range m.ids {
+		rec := rest[i*markRecord:]
+		copy(m.ids[i][:], rec[:32])
+		m.times[i] = int64(binary.BigEndian.Uint64(rec[32:40]))
+	}
+	if !slices.IsSortedFunc(m.ids, cmpID) {
+		return nil, errCorrupt{"its ids are not sorted (corrupted)"}
+	}
+	return m, nil
+}
+
+// scanRefs calls add for every chunk id the stored manifest of point
+// names, streaming it: only the sealed body of an encrypted manifest is
+// held whole (AES-GCM opens only a whole message). The manifest's header,
+// digest and trailer are checked; an error means its ids may be incomplete.
+func (r *Repo) scanRefs(ctx context.Context, point string, add func(ID)) error {
+	key := manifestKey(point)
+	fail := func(err error) error {
+		return classify(fmt.Errorf("manifest of restore point %s at %s: %w", point, r.where(key), err))
+	}
+	if err := codecs(); err != nil {
+		return err
+	}
+	var z io.Reader
+	if r.aead != nil {
+		body, err := r.get(ctx, key, MaxMetadataSize+1<<20)
+		if err != nil {
+			return fail(err)
+		}
+		if len(body) < nonceSize+r.aead.Overhead() {
+			return fail(errCorrupt{"too short to be sealed (corrupted)"})
+		}
+		plainZ, err := r.aead.Open(body[nonceSize:nonceSize], body[:nonceSize], body[nonceSize:], []byte("manifest:"+point))
+		if err != nil {
+			return fail(errCorrupt{"cannot be decrypted: wrong key or corrupted"})
+		}
+		z = bytes.NewReader(plainZ)
+	} else {
+		rc, err := r.st.Get(ctx, r.key(key))
+		if err != nil {
+			return fail(err)
+		}
+		defer rc.Close()
+		z = bufio.NewReaderSize(rc, 1<<20)
+	}
+	dec, err := zstd.NewReader(z, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxMemory(MaxMetadataSize), zstd.WithDecoderMaxWindow(64<<20))
+	if err != nil {
+		return fail(err)
+	}
+	defer dec.Close()
+	hr := &lineHasher{r: io.LimitReader(dec, MaxMetadataSize+1), h: sha256.New()}
+	if err := scanManifest(json.NewDecoder(hr), r.plan, point, add, hr); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// lineHasher hashes what it reads and remembers the hash state at the last
+// two newlines: at the end, the one before the last is the digest of the
+// lines before the trailer.
+type lineHasher struct {
+	r          io.Reader
+	h          hash.Hash
+	prev, last []byte
+	n          int64
+	endsNL     bool
+}
+
+func (l *lineHasher) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	b := p[:n]
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			l.h.Write(b)
+			break
+		}
+		l.h.Write(b[:i+1])
+		st, _ := l.h.(encoding.BinaryMarshaler).MarshalBinary()
+		l.prev, l.last = l.last, st
+		b = b[i+1:]
+	}
+	if n > 0 {
+		l.n += int64(n)
+		l.endsNL = p[n-1] == '\n'
+	}
+	return n, err
+}
+
+func (l *lineHasher) digestBeforeLast() (string, bool) {
+	if !l.endsNL || l.prev == nil {
+		return "", false
+	}
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(l.prev); err != nil {
+		return "", false
+	}
+	return digestPrefix + hex.EncodeToString(h.Sum(nil)), true
+}
+
+// scanManifest walks the JSON lines of a manifest token by token, so that
+// even one file of a million chunks takes no memory in proportion.
+func scanManifest(dec *json.Decoder, plan, point string, add func(ID), hr *lineHasher) error {
+	var h headerLine
+	if err := dec.Decode(&h); err != nil {
+		return errCorrupt{fmt.Sprintf("header: %v", err)}
+	}
+	if h.Format != ManifestFormat || h.Plan != plan || h.Point != point {
+		return errCorrupt{fmt.Sprintf("header names %s %q of plan %q, not point %s (corrupted)", h.Format, h.Point, h.Plan, point)}
+	}
+	var digest string
+	trailer := false
+	bad := func(err error) error { return errCorrupt{fmt.Sprintf("%v (corrupted)", err)} }
+	expect := func(want json.Delim) error {
+		t, err := dec.Token()
+		if err != nil {
+			return bad(err)
+		}
+		if d, ok := t.(json.Delim); !ok || d != want {
+			return bad(fmt.Errorf("want %q, found %v", want, t))
+		}
+		return nil
+	}
+	for dec.More() {
+		if trailer {
+			return errCorrupt{"lines after the trailer (corrupted)"}
+		}
+		if err := expect('{'); err != nil {
+			return err
+		}
+		for dec.More() {
+			t, err := dec.Token()
+			if err != nil {
+				return bad(err)
+			}
+			switch t {
+			case "chunks":
+				if err := expect('['); err != nil {
+					return err
+				}
+				for dec.More() {
+					if err := expect('{'); err != nil {
+						return err
+					}
+					for dec.More() {
+						k, err := dec.Token()
+						if err != nil {
+							return bad(err)
+						}
+						if k != "id" {
+							var skip json.RawMessage
+							if err := dec.Decode(&skip); err != nil {
+								return bad(err)
+							}
+							continue
+						}
+						v, err := dec.Token()
+						if err != nil {
+							return bad(err)
+						}
+						s, _ := v.(string)
+						id, err := ParseID(s)
+						if err != nil {
+							return bad(err)
+						}
+						add(id)
+					}
+					if err := expect('}'); err != nil {
+						return err
+					}
+				}
+				if err := expect(']'); err != nil {
+					return err
+				}
+			case "digest":
+				trailer = true
+				if err := dec.Decode(&digest); err != nil {
+					return bad(err)
+				}
+			default:
+				var skip json.RawMessage
+				if err := dec.Decode(&skip); err != nil {
+					return bad(err)
+				}
+			}
+		}
+		if err := expect('}'); err != nil {
+			return err
+		}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return bad(fmt.Errorf("after the last line: %v", err))
+	}
+	if !trailer {
+		return errCorrupt{"missing trailer (truncated?)"}
+	}
+	if want, ok := hr.digestBeforeLast(); !ok || want != digest {
+		return errCorrupt{fmt.Sprintf("digest %q does not match the content, whose digest is %s (corrupted)", digest, want)}
+	}
+	return nil
+}
