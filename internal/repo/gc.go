@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"slices"
 	"strings"
@@ -206,7 +205,7 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 
 	// Stream the chunk listing (in id order).
 	next := &gcMark{Epoch: e.Epoch}
-	var doomed []ID
+	var doomed []int32 // positions in next
 	var doomedBytes []int64
 	cprefix := r.key(chunksDir)
 	err = r.st.List(ctx, cprefix, func(o store.Object) error {
@@ -234,10 +233,10 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 			since = now
 			res.NewlyMarked++
 		} else if sweep && now.Sub(since) >= GCMargin {
-			doomed = append(doomed, id)
-			doomedBytes = append(doomedBytes, o.Size)
 			// It stays in the mark until it is gone: a run cut short
 			// leaves it marked, for the next to delete.
+			doomed = append(doomed, int32(len(next.ids)))
+			doomedBytes = append(doomedBytes, o.Size)
 			next.ids = append(next.ids, id)
 			next.times = append(next.times, since.Unix())
 			return nil
@@ -251,6 +250,7 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 	if err != nil {
 		return res, fmt.Errorf("garbage collection: list chunks at %s: %w", r.where(chunksDir), err)
 	}
+	old = nil // done with it: let the memory go before the writes
 	if opt.DryRun {
 		res.Deleted = len(doomed)
 		for _, n := range doomedBytes {
@@ -266,20 +266,23 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 	if len(doomed) == 0 {
 		return res, nil
 	}
-	gone, freed, derr := r.deleteChunks(ctx, doomed, doomedBytes, progress)
+	gone, freed, derr := r.deleteChunks(ctx, next.ids, doomed, doomedBytes, progress)
 	res.Deleted, res.Freed = gone, freed
 	if derr != nil {
 		return res, derr
 	}
-	// The mark without what was deleted.
-	left := &gcMark{Epoch: next.Epoch}
-	for i, id := range next.ids {
-		if _, found := slices.BinarySearchFunc(doomed, id, cmpID); !found {
-			left.ids = append(left.ids, id)
-			left.times = append(left.times, next.times[i])
+	// The mark without what was deleted, in place.
+	k, d := 0, 0
+	for i := range next.ids {
+		if d < len(doomed) && int(doomed[d]) == i {
+			d++
+			continue
 		}
+		next.ids[k], next.times[k] = next.ids[i], next.times[i]
+		k++
 	}
-	return res, r.writeMark(ctx, left)
+	next.ids, next.times = next.ids[:k], next.times[:k]
+	return res, r.writeMark(ctx, next)
 }
 
 // takeSweep takes the sweep lease, unless a commit is pending or another
@@ -325,7 +328,8 @@ func (r *Repo) letGoSweep(ctx context.Context, id string) error {
 	return nil
 }
 
-func (r *Repo) deleteChunks(ctx context.Context, ids []ID, sizes []int64, progress func(string, int64)) (int, int64, error) {
+// deleteChunks deletes the chunks ids[at[i]], of sizes[i] bytes.
+func (r *Repo) deleteChunks(ctx context.Context, ids []ID, at []int32, sizes []int64, progress func(string, int64)) (int, int64, error) {
 	var (
 		mu    sync.Mutex
 		n     int
@@ -339,10 +343,11 @@ func (r *Repo) deleteChunks(ctx context.Context, ids []ID, sizes []int64, progre
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
-				err := r.st.Delete(ctx, r.key(ChunkKey(ids[i])))
+				id := ids[at[i]]
+				err := r.st.Delete(ctx, r.key(ChunkKey(id)))
 				mu.Lock()
 				if err != nil && first == nil {
-					first = fmt.Errorf("garbage collection: delete chunk %s at %s: %w", ids[i], r.where(ChunkKey(ids[i])), err)
+					first = fmt.Errorf("garbage collection: delete chunk %s at %s: %w", id, r.where(ChunkKey(id)), err)
 				}
 				if err == nil {
 					n++
@@ -355,7 +360,7 @@ func (r *Repo) deleteChunks(ctx context.Context, ids []ID, sizes []int64, progre
 			}
 		}()
 	}
-	for i := range ids {
+	for i := range at {
 		if ctx.Err() != nil {
 			break
 		}
@@ -364,7 +369,7 @@ func (r *Repo) deleteChunks(ctx context.Context, ids []ID, sizes []int64, progre
 	close(jobs)
 	wg.Wait()
 	if first == nil && ctx.Err() != nil {
-		first = fmt.Errorf("garbage collection at %s: deleting stopped after %d of %d chunks: %w", r.Location(), n, len(ids), ctx.Err())
+		first = fmt.Errorf("garbage collection at %s: deleting stopped after %d of %d chunks: %w", r.Location(), n, len(at), ctx.Err())
 	}
 	return n, freed, first
 }
@@ -444,6 +449,9 @@ type gcMarkHeader struct {
 
 func (r *Repo) markAD() []byte { return []byte("gc-mark:" + r.plan) }
 
+// writeMark stores m as gc/mark: a JSON header line, then 40 bytes a
+// chunk, zstd-compressed as a stream and sealed like a staging object, so
+// that only the sealed body is ever held whole.
 func (r *Repo) writeMark(ctx context.Context, m *gcMark) error {
 	if !slices.IsSortedFunc(m.ids, cmpID) {
 		return fmt.Errorf("garbage collection at %s: the store listed chunks out of order; nothing deleted", r.Location())
@@ -452,15 +460,37 @@ func (r *Repo) writeMark(ctx context.Context, m *gcMark) error {
 	if err != nil {
 		return err
 	}
-	plain := make([]byte, 0, len(h)+1+len(m.ids)*markRecord)
-	plain = append(append(plain, h...), '\n')
-	for i, id := range m.ids {
-		plain = append(plain, id[:]...)
-		plain = binary.BigEndian.AppendUint64(plain, uint64(m.times[i]))
+	var buf bytes.Buffer
+	buf.Grow(nonceSize + len(h) + 1 + len(m.ids)*(markRecord+1) + 1024)
+	if r.aead != nil {
+		buf.Write(make([]byte, nonceSize))
 	}
-	body, err := r.seal(plain, r.markAD())
+	zw, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
 	if err != nil {
-		return fmt.Errorf("garbage collection: seal %s: %w", r.where(gcMarkKey), err)
+		return err
+	}
+	bw := bufio.NewWriterSize(zw, 64<<10)
+	bw.Write(h)
+	bw.WriteByte('\n')
+	var rec [markRecord]byte
+	for i, id := range m.ids {
+		copy(rec[:32], id[:])
+		binary.BigEndian.PutUint64(rec[32:], uint64(m.times[i]))
+		bw.Write(rec[:])
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	body := buf.Bytes()
+	if r.aead != nil {
+		nonce := body[:nonceSize]
+		if _, err := rand.Read(nonce); err != nil {
+			return err
+		}
+		body = r.aead.Seal(body[:nonceSize], nonce, body[nonceSize:], r.markAD())
 	}
 	if err := r.put(ctx, gcMarkKey, body); err != nil {
 		return fmt.Errorf("garbage collection: write %s: %w", r.where(gcMarkKey), err)
@@ -471,16 +501,9 @@ func (r *Repo) writeMark(ctx context.Context, m *gcMark) error {
 // readMark reads gc/mark; nil when there is none. One that does not open
 // is permanent with reason Corrupt (delete it: the next run marks anew).
 func (r *Repo) readMark(ctx context.Context) (*gcMark, error) {
-	body, err := r.get(ctx, gcMarkKey, MaxMetadataSize)
+	m, err := r.readMarkStream(ctx)
 	if errors.Is(err, drivers.ErrNotFound) {
 		return nil, nil
-	}
-	var m *gcMark
-	if err == nil {
-		var plain []byte
-		if plain, err = r.open(body, r.markAD(), &metaDec); err == nil {
-			m, err = r.parseMark(plain)
-		}
 	}
 	if err != nil {
 		return nil, classify(fmt.Errorf("garbage collection mark %s: %w (deleting it is safe: the next run marks anew)", r.where(gcMarkKey), err))
@@ -488,17 +511,51 @@ func (r *Repo) readMark(ctx context.Context) (*gcMark, error) {
 	return m, nil
 }
 
-func (r *Repo) parseMark(plain []byte) (*gcMark, error) {
-	line, rest, ok := bytes.Cut(plain, []byte{'\n'})
+func (r *Repo) readMarkStream(ctx context.Context) (*gcMark, error) {
+	var z io.Reader
+	if r.aead != nil {
+		body, err := r.get(ctx, gcMarkKey, MaxMetadataSize)
+		if err != nil {
+			return nil, err
+		}
+		if len(body) < nonceSize+r.aead.Overhead() {
+			return nil, errCorrupt{"too short to be sealed (corrupted)"}
+		}
+		plainZ, err := r.aead.Open(body[nonceSize:nonceSize], body[:nonceSize], body[nonceSize:], r.markAD())
+		if err != nil {
+			return nil, errCorrupt{"cannot be decrypted: wrong key or corrupted"}
+		}
+		z = bytes.NewReader(plainZ)
+	} else {
+		rc, err := r.st.Get(ctx, r.key(gcMarkKey))
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		z = rc
+	}
+	dec, err := zstd.NewReader(z, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	br := bufio.NewReaderSize(dec, 64<<10)
+	line, err := br.ReadSlice('\n')
 	var h gcMarkHeader
-	if !ok || json.Unmarshal(line, &h) != nil || h.Format != gcMarkFormat || h.Plan != r.plan || h.Count < 0 || len(rest) != h.Count*markRecord {
+	if err != nil || json.Unmarshal(line, &h) != nil || h.Format != gcMarkFormat || h.Plan != r.plan || h.Count < 0 || h.Count > MaxMetadataSize/markRecord {
 		return nil, errCorrupt{fmt.Sprintf("not a mark of plan %q (corrupted)", r.plan)}
 	}
 	m := &gcMark{Epoch: h.Epoch, ids: make([]ID, h.Count), times: make([]int64, h.Count)}
+	var rec [markRecord]byte
 	for i := range m.ids {
-		rec := rest[i*markRecord:]
+		if _, err := io.ReadFull(br, rec[:]); err != nil {
+			return nil, errCorrupt{fmt.Sprintf("%d of %d records: %v (corrupted)", i, h.Count, err)}
+		}
 		copy(m.ids[i][:], rec[:32])
-		m.times[i] = int64(binary.BigEndian.Uint64(rec[32:40]))
+		m.times[i] = int64(binary.BigEndian.Uint64(rec[32:]))
+	}
+	if n, _ := br.Read(rec[:1]); n != 0 {
+		return nil, errCorrupt{"data after the last record (corrupted)"}
 	}
 	if !slices.IsSortedFunc(m.ids, cmpID) {
 		return nil, errCorrupt{"its ids are not sorted (corrupted)"}
@@ -546,154 +603,141 @@ func (r *Repo) scanRefs(ctx context.Context, point string, add func(ID)) error {
 		return fail(err)
 	}
 	defer dec.Close()
-	hr := &lineHasher{r: io.LimitReader(dec, MaxMetadataSize+1), h: sha256.New()}
-	if err := scanManifest(json.NewDecoder(hr), r.plan, point, add, hr); err != nil {
+	if err := scanManifest(io.LimitReader(dec, MaxMetadataSize+1), r.plan, point, add); err != nil {
 		return fail(err)
 	}
 	return nil
 }
 
-// lineHasher hashes what it reads and remembers the hash state at the last
-// two newlines: at the end, the one before the last is the digest of the
-// lines before the trailer.
-type lineHasher struct {
-	r          io.Reader
-	h          hash.Hash
-	prev, last []byte
-	n          int64
-	endsNL     bool
-}
-
-func (l *lineHasher) Read(p []byte) (int, error) {
-	n, err := l.r.Read(p)
-	b := p[:n]
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			l.h.Write(b)
-			break
-		}
-		l.h.Write(b[:i+1])
-		st, _ := l.h.(encoding.BinaryMarshaler).MarshalBinary()
-		l.prev, l.last = l.last, st
-		b = b[i+1:]
-	}
-	if n > 0 {
-		l.n += int64(n)
-		l.endsNL = p[n-1] == '\n'
-	}
-	return n, err
-}
-
-func (l *lineHasher) digestBeforeLast() (string, bool) {
-	if !l.endsNL || l.prev == nil {
-		return "", false
-	}
-	h := sha256.New()
-	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(l.prev); err != nil {
-		return "", false
-	}
-	return digestPrefix + hex.EncodeToString(h.Sum(nil)), true
-}
-
-// scanManifest walks the JSON lines of a manifest token by token, so that
-// even one file of a million chunks takes no memory in proportion.
-func scanManifest(dec *json.Decoder, plan, point string, add func(ID), hr *lineHasher) error {
-	var h headerLine
-	if err := dec.Decode(&h); err != nil {
-		return errCorrupt{fmt.Sprintf("header: %v", err)}
-	}
-	if h.Format != ManifestFormat || h.Plan != plan || h.Point != point {
-		return errCorrupt{fmt.Sprintf("header names %s %q of plan %q, not point %s (corrupted)", h.Format, h.Point, h.Plan, point)}
-	}
-	var digest string
-	trailer := false
-	bad := func(err error) error { return errCorrupt{fmt.Sprintf("%v (corrupted)", err)} }
-	expect := func(want json.Delim) error {
-		t, err := dec.Token()
-		if err != nil {
-			return bad(err)
-		}
-		if d, ok := t.(json.Delim); !ok || d != want {
-			return bad(fmt.Errorf("want %q, found %v", want, t))
-		}
-		return nil
-	}
-	for dec.More() {
-		if trailer {
-			return errCorrupt{"lines after the trailer (corrupted)"}
-		}
-		if err := expect('{'); err != nil {
-			return err
-		}
-		for dec.More() {
-			t, err := dec.Token()
-			if err != nil {
-				return bad(err)
-			}
-			switch t {
-			case "chunks":
-				if err := expect('['); err != nil {
-					return err
+// scanManifest reads the JSON lines of a manifest as a byte stream and
+// calls add for the value of every "id" member: in format v1 only chunk
+// references have one. A small lexer keeps track of strings, so that a
+// path that spells "id" is not taken for one. The header must name point
+// of plan, and the digest in the trailer must match the lines before it:
+// then the manifest is the one its writer checked, and the ids are all of
+// its chunks. Memory stays the same whatever the size of the manifest.
+func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
+	const keepLine = 64 << 10 // the header and the trailer are far shorter
+	var (
+		h              = sha256.New()
+		prev, last     []byte // hash states at the last two newlines
+		line           []byte // the current line, while it is short
+		lineLong       bool
+		lines          int
+		header         headerLine
+		lastLine       []byte
+		inStr, esc     bool
+		str            []byte // the current string, while it is short
+		strLong        bool
+		afterID, value int // 1: after the string "id"; 2: after its colon
+		buf            = make([]byte, 256<<10)
+	)
+	bad := func(format string, args ...any) error { return errCorrupt{fmt.Sprintf(format, args...)} }
+	for {
+		n, rerr := rd.Read(buf)
+		b := buf[:n]
+		fed := 0 // b[:fed] is hashed
+		for i, c := range b {
+			if !lineLong {
+				if len(line) < keepLine {
+					line = append(line, c)
+				} else {
+					lineLong = true
 				}
-				for dec.More() {
-					if err := expect('{'); err != nil {
-						return err
-					}
-					for dec.More() {
-						k, err := dec.Token()
-						if err != nil {
-							return bad(err)
-						}
-						if k != "id" {
-							var skip json.RawMessage
-							if err := dec.Decode(&skip); err != nil {
-								return bad(err)
-							}
-							continue
-						}
-						v, err := dec.Token()
-						if err != nil {
-							return bad(err)
-						}
-						s, _ := v.(string)
-						id, err := ParseID(s)
-						if err != nil {
-							return bad(err)
+			}
+			if inStr {
+				switch {
+				case esc:
+					esc = false
+				case c == '\\':
+					esc = true
+				case c == '"':
+					inStr = false
+					switch {
+					case value == 2:
+						id, err := ParseID(string(str))
+						if err != nil || strLong {
+							return bad("line %d: chunk id %q: %v (corrupted)", lines+1, str, err)
 						}
 						add(id)
+						value = 0
+					case !strLong && string(str) == "id":
+						afterID = 1
 					}
-					if err := expect('}'); err != nil {
-						return err
+					continue
+				}
+				if !strLong {
+					if len(str) < 128 {
+						str = append(str, c)
+					} else {
+						strLong = true
 					}
 				}
-				if err := expect(']'); err != nil {
+				continue
+			}
+			switch c {
+			case '"':
+				inStr, str, strLong = true, str[:0], false
+				if afterID == 2 {
+					value = 2
+				}
+				afterID = 0
+				continue
+			case ' ', '\t', '\r':
+				continue
+			case ':':
+				if afterID == 1 {
+					afterID = 2
+					continue
+				}
+			case '\n':
+				if lines == 0 {
+					if lineLong || decodeLine(line[:len(line)-1], &header) != nil {
+						return bad("header: not a manifest header line (corrupted)")
+					}
+				}
+				lines++
+				// The hash state after this newline.
+				h.Write(b[fed : i+1])
+				fed = i + 1
+				st, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+				if err != nil {
 					return err
 				}
-			case "digest":
-				trailer = true
-				if err := dec.Decode(&digest); err != nil {
-					return bad(err)
+				prev, last = last, st
+				if !lineLong {
+					lastLine = append(lastLine[:0], line...)
+				} else {
+					lastLine = lastLine[:0]
 				}
-			default:
-				var skip json.RawMessage
-				if err := dec.Decode(&skip); err != nil {
-					return bad(err)
-				}
+				line, lineLong = line[:0], false
 			}
+			afterID, value = 0, 0
 		}
-		if err := expect('}'); err != nil {
-			return err
+		h.Write(b[fed:])
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
 		}
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return bad(fmt.Errorf("after the last line: %v", err))
+	if header.Format != ManifestFormat || header.Plan != plan || header.Point != point {
+		return bad("header names %s %q of plan %q, not point %s (corrupted)", header.Format, header.Point, header.Plan, point)
 	}
-	if !trailer {
-		return errCorrupt{"missing trailer (truncated?)"}
+	if len(line) > 0 || lineLong || lines < 3 || len(lastLine) == 0 {
+		return bad("missing trailer (truncated?)")
 	}
-	if want, ok := hr.digestBeforeLast(); !ok || want != digest {
-		return errCorrupt{fmt.Sprintf("digest %q does not match the content, whose digest is %s (corrupted)", digest, want)}
+	var t trailerLine
+	if err := decodeLine(lastLine[:len(lastLine)-1], &t); err != nil || t.Digest == nil || t.Totals == nil {
+		return bad("missing trailer (truncated?)")
+	}
+	sum := sha256.New()
+	if err := sum.(encoding.BinaryUnmarshaler).UnmarshalBinary(prev); err != nil {
+		return err
+	}
+	if want := digestPrefix + hex.EncodeToString(sum.Sum(nil)); *t.Digest != want {
+		return bad("digest %q does not match the content, whose digest is %s (corrupted)", *t.Digest, want)
 	}
 	return nil
 }
