@@ -369,3 +369,37 @@ func (s *synthStore) Delete(ctx context.Context, key string) error {
 	}
 	return s.memStore.Delete(ctx, key)
 }
+
+func TestPins(t *testing.T) {
+	for _, key := range [][]byte{nil, bytes.Repeat([]byte{7}, KeySize)} {
+		r, st := newTestRepo(t, key)
+		ctx := context.Background()
+		p := NewPointID(time.Now(), "a")
+		if err := r.PinPoint(ctx, Pin{Point: p}); err == nil {
+			t.Fatal("pinned a point that does not exist")
+		}
+		commitNaming(t, r, p)
+		if err := r.PinPoint(ctx, Pin{Point: p, By: "test"}); err != nil {
+			t.Fatal(err)
+		}
+		pins, err := r.Pins(ctx)
+		if err != nil || len(pins) != 1 || pins[p].By != "test" {
+			t.Fatalf("pins %+v, %v", pins, err)
+		}
+		if key != nil {
+			// A pin copied under another point's name does not open.
+			q := NewPointID(time.Now().Add(time.Second), "b")
+			st.objs[r.key(pinKey(q))] = st.objs[r.key(pinKey(p))]
+			if _, err := r.Pins(ctx); err == nil {
+				t.Fatal("a pin under another name was accepted")
+			}
+			delete(st.objs, r.key(pinKey(q)))
+		}
+		if err := r.UnpinPoint(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		if pins, err := r.Pins(ctx); err != nil || len(pins) != 0 {
+			t.Fatalf("after unpin: %+v, %v", pins, err)
+		}
+	}
+}
