@@ -48,7 +48,7 @@ const (
 
 	gcMarkKey    = "gc/mark"
 	gcMarkFormat = "drorch-gc-mark"
-	markRecord   = 32 + 8 // chunk id, then since in Unix seconds, big-endian
+	markRecord   = 32 + 8 // chunk id, then since in Unix milliseconds, big-endian
 )
 
 // SweepLease is the lease in epoch.json of a garbage collection that is
@@ -99,6 +99,9 @@ type GCResult struct {
 	Deleted     int    `json:"deleted"`
 	Freed       int64  `json:"freed"` // bytes deleted
 	Swept       bool   `json:"swept"` // the run held the sweep lease
+	// MarginSeconds is GCMargin: how long a chunk stays marked before a
+	// run may delete it.
+	MarginSeconds float64 `json:"marginSeconds"`
 	// NoSweep says why the run did not delete, when it did not.
 	NoSweep string `json:"noSweep,omitempty"`
 }
@@ -122,7 +125,7 @@ func (r *Repo) ForgetPoint(ctx context.Context, point string) error {
 // about 100 bytes per stored chunk at most: the named ids, sorted, and the
 // marks; manifests and the chunk listing are streamed.
 func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, error) {
-	var res GCResult
+	res := GCResult{MarginSeconds: GCMargin.Seconds()}
 	progress := opt.Progress
 	if progress == nil {
 		progress = func(string, int64) {}
@@ -238,11 +241,11 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 			doomed = append(doomed, int32(len(next.ids)))
 			doomedBytes = append(doomedBytes, o.Size)
 			next.ids = append(next.ids, id)
-			next.times = append(next.times, since.Unix())
+			next.times = append(next.times, since.UnixMilli())
 			return nil
 		}
 		next.ids = append(next.ids, id)
-		next.times = append(next.times, since.Unix())
+		next.times = append(next.times, since.UnixMilli())
 		res.Marked++
 		res.MarkedBytes += o.Size
 		return nil
@@ -424,7 +427,7 @@ func (s *idSet) has(id ID) bool {
 type gcMark struct {
 	Epoch uint64
 	ids   []ID
-	times []int64 // Unix seconds
+	times []int64 // Unix milliseconds
 }
 
 func (m *gcMark) since(id ID) (time.Time, bool) {
@@ -435,7 +438,7 @@ func (m *gcMark) since(id ID) (time.Time, bool) {
 	if !ok {
 		return time.Time{}, false
 	}
-	return time.Unix(m.times[i], 0).UTC(), true
+	return time.UnixMilli(m.times[i]).UTC(), true
 }
 
 type gcMarkHeader struct {
