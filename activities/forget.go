@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.temporal.io/api/serviceerror"
 
+	"github.com/drorch/drorch/internal/config"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -59,7 +61,7 @@ func (a *Activities) applyRetention(ctx context.Context, in ApplyRetentionInput)
 		}
 	}
 	pol := p.RetentionPolicy()
-	res.Repository, res.Policy = r.Location(), fmt.Sprintf("%+v in %s", pol, loc)
+	res.Repository, res.Policy = r.Location(), policyText(pol, loc, p.Retention == nil)
 	pts, err := r.Points(ctx)
 	if err != nil {
 		return res, err
@@ -220,4 +222,25 @@ func (a *Activities) PinPoint(ctx context.Context, in PinPointInput) error {
 		return temporalError(r.UnpinPoint(ctx, in.Point))
 	}
 	return temporalError(r.PinPoint(ctx, repo.Pin{Point: in.Point, By: in.By, At: time.Now().UTC()}))
+}
+
+// policyText spells a retention policy as the configuration does.
+func policyText(p config.Retention, loc *time.Location, isDefault bool) string {
+	var parts []string
+	for _, k := range []struct {
+		key string
+		n   int
+	}{{"keepLast", p.KeepLast}, {"keepHourly", p.KeepHourly}, {"keepDaily", p.KeepDaily}, {"keepWeekly", p.KeepWeekly}, {"keepMonthly", p.KeepMonthly}} {
+		if k.n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k.key, k.n))
+		}
+	}
+	if p.KeepWithin > 0 {
+		parts = append(parts, "keepWithin "+p.KeepWithin.String())
+	}
+	s := strings.Join(parts, ", ") + " (periods in " + loc.String() + ")"
+	if isDefault {
+		s += ", the default"
+	}
+	return s
 }

@@ -46,7 +46,7 @@ later run once they have stayed unnamed long enough (docs/format.md,
 func printForget(w io.Writer, res *workflows.ForgetResult) {
 	verb, freeVerb := "forgotten", "freed"
 	if res.DryRun {
-		verb, freeVerb = "would forget", "would free"
+		verb, freeVerb = "would forget", "would free now"
 	}
 	fmt.Fprintf(w, "%s at %s: policy %s\n", res.Plan, res.Site, res.Policy)
 	if res.InUse != "" {
@@ -67,7 +67,12 @@ func printForget(w io.Writer, res *workflows.ForgetResult) {
 	fmt.Fprintf(w, "chunks: %d stored (%s), %d named by manifests\n", g.Chunks, bytesText(g.ChunkBytes), g.Referenced)
 	fmt.Fprintf(w, "%s %s (%d chunks)", freeVerb, bytesText(res.Frees), g.Deleted)
 	if g.Marked > 0 {
-		fmt.Fprintf(w, "; %s in %d unnamed chunks marked, freed by a run after they stay unnamed %s", bytesText(res.FreesLater), g.Marked, time.Duration(g.MarginSeconds*float64(time.Second)))
+		mark := "marked"
+		if res.DryRun {
+			mark = "would be marked"
+		}
+		fmt.Fprintf(w, "; %s in %d unnamed chunks %s, to be deleted by a run at least %s later",
+			bytesText(res.FreesLater), g.Marked, mark, time.Duration(g.MarginSeconds*float64(time.Second)))
 	}
 	fmt.Fprintln(w)
 	if g.NoSweep != "" {
