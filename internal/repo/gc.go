@@ -208,8 +208,12 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 
 	// Stream the chunk listing (in id order).
 	next := &gcMark{Epoch: e.Epoch}
-	var doomed []int32 // positions in next
-	var doomedBytes []int64
+	if old != nil { // most marks stay: room for them and some more
+		next.ids = make([]ID, 0, len(old.ids)+len(old.ids)/8+1024)
+		next.times = make([]int64, 0, cap(next.ids))
+	}
+	var doomed []int32      // positions in next
+	var doomedBytes []int32 // a chunk is at most 4 MiB + 64 KiB
 	cprefix := r.key(chunksDir)
 	err = r.st.List(ctx, cprefix, func(o store.Object) error {
 		rel := strings.TrimPrefix(o.Key, cprefix)
@@ -239,7 +243,7 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 			// It stays in the mark until it is gone: a run cut short
 			// leaves it marked, for the next to delete.
 			doomed = append(doomed, int32(len(next.ids)))
-			doomedBytes = append(doomedBytes, o.Size)
+			doomedBytes = append(doomedBytes, int32(o.Size))
 			next.ids = append(next.ids, id)
 			next.times = append(next.times, since.UnixMilli())
 			return nil
@@ -253,11 +257,12 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 	if err != nil {
 		return res, fmt.Errorf("garbage collection: list chunks at %s: %w", r.where(chunksDir), err)
 	}
+	named = idSet{}
 	old = nil // done with it: let the memory go before the writes
 	if opt.DryRun {
 		res.Deleted = len(doomed)
 		for _, n := range doomedBytes {
-			res.Freed += n
+			res.Freed += int64(n)
 		}
 		return res, nil
 	}
@@ -332,7 +337,7 @@ func (r *Repo) letGoSweep(ctx context.Context, id string) error {
 }
 
 // deleteChunks deletes the chunks ids[at[i]], of sizes[i] bytes.
-func (r *Repo) deleteChunks(ctx context.Context, ids []ID, at []int32, sizes []int64, progress func(string, int64)) (int, int64, error) {
+func (r *Repo) deleteChunks(ctx context.Context, ids []ID, at []int32, sizes []int32, progress func(string, int64)) (int, int64, error) {
 	var (
 		mu    sync.Mutex
 		n     int
@@ -354,7 +359,7 @@ func (r *Repo) deleteChunks(ctx context.Context, ids []ID, at []int32, sizes []i
 				}
 				if err == nil {
 					n++
-					freed += sizes[i]
+					freed += int64(sizes[i])
 					if n%1000 == 0 {
 						progress("deleted", int64(n))
 					}
@@ -379,16 +384,25 @@ func (r *Repo) deleteChunks(ctx context.Context, ids []ID, at []int32, sizes []i
 
 func cmpID(a, b ID) int { return bytes.Compare(a[:], b[:]) }
 
-// idSet is a set of chunk ids kept as a sorted slice, 32 bytes an id; adds
-// are buffered and merged in when the buffer is as large as the set.
+// idKey is the first 16 bytes of a chunk id: what idSet keeps. Two chunks
+// whose ids share them (a chance of 2^-128 a pair) are both taken for
+// named, which only keeps a garbage chunk: never the other way round.
+type idKey [16]byte
+
+func cmpKey(a, b idKey) int { return bytes.Compare(a[:], b[:]) }
+
+// idSet is a set of chunk ids kept as a sorted slice of idKeys, 16 bytes
+// an id; adds are buffered and merged in, in place, when the buffer
+// reaches a quarter of the set: its memory is about 1.25 times the ids it
+// holds.
 type idSet struct {
-	ids []ID // sorted, distinct
-	buf []ID
+	ids []idKey // sorted, distinct
+	buf []idKey
 }
 
 func (s *idSet) add(id ID) {
-	s.buf = append(s.buf, id)
-	if len(s.buf) >= max(len(s.ids), 1<<16) {
+	s.buf = append(s.buf, idKey(id[:16]))
+	if len(s.buf) >= max(len(s.ids)/4, 1<<16) {
 		s.compact()
 	}
 }
@@ -397,28 +411,34 @@ func (s *idSet) compact() {
 	if len(s.buf) == 0 {
 		return
 	}
-	slices.SortFunc(s.buf, cmpID)
+	slices.SortFunc(s.buf, cmpKey)
 	s.buf = slices.Compact(s.buf)
-	merged := make([]ID, 0, len(s.ids)+len(s.buf))
-	i, j := 0, 0
-	for i < len(s.ids) || j < len(s.buf) {
-		switch {
-		case j == len(s.buf) || i < len(s.ids) && cmpID(s.ids[i], s.buf[j]) < 0:
-			merged = append(merged, s.ids[i])
-			i++
-		case i == len(s.ids) || cmpID(s.buf[j], s.ids[i]) < 0:
-			merged = append(merged, s.buf[j])
-			j++
-		default:
-			merged = append(merged, s.ids[i])
-			i, j = i+1, j+1
-		}
+	n, m := len(s.ids), len(s.buf)
+	if cap(s.ids) < n+m {
+		grown := make([]idKey, n, n+m+(n+m)/8)
+		copy(grown, s.ids)
+		s.ids = grown
 	}
-	s.ids, s.buf = merged, s.buf[:0]
+	s.ids = s.ids[:n+m]
+	// Merge from the back, so that nothing unread is overwritten; an id in
+	// both comes out twice, side by side, and Compact drops one.
+	i, j, k := n-1, m-1, n+m-1
+	for j >= 0 {
+		if i >= 0 && cmpKey(s.ids[i], s.buf[j]) > 0 {
+			s.ids[k] = s.ids[i]
+			i--
+		} else {
+			s.ids[k] = s.buf[j]
+			j--
+		}
+		k--
+	}
+	s.ids = slices.Compact(s.ids)
+	s.buf = s.buf[:0]
 }
 
 func (s *idSet) has(id ID) bool {
-	_, ok := slices.BinarySearchFunc(s.ids, id, cmpID)
+	_, ok := slices.BinarySearchFunc(s.ids, idKey(id[:16]), cmpKey)
 	return ok
 }
 

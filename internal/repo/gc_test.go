@@ -1,15 +1,22 @@
 package repo
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/drorch/drorch/drivers/source"
 	"github.com/drorch/drorch/drivers/store"
@@ -238,11 +245,13 @@ func TestScanRefs(t *testing.T) {
 	}
 }
 
-// TestGCMemory measures the peak heap of a garbage collection of a
-// repository of DRORCH_GC_CHUNKS chunks (default 1,000,000), half of them
-// named by 3 manifests, in a store that makes its listing up as it goes
-// (the store's memory is not the collector's). Run with
-// DRORCH_GC_MEMORY=1; it takes about a minute.
+// TestGCMemory measures the memory of garbage collection of a repository
+// of DRORCH_GC_CHUNKS chunks (default 1,000,000), half of them named by 3
+// manifests of one file each, in a store that makes up its chunk listing
+// and streams its manifests as it goes (it holds one bit a chunk), so that
+// the process's peak RSS is the collector's and the test binary's. Two
+// runs: the first marks the unnamed half, the second deletes it. Run with
+// DRORCH_GC_MEMORY=1; it takes about half a minute.
 func TestGCMemory(t *testing.T) {
 	if os.Getenv("DRORCH_GC_MEMORY") == "" {
 		t.Skip("set DRORCH_GC_MEMORY=1 to measure")
@@ -251,120 +260,151 @@ func TestGCMemory(t *testing.T) {
 	if s := os.Getenv("DRORCH_GC_CHUNKS"); s != "" {
 		fmt.Sscan(s, &n)
 	}
-	st := newSynthStore(n)
+	st := newSynthStore(n, 3)
 	r, err := New(st, "web", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Three manifests each naming the even chunks, in one file.
-	for i := range 3 {
-		m := pointManifest(r, NewPointID(time.Date(2026, 11, 1+i, 0, 0, 0, 0, time.UTC), "m"), 0)
-		var refs []Ref
-		for j := 0; j < n; j += 2 {
-			refs = append(refs, Ref{ID: st.id(j), Size: 1})
-		}
-		m.Entries = append(m.Entries, Entry{Path: "f", Type: source.TypeFile, Mode: 0o644, Size: int64(len(refs)), Chunks: refs})
-		m.ComputeTotals()
-		if err := r.PutManifest(context.Background(), m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-	// Two samplers: the heap in use as the program runs (garbage
-	// included, so it depends on GOGC and on the test's own data), and
-	// the live heap, sampled after a forced collection.
+	gcMargin(t, 0)
 	stop := make(chan struct{})
-	type peaks struct{ inUse, live uint64 }
-	peak := make(chan peaks)
-	go func() {
-		var p peaks
-		for i := 0; ; i++ {
-			var ms runtime.MemStats
-			if i%10 == 0 {
-				runtime.GC()
-				runtime.ReadMemStats(&ms)
-				p.live = max(p.live, ms.HeapInuse)
-			} else {
-				runtime.ReadMemStats(&ms)
-			}
-			p.inUse = max(p.inUse, ms.HeapInuse)
+	live := make(chan uint64)
+	go func() { // the live heap, sampled after forced collections
+		var p uint64
+		for {
 			select {
 			case <-stop:
-				peak <- p
+				live <- p
 				return
-			case <-time.After(20 * time.Millisecond):
+			case <-time.After(200 * time.Millisecond):
 			}
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			p = max(p, ms.HeapInuse)
 		}
 	}()
 	began := time.Now()
-	gcMargin(t, 0)
 	res1 := gc(t, r, GCOptions{})
 	res2 := gc(t, r, GCOptions{})
 	close(stop)
-	p := <-peak
-	base := before.HeapInuse
-	t.Logf("%d chunks: run 1 %+v; run 2 %+v", n, res1, res2)
-	t.Logf("the collector's peak live heap %.1f MiB, peak heap in use (garbage included) %.1f MiB, above %.1f MiB of the test's own store and manifests; %s",
-		float64(p.live-min(p.live, base))/(1<<20), float64(p.inUse-min(p.inUse, base))/(1<<20), float64(base)/(1<<20), time.Since(began).Round(time.Second))
-	if res2.Deleted != n/2 {
-		t.Fatalf("deleted %d, want %d", res2.Deleted, n/2)
+	peakLive := <-live
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
 	}
-	if got := p.live - min(p.live, base); got > 128<<20 {
-		t.Fatalf("the collector's peak live heap is %d MiB, more than 128 (half the 256 MiB target, for GOGC=100's garbage)", got>>20)
+	rss := uint64(ru.Maxrss) << 10 // KiB on Linux
+	t.Logf("%d chunks: run 1 %+v; run 2 %+v", n, res1, res2)
+	t.Logf("peak RSS of the test process %.1f MiB; peak live heap %.1f MiB; %s", float64(rss)/(1<<20), float64(peakLive)/(1<<20), time.Since(began).Round(time.Second))
+	if res1.Referenced != n/2 || res1.NewlyMarked != n-n/2 || res2.Deleted != n-n/2 {
+		t.Fatalf("run 1 named %d and marked %d, run 2 deleted %d; want %d, %d, %d", res1.Referenced, res1.NewlyMarked, res2.Deleted, n/2, n-n/2, n-n/2)
+	}
+	if rss > 256<<20 {
+		t.Fatalf("peak RSS %d MiB, more than 256", rss>>20)
 	}
 }
 
 // synthStore is a memStore whose chunks/ hold n tiny chunks it makes up
-// when listed, so that a test can collect a million chunks in seconds.
+// when listed (chunk i's id begins with i, big-endian, so they list in
+// order), and whose points/ hold manifests naming the even chunks, written
+// as they are read.
 type synthStore struct {
 	*memStore
-	byIndex []ID
-	sorted  []ID
-	deleted []bool // by position in sorted
+	n       int
+	points  []string
+	deleted []uint64 // one bit a chunk
 }
 
-func newSynthStore(n int) *synthStore {
-	s := &synthStore{memStore: newMemStore(), byIndex: make([]ID, n)}
-	for i := range s.byIndex {
-		s.byIndex[i] = Hash(fmt.Appendf(nil, "chunk %d", i))
+func newSynthStore(n, manifests int) *synthStore {
+	s := &synthStore{memStore: newMemStore(), n: n, deleted: make([]uint64, n/64+1)}
+	for i := range manifests {
+		s.points = append(s.points, NewPointID(time.Date(2026, 11, 1+i, 0, 0, 0, 0, time.UTC), "m"))
 	}
-	s.sorted = slices.Clone(s.byIndex)
-	slices.SortFunc(s.sorted, cmpID)
-	s.deleted = make([]bool, n)
 	return s
 }
 
-func (s *synthStore) id(i int) ID { return s.byIndex[i] }
+func synthID(i int) ID {
+	var id ID
+	binary.BigEndian.PutUint64(id[:8], uint64(i))
+	h := sha256.Sum256(id[:8])
+	copy(id[8:], h[:24])
+	return id
+}
 
 func (s *synthStore) List(ctx context.Context, prefix string, fn func(o store.Object) error) error {
-	if !strings.HasSuffix(prefix, "/"+chunksDir) {
-		return s.memStore.List(ctx, prefix, fn)
-	}
-	for i, id := range s.sorted {
-		if s.deleted[i] {
-			continue
+	switch {
+	case strings.HasSuffix(prefix, "/"+chunksDir):
+		for i := range s.n {
+			s.mu.Lock()
+			gone := s.deleted[i/64]&(1<<(i%64)) != 0
+			s.mu.Unlock()
+			if gone {
+				continue
+			}
+			if err := fn(store.Object{Key: prefix + ChunkKey(synthID(i))[len(chunksDir):], Size: 20}); err != nil {
+				return err
+			}
 		}
-		if err := fn(store.Object{Key: prefix + ChunkKey(id)[len(chunksDir):], Size: 20}); err != nil {
-			return err
+		return nil
+	case strings.HasSuffix(prefix, "/"+pointsDir):
+		for _, p := range s.points {
+			if err := fn(store.Object{Key: prefix + p + manifestExt, Size: 1}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return s.memStore.List(ctx, prefix, fn)
+}
+
+func (s *synthStore) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	for _, p := range s.points {
+		if strings.HasSuffix(key, "/"+manifestKey(p)) {
+			pr, pw := io.Pipe()
+			go func() { pw.CloseWithError(s.writeManifest(pw, p)) }()
+			return pr, nil
 		}
 	}
-	return nil
+	return s.memStore.Get(ctx, key)
+}
+
+// writeManifest streams, zstd-compressed, a manifest of point whose one
+// file is made of the even chunks.
+func (s *synthStore) writeManifest(w io.Writer, point string) error {
+	zw, err := zstd.NewWriter(w, zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	bw := bufio.NewWriterSize(io.MultiWriter(zw, h), 64<<10)
+	fmt.Fprintf(bw, `{"format":%q,"version":1,"plan":"web","point":%q,"site":"dc1","source":"dir","snapshot":"2026-11-01T00:00:00Z","epoch":0,"chunker":%q,"compression":"zstd","encryption":"none"}`+"\n", ManifestFormat, point, ChunkerSpec)
+	bw.WriteString(`{"path":".","type":"dir","mode":493,"uid":0,"gid":0,"mtime":"1970-01-01T00:00:00Z"}` + "\n")
+	fmt.Fprintf(bw, `{"path":"f","type":"file","mode":420,"uid":0,"gid":0,"size":%d,"mtime":"1970-01-01T00:00:00Z","chunks":[`, (s.n+1)/2)
+	for i := 0; i < s.n; i += 2 {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		fmt.Fprintf(bw, `{"id":"%s","size":1}`, synthID(i))
+	}
+	bw.WriteString("]}\n")
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(zw, `{"totals":{},"digest":"%s%x"}`+"\n", digestPrefix, h.Sum(nil)); err != nil {
+		return err
+	}
+	return zw.Close()
 }
 
 func (s *synthStore) Delete(ctx context.Context, key string) error {
-	if i := strings.Index(key, "/"+chunksDir); i >= 0 {
+	if strings.Contains(key, "/"+chunksDir) {
 		id, err := ParseID(key[strings.LastIndexByte(key, '/')+1:])
 		if err != nil {
 			return err
 		}
-		j, ok := slices.BinarySearchFunc(s.sorted, id, cmpID)
-		if ok {
-			s.mu.Lock()
-			s.deleted[j] = true
-			s.mu.Unlock()
-		}
+		i := int(binary.BigEndian.Uint64(id[:8]))
+		s.mu.Lock()
+		s.deleted[i/64] |= 1 << (i % 64)
+		s.mu.Unlock()
 		return nil
 	}
 	return s.memStore.Delete(ctx, key)
@@ -401,5 +441,32 @@ func TestPins(t *testing.T) {
 		if pins, err := r.Pins(ctx); err != nil || len(pins) != 0 {
 			t.Fatalf("after unpin: %+v, %v", pins, err)
 		}
+	}
+}
+
+func TestIDSet(t *testing.T) {
+	var s idSet
+	want := map[ID]bool{}
+	for i := range 300_000 {
+		id := synthID(i * 7919 % 100_003) // repeats, out of order
+		s.add(id)
+		want[id] = true
+	}
+	s.compact()
+	if len(s.ids) != len(want) || !slices.IsSortedFunc(s.ids, cmpKey) {
+		t.Fatalf("%d ids, sorted %v; want %d", len(s.ids), slices.IsSortedFunc(s.ids, cmpKey), len(want))
+	}
+	for i := 1; i < len(s.ids); i++ {
+		if s.ids[i] == s.ids[i-1] {
+			t.Fatal("duplicate")
+		}
+	}
+	for id := range want {
+		if !s.has(id) {
+			t.Fatal("missing id")
+		}
+	}
+	if s.has(synthID(100_004)) {
+		t.Fatal("has an id never added")
 	}
 }
