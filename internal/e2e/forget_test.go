@@ -18,6 +18,9 @@ import (
 // nothing; forget then forgets it; a second forget (the GC margin is zero
 // here) deletes its chunks and says how much it freed; every kept point
 // still restores to the tree it was taken of.
+//
+// Not parallel: it sets repo.GCMargin, which the in-process worker reads,
+// while the parallel tests wait.
 func TestForgetCLI(t *testing.T) {
 	old := repo.GCMargin
 	repo.GCMargin = 0 // only this test's worker collects garbage
