@@ -841,6 +841,7 @@ type PointInfo struct {
 	Point    string    `json:"point"`
 	Snapshot time.Time `json:"snapshot"`
 	Size     int64     `json:"manifestSize"`
+	Pinned   bool      `json:"pinned,omitempty"` // drorch points pin: retention keeps it
 }
 
 // ListPointsResult lists the restore points at a site, oldest first.
@@ -865,9 +866,14 @@ func (a *Activities) ListPoints(ctx context.Context, in ListPointsInput) (ListPo
 	if err != nil {
 		return ListPointsResult{}, temporalError(err)
 	}
+	pins, err := r.Pins(ctx)
+	if err != nil {
+		return ListPointsResult{}, temporalError(err)
+	}
 	res := ListPointsResult{Repository: r.Location(), Epoch: ep.Epoch, Points: []PointInfo{}}
 	for _, p := range pts {
-		res.Points = append(res.Points, PointInfo{Point: p.ID, Snapshot: p.Time, Size: p.Size})
+		_, pinned := pins[p.ID]
+		res.Points = append(res.Points, PointInfo{Point: p.ID, Snapshot: p.Time, Size: p.Size, Pinned: pinned})
 	}
 	return res, nil
 }

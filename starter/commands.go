@@ -148,9 +148,13 @@ func (c *cli) pointsCmd() *cobra.Command {
 					return
 				}
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "POINT\tSNAPSHOT\tAGE")
+				fmt.Fprintln(tw, "POINT\tSNAPSHOT\tAGE\t")
 				for _, p := range res.Points {
-					fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Point, p.Snapshot.Local().Format(time.DateTime), time.Since(p.Snapshot).Round(time.Second))
+					pin := ""
+					if p.Pinned {
+						pin = "pinned"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Point, p.Snapshot.Local().Format(time.DateTime), time.Since(p.Snapshot).Round(time.Second), pin)
 				}
 				tw.Flush()
 			})
@@ -159,5 +163,6 @@ func (c *cli) pointsCmd() *cobra.Command {
 	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
 	cmd.Flags().StringVar(&in.Site, "site", "", "site (default: the active site)")
 	cmd.Flags().BoolVar(&c.json, "json", false, "print the list as one JSON object")
+	cmd.AddCommand(c.pinCmd(false), c.pinCmd(true))
 	return cmd
 }

@@ -54,7 +54,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&c.logLevel, "log-level", "warn", "log level of the Temporal client: debug, info, warn, error")
 	pf.StringVar(&c.uiAddress, "ui", envOr("DRORCH_UI_ADDRESS", "http://127.0.0.1:8233"), "Temporal Web UI address, for links (env DRORCH_UI_ADDRESS)")
 	pf.StringVar(&c.taskQueue, "task-queue", workflows.TaskQueue, "task queue the workers serve")
-	root.AddCommand(c.backupCmd(), c.transmitCmd(), c.restoreCmd(), c.pointsCmd(), c.failoverCmd(), c.failbackCmd(), c.completeCmd(), c.permanentFailoverCmd(), c.approveCmd(), c.cancelCmd(), c.statusCmd(), c.reportCmd(), c.drillCmd(), c.checkCmd(), c.scheduleCmd())
+	root.AddCommand(c.backupCmd(), c.transmitCmd(), c.restoreCmd(), c.pointsCmd(), c.failoverCmd(), c.failbackCmd(), c.completeCmd(), c.permanentFailoverCmd(), c.approveCmd(), c.cancelCmd(), c.statusCmd(), c.reportCmd(), c.drillCmd(), c.checkCmd(), c.scheduleCmd(), c.forgetCmd())
 	return root
 }
 

@@ -40,8 +40,11 @@ type Retention struct {
 }
 
 // DefaultRetention is a plan's Retention when the file sets none: 14 daily
-// restore points.
-var DefaultRetention = Retention{KeepDaily: 14}
+// restore points before today's. keepDaily counts the current day, as in
+// restic (repo.ApplyRetention), so with one backup a day, after day N's
+// backup it keeps the points of days N and N-1 ... N-14 and forgets older
+// ones: 15.
+var DefaultRetention = Retention{KeepDaily: 15}
 
 // RetentionPolicy is the plan's retention, the default if the file has none.
 func (p *Plan) RetentionPolicy() Retention {

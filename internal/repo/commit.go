@@ -104,6 +104,9 @@ func (r *Repo) reserve(ctx context.Context, point string, epoch uint64) (began t
 		if e.Epoch > epoch {
 			return r.superseded(point, *e, nil)
 		}
+		if err := r.sweeping(*e, time.Now()); err != nil {
+			return err
+		}
 		e.Pending = append(e.Pending, PendingPoint{Point: point, Epoch: epoch, Since: time.Now().UTC()})
 		return nil
 	})

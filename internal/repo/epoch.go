@@ -67,6 +67,9 @@ type Epoch struct {
 	// Abandoned are the points whose commit a raise of the epoch overtook
 	// (or that stayed pending too long): never valid, whatever is stored.
 	Abandoned []AbandonedPoint `json:"abandoned,omitempty"`
+	// Sweep is set while garbage collection deletes chunks here: no
+	// commit may begin meanwhile (docs/format.md, "Garbage collection").
+	Sweep *SweepLease `json:"sweep,omitempty"`
 
 	// Version is the ETag of the epoch.json this was read from, "" when
 	// there was none: the version PutEpoch expects to replace. Not stored.

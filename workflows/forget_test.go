@@ -1,0 +1,142 @@
+package workflows
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/drorch/drorch/activities"
+	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/repo"
+)
+
+// fakeSite is the restore points of one site, as the mocked activities
+// see them.
+type fakeSite struct {
+	mu     sync.Mutex
+	points []repo.RetentionPoint
+}
+
+// takePoint is the daily cycle's stand-in for a backup.
+func (s *fakeSite) takePoint(_ context.Context, at time.Time) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := repo.NewPointID(at, fmt.Sprintf("d%d", len(s.points)))
+	s.points = append(s.points, repo.RetentionPoint{ID: id, Time: at})
+	return id, nil
+}
+
+// dailyCycle takes a point at 02:00 each day for days days, each followed
+// by a Forget, as a protect schedule would.
+func dailyCycle(ctx workflow.Context, days int) ([]ForgetResult, error) {
+	var out []ForgetResult
+	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Minute})
+	for d := 0; d < days; d++ {
+		now := workflow.Now(ctx)
+		next := time.Date(now.Year(), now.Month(), now.Day()+1, 2, 0, 0, 0, time.UTC)
+		if err := workflow.Sleep(ctx, next.Sub(now)); err != nil {
+			return out, err
+		}
+		if err := workflow.ExecuteActivity(actx, "takePoint", workflow.Now(ctx)).Get(ctx, nil); err != nil {
+			return out, err
+		}
+		var res ForgetResult
+		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{WorkflowID: fmt.Sprintf("forget-%d", d)})
+		if err := workflow.ExecuteChildWorkflow(cctx, Forget, ForgetInput{Plan: "files", Site: "secondary"}).Get(ctx, &res); err != nil {
+			return out, err
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+// TestForgetTwentyDays: 20 simulated days of daily backups, each followed
+// by Forget with the default policy, leave today's point and the 14 days
+// before it.
+func TestForgetTwentyDays(t *testing.T) {
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	site := &fakeSite{}
+	env.RegisterActivityWithOptions(site.takePoint, activity.RegisterOptions{Name: "takePoint"})
+	env.RegisterActivity(&activities.Activities{})
+	grantClaims(env)
+	t.Cleanup(func() { env.AssertExpectations(t) })
+	env.SetStartTime(time.Date(2026, 11, 1, 3, 0, 0, 0, time.UTC))
+	env.RegisterWorkflow(Forget)
+	var a *activities.Activities
+	env.OnActivity(a.Describe, mock.Anything, mock.Anything).Return(plan, nil)
+	env.OnActivity(a.QueryLockClaims, mock.Anything, mock.Anything).Return([]activities.LockClaim{}, nil)
+	env.OnActivity(a.ApplyRetention, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ApplyRetentionInput) (activities.ApplyRetentionResult, error) {
+		site.mu.Lock()
+		defer site.mu.Unlock()
+		ds := repo.ApplyRetention(site.points, config.DefaultRetention, env.Now(), time.UTC, nil, nil)
+		res := activities.ApplyRetentionResult{Decisions: ds, Forgotten: []string{}}
+		var kept []repo.RetentionPoint
+		for i, d := range ds {
+			if d.Keep {
+				kept = append(kept, site.points[i])
+			} else {
+				res.Forgotten = append(res.Forgotten, d.Point)
+			}
+		}
+		site.points = kept
+		return res, nil
+	})
+	env.OnActivity(a.CollectGarbage, mock.Anything, mock.Anything).Return(repo.GCResult{}, nil)
+
+	env.ExecuteWorkflow(dailyCycle, 20)
+	require.NoError(t, env.GetWorkflowError())
+	var results []ForgetResult
+	require.NoError(t, env.GetWorkflowResult(&results))
+	require.Len(t, results, 20)
+	var days []int
+	for _, p := range site.points {
+		days = append(days, p.Time.Day())
+	}
+	slices.Sort(days)
+	// Day 20 is Nov 21 (the first point is taken on Nov 2): kept are Nov 7 … 21.
+	var want []int
+	for d := 7; d <= 21; d++ {
+		want = append(want, d)
+	}
+	require.Equal(t, want, days, "the points left after 20 days")
+	last := results[19]
+	require.Len(t, last.Kept, 15)
+	require.Len(t, last.Forgotten, 1, "each day forgets the point that fell out of the 15 days")
+	require.Empty(t, results[13].Forgotten, "nothing is forgotten before there are more than 15 points")
+	require.Len(t, results[14].Forgotten, 0)
+	require.Len(t, results[15].Forgotten, 1)
+}
+
+func TestForgetKeepsEverythingWhileATargetIsInUse(t *testing.T) {
+	env := newEnv(t)
+	var a *activities.Activities
+	env.OnActivity(a.Describe, mock.Anything, mock.Anything).Return(plan, nil)
+	env.OnActivity(a.QueryLockClaims, mock.Anything, mock.Anything).Return([]activities.LockClaim{
+		{Resource: ResTarget("primary", "/restore/here"), Holder: "drorch/files/restore-x", What: "restore into /restore/here"},
+		{Resource: ResTarget("secondary", ""), Holder: "other-site", What: "restore at the other site"},
+	}, nil)
+	env.OnActivity(a.ApplyRetention, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ApplyRetentionInput) (activities.ApplyRetentionResult, error) {
+		require.Contains(t, in.KeepAll, "restore into /restore/here")
+		require.NotContains(t, in.KeepAll, "other site")
+		return activities.ApplyRetentionResult{Forgotten: []string{}}, nil
+	}).Once()
+	env.OnActivity(a.CollectGarbage, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CollectGarbageInput) (repo.GCResult, error) {
+		require.NotEmpty(t, in.NoSweep, "a run while a point may be read must not delete")
+		return repo.GCResult{NoSweep: in.NoSweep}, nil
+	}).Once()
+	env.ExecuteWorkflow(Forget, ForgetInput{Plan: "files", Site: "primary"})
+	require.NoError(t, env.GetWorkflowError())
+	var res ForgetResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	require.Contains(t, res.InUse, "restore into")
+}
