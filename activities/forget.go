@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/api/serviceerror"
 
 	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/metrics"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -156,6 +157,9 @@ func (a *Activities) CollectGarbage(ctx context.Context, in CollectGarbageInput)
 	})
 	if err != nil {
 		return res, temporalError(err)
+	}
+	if !in.DryRun && res.NoSweep == "" {
+		metrics.GCSucceeded(in.Plan, in.Site, time.Now())
 	}
 	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Bool("dryRun", in.DryRun).Int("marked", res.Marked).
 		Int("deleted", res.Deleted).Int64("freed", res.Freed).Str("noSweep", res.NoSweep).Msg("garbage collected")

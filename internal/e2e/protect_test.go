@@ -40,7 +40,7 @@ func TestProtectKeepsAWarmStandby(t *testing.T) {
 	genTree(t, s.source("primary"), treeSpec{seed: 8, dataBytes: 2 << 20, files: 8})
 
 	var first workflows.ProtectResult
-	run := s.start(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan, SkipRetention: true})
+	run := s.start(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan})
 	if err := s.wait(run, &first); err != nil {
 		t.Fatalf("first cycle: %v", err)
 	}
@@ -65,7 +65,7 @@ func TestProtectKeepsAWarmStandby(t *testing.T) {
 		t.Fatal(err)
 	}
 	var second workflows.ProtectResult
-	if err := s.run(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan, SkipRetention: true}, &second); err != nil {
+	if err := s.run(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan}, &second); err != nil {
 		t.Fatalf("second cycle: %v", err)
 	}
 	if second.Point == first.Point || !second.Sites[1].Refreshed || second.Sites[1].RefreshTook.D() <= 0 {
@@ -83,7 +83,7 @@ func TestProtectKeepsAWarmStandby(t *testing.T) {
 
 	// The roles are reversed: the next cycle protects from the secondary.
 	var third workflows.ProtectResult
-	if err := s.run(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan, SkipRetention: true}, &third); err != nil {
+	if err := s.run(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan}, &third); err != nil {
 		t.Fatalf("cycle after the failover: %v", err)
 	}
 	if third.Active != "secondary" || third.Sites[1].Site != "primary" || third.Sites[1].Point != third.Point {
@@ -105,7 +105,7 @@ func TestProtectBreachIsSearchable(t *testing.T) {
 	})
 	s.startWorker()
 	genTree(t, s.source("primary"), treeSpec{seed: 9, dataBytes: 1 << 20, files: 3})
-	run := s.start(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan, SkipRetention: true})
+	run := s.start(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan})
 	if err := s.wait(run, nil); err == nil {
 		t.Fatal("a cycle whose standby refuses drorch succeeded")
 	}

@@ -94,12 +94,12 @@ func TestScheduleApply(t *testing.T) {
 	if v, qerr := s.cl.QueryWorkflow(context.Background(), runID, "", workflows.QueryProtect); qerr == nil {
 		_ = v.Get(&res)
 	}
-	if res.Point == "" || len(res.Sites) != 2 || res.Sites[1].Point != res.Point {
+	if err != nil || res.Point == "" || len(res.Sites) != 2 || res.Sites[1].Point != res.Point {
 		t.Fatalf("triggered cycle: %+v (%v)", res, err)
 	}
-	for _, f := range res.Failures {
-		if !strings.Contains(f, "retention") {
-			t.Errorf("triggered cycle failed: %v", err)
+	for _, site := range res.Sites {
+		if site.Retention != "done" || site.Kept < 1 {
+			t.Errorf("triggered cycle: retention at %s: %+v", site.Site, site)
 		}
 	}
 	out := cli(name, "list")

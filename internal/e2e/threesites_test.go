@@ -121,7 +121,7 @@ func TestThreeSitesFailoverToTheRemoteSite(t *testing.T) {
 
 	// One protection cycle reaches both secondaries.
 	var cycle workflows.ProtectResult
-	if err := ts.run(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan, SkipRetention: true}, &cycle); err != nil {
+	if err := ts.run(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan}, &cycle); err != nil {
 		t.Fatalf("protect: %v\n%s", err, ts.logs.Tail(4000))
 	}
 	if cycle.Active != "primary" || cycle.Point == "" || len(cycle.Sites) != 3 {
