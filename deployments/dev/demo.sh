@@ -251,15 +251,22 @@ drorch status --plan "$PLAN"
 
 say "The protection cycle by itself: a Temporal Schedule runs Protect every minute"
 drorch schedule apply --plan "$PLAN"
+schedule_field() { # the plan's schedule's field $1, as `drorch schedule list --json` gives it
+	"${DRORCH[@]}" schedule list --json | python3 -c 'import json,sys; print(str(next((s.get(sys.argv[1],"") for s in json.load(sys.stdin) if s["plan"]==sys.argv[2]), "")).lower())' "$1" "$PLAN"
+}
+actions=$(schedule_field actions)
 drorch schedule unpause --plan "$PLAN" --note "running for the demo"
 note "waiting for the schedule to start a cycle by itself (backup → transmit → retention → warm standby refresh)"
-for _ in $(seq 1 75); do
-	last=$("${DRORCH[@]}" schedule list --json | python3 -c 'import json,sys; print(next((s.get("lastResult","") for s in json.load(sys.stdin) if s["plan"]=="'"$PLAN"'"), ""))')
-	[ -n "$last" ] && [ "$last" != RUNNING ] && break
+last=""
+for _ in $(seq 1 90); do
+	if [ "$(schedule_field actions)" != "$actions" ]; then
+		last=$(schedule_field lastResult)
+		[ -n "$last" ] && [ "$last" != running ] && break
+	fi
 	sleep 2
 done
 drorch schedule list
-[ "$last" = COMPLETED ] || note "the last cycle ended $last: see it in the Web UI (DrorchOperation = \"protect\")"
+[ "$last" = completed ] || note "the last cycle ended $last: see it in the Web UI (DrorchOperation = \"protect\")"
 drorch status --plan "$PLAN"
 note "temporal schedule list / temporal schedule describe --schedule-id drorch/$PLAN/protect show it too"
 drorch schedule pause --plan "$PLAN" --note "paused at the end of the demo: drorch schedule unpause --plan $PLAN keeps it running"

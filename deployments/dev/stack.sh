@@ -258,7 +258,7 @@ up() {
 	done
 	# The worker is restarted on every `up` so it runs the binary just built.
 	stop worker
-	start worker "$ROOT/bin/drorch-worker" --config "$CONFIG" --site primary --site secondary
+	start worker "$ROOT/bin/drorch-worker" --config "$CONFIG" --site primary --site secondary --metrics-listen 127.0.0.1:9464
 	sleep 1
 	running worker || { echo "the worker exited; see $DEV/logs/worker.log:" >&2; tail -n 20 "$DEV/logs/worker.log" >&2; exit 1; }
 	status
