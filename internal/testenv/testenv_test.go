@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"strings"
 	"testing"
 	"time"
 
@@ -104,7 +103,7 @@ func TestTemporalSearchAttributes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, typ := range SearchAttributes {
-		if got := resp.GetCustomAttributes()[name]; got.String() != "INDEXED_VALUE_TYPE_"+strings.ToUpper(typ) {
+		if got := resp.GetCustomAttributes()[name]; got.String() != typ {
 			t.Errorf("search attribute %s: got %v, want %s", name, got, typ)
 		}
 	}
