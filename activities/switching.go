@@ -187,6 +187,10 @@ type SiteState struct {
 	// StandbyTook is how long the restore of Standby took, when a warm
 	// refresh recorded it: the time a failover saves by not restoring.
 	StandbyTook time.Duration `json:"standbyTook,omitempty"`
+	// StandbyKnown: the standby state is recorded. Known with Standby ""
+	// means the target has taken writes as the active site since it last
+	// held a restored point; not known, that nothing ever restored into it.
+	StandbyKnown bool `json:"standbyKnown,omitempty"`
 }
 
 // siteStateProbe bounds GetSiteState's first read of a site's store.
@@ -225,7 +229,7 @@ func (a *Activities) GetSiteState(ctx context.Context, in SiteStateInput) (SiteS
 	}
 	var sb standbyState
 	if err := r.GetStaging(ctx, "standby", "state", &sb); err == nil {
-		st.Standby, st.StandbyTook = sb.Point, sb.Took
+		st.Standby, st.StandbyTook, st.StandbyKnown = sb.Point, sb.Took, true
 	} else if !drivers.IsNotFound(err) {
 		return st, temporalError(err)
 	}

@@ -21,9 +21,13 @@ func (d Duration) String() string { return roundDuration(time.Duration(d)).Strin
 // Seconds is d in seconds.
 func (d Duration) Seconds() float64 { return time.Duration(d).Seconds() }
 
-// MarshalJSON writes d as a string such as "2.6s", rounded to a precision
-// that suits its size (milliseconds under a minute, seconds above).
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+// MarshalJSON writes d as a string such as "2.6s", to the millisecond, so
+// that a duration carried in a workflow's input (a failback's lag across
+// continue-as-new) keeps what a threshold compares against. String, for
+// people, rounds more.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).Round(time.Millisecond).String())
+}
 
 // UnmarshalJSON reads a duration string or a number of nanoseconds.
 func (d *Duration) UnmarshalJSON(b []byte) error {

@@ -343,6 +343,7 @@ func (f *failback) complete() error {
 		return err
 	}
 	rep.RTO = Duration(workflow.Now(ctx).Sub(fenceAt))
+	markSynced(ctx, f.switchRun, f.from, rep.Point)
 	// Forward replication resumes: the first restore point of the new
 	// epoch at the primary, held at the secondary too. Failing here does not
 	// undo the switch; the next scheduled backup and transmit catch up.

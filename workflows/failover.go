@@ -182,13 +182,14 @@ func (f *failover) run() error {
 
 	// Planned: a final backup and transmit after fencing lose nothing.
 	point := f.in.Point
+	synced := "" // the final sync's point: what the old site's target holds
 	if f.in.Mode == ModePlanned && point == "" {
 		if err := f.t.step(ctx, "final sync", func() error {
 			var b BackupResult
 			if err := f.child(OpBackup, Backup, BackupInput{Plan: f.in.Plan, Site: f.from}, &b); err != nil {
 				return err
 			}
-			point = b.Point
+			point, synced = b.Point, b.Point
 			return f.child(OpTransmit, Transmit, TransmitInput{Plan: f.in.Plan, From: f.from, To: f.to, Point: b.Point}, nil)
 		}); err != nil {
 			return err
@@ -248,7 +249,26 @@ func (f *failover) run() error {
 		return err
 	}
 	rep.RTO = Duration(workflow.Now(ctx).Sub(rep.Started))
+	markSynced(ctx, f.switchRun, f.from, synced)
 	return nil
+}
+
+// changeStandbyAfterSync (workflow.GetVersion): a switch whose final sync
+// took the old active site's whole data (a planned failover, a completed
+// failback) records that site's target as a standby holding the synced
+// point, so that the protection cycle refreshes it again (refreshOK).
+const changeStandbyAfterSync = "standby-after-sync"
+
+// markSynced records that site's target holds point, the final sync's,
+// once the switch has completed; nothing when there was no final sync.
+func markSynced(ctx workflow.Context, s *switchRun, site, point string) {
+	if point == "" || workflow.GetVersion(ctx, changeStandbyAfterSync, workflow.DefaultVersion, 1) < 1 {
+		return
+	}
+	if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, site)), act.MarkStandby,
+		activities.MarkStandbyInput{Plan: s.info.Plan, Site: site, Point: point}).Get(ctx, nil); err != nil {
+		workflow.GetLogger(ctx).Warn("standby state of the old active site not recorded: the protection cycle will not refresh it", "site", site, "error", err)
+	}
 }
 
 // fenceCtx bounds fencing: planned, the old site must answer; unplanned, a

@@ -71,6 +71,9 @@ type ProtectSite struct {
 	// Refreshed: the warm standby target now holds Point (RefreshTook).
 	Refreshed   bool     `json:"refreshed,omitempty"`
 	RefreshTook Duration `json:"refreshTook,omitempty"`
+	// RefreshSkipped says why the warm standby here was not refreshed
+	// (its target holds writes of its own that a failback recovers).
+	RefreshSkipped string `json:"refreshSkipped,omitempty"`
 	// Newest is the newest valid point here at the end of the cycle, and
 	// RPO its age then (standby sites only).
 	Newest string   `json:"newest,omitempty"`
@@ -126,7 +129,7 @@ func Protect(ctx workflow.Context, in ProtectInput) (res ProtectResult, err erro
 		}
 		return res, activeUnknown(in.Plan, view, "the protection cycle wrote nothing; it runs again at the next schedule once the sites answer")
 	}
-	p := &protect{ctx: ctx, t: t, in: in, info: info, res: &res, active: view.info.Active}
+	p := &protect{ctx: ctx, t: t, in: in, info: info, res: &res, active: view.info.Active, roles: view.info}
 	res.Active, res.Epoch = p.active, view.info.Epoch
 	if err := upsert(ctx, t, p.active); err != nil {
 		return res, err
@@ -176,6 +179,8 @@ type protect struct {
 	info   activities.PlanInfo
 	res    *ProtectResult
 	active string
+	// roles are the plan's roles as the sites record them.
+	roles activities.PlanInfo
 	// standbys are the plan's sites other than the active one, in order.
 	standbys []string
 }
@@ -287,18 +292,21 @@ func (p *protect) run() error {
 
 // refresh restores point into the plan's own target at each warm standby
 // site, writing only what changed, under the target's claim (the Restore
-// child takes it), and records how long it took: the time a failover to
-// the site saves.
+// child takes it, checks the site again under it (refreshOK) and records
+// how long it took: the time a failover to the site saves). A site whose
+// target holds data of its own (it was active since its last restore, or
+// it is the primary never restored into) is left as it is: a failback
+// recovers it; the result says so and the cycle does not fail for it.
 func (p *protect) refresh(sites []string, point string) {
 	ctx := p.ctx
 	futures := map[string]workflow.ChildWorkflowFuture{}
 	for _, s := range sites {
-		// A standby that takes writes is not one to restore over.
-		if err := refuseWritable(ctx, p.info, s, false); err != nil {
-			p.fail(s, "warm standby refresh", err)
+		if why := refreshRefusal(p.roles, s, siteStateOf(ctx, p.info, s)); why != "" {
+			p.site(s).RefreshSkipped = why
+			workflow.GetLogger(ctx).Info("warm standby refresh skipped", "plan", p.info.Plan, "site", s, "why", why)
 			continue
 		}
-		futures[s] = p.child("refresh-"+s, Restore, RestoreInput{Plan: p.info.Plan, Site: s, Point: point})
+		futures[s] = p.child("refresh-"+s, Restore, RestoreInput{Plan: p.info.Plan, Site: s, Point: point, Refresh: true})
 	}
 	for _, s := range sites {
 		f, ok := futures[s]
@@ -312,10 +320,6 @@ func (p *protect) refresh(sites []string, point string) {
 		}
 		site := p.site(s)
 		site.Refreshed, site.RefreshTook = true, r.Duration
-		if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, s)), act.MarkStandby,
-			activities.MarkStandbyInput{Plan: p.info.Plan, Site: s, Point: r.Point, Took: r.Duration.D()}).Get(ctx, nil); err != nil {
-			workflow.GetLogger(ctx).Warn("refresh time not recorded", "site", s, "error", err)
-		}
 	}
 }
 

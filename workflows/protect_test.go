@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/drorch/drorch/activities"
 	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/repo"
 )
 
 // protectEnv is a test environment whose Protect children are mocks.
@@ -60,12 +62,9 @@ func TestProtectRunsTheCycleAndMeasuresTheRPO(t *testing.T) {
 			now := time.Date(2026, 1, 10, 3, 0, 0, 0, time.UTC)
 			info.Window, info.TimeZone = "01:00-05:00", "Europe/Berlin"
 			env := protectEnv(t, info, now, tc.age)
-			var a *activities.Activities
 			env.OnWorkflow(Backup, mock.Anything, BackupInput{Plan: "files", Site: "primary"}).Return(BackupResult{Point: "p2", BytesRead: 100, BytesNew: 10}, nil).Once()
 			env.OnWorkflow(Transmit, mock.Anything, TransmitInput{Plan: "files", From: "primary", To: "secondary", Point: "p2"}).Return(TransmitResult{Point: "p2", BytesCopied: 10}, nil).Once()
-			env.OnActivity(a.AccessStatus, mock.Anything, mock.Anything).Return([]activities.ResourceState{}, nil).Once()
-			env.OnWorkflow(Restore, mock.Anything, RestoreInput{Plan: "files", Site: "secondary", Point: "p2"}).Return(RestoreResult{Point: "p2", Duration: Duration(3 * time.Second)}, nil).Once()
-			env.OnActivity(a.MarkStandby, mock.Anything, activities.MarkStandbyInput{Plan: "files", Site: "secondary", Point: "p2", Took: 3 * time.Second}).Return(nil).Once()
+			env.OnWorkflow(Restore, mock.Anything, RestoreInput{Plan: "files", Site: "secondary", Point: "p2", Refresh: true}).Return(RestoreResult{Point: "p2", Duration: Duration(3 * time.Second)}, nil).Once()
 			env.ExecuteWorkflow(Protect, ProtectInput{Plan: "files", SkipRetention: true})
 			require.NoError(t, env.GetWorkflowError())
 			var res ProtectResult
@@ -83,4 +82,65 @@ func TestProtectRunsTheCycleAndMeasuresTheRPO(t *testing.T) {
 			require.Equal(t, int64(10), res.BytesCopied)
 		})
 	}
+}
+
+// A warm refresh never writes over a target that holds data of its own.
+func TestRefreshRefusal(t *testing.T) {
+	roles := activities.PlanInfo{Primary: "primary", Secondary: "secondary", Active: "primary"}
+	afterFailover := activities.PlanInfo{Primary: "primary", Secondary: "secondary", Active: "secondary"}
+	for _, c := range []struct {
+		name   string
+		roles  activities.PlanInfo
+		site   string
+		st     *activities.SiteState
+		refuse string
+	}{
+		{"fresh secondary", roles, "secondary", &activities.SiteState{}, ""},
+		{"refreshed secondary", roles, "secondary", &activities.SiteState{StandbyKnown: true, Standby: "p1"}, ""},
+		{"secondary that took writes", roles, "secondary", &activities.SiteState{StandbyKnown: true}, "has taken writes"},
+		{"primary after a failover", afterFailover, "primary", &activities.SiteState{}, "is the plan's primary"},
+		{"primary synced by a switchover", afterFailover, "primary", &activities.SiteState{StandbyKnown: true, Standby: "p9"}, ""},
+		{"the active site", afterFailover, "secondary", &activities.SiteState{StandbyKnown: true, Standby: "p1"}, "is the plan's active site"},
+		{"unreadable", roles, "secondary", nil, "cannot be read"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := refreshRefusal(c.roles, c.site, c.st)
+			if c.refuse == "" && got != "" || c.refuse != "" && !strings.Contains(got, c.refuse) {
+				t.Errorf("refreshRefusal = %q, want %q", got, c.refuse)
+			}
+		})
+	}
+}
+
+// After an unplanned failover the old primary is a standby whose target
+// holds its own writes: the cycle protects from the new active site and
+// leaves the old primary's data alone, without failing.
+func TestProtectDoesNotRefreshTheOldPrimary(t *testing.T) {
+	info := plan
+	info.Standby = "warm"
+	now := time.Date(2026, 1, 10, 3, 0, 0, 0, time.UTC)
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterActivity(&activities.Activities{})
+	grantClaims(env)
+	t.Cleanup(func() { env.AssertExpectations(t) })
+	env.SetStartTime(now)
+	var a *activities.Activities
+	env.OnActivity(a.Describe, mock.Anything, activities.DescribeInput{Plan: "files"}).Return(info, nil).Once()
+	env.OnActivity(a.GetSiteState, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SiteStateInput) (activities.SiteState, error) {
+		return activities.SiteState{Site: in.Site, Latest: "p2", LatestTime: now, Epoch: repo.Epoch{Epoch: 2, Site: "secondary", Active: "secondary"}}, nil
+	}).Maybe()
+	env.OnWorkflow(Backup, mock.Anything, BackupInput{Plan: "files", Site: "secondary"}).Return(BackupResult{Point: "p2"}, nil).Once()
+	env.OnWorkflow(Transmit, mock.Anything, TransmitInput{Plan: "files", From: "secondary", To: "primary", Point: "p2"}).Return(TransmitResult{Point: "p2"}, nil).Once()
+	env.ExecuteWorkflow(Protect, ProtectInput{Plan: "files", SkipRetention: true})
+	require.NoError(t, env.GetWorkflowError())
+	var res ProtectResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	require.Equal(t, "secondary", res.Active)
+	require.Len(t, res.Sites, 2)
+	old := res.Sites[1]
+	require.Equal(t, "primary", old.Site)
+	require.False(t, old.Refreshed)
+	require.Contains(t, old.RefreshSkipped, "is the plan's primary")
+	require.Empty(t, res.Failures)
 }

@@ -63,9 +63,16 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 		if err := claim(target, ""); err != nil {
 			return res, err
 		}
-		// A switch's own restores go into a target it has fenced.
-		if !in.Force && workflow.GetInfo(ctx).ParentWorkflowExecution == nil {
-			if err := t.step(ctx, "check target", func() error { return refuseWritable(ctx, info, site, in.Site != "") }); err != nil {
+		// A switch's own restores go into a target it has fenced; the
+		// protection cycle's refresh is checked like a restore by hand, and
+		// more (refreshOK), under the target's claim taken above.
+		if !in.Force && (workflow.GetInfo(ctx).ParentWorkflowExecution == nil || in.Refresh) {
+			if err := t.step(ctx, "check target", func() error {
+				if in.Refresh {
+					return refreshOK(ctx, info, site)
+				}
+				return refuseWritable(ctx, info, site, in.Site != "")
+			}); err != nil {
 				return res, err
 			}
 		}
@@ -104,8 +111,14 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	if in.To == "" {
 		// The site's own target now holds this point: a failover to the
 		// site need not restore it again.
-		if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, site)), a.MarkStandby,
-			activities.MarkStandbyInput{Plan: in.Plan, Site: site, Point: prep.Point}).Get(ctx, nil); err != nil {
+		// Recorded while the target's claim is held, so that no switch
+		// opens the site in between. A refresh records what it took: the
+		// time a failover to the site saves.
+		mark := activities.MarkStandbyInput{Plan: in.Plan, Site: site, Point: prep.Point}
+		if in.Refresh {
+			mark.Took = workflow.Now(ctx).Sub(started)
+		}
+		if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, site)), a.MarkStandby, mark).Get(ctx, nil); err != nil {
 			workflow.GetLogger(ctx).Warn("standby state not recorded", "error", err)
 		}
 	}
@@ -139,6 +152,51 @@ func refuseWritable(ctx workflow.Context, info activities.PlanInfo, site string,
 		}
 	}
 	return nil
+}
+
+// refreshOK refuses a warm-standby refresh of site's own target unless the
+// site is a standby that holds nothing of its own: not the active site, not
+// read-write, and not a site whose target has taken writes since it last
+// held a restored point (its standby state cleared when a switch opened
+// it), nor the plan's primary when nothing was ever restored into it. Such
+// a site's data is recovered by a failback, which keeps it; a refresh would
+// replace it with the active site's.
+func refreshOK(ctx workflow.Context, info activities.PlanInfo, site string) error {
+	v := readView(ctx, info)
+	if v.unknown != "" {
+		return temporal.NewNonRetryableApplicationError("warm standby refresh of "+site+" refused: the active site is not known: "+v.unknown, "ActiveUnknown", nil)
+	}
+	if why := refreshRefusal(v.info, site, siteStateOf(ctx, info, site)); why != "" {
+		return temporal.NewNonRetryableApplicationError("warm standby refresh of "+site+" refused: "+why, "StandbyHoldsWrites", nil)
+	}
+	return refuseWritable(ctx, info, site, false)
+}
+
+// siteStateOf reads site's state; nil when it does not answer.
+func siteStateOf(ctx workflow.Context, info activities.PlanInfo, site string) *activities.SiteState {
+	var st activities.SiteState
+	if err := workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, site)), act.GetSiteState, activities.SiteStateInput{Plan: info.Plan, Site: site}).Get(ctx, &st); err != nil {
+		return nil
+	}
+	return &st
+}
+
+// refreshRefusal says why a warm refresh must not write into site's target,
+// given the plan's roles as the sites record them (roles) and the site's
+// state; "" when it may.
+func refreshRefusal(roles activities.PlanInfo, site string, st *activities.SiteState) string {
+	switch {
+	case st == nil:
+		return "its state cannot be read"
+	case roles.Active == site:
+		return site + " is the plan's active site"
+	case st.StandbyKnown && st.Standby == "":
+		return site + " has taken writes as the active site since it last held a restored point; they would be lost. " +
+			"A failback (drorch failback) recovers them, or a switchover records what the site holds; the refresh resumes after that"
+	case !st.StandbyKnown && site == roles.Primary:
+		return site + " is the plan's primary and holds its own data, never restored from a point; a failback recovers it"
+	}
+	return ""
 }
 
 // Points lists the restore points of a plan at a site. It runs as a workflow

@@ -78,6 +78,9 @@ type RestoreInput struct {
 	// Force overwrites the plan's own data at a site that takes writes: the
 	// plan's active site, or one whose access resources are read-write.
 	Force bool `json:"force,omitempty"`
+	// Refresh marks the warm-standby refresh of the protection cycle: the
+	// target must be a standby that holds no writes of its own (refreshOK).
+	Refresh bool `json:"refresh,omitempty"`
 }
 
 // RestoreResult describes a restore.
