@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,13 +82,25 @@ func TestProtectKeepsAWarmStandby(t *testing.T) {
 	}
 	requireSameTree(t, s.source("primary"), s.source("secondary"))
 
-	// The roles are reversed: the next cycle protects from the secondary.
+	// The roles are reversed: the next cycle protects from the secondary,
+	// and leaves the old primary's own data alone: it wrote a file after
+	// the last point, which a failback recovers and a refresh would erase.
+	lost := filepath.Join(s.source("primary"), "written-after-the-last-point")
+	if err := os.WriteFile(lost, []byte("an order the failover did not carry"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	var third workflows.ProtectResult
 	if err := s.run(workflows.OpProtect, workflows.Protect, workflows.ProtectInput{Plan: plan}, &third); err != nil {
 		t.Fatalf("cycle after the failover: %v", err)
 	}
 	if third.Active != "secondary" || third.Sites[1].Site != "primary" || third.Sites[1].Point != third.Point {
 		t.Fatalf("cycle after the failover: %+v", third)
+	}
+	if third.Sites[1].Refreshed || !strings.Contains(third.Sites[1].RefreshSkipped, "primary") {
+		t.Fatalf("cycle after the failover refreshed the old primary: %+v", third.Sites[1])
+	}
+	if _, err := os.Stat(lost); err != nil {
+		t.Fatalf("the old primary's own write is gone after a protect cycle: %v", err)
 	}
 }
 
