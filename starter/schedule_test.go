@@ -17,7 +17,7 @@ func TestScheduleCatchupWindow(t *testing.T) {
 	}{
 		{config.Schedule{Cron: "0 2 * * *"}, 24 * time.Hour},
 		{config.Schedule{Cron: "*/15 * * * *"}, 15 * time.Minute},
-		{config.Schedule{Cron: "0 3 1 * *"}, maxCatchup},          // monthly: clamped to 7 days
+		{config.Schedule{Cron: "0 3 1 * *"}, maxCatchup},            // monthly: clamped to 7 days
 		{config.Schedule{Cron: "0 0 2 * * *"}, config.CronFallback}, // Temporal's seconds field
 		{config.Schedule{Every: time.Second}, minCatchup},
 		{config.Schedule{Every: time.Hour}, time.Hour},
