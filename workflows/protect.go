@@ -379,7 +379,14 @@ func (p *protect) retention(ctx workflow.Context, s string) {
 // recovers it; the result says so and the cycle does not fail for it.
 func (p *protect) refresh(ctx workflow.Context, s, point string) {
 	site := p.site(s)
-	if why := refreshRefusal(p.roles, s, siteStateOf(ctx, p.info, s)); why != "" {
+	// Asked as a site that may be dark: one gone silent since the transmit
+	// must not hold the cycle for hours.
+	var st *activities.SiteState
+	actx := workflow.WithActivityOptions(ctx, darkOptions(ctx, s, darkAfter(p.info)))
+	if err := workflow.ExecuteActivity(actx, act.GetSiteState, activities.SiteStateInput{Plan: p.info.Plan, Site: s}).Get(ctx, &st); err != nil {
+		st = nil
+	}
+	if why := refreshRefusal(p.roles, s, st); why != "" {
 		site.RefreshSkipped = why
 		workflow.GetLogger(ctx).Info("warm standby refresh skipped", "plan", p.info.Plan, "site", s, "why", why)
 		return

@@ -151,3 +151,36 @@ func (l *protectLog) result(t *testing.T) ProtectResult {
 	require.NoError(t, v.Get(&res))
 	return res
 }
+
+// A standby that answered when the cycle began but goes silent before its
+// refresh is not waited for: the refresh is skipped within the darkness
+// bound (its state cannot be read), not after hours of retries.
+func TestProtectStandbyGoneDarkBeforeItsRefresh(t *testing.T) {
+	info := threeSitePlan
+	info.Standby, info.Interval = config.StandbyWarm, time.Hour
+	now := time.Date(2026, 1, 10, 3, 0, 0, 0, time.UTC)
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterActivity(&activities.Activities{})
+	grantClaims(env)
+	t.Cleanup(func() { env.AssertExpectations(t) })
+	env.SetStartTime(now)
+	var a *activities.Activities
+	env.OnActivity(a.Describe, mock.Anything, activities.DescribeInput{Plan: "files"}).Return(info, nil).Once()
+	asked := map[string]int{}
+	env.OnActivity(a.GetSiteState, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SiteStateInput) (activities.SiteState, error) {
+		if asked[in.Site]++; in.Site == "remote" && asked[in.Site] > 1 {
+			return activities.SiteState{}, temporal.NewApplicationError("remote: dial tcp: connection refused", "Unreachable")
+		}
+		return activities.SiteState{Site: in.Site, Latest: "p2", LatestTime: env.Now()}, nil
+	}).Maybe()
+	env.OnWorkflow(Backup, mock.Anything, mock.Anything).Return(BackupResult{Point: "p2"}, nil)
+	env.OnWorkflow(Transmit, mock.Anything, mock.Anything).Return(TransmitResult{Point: "p2"}, nil).Twice()
+	env.OnWorkflow(Restore, mock.Anything, RestoreInput{Plan: "files", Site: "secondary", Point: "p2", Refresh: true}).Return(RestoreResult{Point: "p2"}, nil).Once()
+	env.ExecuteWorkflow(Protect, ProtectInput{Plan: "files", SkipRetention: true})
+	l := &protectLog{env: env}
+	res := l.result(t)
+	require.True(t, res.Sites[1].Refreshed)
+	require.Contains(t, res.Sites[2].RefreshSkipped, "its state cannot be read")
+	require.Less(t, res.Duration.D(), time.Minute)
+}
