@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,8 +48,11 @@ func threeSiteProtectEnv(t *testing.T, dark map[string]bool, delay map[string]ti
 		return activities.SiteState{Site: in.Site, Latest: "p2", LatestTime: env.Now()}, nil
 	}).Maybe()
 	// step records a child's start and takes delay[name] (workflow time).
+	var mu sync.Mutex
 	step := func(ctx workflow.Context, name string) {
+		mu.Lock()
 		l.log[name] = workflow.Now(ctx).Sub(now)
+		mu.Unlock()
 		if d := delay[name]; d > 0 {
 			_ = workflow.Sleep(ctx, d)
 		}
@@ -167,9 +171,14 @@ func TestProtectStandbyGoneDarkBeforeItsRefresh(t *testing.T) {
 	env.SetStartTime(now)
 	var a *activities.Activities
 	env.OnActivity(a.Describe, mock.Anything, activities.DescribeInput{Plan: "files"}).Return(info, nil).Once()
+	var mu sync.Mutex
 	asked := map[string]int{}
 	env.OnActivity(a.GetSiteState, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SiteStateInput) (activities.SiteState, error) {
-		if asked[in.Site]++; in.Site == "remote" && asked[in.Site] > 1 {
+		mu.Lock()
+		asked[in.Site]++
+		n := asked[in.Site]
+		mu.Unlock()
+		if in.Site == "remote" && n > 1 {
 			return activities.SiteState{}, temporal.NewApplicationError("remote: dial tcp: connection refused", "Unreachable")
 		}
 		return activities.SiteState{Site: in.Site, Latest: "p2", LatestTime: env.Now()}, nil
