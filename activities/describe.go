@@ -42,6 +42,9 @@ type PlanInfo struct {
 	Objectives ObjectivesInfo `json:"objectives,omitzero"`
 	Window     string         `json:"window,omitempty"`
 	TimeZone   string         `json:"timeZone,omitempty"`
+	// Interval is the schedule's time between cycles (config
+	// Schedule.Interval); 0 without a schedule. It bounds a cycle.
+	Interval time.Duration `json:"interval,omitempty"`
 }
 
 // ObjectivesInfo are the plan's recovery objectives (config objectives:);
@@ -107,6 +110,7 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 	}
 	if p.Schedule != nil {
 		info.Window, info.TimeZone = p.Schedule.Window, p.Schedule.TimeZone
+		info.Interval, _ = p.Schedule.Interval()
 	}
 	for _, s := range p.Steps {
 		si := StepInfo{Name: s.Name, On: s.On, Before: len(s.Before), Wait: s.Wait, After: len(s.After)}

@@ -168,16 +168,14 @@ func (c *cli) desiredSchedule(plan string, s *config.Schedule) (desired, error) 
 	switch {
 	case s.Cron != "":
 		d.spec.CronExpressions = []string{s.Cron}
-		// A cron's gaps vary; an hour is enough to survive a restart of
-		// the cluster without replaying a day of runs.
-		d.policy.CatchupWindow = time.Hour
+		d.policy.CatchupWindow = cronCatchup(s)
 	default:
 		if cal, ok := windowCalendars(s); ok {
 			d.spec.Calendars, d.windowed = cal, true
 		} else {
 			d.spec.Intervals = []client.ScheduleIntervalSpec{{Every: s.Every}}
 		}
-		d.policy.CatchupWindow = max(s.Every, minCatchup)
+		d.policy.CatchupWindow = min(max(s.Every, minCatchup), maxCatchup)
 	}
 	d.policy.Overlap = enums.SCHEDULE_OVERLAP_POLICY_SKIP
 	d.paused = s.Paused
@@ -204,6 +202,20 @@ func (c *cli) desiredSchedule(plan string, s *config.Schedule) (desired, error) 
 		Memo:                  map[string]any{memoDigest: d.digest, memoPaused: d.paused},
 	}
 	return d, nil
+}
+
+// maxCatchup bounds the catch-up window of a schedule with long gaps.
+const maxCatchup = 7 * 24 * time.Hour
+
+// cronCatchup is the catch-up window of a cron schedule: about one
+// interval, the smallest gap between its fire times (config
+// Schedule.Interval; 24h for an expression only Temporal parses), within
+// [minCatchup, maxCatchup]. A daily "0 2 * * *" down from 01:30 to 03:30
+// still runs that day's cycle, and a cluster down for a week replays at
+// most about one.
+func cronCatchup(s *config.Schedule) time.Duration {
+	d, _ := s.Interval()
+	return min(max(d, minCatchup), maxCatchup)
 }
 
 // windowCalendars expresses an every-schedule with a window as calendar

@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -129,8 +130,21 @@ func Protect(ctx workflow.Context, in ProtectInput) (res ProtectResult, err erro
 		}
 		return res, activeUnknown(in.Plan, view, "the protection cycle wrote nothing; it runs again at the next schedule once the sites answer")
 	}
-	p := &protect{ctx: ctx, t: t, in: in, info: info, res: &res, active: view.info.Active, roles: view.info}
+	p := &protect{ctx: ctx, t: t, in: in, info: info, res: &res, active: view.info.Active, roles: view.info,
+		silent: view.silent, deadline: started.Add(cycleBound(info))}
 	res.Active, res.Epoch = p.active, view.info.Epoch
+	if why := view.silent[p.active]; why != nil {
+		// The others name it active, but it is dark: there is nothing to
+		// back up from, and waiting for it would stall the schedule.
+		if res.RPOBreached = info.Objectives.RPO > 0; res.RPOBreached {
+			workflow.GetLogger(ctx).Warn("RPO objective breached", "plan", in.Plan, "objective", info.Objectives.RPO.String(), "why", "active site dark")
+		}
+		if err := workflow.UpsertTypedSearchAttributes(ctx, RPOBreachedAttr.ValueSet(res.RPOBreached)); err != nil {
+			return res, err
+		}
+		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf("protection cycle of plan %s: its active site %s is dark (%s): the cycle wrote nothing; "+
+			"it runs again at the next schedule, or fail over (drorch failover)", in.Plan, p.active, silence(why, info)), "ActiveDark", nil)
+	}
 	if err := upsert(ctx, t, p.active); err != nil {
 		return res, err
 	}
@@ -183,6 +197,10 @@ type protect struct {
 	roles activities.PlanInfo
 	// standbys are the plan's sites other than the active one, in order.
 	standbys []string
+	// silent are the sites that did not answer when the cycle began.
+	silent map[string]error
+	// deadline is when the cycle's steps must end (cycleBound).
+	deadline time.Time
 }
 
 func (p *protect) site(name string) *ProtectSite {
@@ -206,15 +224,50 @@ func (p *protect) fail(site, step string, err error) {
 	workflow.GetLogger(p.ctx).Warn("protection cycle step failed", "plan", p.info.Plan, "site", site, "step", step, "error", err)
 }
 
-// child starts a procedure as a child workflow named <this run's id>/name.
-func (p *protect) child(name string, wf, in any) workflow.ChildWorkflowFuture {
-	ctx := workflow.WithChildOptions(p.ctx, workflow.ChildWorkflowOptions{
-		WorkflowID:            workflow.GetInfo(p.ctx).WorkflowExecution.ID + "/" + name,
-		TaskQueue:             workflow.GetInfo(p.ctx).TaskQueueName,
-		ParentClosePolicy:     enums.PARENT_CLOSE_POLICY_TERMINATE,
-		WorkflowIDReusePolicy: enums.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+// DefaultCycleBound bounds a cycle of a plan without a schedule (a run
+// started by hand); minCycleBound is the least a schedule's interval
+// bounds one to, so a cycle a little slower than a short interval is not
+// cut every time.
+const (
+	DefaultCycleBound = 6 * time.Hour
+	minCycleBound     = 10 * time.Minute
+	// minStepTime is what a step started late in the cycle is given still.
+	minStepTime = time.Minute
+)
+
+// cycleBound is how long a cycle of the plan may take: its schedule's
+// interval (at least minCycleBound), or DefaultCycleBound unscheduled.
+func cycleBound(info activities.PlanInfo) time.Duration {
+	if info.Interval <= 0 {
+		return DefaultCycleBound
+	}
+	return max(info.Interval, minCycleBound)
+}
+
+// child starts a procedure as a child workflow named <this run's id>/name,
+// which must end by the cycle's deadline (at least minStepTime from now).
+func (p *protect) child(ctx workflow.Context, name string, wf, in any) workflow.ChildWorkflowFuture {
+	left := max(p.deadline.Sub(workflow.Now(ctx)), minStepTime)
+	ctx = workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:               workflow.GetInfo(p.ctx).WorkflowExecution.ID + "/" + name,
+		TaskQueue:                workflow.GetInfo(p.ctx).TaskQueueName,
+		ParentClosePolicy:        enums.PARENT_CLOSE_POLICY_TERMINATE,
+		WorkflowIDReusePolicy:    enums.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+		WorkflowExecutionTimeout: left,
+		WorkflowRunTimeout:       left,
 	})
 	return workflow.ExecuteChildWorkflow(ctx, wf, in)
+}
+
+// outOfTime rewrites a child's timeout as the cycle's bound it hit.
+func (p *protect) outOfTime(err error) error {
+	var timeout *temporal.TimeoutError
+	if errors.As(err, &timeout) {
+		return fmt.Errorf("did not end within the cycle's bound (%s, the schedule's interval or %s unscheduled; it had until %s): "+
+			"it is cut so that the next cycle is not skipped, and the next cycle sends only what is still missing",
+			cycleBound(p.info), DefaultCycleBound, p.deadline.UTC().Format(time.RFC3339))
+	}
+	return err
 }
 
 func (p *protect) run() error {
@@ -229,98 +282,121 @@ func (p *protect) run() error {
 
 	var b BackupResult
 	if err := p.t.step(ctx, "backup "+p.active, func() error {
-		return p.child(OpBackup, Backup, BackupInput{Plan: p.info.Plan, Site: p.active}).Get(ctx, &b)
+		return p.outOfTime(p.child(ctx, OpBackup, Backup, BackupInput{Plan: p.info.Plan, Site: p.active}).Get(ctx, &b))
 	}); err != nil {
 		return wrap(err, "protection cycle of plan %s: backup at %s", p.info.Plan, p.active)
 	}
 	res.Point, res.Snapshot, res.BytesRead, res.BytesNew = b.Point, b.Snapshot, b.BytesRead, b.BytesNew
 	p.site(p.active).Point = b.Point
 
-	// Every standby on its own: one that fails does not hold the others.
-	have := []string{}
-	_ = p.t.step(ctx, "transmit", func() error {
-		futures := map[string]workflow.ChildWorkflowFuture{}
-		for _, s := range p.standbys {
-			futures[s] = p.child(OpTransmit+"-"+s, Transmit, TransmitInput{Plan: p.info.Plan, From: p.active, To: s, Point: b.Point})
+	// A standby that did not answer when the cycle read the sites is not
+	// sent to: each step there would wait for it up to its own limits
+	// (hours) while the schedule skips every following cycle.
+	var live []string
+	for _, s := range p.standbys {
+		if why := p.silent[s]; why != nil {
+			p.dark(s, why)
+			continue
 		}
-		for _, s := range p.standbys {
-			var tr TransmitResult
-			if err := futures[s].Get(ctx, &tr); err != nil {
-				p.fail(s, "transmit", err)
-				continue
-			}
-			site := p.site(s)
-			site.Point, site.BytesCopied = tr.Point, tr.BytesCopied
-			res.BytesCopied += tr.BytesCopied
-			have = append(have, s)
+		live = append(live, s)
+	}
+
+	// Every standby on its own (transmit, then retention, then the warm
+	// refresh), all at once: a slow or failing one holds no other.
+	_ = p.t.step(ctx, "standbys", func() error {
+		wg := workflow.NewWaitGroup(ctx)
+		if p.in.SkipRetention {
+			p.site(p.active).Retention = "skipped"
+		} else {
+			wg.Add(1)
+			workflow.Go(ctx, func(ctx workflow.Context) {
+				defer wg.Done()
+				p.retention(ctx, p.active)
+			})
 		}
+		for _, s := range live {
+			wg.Add(1)
+			workflow.Go(ctx, func(ctx workflow.Context) {
+				defer wg.Done()
+				p.standby(ctx, s, b.Point)
+			})
+		}
+		wg.Wait(ctx)
 		return nil
 	})
-
-	if p.in.SkipRetention {
-		for i := range res.Sites {
-			res.Sites[i].Retention = "skipped"
-		}
-	} else {
-		_ = p.t.step(ctx, "retention", func() error {
-			futures := map[string]workflow.ChildWorkflowFuture{}
-			for _, s := range res.Sites {
-				futures[s.Site] = p.child(OpForget+"-"+s.Site, Forget, ForgetInput{Plan: p.info.Plan, Site: s.Site})
-			}
-			for i := range res.Sites {
-				s := &res.Sites[i]
-				var fr ForgetResult
-				if err := futures[s.Site].Get(ctx, &fr); err != nil {
-					s.Retention = "failed"
-					p.fail(s.Site, "retention", err)
-					continue
-				}
-				s.Retention, s.Kept, s.Forgotten = "done", len(fr.Kept), len(fr.Forgotten)
-			}
-			return nil
-		})
-	}
-
-	if p.info.Standby == config.StandbyWarm && len(have) > 0 {
-		_ = p.t.step(ctx, "refresh standby", func() error {
-			p.refresh(have, b.Point)
-			return nil
-		})
-	}
 	return nil
 }
 
-// refresh restores point into the plan's own target at each warm standby
-// site, writing only what changed, under the target's claim (the Restore
+// dark records that standby s did not answer, so nothing was sent to it.
+func (p *protect) dark(s string, why error) {
+	msg := fmt.Sprintf("dark: %s did not answer (%s); nothing was sent to it this cycle", s, silence(why, p.info))
+	p.res.Failures = append(p.res.Failures, msg)
+	site := p.site(s)
+	site.Error, site.Retention = msg, "skipped"
+	workflow.GetLogger(p.ctx).Warn("protection cycle skips a dark standby", "plan", p.info.Plan, "site", s, "why", msg)
+}
+
+// standby sends point to standby site s, applies retention there and, for
+// a warm standby, refreshes its target from the point.
+func (p *protect) standby(ctx workflow.Context, s, point string) {
+	site := p.site(s)
+	var tr TransmitResult
+	err := p.child(ctx, OpTransmit+"-"+s, Transmit, TransmitInput{Plan: p.info.Plan, From: p.active, To: s, Point: point}).Get(ctx, &tr)
+	if err != nil {
+		p.fail(s, "transmit", p.outOfTime(err))
+	} else {
+		site.Point, site.BytesCopied = tr.Point, tr.BytesCopied
+		p.res.BytesCopied += tr.BytesCopied
+	}
+	if p.in.SkipRetention {
+		site.Retention = "skipped"
+	} else {
+		p.retention(ctx, s)
+	}
+	if err == nil && p.info.Standby == config.StandbyWarm {
+		p.refresh(ctx, s, point)
+	}
+}
+
+// retention runs the Forget workflow at site s.
+func (p *protect) retention(ctx workflow.Context, s string) {
+	site := p.site(s)
+	var fr ForgetResult
+	if err := p.child(ctx, OpForget+"-"+s, Forget, ForgetInput{Plan: p.info.Plan, Site: s}).Get(ctx, &fr); err != nil {
+		site.Retention = "failed"
+		p.fail(s, "retention", p.outOfTime(err))
+		return
+	}
+	site.Retention, site.Kept, site.Forgotten = "done", len(fr.Kept), len(fr.Forgotten)
+}
+
+// refresh restores point into the plan's own target at warm standby site
+// s, writing only what changed, under the target's claim (the Restore
 // child takes it, checks the site again under it (refreshOK) and records
 // how long it took: the time a failover to the site saves). A site whose
 // target holds data of its own (it was active since its last restore, or
 // it is the primary never restored into) is left as it is: a failback
 // recovers it; the result says so and the cycle does not fail for it.
-func (p *protect) refresh(sites []string, point string) {
-	ctx := p.ctx
-	futures := map[string]workflow.ChildWorkflowFuture{}
-	for _, s := range sites {
-		if why := refreshRefusal(p.roles, s, siteStateOf(ctx, p.info, s)); why != "" {
-			p.site(s).RefreshSkipped = why
-			workflow.GetLogger(ctx).Info("warm standby refresh skipped", "plan", p.info.Plan, "site", s, "why", why)
-			continue
-		}
-		futures[s] = p.child("refresh-"+s, Restore, RestoreInput{Plan: p.info.Plan, Site: s, Point: point, Refresh: true})
+func (p *protect) refresh(ctx workflow.Context, s, point string) {
+	site := p.site(s)
+	// Asked as a site that may be dark: one gone silent since the transmit
+	// must not hold the cycle for hours.
+	var st *activities.SiteState
+	actx := workflow.WithActivityOptions(ctx, darkOptions(ctx, s, darkAfter(p.info)))
+	if err := workflow.ExecuteActivity(actx, act.GetSiteState, activities.SiteStateInput{Plan: p.info.Plan, Site: s}).Get(ctx, &st); err != nil {
+		st = nil
 	}
-	for _, s := range sites {
-		f, ok := futures[s]
-		if !ok {
-			continue
-		}
-		var r RestoreResult
-		if err := f.Get(ctx, &r); err != nil {
-			p.fail(s, "warm standby refresh", err)
-			continue
-		}
-		site := p.site(s)
-		site.Refreshed, site.RefreshTook = true, r.Duration
+	if why := refreshRefusal(p.roles, s, st); why != "" {
+		site.RefreshSkipped = why
+		workflow.GetLogger(ctx).Info("warm standby refresh skipped", "plan", p.info.Plan, "site", s, "why", why)
+		return
 	}
+	var r RestoreResult
+	if err := p.child(ctx, "refresh-"+s, Restore, RestoreInput{Plan: p.info.Plan, Site: s, Point: point, Refresh: true}).Get(ctx, &r); err != nil {
+		p.fail(s, "warm standby refresh", p.outOfTime(err))
+		return
+	}
+	site.Refreshed, site.RefreshTook = true, r.Duration
 }
 
 // measure reads the newest valid point at each standby site, sets its RPO
@@ -331,6 +407,9 @@ func (p *protect) measure() error {
 	_ = p.t.step(ctx, "measure RPO", func() error {
 		futures := map[string]workflow.Future{}
 		for _, s := range p.standbys {
+			if p.silent[s] != nil {
+				continue // dark: not measured, a breach if there is an objective
+			}
 			actx := workflow.WithActivityOptions(ctx, darkOptions(ctx, s, darkAfter(p.info)))
 			futures[s] = workflow.ExecuteActivity(actx, act.GetSiteState, activities.SiteStateInput{Plan: p.info.Plan, Site: s})
 		}
@@ -339,9 +418,13 @@ func (p *protect) measure() error {
 		for _, s := range p.standbys {
 			site := p.site(s)
 			var st activities.SiteState
-			err := futures[s].Get(ctx, &st)
+			var err error
+			if f, ok := futures[s]; ok {
+				err = f.Get(ctx, &st)
+			}
 			breached := obj > 0 // unless measured within it
 			switch {
+			case p.silent[s] != nil:
 			case err != nil:
 				p.fail(s, "measure RPO", err)
 			case st.Latest == "":
