@@ -75,6 +75,8 @@ type ProtectSite struct {
 	// RefreshSkipped says why the warm standby here was not refreshed
 	// (its target holds writes of its own that a failback recovers).
 	RefreshSkipped string `json:"refreshSkipped,omitempty"`
+	// RefreshRunning is the id of a refresh that outlived the cycle.
+	RefreshRunning string `json:"refreshRunning,omitempty"`
 	// Newest is the newest valid point here at the end of the cycle, and
 	// RPO its age then (standby sites only).
 	Newest string   `json:"newest,omitempty"`
@@ -246,10 +248,12 @@ func cycleBound(info activities.PlanInfo) time.Duration {
 
 // child starts a procedure as a child workflow named <this run's id>/name,
 // which must end by the cycle's deadline (at least minStepTime from now).
+// Transmit and retention are cut there: what they did stays done, and the
+// next cycle does only what is still missing.
 func (p *protect) child(ctx workflow.Context, name string, wf, in any) workflow.ChildWorkflowFuture {
 	left := max(p.deadline.Sub(workflow.Now(ctx)), minStepTime)
 	ctx = workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
-		WorkflowID:               workflow.GetInfo(p.ctx).WorkflowExecution.ID + "/" + name,
+		WorkflowID:               p.childID(name),
 		TaskQueue:                workflow.GetInfo(p.ctx).TaskQueueName,
 		ParentClosePolicy:        enums.PARENT_CLOSE_POLICY_TERMINATE,
 		WorkflowIDReusePolicy:    enums.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
@@ -257,6 +261,31 @@ func (p *protect) child(ctx workflow.Context, name string, wf, in any) workflow.
 		WorkflowRunTimeout:       left,
 	})
 	return workflow.ExecuteChildWorkflow(ctx, wf, in)
+}
+
+// longChild starts a procedure that is not cut at the cycle's bound: the
+// backup (a backup cut short commits nothing, and the next one would read
+// everything again, so a first backup longer than the interval would never
+// end; it is bounded by its own retry budget) and the warm refresh, which
+// outlives the cycle if it must (abandon: the next cycle's refresh is
+// refused by its target claim meanwhile) so that a first refresh of a large
+// tree can end.
+func (p *protect) longChild(ctx workflow.Context, name string, wf, in any, abandon bool) workflow.ChildWorkflowFuture {
+	policy := enums.PARENT_CLOSE_POLICY_TERMINATE
+	if abandon {
+		policy = enums.PARENT_CLOSE_POLICY_ABANDON
+	}
+	ctx = workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:            p.childID(name),
+		TaskQueue:             workflow.GetInfo(p.ctx).TaskQueueName,
+		ParentClosePolicy:     policy,
+		WorkflowIDReusePolicy: enums.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+	})
+	return workflow.ExecuteChildWorkflow(ctx, wf, in)
+}
+
+func (p *protect) childID(name string) string {
+	return workflow.GetInfo(p.ctx).WorkflowExecution.ID + "/" + name
 }
 
 // outOfTime rewrites a child's timeout as the cycle's bound it hit.
@@ -282,7 +311,7 @@ func (p *protect) run() error {
 
 	var b BackupResult
 	if err := p.t.step(ctx, "backup "+p.active, func() error {
-		return p.outOfTime(p.child(ctx, OpBackup, Backup, BackupInput{Plan: p.info.Plan, Site: p.active}).Get(ctx, &b))
+		return p.longChild(ctx, OpBackup, Backup, BackupInput{Plan: p.info.Plan, Site: p.active}, false).Get(ctx, &b)
 	}); err != nil {
 		return wrap(err, "protection cycle of plan %s: backup at %s", p.info.Plan, p.active)
 	}
@@ -392,8 +421,29 @@ func (p *protect) refresh(ctx workflow.Context, s, point string) {
 		return
 	}
 	var r RestoreResult
-	if err := p.child(ctx, "refresh-"+s, Restore, RestoreInput{Plan: p.info.Plan, Site: s, Point: point, Refresh: true}).Get(ctx, &r); err != nil {
-		p.fail(s, "warm standby refresh", p.outOfTime(err))
+	f := p.longChild(ctx, "refresh-"+s, Restore, RestoreInput{Plan: p.info.Plan, Site: s, Point: point, Refresh: true}, true)
+	// Waited for until the cycle's deadline; a refresh still running then
+	// goes on by itself (a failover to the site meanwhile restores, and
+	// takes the target from it).
+	tctx, cancel := workflow.WithCancel(ctx)
+	defer cancel()
+	done := false
+	sel := workflow.NewSelector(ctx)
+	sel.AddFuture(f, func(workflow.Future) { done = true })
+	sel.AddFuture(workflow.NewTimer(tctx, max(p.deadline.Sub(workflow.Now(ctx)), minStepTime)), func(workflow.Future) {})
+	sel.Select(ctx)
+	if !done {
+		site.RefreshRunning = p.childID("refresh-" + s)
+		site.RefreshSkipped = "the refresh goes on after this cycle's bound, as " + site.RefreshRunning
+		return
+	}
+	if err := f.Get(ctx, &r); err != nil {
+		if errorType(err) == "ClaimRefused" {
+			// An earlier cycle's refresh still runs there.
+			site.RefreshSkipped = "another restore holds the target: " + errorMessage(err)
+			return
+		}
+		p.fail(s, "warm standby refresh", err)
 		return
 	}
 	site.Refreshed, site.RefreshTook = true, r.Duration
