@@ -219,3 +219,15 @@ func TestReadersAndPinsClaimRetention(t *testing.T) {
 	require.NoError(t, env.GetWorkflowError())
 	require.True(t, hasRequest(*reqs, ClaimRefuse, ResRetention("primary")), "pin: %+v", *reqs)
 }
+
+// A switch asks for retention/<site> with the target it takes over, with
+// preempt: a forget running there stops instead of refusing the switch.
+func TestSwitchTakesRetentionOver(t *testing.T) {
+	env, reqs := recordClaims(t)
+	env.ExecuteWorkflow(func(ctx workflow.Context) error {
+		return claimTargets(ctx, "files", "unplanned failover to secondary", "secondary")
+	})
+	require.NoError(t, env.GetWorkflowError())
+	require.True(t, hasRequest(*reqs, ClaimPreempt, ResTarget("secondary", "")), "%+v", *reqs)
+	require.True(t, hasRequest(*reqs, ClaimPreempt, ResRetention("secondary")), "%+v", *reqs)
+}
