@@ -31,6 +31,14 @@ const (
 	forgetAfter = 24 * time.Hour
 )
 
+// A commit renews its entry when its check took longer than renewAfter,
+// and checks again when it took recheckAfter or longer. Vars only so that
+// tests can shorten them.
+var (
+	renewAfter   = commitWindow / 2
+	recheckAfter = commitWindow
+)
+
 // CommitPoint makes m a valid restore point in r, never one whose commit a
 // raise of the epoch overtook. m.Epoch is the epoch its writer acts under.
 //
@@ -62,7 +70,7 @@ func (r *Repo) CommitPoint(ctx context.Context, m *Manifest, check func(context.
 			return r.checkFailed(ctx, m.Point, err)
 		}
 	}
-	if waited := time.Since(reserved); waited > commitWindow/2 {
+	if waited := time.Since(reserved); waited > renewAfter {
 		// The check took long: renew, so the write fits in the window.
 		if reserved, committed, err = r.reserve(ctx, m.Point, m.Epoch); err != nil || committed {
 			if err == nil {
@@ -70,7 +78,7 @@ func (r *Repo) CommitPoint(ctx context.Context, m *Manifest, check func(context.
 			}
 			return err
 		}
-		if waited >= commitWindow && check != nil {
+		if waited >= recheckAfter && check != nil {
 			// A sweep may have ignored our entry as a gone writer's and
 			// deleted chunks since the check: check again, under the
 			// renewed entry (docs/format.md, "Garbage collection").

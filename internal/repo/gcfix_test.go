@@ -193,3 +193,23 @@ func TestScanManifestRefusesOddKeys(t *testing.T) {
 		}
 	}
 }
+
+// A commit whose check took longer than the commit window (so that a sweep
+// may have taken its entry for a gone writer's) checks again once it has
+// renewed its entry, and fails if a chunk went meanwhile.
+func TestCommitChecksAgainAfterALongCheck(t *testing.T) {
+	oldR, oldC := renewAfter, recheckAfter
+	renewAfter, recheckAfter = 0, 0
+	t.Cleanup(func() { renewAfter, recheckAfter = oldR, oldC })
+	r, _ := newTestRepo(t, nil)
+	calls := 0
+	err := r.CommitPoint(context.Background(), pointManifest(r, NewPointID(time.Now(), "p"), 0), func(context.Context) error {
+		if calls++; calls > 1 {
+			return drivers.Permanentf(ReasonMissingChunk, "chunk x went")
+		}
+		return nil
+	})
+	if calls != 2 || err == nil {
+		t.Fatalf("checked %d times, error %v; want a second check that fails", calls, err)
+	}
+}
