@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/activity"
 
 	"github.com/drorch/drorch/internal/config"
 	"github.com/drorch/drorch/internal/metrics"
@@ -141,7 +142,7 @@ func (a *Activities) CollectGarbage(ctx context.Context, in CollectGarbageInput)
 		forgotten[p] = true
 	}
 	res, err := r.CollectGarbage(rep.work, repo.GCOptions{
-		DryRun: in.DryRun, NoSweep: in.NoSweep, Forgotten: forgotten,
+		DryRun: in.DryRun, NoSweep: in.NoSweep, Forgotten: forgotten, SweepID: sweepID(ctx),
 		Progress: func(stage string, n int64) {
 			rep.update(func(p *Progress) {
 				switch stage {
@@ -164,6 +165,15 @@ func (a *Activities) CollectGarbage(ctx context.Context, in CollectGarbageInput)
 	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Bool("dryRun", in.DryRun).Int("marked", res.Marked).
 		Int("deleted", res.Deleted).Int64("freed", res.Freed).Str("noSweep", res.NoSweep).Msg("garbage collected")
 	return res, nil
+}
+
+// sweepID is the same for every attempt of one activity: a retry takes
+// over the sweep lease of an attempt whose worker died. Outside an
+// activity (tests) it is "", a random id.
+func sweepID(ctx context.Context) (id string) {
+	defer func() { _ = recover() }() // not an activity context
+	info := activity.GetInfo(ctx)
+	return info.WorkflowExecution.ID + "/" + info.WorkflowExecution.RunID + "/" + info.ActivityID
 }
 
 // LockClaim is one claim the plan lock holds, as QueryLockClaims reports

@@ -22,6 +22,25 @@ func claimsOn(ctx workflow.Context) bool {
 	return workflow.GetVersion(ctx, versionClaims, workflow.DefaultVersion, 1) >= 1
 }
 
+// changeRetentionClaims (workflow.GetVersion) gates the retention claims
+// of readers of restore points: a restore or drill checks, once it holds
+// its target, that no forget runs at its site; a switch takes
+// retention/<site> over with the target it restores (docs/concurrency.md,
+// "Points in use are not forgotten").
+const changeRetentionClaims = "retention-claims"
+
+// noForget refuses a reader of the restore points at site, once it holds
+// its target, while a forget runs there (holding nothing): either the
+// forget, which asks for the claims after it holds retention/<site>, sees
+// the reader's target, or the reader sees the forget.
+func noForget(ctx workflow.Context, plan, what, site string) error {
+	if !claimsOn(ctx) || workflow.GetVersion(ctx, changeRetentionClaims, workflow.DefaultVersion, 1) < 1 {
+		return nil
+	}
+	_, err := acquire(ctx, plan, ClaimCheck, what, ResRetention(site))
+	return err
+}
+
 // cleanPath is the lexical form of a target path that claims are keyed by.
 func cleanPath(p string) string {
 	if p == "" {
@@ -178,7 +197,8 @@ func claimSwitch(ctx workflow.Context, plan, what string) (release func(), err e
 	return sw.release, nil
 }
 
-// claimTargets takes the plan's own target at site for a switch that is
+// claimTargets takes the plan's own target at site (and retention/<site>)
+// for a switch that is
 // about to restore it or open it for writes, taking it from a restore or
 // refresh that holds it (which then fails as superseded). The switch's
 // release gives it back.
@@ -186,6 +206,11 @@ func claimTargets(ctx workflow.Context, plan, what, site string) error {
 	if !claimsOn(ctx) {
 		return nil
 	}
-	_, err := acquire(ctx, plan, ClaimPreempt, what, ResTarget(site, ""))
+	res := []string{ResTarget(site, "")}
+	if workflow.GetVersion(ctx, changeRetentionClaims, workflow.DefaultVersion, 1) >= 1 {
+		// A forget running at site stops before it deletes anything.
+		res = append(res, ResRetention(site))
+	}
+	_, err := acquire(ctx, plan, ClaimPreempt, what, res...)
 	return err
 }

@@ -73,6 +73,9 @@ func Drill(ctx workflow.Context, in DrillInput) (rep DrillReport, err error) {
 			return rep, err
 		}
 		defer c.release()
+		if err := noForget(ctx, in.Plan, "drill in "+rep.Sandbox+" at "+site, site); err != nil {
+			return rep, err
+		}
 	}
 	op, _ := opID(ctx, OpDrill)
 	sctx := shortCtx(ctx, siteQueue(ctx, site))

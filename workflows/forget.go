@@ -71,11 +71,14 @@ func Forget(ctx workflow.Context, in ForgetInput) (res ForgetResult, err error) 
 		return res, err
 	}
 	if !in.DryRun {
-		c, err := acquire(ctx, in.Plan, ClaimRefuse, what, ResRetention(site))
-		if err != nil {
-			return res, err
+		c, cerr := acquire(ctx, in.Plan, ClaimRefuse, what, ResRetention(site))
+		if cerr != nil {
+			return res, cerr
 		}
 		defer c.release()
+		// Revoked by a switch that takes retention/<site> over: it fails
+		// as superseded, once its step has stopped (stopCtx).
+		defer func() { err = c.superseded(err) }()
 		ctx = c.Ctx
 	}
 	var a *activities.Activities
@@ -89,7 +92,7 @@ func Forget(ctx workflow.Context, in ForgetInput) (res ForgetResult, err error) 
 	res.InUse = inUse(claims, site)
 	var ret activities.ApplyRetentionResult
 	if err := t.step(ctx, "retention", func() error {
-		return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, site)), a.ApplyRetention, activities.ApplyRetentionInput{
+		return workflow.ExecuteActivity(stopCtx(ctx, site), a.ApplyRetention, activities.ApplyRetentionInput{
 			Plan: in.Plan, Site: site, DryRun: in.DryRun, KeepAll: res.InUse,
 		}).Get(ctx, &ret)
 	}); err != nil {
@@ -106,7 +109,7 @@ func Forget(ctx workflow.Context, in ForgetInput) (res ForgetResult, err error) 
 		if in.DryRun {
 			gin.Forgotten = ret.Forgotten
 		}
-		return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, site)), a.CollectGarbage, gin).Get(ctx, &res.GC)
+		return workflow.ExecuteActivity(stopCtx(ctx, site), a.CollectGarbage, gin).Get(ctx, &res.GC)
 	}); err != nil {
 		return res, err
 	}
@@ -115,6 +118,17 @@ func Forget(ctx workflow.Context, in ForgetInput) (res ForgetResult, err error) 
 	workflow.GetLogger(ctx).Info("forget done", "plan", in.Plan, "site", site, "dryRun", in.DryRun,
 		"kept", len(res.Kept), "forgotten", len(res.Forgotten), "frees", res.Frees, "marked", res.GC.Marked)
 	return res, nil
+}
+
+// stopCtx runs a step of Forget at site that, when a switch takes
+// retention/<site> over (the claim is revoked, ctx cancelled), is waited
+// for until it has stopped: the claim is let go only after that, so no
+// manifest or chunk is deleted once the switch goes on.
+func stopCtx(ctx workflow.Context, site string) workflow.Context {
+	ctx = longCtx(ctx, siteQueue(ctx, site))
+	o := workflow.GetActivityOptions(ctx)
+	o.WaitForCancellation = true
+	return workflow.WithActivityOptions(ctx, o)
 }
 
 // inUse says why every point at site must be kept, or "": a switch, or an
@@ -168,6 +182,14 @@ func Pin(ctx workflow.Context, in PinInput) (res PinResult, err error) {
 		return res, err
 	}
 	res = PinResult{Plan: in.Plan, Site: site, Point: in.Point, Pinned: !in.Unpin}
+	if claimsOn(ctx) {
+		// Not while a forget runs at site: it reads the pins once.
+		c, err := acquire(ctx, in.Plan, ClaimRefuse, "pin "+in.Point+" at "+site, ResRetention(site))
+		if err != nil {
+			return res, err
+		}
+		defer c.release()
+	}
 	var a *activities.Activities
 	err = t.step(ctx, "pin", func() error {
 		return workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, site)), a.PinPoint, activities.PinPointInput{

@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"sync"
@@ -139,4 +140,94 @@ func TestForgetKeepsEverythingWhileATargetIsInUse(t *testing.T) {
 	var res ForgetResult
 	require.NoError(t, env.GetWorkflowResult(&res))
 	require.Contains(t, res.InUse, "restore into")
+}
+
+// A forget whose retention/<site> a switch takes over stops before it
+// deletes anything: its step is waited for until cancelled, garbage
+// collection never runs, and it fails as superseded.
+func TestForgetRevokedStopsBeforeDeleting(t *testing.T) {
+	env := newEnv(t)
+	var a *activities.Activities
+	env.OnActivity(a.Describe, mock.Anything, mock.Anything).Return(plan, nil)
+	env.OnActivity(a.QueryLockClaims, mock.Anything, mock.Anything).Return([]activities.LockClaim{}, nil)
+	called := false
+	env.OnActivity(a.ApplyRetention, mock.Anything, mock.Anything).Return(func(ctx context.Context, _ activities.ApplyRetentionInput) (activities.ApplyRetentionResult, error) {
+		called = true
+		<-ctx.Done()
+		return activities.ApplyRetentionResult{}, ctx.Err()
+	}).Once()
+	env.RegisterDelayedCallback(func() {
+		env.SignalWorkflow(SignalRevoke, ClaimRevoke{By: "drorch/files/switch", What: "unplanned failover to secondary", Resource: []string{ResRetention("secondary")}})
+	}, time.Second)
+	env.ExecuteWorkflow(Forget, ForgetInput{Plan: "files", Site: "secondary"})
+	require.ErrorContains(t, env.GetWorkflowError(), "superseded: unplanned failover to secondary (workflow drorch/files/switch) took over retention/secondary")
+	require.True(t, called)
+	// The test environment does not wait for a cancelled activity: check
+	// that Forget's steps ask Temporal to.
+	env = newEnv(t)
+	env.ExecuteWorkflow(func(ctx workflow.Context) (bool, error) {
+		return workflow.GetActivityOptions(stopCtx(ctx, "primary")).WaitForCancellation, nil
+	})
+	var waits bool
+	require.NoError(t, env.GetWorkflowResult(&waits))
+	require.True(t, waits, "the claim would be let go before the step stopped")
+}
+
+// recordClaims grants every claim and records the requests.
+func recordClaims(t *testing.T) (*testsuite.TestWorkflowEnvironment, *[]ClaimRequest) {
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterActivity(&activities.Activities{})
+	var mu sync.Mutex
+	var reqs []ClaimRequest
+	var a *activities.Activities
+	env.OnActivity(a.RequestClaim, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.RequestClaimInput) error {
+		var req ClaimRequest
+		b, _ := json.Marshal(in.Request)
+		_ = json.Unmarshal(b, &req)
+		mu.Lock()
+		reqs = append(reqs, req)
+		mu.Unlock()
+		env.RegisterDelayedCallback(func() {
+			_ = env.SignalWorkflowByID(req.Holder, SignalClaimReply, ClaimReply{ID: req.ID, Granted: true})
+		}, 0)
+		return nil
+	}).Maybe()
+	env.OnSignalExternalWorkflow(mock.Anything, mock.Anything, mock.Anything, mock.Anything, mock.Anything).Return(nil).Maybe()
+	env.OnActivity(a.GetSiteState, mock.Anything, mock.Anything).Return(activities.SiteState{}, nil).Maybe()
+	env.OnActivity(a.Describe, mock.Anything, mock.Anything).Return(plan, nil).Maybe()
+	return env, &reqs
+}
+
+func hasRequest(reqs []ClaimRequest, mode, resource string) bool {
+	return slices.ContainsFunc(reqs, func(r ClaimRequest) bool { return r.Mode == mode && slices.Contains(r.Resources, resource) })
+}
+
+// A restore checks, once it holds its target, that no forget runs at its
+// site; a pin holds retention/<site> while it writes.
+func TestReadersAndPinsClaimRetention(t *testing.T) {
+	env, reqs := recordClaims(t)
+	var a *activities.Activities
+	env.OnActivity(a.PrepareRestore, mock.Anything, mock.Anything).Return(activities.PrepareRestoreResult{}, fmt.Errorf("stop here")).Maybe()
+	env.ExecuteWorkflow(Restore, RestoreInput{Plan: "files", Site: "secondary"})
+	require.True(t, hasRequest(*reqs, ClaimRefuse, ResTarget("secondary", "")), "%+v", *reqs)
+	require.True(t, hasRequest(*reqs, ClaimCheck, ResRetention("secondary")), "restore: %+v", *reqs)
+
+	env, reqs = recordClaims(t)
+	env.OnActivity(a.PinPoint, mock.Anything, mock.Anything).Return(nil).Once()
+	env.ExecuteWorkflow(Pin, PinInput{Plan: "files", Site: "primary", Point: "p"})
+	require.NoError(t, env.GetWorkflowError())
+	require.True(t, hasRequest(*reqs, ClaimRefuse, ResRetention("primary")), "pin: %+v", *reqs)
+}
+
+// A switch asks for retention/<site> with the target it takes over, with
+// preempt: a forget running there stops instead of refusing the switch.
+func TestSwitchTakesRetentionOver(t *testing.T) {
+	env, reqs := recordClaims(t)
+	env.ExecuteWorkflow(func(ctx workflow.Context) error {
+		return claimTargets(ctx, "files", "unplanned failover to secondary", "secondary")
+	})
+	require.NoError(t, env.GetWorkflowError())
+	require.True(t, hasRequest(*reqs, ClaimPreempt, ResTarget("secondary", "")), "%+v", *reqs)
+	require.True(t, hasRequest(*reqs, ClaimPreempt, ResRetention("secondary")), "%+v", *reqs)
 }

@@ -52,7 +52,7 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 		}
 		ctx = c.Ctx
 		cl = c
-		return nil
+		return noForget(ctx, in.Plan, "restore into "+target, site)
 	}
 	if claims && in.To == "" {
 		target := "the plan's target at " + site

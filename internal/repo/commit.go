@@ -31,6 +31,14 @@ const (
 	forgetAfter = 24 * time.Hour
 )
 
+// A commit renews its entry when its check took longer than renewAfter,
+// and checks again when it took recheckAfter or longer. Vars only so that
+// tests can shorten them.
+var (
+	renewAfter   = commitWindow / 2
+	recheckAfter = commitWindow
+)
+
 // CommitPoint makes m a valid restore point in r, never one whose commit a
 // raise of the epoch overtook. m.Epoch is the epoch its writer acts under.
 //
@@ -59,10 +67,10 @@ func (r *Repo) CommitPoint(ctx context.Context, m *Manifest, check func(context.
 	}
 	if check != nil {
 		if err := check(ctx); err != nil {
-			return err
+			return r.checkFailed(ctx, m.Point, err)
 		}
 	}
-	if time.Since(reserved) > commitWindow/2 {
+	if waited := time.Since(reserved); waited > renewAfter {
 		// The check took long: renew, so the write fits in the window.
 		if reserved, committed, err = r.reserve(ctx, m.Point, m.Epoch); err != nil || committed {
 			if err == nil {
@@ -70,11 +78,50 @@ func (r *Repo) CommitPoint(ctx context.Context, m *Manifest, check func(context.
 			}
 			return err
 		}
+		if waited >= recheckAfter && check != nil {
+			// A sweep may have ignored our entry as a gone writer's and
+			// deleted chunks since the check: check again, under the
+			// renewed entry (docs/format.md, "Garbage collection").
+			if err := check(ctx); err != nil {
+				return r.checkFailed(ctx, m.Point, err)
+			}
+		}
 	}
 	if err := r.createManifest(ctx, reserved, m.Point, plain, body); err != nil {
 		return err
 	}
 	return r.release(ctx, m.Point)
+}
+
+// checkFailed ends a commit whose check failed with err. A permanent
+// failure abandons the point: no manifest was written, and a pending entry
+// left behind would keep every garbage collection from sweeping until it is
+// stale (7 days). Abandoned rather than dropped, so that an older attempt
+// of the same commit still running can never make it valid. A transient
+// failure keeps the entry: the retry renews it.
+func (r *Repo) checkFailed(ctx context.Context, point string, err error) error {
+	reason, permanent := drivers.IsPermanent(err)
+	if !permanent {
+		return err
+	}
+	if reason == ReasonMissingChunk {
+		err = drivers.Permanentf(reason, "%v. Garbage collection may have removed a chunk this commit had counted on (found stored and skipped "+
+			"while it was unused); run the backup again: the next one uploads it anew", err)
+	}
+	_, uerr := r.UpdateEpoch(ctx, func(e *Epoch) error {
+		for i, p := range e.Pending {
+			if p.Point == point {
+				e.Pending = append(e.Pending[:i], e.Pending[i+1:]...)
+				e.Abandoned = append(e.Abandoned, AbandonedPoint{Point: p.Point, Epoch: p.Epoch, By: p.Epoch, At: time.Now().UTC()})
+				return nil
+			}
+		}
+		return ErrNoChange
+	})
+	if uerr != nil {
+		return fmt.Errorf("%w (and abandoning restore point %s in epoch.json at %s failed: %v; it is abandoned once stale)", err, point, r.Location(), uerr)
+	}
+	return err
 }
 
 // reserve adds point to the pending list, or renews its entry, and returns
@@ -88,6 +135,11 @@ func (r *Repo) reserve(ctx context.Context, point string, epoch uint64) (began t
 			return r.superseded(point, *e, a)
 		}
 		if p := e.pending(point); p != nil {
+			// A renewal is a new beginning: not during a sweep, which may
+			// have taken an entry this old for a gone writer's.
+			if err := r.sweeping(*e, time.Now()); err != nil {
+				return err
+			}
 			p.Since = time.Now().UTC()
 			return nil
 		}
@@ -151,7 +203,7 @@ func (r *Repo) release(ctx context.Context, point string) error {
 	if gone != nil {
 		// Readers ignore it anyway; deleting it saves a hand-recovery
 		// reader from taking it for a restore point.
-		if err := r.st.Delete(ctx, r.key(manifestKey(point))); err != nil {
+		if err := r.retireManifest(ctx, point); err != nil {
 			return fmt.Errorf("%w (and deleting its manifest failed: %v)", r.superseded(point, e, gone), err)
 		}
 		return r.superseded(point, e, gone)
@@ -167,7 +219,7 @@ func (r *Repo) superseded(point string, e Epoch, a *AbandonedPoint) error {
 	if a != nil {
 		by, when = a.By, "during its commit under epoch "+fmt.Sprint(a.Epoch)
 		if a.By == a.Epoch {
-			return drivers.Permanentf(drivers.ReasonFenced, "restore point %s at %s: abandoned: its commit did not finish within %d days; it is not a valid restore point: take a new backup",
+			return drivers.Permanentf(drivers.ReasonFenced, "restore point %s at %s: abandoned: its commit failed its check or did not finish within %d days; it is not a valid restore point: take a new backup",
 				point, r.Location(), staleAfter/(24*time.Hour))
 		}
 	}
@@ -255,7 +307,7 @@ func (r *Repo) deleteAgedManifests(ctx context.Context, e Epoch) (map[string]boo
 	now := time.Now()
 	for _, a := range e.Abandoned {
 		if a.Deleted.IsZero() && now.Sub(a.At) > keepAbandoned {
-			if err := r.st.Delete(ctx, r.key(manifestKey(a.Point))); err != nil {
+			if err := r.retireManifest(ctx, a.Point); err != nil {
 				return nil, fmt.Errorf("delete the manifest of abandoned restore point %s at %s: %w", a.Point, r.Location(), err)
 			}
 			if deleted == nil {

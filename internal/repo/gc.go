@@ -45,6 +45,9 @@ const (
 	// holds commits back. sweepStale - sweepMax is the clock skew a
 	// committer may have against the sweeper.
 	sweepStale = 6 * time.Hour
+	// pendingLive: a pending entry older than this no longer keeps a
+	// sweep from beginning (see livePending).
+	pendingLive = commitWindow + (sweepStale - sweepMax)
 
 	gcMarkKey    = "gc/mark"
 	gcMarkFormat = "drorch-gc-mark"
@@ -67,8 +70,8 @@ func (r *Repo) sweeping(e Epoch, now time.Time) error {
 	if age := now.Sub(e.Sweep.Since); age > sweepStale || age < -sweepStale {
 		return nil // a crashed sweeper's, or a clock far off: a new sweep replaces it
 	}
-	return fmt.Errorf("garbage collection has been deleting unused chunks at %s since %s (sweep %s); no commit may begin until it is done: try again in a few minutes",
-		r.Location(), e.Sweep.Since.Format(time.RFC3339), e.Sweep.ID)
+	return fmt.Errorf("garbage collection has been deleting unused chunks at %s since %s (sweep %s); no commit may begin until it is done: try again in a few minutes (if its collector died, the lease expires at %s)",
+		r.Location(), e.Sweep.Since.Format(time.RFC3339), e.Sweep.ID, e.Sweep.Since.Add(sweepStale).Format(time.RFC3339))
 }
 
 // GCOptions tune CollectGarbage.
@@ -81,6 +84,10 @@ type GCOptions struct {
 	NoSweep string
 	// Forgotten are points whose manifests count as deleted (for DryRun).
 	Forgotten map[string]bool
+	// SweepID identifies the run's sweep lease: the same for every attempt
+	// of one run (a Temporal activity's workflow and activity ids), so that
+	// a retry takes over the lease of an attempt whose worker died.
+	SweepID string
 	// Progress, when set, is called now and then with the stage and a count.
 	Progress func(stage string, n int64)
 }
@@ -108,70 +115,106 @@ type GCResult struct {
 
 // ForgetPoint deletes the manifest of a restore point: it is no longer a
 // restore point, and its chunks are garbage unless another manifest names
-// them. Deleting an absent one is not an error.
+// them. Deleting an absent one is not an error. See retireManifest.
 func (r *Repo) ForgetPoint(ctx context.Context, point string) error {
 	if err := ValidPointID(point); err != nil {
 		return drivers.Permanent(drivers.ReasonInvalidInput, err)
 	}
-	if err := r.st.Delete(ctx, r.key(manifestKey(point))); err != nil {
-		return fmt.Errorf("forget restore point %s: delete %s: %w", point, r.where(manifestKey(point)), err)
+	if err := r.retireManifest(ctx, point); err != nil {
+		return fmt.Errorf("forget restore point %s: %w", point, err)
 	}
+	return nil
+}
+
+// retireManifest deletes the manifest of point, first leaving a copy of it
+// under gc/forgotten/: the next garbage collection counts the chunks it
+// names as unnamed only from then on (since = now), whatever an older mark
+// says, and then deletes the copy. Without it, a chunk marked before a
+// point named it, that point deleted before any run saw it, would look
+// unnamed ever since the old mark and be deleted at once, under a writer
+// that had found it stored and skipped it (docs/format.md, "Garbage
+// collection"). An absent manifest is not an error.
+func (r *Repo) retireManifest(ctx context.Context, point string) error {
+	body, err := r.get(ctx, manifestKey(point), MaxMetadataSize+1<<20)
+	if errors.Is(err, drivers.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", r.where(manifestKey(point)), classify(err))
+	}
+	if err := r.put(ctx, forgottenKey(point), body); err != nil {
+		return fmt.Errorf("write %s: %w", r.where(forgottenKey(point)), err)
+	}
+	if err := r.st.Delete(ctx, r.key(manifestKey(point))); err != nil {
+		return fmt.Errorf("delete %s: %w", r.where(manifestKey(point)), err)
+	}
+	return nil
+}
+
+const gcForgottenDir = "gc/forgotten/"
+
+func forgottenKey(point string) string { return gcForgottenDir + point + manifestExt }
+
+// listPoints lists the ids of the manifests under dir, but those in skip.
+func (r *Repo) listPoints(ctx context.Context, dir string, skip map[string]bool) ([]string, error) {
+	var points []string
+	prefix := r.key(dir)
+	if err := r.st.List(ctx, prefix, func(o store.Object) error {
+		if id, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), manifestExt); ok && ValidPointID(id) == nil && !skip[id] {
+			points = append(points, id)
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("garbage collection: list manifests at %s: %w", r.where(dir), err)
+	}
+	return points, nil
+}
+
+// scanAll adds the chunk ids of the manifests of points stored under dir
+// to set; a manifest deleted since the listing is skipped.
+func (r *Repo) scanAll(ctx context.Context, dir string, points []string, set *idSet, progress func(string, int64)) error {
+	for i, p := range points {
+		if err := r.scanRefs(ctx, dir+p+manifestExt, p, set.add); err != nil {
+			if drivers.IsNotFound(err) {
+				continue // forgotten or abandoned and deleted since the listing
+			}
+			return fmt.Errorf("garbage collection at %s stopped, nothing deleted: %w", r.Location(), err)
+		}
+		if progress != nil {
+			progress("manifests", int64(i+1))
+		}
+	}
+	set.compact()
 	return nil
 }
 
 // CollectGarbage marks the chunks no stored manifest names and deletes
 // those a previous run marked under the same epoch at least GCMargin ago
-// that are still unnamed, when it can take the sweep lease. Its memory is
-// about 100 bytes per stored chunk at most: the named ids, sorted, and the
-// marks; manifests and the chunk listing are streamed.
-func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, error) {
-	res := GCResult{MarginSeconds: GCMargin.Seconds()}
+// that are still unnamed, when it can take the sweep lease. It scans
+// without the lease, takes it only to delete, and then reads the manifests
+// stored since its scan first. Its memory is about 100 bytes per stored
+// chunk at most: the named ids, sorted, and the marks; manifests and the
+// chunk listing are streamed.
+func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (res GCResult, err error) {
+	res = GCResult{MarginSeconds: GCMargin.Seconds()}
 	progress := opt.Progress
 	if progress == nil {
 		progress = func(string, int64) {}
 	}
-	started := time.Now()
-	now := started.UTC()
+	now := time.Now().UTC()
 	e, err := r.GetEpoch(ctx)
 	if err != nil {
 		return res, err
 	}
 	res.Epoch = e.Epoch
-
-	// The lease first: with it held and nothing pending, every manifest
-	// that will ever name a chunk this run may delete is stored already.
-	var lease *SweepLease
 	switch {
 	case opt.NoSweep != "":
 		res.NoSweep = opt.NoSweep
 	case opt.DryRun:
-		if len(e.Pending) > 0 {
-			res.NoSweep = fmt.Sprintf("%d restore points are being committed", len(e.Pending))
-		}
-	default:
-		lease, res.NoSweep, err = r.takeSweep(ctx)
-		if err != nil {
-			return res, err
-		}
-		if lease != nil {
-			defer func() {
-				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-				defer cancel()
-				if rerr := r.letGoSweep(cctx, lease.ID); rerr != nil && err == nil {
-					err = rerr
-				}
-			}()
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithDeadline(ctx, started.Add(sweepMax))
-			defer cancel()
-			res.Swept = true
-			if e, err = r.GetEpoch(ctx); err != nil { // as the lease left it
-				return res, err
-			}
-			res.Epoch = e.Epoch
+		if n := len(livePending(e, time.Now())); n > 0 {
+			res.NoSweep = fmt.Sprintf("%d restore points are being committed", n)
 		}
 	}
-	sweep := res.NoSweep == ""
 
 	old, err := r.readMark(ctx)
 	if err != nil {
@@ -183,28 +226,27 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 
 	// Every stored manifest names chunks to keep: valid, pending (whose
 	// manifests may be written already) or abandoned (kept until deleted).
-	var points []string
-	prefix := r.key(pointsDir)
-	if err := r.st.List(ctx, prefix, func(o store.Object) error {
-		if id, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), manifestExt); ok && ValidPointID(id) == nil && !opt.Forgotten[id] {
-			points = append(points, id)
-		}
-		return nil
-	}); err != nil {
-		return res, fmt.Errorf("garbage collection: list manifests at %s: %w", r.where(pointsDir), err)
+	points, err := r.listPoints(ctx, pointsDir, opt.Forgotten)
+	if err != nil {
+		return res, err
 	}
 	var named idSet
-	for i, p := range points {
-		if err := r.scanRefs(ctx, p, named.add); err != nil {
-			if drivers.IsNotFound(err) {
-				continue // forgotten or abandoned and deleted since the listing
-			}
-			return res, fmt.Errorf("garbage collection at %s stopped, nothing deleted: %w", r.Location(), err)
-		}
-		progress("manifests", int64(i+1))
+	if err := r.scanAll(ctx, pointsDir, points, &named, progress); err != nil {
+		return res, err
 	}
-	named.compact()
 	res.Manifests, res.Referenced = len(points), len(named.ids)
+	// The copies of manifests deleted since (listed after the manifests: a
+	// manifest gone from that listing left its copy before it went): their
+	// chunks are unnamed from now on, whatever the old mark says.
+	retired, err := r.listPoints(ctx, gcForgottenDir, nil)
+	if err != nil {
+		return res, err
+	}
+	var renamed idSet
+	if err := r.scanAll(ctx, gcForgottenDir, retired, &renamed, nil); err != nil {
+		return res, err
+	}
+	sweep := res.NoSweep == ""
 
 	// Stream the chunk listing (in id order).
 	next := &gcMark{Epoch: e.Epoch}
@@ -236,17 +278,15 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 			}
 			return nil
 		}
-		if !marked {
+		switch {
+		case !marked:
 			since = now
 			res.NewlyMarked++
-		} else if sweep && now.Sub(since) >= GCMargin {
-			// It stays in the mark until it is gone: a run cut short
-			// leaves it marked, for the next to delete.
+		case renamed.has(id):
+			since = now // named by a manifest deleted since the last run
+		case sweep && now.Sub(since) >= GCMargin:
 			doomed = append(doomed, int32(len(next.ids)))
 			doomedBytes = append(doomedBytes, int32(o.Size))
-			next.ids = append(next.ids, id)
-			next.times = append(next.times, since.UnixMilli())
-			return nil
 		}
 		next.ids = append(next.ids, id)
 		next.times = append(next.times, since.UnixMilli())
@@ -257,23 +297,67 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 	if err != nil {
 		return res, fmt.Errorf("garbage collection: list chunks at %s: %w", r.where(chunksDir), err)
 	}
-	named = idSet{}
+	named, renamed = idSet{}, idSet{}
 	old = nil // done with it: let the memory go before the writes
+	uncount := func() {
+		for _, n := range doomedBytes {
+			res.MarkedBytes -= int64(n)
+		}
+		res.Marked -= len(doomed)
+	}
 	if opt.DryRun {
 		res.Deleted = len(doomed)
 		for _, n := range doomedBytes {
 			res.Freed += int64(n)
 		}
+		uncount()
 		return res, nil
+	}
+
+	// The lease, only now: with it held and nothing pending, every manifest
+	// that will ever name a chunk this run may delete is stored already;
+	// those stored since the scan are read before deleting.
+	if sweep {
+		took := time.Now()
+		var lease *SweepLease
+		lease, res.NoSweep, err = r.takeSweep(ctx, opt.SweepID)
+		if err != nil {
+			return res, err
+		}
+		if lease != nil {
+			defer func() {
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+				defer cancel()
+				if rerr := r.letGoSweep(cctx, *lease); rerr != nil && err == nil {
+					err = rerr
+				}
+			}()
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, took.Add(sweepMax))
+			defer cancel()
+			res.Swept = true
+			if res.NoSweep, err = r.recheck(ctx, e.Epoch, points, opt.Forgotten, next, &doomed, &doomedBytes); err != nil {
+				return res, err
+			}
+		}
+		if res.NoSweep != "" {
+			doomed, doomedBytes = nil, nil
+		}
 	}
 	// Mark before deleting: what a run cut short did not delete, the next
 	// deletes.
 	if err := r.writeMark(ctx, next); err != nil {
 		return res, err
 	}
+	for _, p := range retired { // counted in the mark now
+		if err := r.st.Delete(ctx, r.key(forgottenKey(p))); err != nil {
+			return res, fmt.Errorf("garbage collection: delete %s: %w", r.where(forgottenKey(p)), err)
+		}
+	}
 	if len(doomed) == 0 {
 		return res, nil
 	}
+	uncount()
 	gone, freed, derr := r.deleteChunks(ctx, next.ids, doomed, doomedBytes, progress)
 	res.Deleted, res.Freed = gone, freed
 	if derr != nil {
@@ -293,25 +377,90 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (GCResult, err
 	return res, r.writeMark(ctx, next)
 }
 
-// takeSweep takes the sweep lease, unless a commit is pending or another
-// sweep holds it: then it says why in noSweep.
-func (r *Repo) takeSweep(ctx context.Context) (lease *SweepLease, noSweep string, err error) {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	mine := SweepLease{ID: hex.EncodeToString(b[:])}
+// recheck runs under the lease: it reads the manifests stored since the
+// scan (listed then as points) and drops from doomed the chunks they name.
+// It returns why the run must not delete after all, if it must not.
+func (r *Repo) recheck(ctx context.Context, epoch uint64, points []string, forgotten map[string]bool, next *gcMark, doomed, doomedBytes *[]int32) (string, error) {
+	e, err := r.GetEpoch(ctx) // as the lease left it
+	if err != nil {
+		return "", err
+	}
+	if e.Epoch != epoch {
+		return fmt.Sprintf("the epoch went from %d to %d during the run", epoch, e.Epoch), nil
+	}
+	seen := make(map[string]bool, len(points)+len(forgotten))
+	for _, p := range points {
+		seen[p] = true
+	}
+	for p := range forgotten {
+		seen[p] = true
+	}
+	fresh, err := r.listPoints(ctx, pointsDir, seen)
+	if err != nil {
+		return "", err
+	}
+	if len(fresh) == 0 {
+		return "", nil
+	}
+	var named idSet
+	if err := r.scanAll(ctx, pointsDir, fresh, &named, nil); err != nil {
+		return "", err
+	}
+	kd, kb := (*doomed)[:0], (*doomedBytes)[:0]
+	for i, at := range *doomed {
+		if !named.has(next.ids[at]) {
+			kd, kb = append(kd, at), append(kb, (*doomedBytes)[i])
+		}
+	}
+	*doomed, *doomedBytes = kd, kb
+	return "", nil
+}
+
+// livePending are the pending entries of e whose writers may still write
+// a manifest at now: an entry older than commitWindow plus the clock skew
+// a writer may have (sweepStale - sweepMax) is a gone writer's, whose
+// manifest write had to end within commitWindow of the entry (format.md,
+// "Committing a restore point") and which re-checks its chunks if it ever
+// renews the entry (CommitPoint), which no sweep lets it do meanwhile.
+func livePending(e Epoch, now time.Time) []PendingPoint {
+	var live []PendingPoint
+	for _, p := range e.Pending {
+		if now.Sub(p.Since) <= pendingLive {
+			live = append(live, p)
+		}
+	}
+	return live
+}
+
+// takeSweep takes the sweep lease as id, unless a commit is pending or
+// another sweep holds it: then it says why in noSweep. A lease of the same
+// id is a previous attempt's of this run (a worker that died mid-sweep),
+// taken over once that attempt has surely stopped deleting (sweepMax after
+// it took it); before that the error is transient.
+func (r *Repo) takeSweep(ctx context.Context, id string) (lease *SweepLease, noSweep string, err error) {
+	if id == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		id = hex.EncodeToString(b[:])
+	}
 	_, err = r.UpdateEpoch(ctx, func(e *Epoch) error {
 		lease, noSweep = nil, ""
 		now := time.Now()
-		if len(e.Pending) > 0 {
-			noSweep = fmt.Sprintf("%d restore points are being committed (%s since %s)", len(e.Pending), e.Pending[0].Point, e.Pending[0].Since.Format(time.RFC3339))
+		if live := livePending(*e, now); len(live) > 0 {
+			noSweep = fmt.Sprintf("%d restore points are being committed (%s since %s)", len(live), live[0].Point, live[0].Since.Format(time.RFC3339))
 			return ErrNoChange
 		}
-		if err := r.sweeping(*e, now); err != nil {
-			noSweep = "another garbage collection is sweeping (" + e.Sweep.ID + ")"
+		if e.Sweep != nil && e.Sweep.ID == id {
+			if until := e.Sweep.Since.Add(sweepMax + time.Minute); now.Before(until) {
+				return fmt.Errorf("garbage collection at %s: a previous attempt of this run (sweep %s) took the lease at %s and may still be deleting until %s; try again then",
+					r.Location(), id, e.Sweep.Since.Format(time.RFC3339), until.UTC().Format(time.RFC3339))
+			}
+		} else if err := r.sweeping(*e, now); err != nil {
+			noSweep = fmt.Sprintf("another garbage collection is sweeping (%s, since %s; its lease expires at %s if it is not let go)",
+				e.Sweep.ID, e.Sweep.Since.Format(time.RFC3339), e.Sweep.Since.Add(sweepStale).Format(time.RFC3339))
 			return ErrNoChange
 		}
-		mine.Since = now.UTC()
-		l := mine
+		l := SweepLease{ID: id, Since: now.UTC()}
 		e.Sweep, lease = &l, &l
 		return nil
 	})
@@ -321,10 +470,11 @@ func (r *Repo) takeSweep(ctx context.Context) (lease *SweepLease, noSweep string
 	return lease, noSweep, nil
 }
 
-// letGoSweep removes the lease id from epoch.json, if it is still there.
-func (r *Repo) letGoSweep(ctx context.Context, id string) error {
+// letGoSweep removes lease from epoch.json, if it is still there: the same
+// id taken at the same time (a later attempt's re-take is not ours).
+func (r *Repo) letGoSweep(ctx context.Context, lease SweepLease) error {
 	_, err := r.UpdateEpoch(ctx, func(e *Epoch) error {
-		if e.Sweep == nil || e.Sweep.ID != id {
+		if e.Sweep == nil || e.Sweep.ID != lease.ID || !e.Sweep.Since.Equal(lease.Since) {
 			return ErrNoChange
 		}
 		e.Sweep = nil
@@ -586,12 +736,11 @@ func (r *Repo) readMarkStream(ctx context.Context) (*gcMark, error) {
 	return m, nil
 }
 
-// scanRefs calls add for every chunk id the stored manifest of point
-// names, streaming it: only the sealed body of an encrypted manifest is
+// scanRefs calls add for every chunk id the manifest of point stored at
+// key names, streaming it: only the sealed body of an encrypted manifest is
 // held whole (AES-GCM opens only a whole message). The manifest's header,
 // digest and trailer are checked; an error means its ids may be incomplete.
-func (r *Repo) scanRefs(ctx context.Context, point string, add func(ID)) error {
-	key := manifestKey(point)
+func (r *Repo) scanRefs(ctx context.Context, key, point string, add func(ID)) error {
 	fail := func(err error) error {
 		return classify(fmt.Errorf("manifest of restore point %s at %s: %w", point, r.where(key), err))
 	}
@@ -650,6 +799,8 @@ func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
 		header         headerLine
 		lastLine       []byte
 		inStr, esc     bool
+		strEsc         bool   // the current string has an escape
+		suspect        bool   // the string just closed must not be a key
 		str            []byte // the current string, while it is short
 		strLong        bool
 		afterID, value int // 1: after the string "id"; 2: after its colon
@@ -673,9 +824,12 @@ func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
 				case esc:
 					esc = false
 				case c == '\\':
-					esc = true
+					esc, strEsc = true, true
 				case c == '"':
 					inStr = false
+					// A key that encoding/json would take for "id" and
+					// this lexer not: refused below if it is a key.
+					suspect = strEsc || (!strLong && string(str) != "id" && strings.EqualFold(string(str), "id"))
 					switch {
 					case value == 2:
 						id, err := ParseID(string(str))
@@ -700,7 +854,7 @@ func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
 			}
 			switch c {
 			case '"':
-				inStr, str, strLong = true, str[:0], false
+				inStr, str, strLong, strEsc, suspect = true, str[:0], false, false, false
 				if afterID == 2 {
 					value = 2
 				}
@@ -709,6 +863,9 @@ func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
 			case ' ', '\t', '\r':
 				continue
 			case ':':
+				if suspect {
+					return bad("line %d: a key with an escape or spelled %q: not written by drorch, and its chunk ids could be missed (corrupted)", lines+1, str)
+				}
 				if afterID == 1 {
 					afterID = 2
 					continue
@@ -735,7 +892,7 @@ func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
 				}
 				line, lineLong = line[:0], false
 			}
-			afterID, value = 0, 0
+			afterID, value, suspect = 0, 0, false
 		}
 		h.Write(b[fed:])
 		if rerr == io.EOF {

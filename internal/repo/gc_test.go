@@ -164,7 +164,7 @@ func TestGCNoSweep(t *testing.T) {
 
 func TestGCLeaseHoldsCommitsBack(t *testing.T) {
 	r, _ := newTestRepo(t, nil)
-	lease, why, err := r.takeSweep(context.Background())
+	lease, why, err := r.takeSweep(context.Background(), "")
 	if err != nil || lease == nil {
 		t.Fatalf("take: %v %q", err, why)
 	}
@@ -172,10 +172,10 @@ func TestGCLeaseHoldsCommitsBack(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "garbage collection has been deleting") {
 		t.Fatalf("a commit began during a sweep: %v", err)
 	}
-	if _, why, _ := r.takeSweep(context.Background()); why == "" {
+	if _, why, _ := r.takeSweep(context.Background(), ""); why == "" {
 		t.Fatal("two sweeps held the lease")
 	}
-	if err := r.letGoSweep(context.Background(), lease.ID); err != nil {
+	if err := r.letGoSweep(context.Background(), *lease); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.CommitPoint(context.Background(), pointManifest(r, NewPointID(time.Now(), "x"), 0), nil); err != nil {
@@ -212,7 +212,7 @@ func TestScanRefs(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got []ID
-		if err := r.scanRefs(context.Background(), m.Point, func(id ID) { got = append(got, id) }); err != nil {
+		if err := r.scanRefs(context.Background(), manifestKey(m.Point), m.Point, func(id ID) { got = append(got, id) }); err != nil {
 			t.Fatal(err)
 		}
 		var want []ID
@@ -234,12 +234,12 @@ func TestScanRefs(t *testing.T) {
 		bad := bytes.Replace(plain, []byte(Hash([]byte("a")).String()), []byte(Hash([]byte("c")).String()), 1)
 		body, _ := r.seal(bad, nil)
 		st.objs[r.key(manifestKey(m.Point))] = body
-		if err := r.scanRefs(context.Background(), m.Point, func(ID) {}); err == nil || !strings.Contains(err.Error(), "digest") {
+		if err := r.scanRefs(context.Background(), manifestKey(m.Point), m.Point, func(ID) {}); err == nil || !strings.Contains(err.Error(), "digest") {
 			t.Fatalf("a changed manifest scanned: %v", err)
 		}
 		body, _ = r.seal(plain[:len(plain)/2], nil)
 		st.objs[r.key(manifestKey(m.Point))] = body
-		if err := r.scanRefs(context.Background(), m.Point, func(ID) {}); err == nil {
+		if err := r.scanRefs(context.Background(), manifestKey(m.Point), m.Point, func(ID) {}); err == nil {
 			t.Fatal("a truncated manifest scanned")
 		}
 	}
