@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -150,9 +151,9 @@ func TestForgetRevokedStopsBeforeDeleting(t *testing.T) {
 	var a *activities.Activities
 	env.OnActivity(a.Describe, mock.Anything, mock.Anything).Return(plan, nil)
 	env.OnActivity(a.QueryLockClaims, mock.Anything, mock.Anything).Return([]activities.LockClaim{}, nil)
-	called := false
+	var called atomic.Bool
 	env.OnActivity(a.ApplyRetention, mock.Anything, mock.Anything).Return(func(ctx context.Context, _ activities.ApplyRetentionInput) (activities.ApplyRetentionResult, error) {
-		called = true
+		called.Store(true)
 		<-ctx.Done()
 		return activities.ApplyRetentionResult{}, ctx.Err()
 	}).Once()
@@ -161,7 +162,7 @@ func TestForgetRevokedStopsBeforeDeleting(t *testing.T) {
 	}, time.Second)
 	env.ExecuteWorkflow(Forget, ForgetInput{Plan: "files", Site: "secondary"})
 	require.ErrorContains(t, env.GetWorkflowError(), "superseded: unplanned failover to secondary (workflow drorch/files/switch) took over retention/secondary")
-	require.True(t, called)
+	require.True(t, called.Load())
 	// The test environment does not wait for a cancelled activity: check
 	// that Forget's steps ask Temporal to.
 	env = newEnv(t)
@@ -209,6 +210,7 @@ func TestReadersAndPinsClaimRetention(t *testing.T) {
 	env, reqs := recordClaims(t)
 	var a *activities.Activities
 	env.OnActivity(a.PrepareRestore, mock.Anything, mock.Anything).Return(activities.PrepareRestoreResult{}, fmt.Errorf("stop here")).Maybe()
+	env.OnActivity(a.AccessStatus, mock.Anything, mock.Anything).Return([]activities.ResourceState{}, nil).Maybe()
 	env.ExecuteWorkflow(Restore, RestoreInput{Plan: "files", Site: "secondary"})
 	require.True(t, hasRequest(*reqs, ClaimRefuse, ResTarget("secondary", "")), "%+v", *reqs)
 	require.True(t, hasRequest(*reqs, ClaimCheck, ResRetention("secondary")), "restore: %+v", *reqs)
