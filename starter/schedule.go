@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go.temporal.io/api/operatorservice/v1"
 	"io"
 	"os"
 	"sort"
@@ -65,6 +66,9 @@ func (c *cli) scheduleApplyCmd() *cobra.Command {
 				}
 			}
 			ctx := context.Background()
+			if err := searchAttributesRegistered(ctx, cc); err != nil {
+				return err
+			}
 			want := map[string]bool{}
 			var failed []string
 			for _, name := range planNames(cfg) {
@@ -574,4 +578,30 @@ func (c *cli) scheduleTriggerCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&plan, "plan", "", "protection plan (required)")
 	return cmd
+}
+
+// searchAttributesRegistered checks that the namespace knows drorch's
+// search attributes: a Protect run that sets one the namespace lacks fails
+// its workflow task again and again instead of running, so a schedule is
+// not made until they are there.
+func searchAttributesRegistered(ctx context.Context, cc *clientConn) error {
+	resp, err := cc.OperatorService().ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: cc.namespace})
+	if err != nil {
+		return fmt.Errorf("list the search attributes of namespace %s: %w", cc.namespace, err)
+	}
+	types := map[string]string{
+		workflows.PlanAttr.GetName(): "Keyword", workflows.SiteAttr.GetName(): "Keyword",
+		workflows.OperationAttr.GetName(): "Keyword", workflows.RPOBreachedAttr.GetName(): "Bool",
+	}
+	var missing []string
+	for _, name := range workflows.SearchAttributeNames {
+		if _, ok := resp.GetCustomAttributes()[name]; !ok {
+			missing = append(missing, fmt.Sprintf("  temporal operator search-attribute create --namespace %s --name %s --type %s", cc.namespace, name, types[name]))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("namespace %s lacks drorch's search attributes, which the protection cycle sets; register them first:\n%s",
+			cc.namespace, strings.Join(missing, "\n"))
+	}
+	return nil
 }

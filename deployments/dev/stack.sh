@@ -256,6 +256,12 @@ up() {
 		"$TEMPORAL" operator cluster health --address 127.0.0.1:7233 >/dev/null 2>&1 && break
 		sleep 0.5
 	done
+	# --search-attribute registers only into a new database: one made by an
+	# older stack gets the attributes added since.
+	for sa in DrorchPlan=Keyword DrorchSite=Keyword DrorchOperation=Keyword DrorchRPOBreached=Bool; do
+		"$TEMPORAL" operator search-attribute list --address 127.0.0.1:7233 2>/dev/null | grep -qw "${sa%=*}" ||
+			"$TEMPORAL" operator search-attribute create --address 127.0.0.1:7233 --name "${sa%=*}" --type "${sa#*=}" >/dev/null
+	done
 	# The worker is restarted on every `up` so it runs the binary just built.
 	stop worker
 	start worker "$ROOT/bin/drorch-worker" --config "$CONFIG" --site primary --site secondary --metrics-listen 127.0.0.1:9464

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/api/workflowservice/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"github.com/drorch/drorch/internal/config"
 	"github.com/drorch/drorch/workflows"
 )
@@ -112,5 +115,19 @@ func TestScheduleApply(t *testing.T) {
 	cli("plan "+name+": deleted", "apply", "--prune")
 	if _, err := h.Describe(context.Background()); err == nil {
 		t.Error("the schedule is still there after apply --prune")
+	}
+
+	// A namespace without drorch's search attributes gets no schedule: its
+	// Protect runs could not set DrorchRPOBreached and would never run.
+	bare := "bare-" + randomHex(4)
+	if _, err := s.cl.WorkflowService().RegisterNamespace(context.Background(), &workflowservice.RegisterNamespaceRequest{
+		Namespace: bare, WorkflowExecutionRetentionPeriod: durationpb.New(24 * time.Hour),
+	}); err != nil {
+		t.Fatalf("register namespace %s: %v", bare, err)
+	}
+	write("    schedule: {every: 1h}\n")
+	out, errOut, err := s.drorch("--namespace", bare, "schedule", "apply", "--plan", name)
+	if err == nil || !strings.Contains(errOut, "lacks drorch's search attributes") || !strings.Contains(errOut, "--name DrorchRPOBreached --type Bool") {
+		t.Fatalf("apply in a namespace without the search attributes: %v\n%s%s", err, out, errOut)
 	}
 }
