@@ -75,6 +75,9 @@ type ProtectSite struct {
 	// RefreshSkipped says why the warm standby here was not refreshed
 	// (its target holds writes of its own that a failback recovers).
 	RefreshSkipped string `json:"refreshSkipped,omitempty"`
+	// Deferred lists the steps left to the next cycle because another
+	// operation of the plan held what they needed (a switch begun meanwhile).
+	Deferred string `json:"deferred,omitempty"`
 	// RefreshRunning is the id of a refresh that outlived the cycle.
 	RefreshRunning string `json:"refreshRunning,omitempty"`
 	// Newest is the newest valid point here at the end of the cycle, and
@@ -215,6 +218,19 @@ func (p *protect) site(name string) *ProtectSite {
 }
 
 func (p *protect) fail(site, step string, err error) {
+	if errorType(err) == "ClaimRefused" {
+		// Another operation of the plan holds what the step needs (a
+		// switch that began after this cycle did, a forget run by hand):
+		// the step waits for the next cycle; that is not a failure.
+		if s := p.site(site); s != nil {
+			s.Deferred = strings.TrimPrefix(s.Deferred+"; "+step+": "+errorMessage(err), "; ")
+			if step == "retention" {
+				s.Retention = "skipped"
+			}
+		}
+		workflow.GetLogger(p.ctx).Info("protection cycle step deferred", "plan", p.info.Plan, "site", site, "step", step, "why", errorMessage(err))
+		return
+	}
 	msg := fmt.Sprintf("%s at %s failed: %s", step, site, errorMessage(err))
 	p.res.Failures = append(p.res.Failures, msg)
 	if s := p.site(site); s != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
 	"github.com/drorch/drorch/activities"
@@ -143,4 +144,22 @@ func TestProtectDoesNotRefreshTheOldPrimary(t *testing.T) {
 	require.False(t, old.Refreshed)
 	require.Contains(t, old.RefreshSkipped, "is the plan's primary")
 	require.Empty(t, res.Failures)
+}
+
+// A switch begun after the cycle started refuses its transmit and
+// retention: those steps wait for the next cycle, and the run does not
+// fail for it.
+func TestProtectDefersStepsASwitchRefuses(t *testing.T) {
+	info := plan
+	now := time.Date(2026, 1, 10, 3, 0, 0, 0, time.UTC)
+	env := protectEnv(t, info, now, time.Minute)
+	refused := temporal.NewNonRetryableApplicationError("plan files: transmit from primary to secondary refused: a planned failover of the plan is running", "ClaimRefused", nil)
+	env.OnWorkflow(Backup, mock.Anything, BackupInput{Plan: "files", Site: "primary"}).Return(BackupResult{Point: "p2"}, nil).Once()
+	env.OnWorkflow(Transmit, mock.Anything, mock.Anything).Return(TransmitResult{}, refused).Once()
+	env.ExecuteWorkflow(Protect, ProtectInput{Plan: "files", SkipRetention: true})
+	require.NoError(t, env.GetWorkflowError())
+	var res ProtectResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	require.Empty(t, res.Failures)
+	require.Contains(t, res.Sites[1].Deferred, "transmit: plan files: transmit from primary to secondary refused")
 }
