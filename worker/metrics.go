@@ -120,10 +120,10 @@ func (r *refresher) schedule(ctx context.Context, plan string) {
 	var nf *serviceerror.NotFound
 	switch {
 	case errors.As(err, &nf):
-		r.m.SetSchedule(plan, false, false)
+		r.m.SetSchedule(plan, false, false, time.Time{})
 	case err != nil:
 		r.log.Debug().Err(err).Str("plan", plan).Msg("metrics: describe schedule")
 	default:
-		r.m.SetSchedule(plan, true, desc.Schedule.State != nil && desc.Schedule.State.Paused)
+		r.m.SetSchedule(plan, true, desc.Schedule.State != nil && desc.Schedule.State.Paused, desc.Info.LastUpdateAt)
 	}
 }

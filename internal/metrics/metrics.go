@@ -203,15 +203,21 @@ func (m *Metrics) SetObjective(plan string, rpo time.Duration) {
 	m.rpo[plan] = rpo
 }
 
-// SetSchedule records the state of the plan's protect schedule.
-func (m *Metrics) SetSchedule(plan string, exists, paused bool) {
+// SetSchedule records the state of the plan's protect schedule. since is
+// when the schedule last changed, as Temporal records it (for a paused
+// one, when it was paused or changed since): it survives a restart of the
+// worker. Zero: not known, and a newly paused schedule counts from now.
+func (m *Metrics) SetSchedule(plan string, exists, paused bool, since time.Time) {
 	if m == nil {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.sched[plan]
-	if paused && !s.paused {
+	switch {
+	case paused && !since.IsZero():
+		s.since = since
+	case paused && !s.paused:
 		s.since = m.now()
 	}
 	s.exists, s.paused = exists, paused

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"fmt"
 	"io"
 	"net/http/httptest"
 	"strings"
@@ -30,7 +31,7 @@ func TestAgeAndHooks(t *testing.T) {
 	t.Cleanup(func() { Install(nil) })
 	m.SetNewestPoint("files", "b", now.Add(-time.Hour))
 	m.SetObjective("files", 15*time.Minute)
-	m.SetSchedule("files", true, true)
+	m.SetSchedule("files", true, true, now.Add(-2*time.Hour))
 	GCSucceeded("files", "b", now.Add(-time.Minute))
 	BackupBytes("files", "a", 100)
 	OperationDone("backup", 3*time.Second)
@@ -39,6 +40,7 @@ func TestAgeAndHooks(t *testing.T) {
 		`drorch_recovery_point_age_seconds{plan="files",site="b"} 3600`,
 		`drorch_rpo_objective_seconds{plan="files"} 900`,
 		`drorch_schedule_paused{plan="files"} 1`,
+		fmt.Sprintf(`drorch_schedule_paused_since_timestamp_seconds{plan="files"} %g`, float64(now.Add(-2*time.Hour).Unix())),
 		`drorch_gc_last_success_timestamp_seconds{plan="files",site="b"} 1.76732274e+09`,
 		`drorch_backup_bytes_total{plan="files",site="a"} 100`,
 		`drorch_operation_duration_seconds_count{operation="backup"} 1`,
