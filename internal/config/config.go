@@ -144,6 +144,19 @@ type Source struct {
 	Path     string `yaml:"path"`
 	OnChange string `yaml:"onChange"` // what to do when a file changes while it is read: retry or fail
 	Retries  int    `yaml:"retries"`
+
+	// Hooks run around a backup at the site: pre before the source is
+	// listed (freeze, flush, take a snapshot), post after it was read,
+	// also when the backup failed (thaw, drop the snapshot).
+	Hooks *SourceHooks `yaml:"hooks"`
+}
+
+// SourceHooks are the commands or webhooks a backup runs around reading a
+// source. A failing pre hook fails the backup; a failing post hook is a
+// warning of the backup's result.
+type SourceHooks struct {
+	Pre  []*Hook `yaml:"pre"`
+	Post []*Hook `yaml:"post"`
 }
 
 // Encryption turns on encryption of a plan's chunks and manifests.

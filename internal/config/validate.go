@@ -227,6 +227,20 @@ func (s *Source) validate(d *decoder, path string) {
 	if s.Retries < 0 || s.Retries > 100 {
 		d.errorf(f("retries"), "must be between 0 and 100, got %d", s.Retries)
 	}
+	if s.Hooks != nil {
+		if len(s.Hooks.Pre) == 0 && len(s.Hooks.Post) == 0 {
+			d.errorf(f("hooks"), "does nothing: give pre or post hooks, or leave hooks out")
+		}
+		for key, hooks := range map[string][]*Hook{"pre": s.Hooks.Pre, "post": s.Hooks.Post} {
+			for i, h := range hooks {
+				if h == nil {
+					d.errorf(fmt.Sprintf("%s[%d]", join(f("hooks"), key), i), "required: exec (a command) or http (a URL)")
+					continue
+				}
+				h.validate(d, fmt.Sprintf("%s[%d]", join(f("hooks"), key), i))
+			}
+		}
+	}
 }
 
 func (e *Encryption) validate(d *decoder, path string) {
