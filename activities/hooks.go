@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"syscall"
 	"time"
@@ -46,7 +47,7 @@ func (a *Activities) RunHooks(ctx context.Context, in RunHooksInput) error {
 			hooks = s.After
 		}
 		for i, h := range hooks {
-			if err := runHook(ctx, h, a.cfg.SecretValues()); err != nil {
+			if err := runHook(ctx, h, nil, a.cfg.SecretValues()); err != nil {
 				return temporalError(fmt.Errorf("step %s, %s hook %d: %w", s.Name, in.Phase, i+1, err))
 			}
 			a.log.Info().Str("plan", in.Plan).Str("step", s.Name).Str("phase", in.Phase).Int("hook", i+1).Msg("hook passed")
@@ -56,7 +57,9 @@ func (a *Activities) RunHooks(ctx context.Context, in RunHooksInput) error {
 	return temporalError(drivers.Permanentf(drivers.ReasonInvalidInput, "plan %s has no recovery step %q", in.Plan, in.Step))
 }
 
-func runHook(ctx context.Context, h *config.Hook, secrets []string) error {
+// runHook runs one hook; env is added to a command's environment (a
+// webhook does not see it).
+func runHook(ctx context.Context, h *config.Hook, env, secrets []string) error {
 	timeout := h.Timeout
 	if timeout == 0 {
 		timeout = defaultHookTimeout
@@ -67,6 +70,9 @@ func runHook(ctx context.Context, h *config.Hook, secrets []string) error {
 		out := &tailBuffer{redact.TailWriter{Max: 2*redact.TailSize + 1024}} // room for a secret the cut goes through
 		cmd := exec.CommandContext(ctx, h.Exec[0], h.Exec[1:]...)
 		cmd.Stdout, cmd.Stderr = out, out
+		if env != nil {
+			cmd.Env = append(os.Environ(), env...)
+		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 		cmd.WaitDelay = 5 * time.Second

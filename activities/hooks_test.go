@@ -25,7 +25,7 @@ func TestHookOutputIsCappedAndRedacted(t *testing.T) {
 	script := `for i in $(seq 1 400); do echo "line $i of noise noise noise"; done
 echo "calling https://deploy:hunter22@hooks.example.com/ready?token=abc123 with ` + hookSecret + `" >&2
 exit 3`
-	err := runHook(context.Background(), &config.Hook{Exec: []string{"sh", "-c", script}}, []string{hookSecret})
+	err := runHook(context.Background(), &config.Hook{Exec: []string{"sh", "-c", script}}, nil, []string{hookSecret})
 	if err == nil {
 		t.Fatal("a hook exiting 3 passed")
 	}
@@ -52,12 +52,12 @@ func TestHTTPHookErrorHasNoQueryString(t *testing.T) {
 		fmt.Fprintf(w, "not ready; retry with password=%s", hookSecret)
 	}))
 	defer srv.Close()
-	err := runHook(context.Background(), &config.Hook{HTTP: srv.URL + "/ready?sig=s3cr3tsig"}, []string{hookSecret})
+	err := runHook(context.Background(), &config.Hook{HTTP: srv.URL + "/ready?sig=s3cr3tsig"}, nil, []string{hookSecret})
 	if err == nil || strings.Contains(err.Error(), "s3cr3tsig") || strings.Contains(err.Error(), hookSecret) || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("error %v", err)
 	}
 	srv.Close()
-	err = runHook(context.Background(), &config.Hook{HTTP: srv.URL + "/ready?sig=s3cr3tsig"}, nil)
+	err = runHook(context.Background(), &config.Hook{HTTP: srv.URL + "/ready?sig=s3cr3tsig"}, nil, nil)
 	if err == nil || strings.Contains(err.Error(), "s3cr3tsig") {
 		t.Fatalf("a refused connection: error %v", err)
 	}
