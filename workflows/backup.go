@@ -1,11 +1,18 @@
 package workflows
 
 import (
+	"time"
+
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/drorch/drorch/activities"
 	"github.com/drorch/drorch/internal/repo"
 )
+
+// versionSourceHooks: a backup runs its source's pre hooks before the
+// snapshot and its post hooks when it ends, committed or not.
+const versionSourceHooks = "source-hooks"
 
 // Backup takes a restore point of a plan at its active site (DESIGN §1):
 // prepare the repository, snapshot the source, upload the chunks the
@@ -39,6 +46,18 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 		return res, err
 	}
 	res.Epoch, res.Repository = prep.Epoch, prep.Repository
+
+	if workflow.GetVersion(ctx, versionSourceHooks, workflow.DefaultVersion, 1) >= 1 {
+		var pre activities.SourceHooksResult
+		if err := t.step(ctx, "pre hooks", func() error {
+			return workflow.ExecuteActivity(hooksCtx(ctx, site), a.SourceHooks, activities.SourceHooksInput{Plan: in.Plan, Site: site, Phase: "pre"}).Get(ctx, &pre)
+		}); err != nil {
+			return res, err // the failing attempt ran the post hooks
+		}
+		if pre.Post {
+			defer func() { res.HookWarnings = postHooks(ctx, in.Plan, site, err == nil) }()
+		}
+	}
 
 	var snap activities.SnapshotResult
 	if err := t.step(ctx, "snapshot", func() error {
@@ -75,4 +94,34 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 	workflow.GetLogger(ctx).Info("backup committed", "plan", in.Plan, "site", site, "point", res.Point,
 		"bytesRead", res.BytesRead, "bytesNew", res.BytesNew, "chunksNew", res.ChunksNew)
 	return res, nil
+}
+
+// postHooks runs the source's post hooks at the end of a backup, also a
+// failed or cancelled one (a disconnected context): they thaw what the pre
+// hooks froze. Their failures are the backup's warnings.
+func postHooks(ctx workflow.Context, plan, site string, ok bool) []string {
+	var a *activities.Activities
+	dctx, _ := workflow.NewDisconnectedContext(ctx)
+	var post activities.SourceHooksResult
+	err := workflow.ExecuteActivity(hooksCtx(dctx, site), a.SourceHooks,
+		activities.SourceHooksInput{Plan: plan, Site: site, Phase: "post", OK: ok}).Get(dctx, &post)
+	if err != nil {
+		post.Warnings = append(post.Warnings, "post hooks not run: "+err.Error())
+	}
+	for _, w := range post.Warnings {
+		workflow.GetLogger(ctx).Warn("post hook failed", "plan", plan, "site", site, "warning", w)
+	}
+	return post.Warnings
+}
+
+// hooksCtx is for a source's hooks: they may take as long as their
+// timeouts allow, and a pre hook that keeps failing fails the backup after
+// a few attempts rather than holding it for hours with its error unseen.
+func hooksCtx(ctx workflow.Context, site string) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              siteQueue(ctx, site),
+		ScheduleToStartTimeout: WorkerWaitLimit,
+		StartToCloseTimeout:    time.Hour,
+		RetryPolicy:            &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2, MaximumAttempts: 3},
+	})
 }

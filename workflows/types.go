@@ -37,10 +37,14 @@ type BackupResult struct {
 	Reread     int64       `json:"reread"`
 	// Unchanged files were not read: their size and modification time
 	// matched the parent restore point, whose chunks they reuse.
-	Unchanged      int64    `json:"unchanged"`
-	BytesUnchanged int64    `json:"bytesUnchanged"`
-	Parent         string   `json:"parent,omitempty"`
-	Duration       Duration `json:"duration"`
+	Unchanged      int64  `json:"unchanged"`
+	BytesUnchanged int64  `json:"bytesUnchanged"`
+	Parent         string `json:"parent,omitempty"`
+	// HookWarnings are the failures of the source's post hooks: they ran
+	// after the data was read, so the backup stands, but what they should
+	// have undone (a freeze, a snapshot) may still be in place.
+	HookWarnings []string `json:"hookWarnings,omitempty"`
+	Duration     Duration `json:"duration"`
 }
 
 // TransmitInput starts a transmission of a restore point between sites.

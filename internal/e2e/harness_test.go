@@ -57,6 +57,7 @@ type stackOptions struct {
 	encrypt   bool
 	overrides func(site string, store map[string]string)
 	onChange  string                // the primary source's onChange, default unset
+	hooks     func(s *stack) string // the primary source's hooks, a YAML flow mapping
 	planExtra func(s *stack) string // more of the plan's YAML, indented 4 spaces
 	// darkable, when set, puts the primary's MinIO in this network
 	// namespace, whose link the test can cut.
@@ -123,6 +124,9 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		extra := ""
 		if site == "primary" && opts.onChange != "" {
 			extra = ", onChange: " + opts.onChange
+		}
+		if site == "primary" && opts.hooks != nil {
+			extra += ", hooks: " + opts.hooks(s)
 		}
 		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s%s}\n", site, p, extra)
 	}
