@@ -18,6 +18,8 @@ type SourceHooksInput struct {
 
 // SourceHooksResult says what the hooks left for the backup's result.
 type SourceHooksResult struct {
+	// Hooks says the source has hooks at all.
+	Hooks bool `json:"hooks,omitempty"`
 	// Post is set by the pre phase when the source has post hooks, so the
 	// backup runs the post phase only then.
 	Post bool `json:"post,omitempty"`
@@ -71,7 +73,7 @@ func (a *Activities) sourceHooks(ctx context.Context, in SourceHooksInput) (Sour
 		}
 		a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Int("hook", i+1).Msg("pre hook passed")
 	}
-	return SourceHooksResult{Post: len(sc.Hooks.Post) > 0}, nil
+	return SourceHooksResult{Hooks: true, Post: len(sc.Hooks.Post) > 0}, nil
 }
 
 func (a *Activities) postHooks(ctx context.Context, plan, site string, hooks *config.SourceHooks, ok bool, secrets []string) []string {

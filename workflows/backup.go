@@ -54,6 +54,9 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 		}); err != nil {
 			return res, err // the failing attempt ran the post hooks
 		}
+		if !pre.Hooks {
+			t.p.Steps = t.p.Steps[:len(t.p.Steps)-1] // a step that did nothing is noise in the progress
+		}
 		if pre.Post {
 			defer func() { res.HookWarnings = postHooks(ctx, in.Plan, site, err == nil) }()
 		}

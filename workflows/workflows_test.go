@@ -24,6 +24,8 @@ func newEnv(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	grantClaims(env)
 	// Both sites answer, with no epoch: the configured primary is active.
 	env.OnActivity((*activities.Activities)(nil).GetSiteState, mock.Anything, mock.Anything).Return(activities.SiteState{}, nil).Maybe()
+	// The source has no hooks unless a test says otherwise.
+	env.OnActivity((*activities.Activities)(nil).SourceHooks, mock.Anything, mock.Anything).Return(activities.SourceHooksResult{}, nil).Maybe()
 	t.Cleanup(func() { env.AssertExpectations(t) })
 	return env
 }
