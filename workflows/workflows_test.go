@@ -18,14 +18,20 @@ import (
 var plan = activities.PlanInfo{Plan: "files", Primary: "primary", Secondary: "secondary", Active: "primary"}
 
 func newEnv(t *testing.T) *testsuite.TestWorkflowEnvironment {
+	env := newEnvWithHooks(t)
+	// The source has no hooks.
+	env.OnActivity((*activities.Activities)(nil).SourceHooks, mock.Anything, mock.Anything).Return(activities.SourceHooksResult{}, nil).Maybe()
+	return env
+}
+
+// newEnvWithHooks leaves the source's hooks to the test.
+func newEnvWithHooks(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterActivity(&activities.Activities{})
 	grantClaims(env)
 	// Both sites answer, with no epoch: the configured primary is active.
 	env.OnActivity((*activities.Activities)(nil).GetSiteState, mock.Anything, mock.Anything).Return(activities.SiteState{}, nil).Maybe()
-	// The source has no hooks unless a test says otherwise.
-	env.OnActivity((*activities.Activities)(nil).SourceHooks, mock.Anything, mock.Anything).Return(activities.SourceHooksResult{}, nil).Maybe()
 	t.Cleanup(func() { env.AssertExpectations(t) })
 	return env
 }
