@@ -52,7 +52,12 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 		if err := t.step(ctx, "pre hooks", func() error {
 			return workflow.ExecuteActivity(hooksCtx(ctx, site), a.SourceHooks, activities.SourceHooksInput{Plan: in.Plan, Site: site, Phase: "pre"}).Get(ctx, &pre)
 		}); err != nil {
-			return res, err // the failing attempt ran the post hooks
+			if ctx.Err() != nil {
+				// Cancelled: the attempt (waited for) may have passed its
+				// pre hooks before it ended; thaw what they froze.
+				res.HookWarnings = postHooks(ctx, in.Plan, site, false)
+			}
+			return res, err // a failing attempt ran the post hooks itself
 		}
 		if !pre.Hooks {
 			t.p.Steps = t.p.Steps[:len(t.p.Steps)-1] // a step that did nothing is noise in the progress
@@ -125,6 +130,7 @@ func hooksCtx(ctx workflow.Context, site string) workflow.Context {
 		TaskQueue:              siteQueue(ctx, site),
 		ScheduleToStartTimeout: WorkerWaitLimit,
 		StartToCloseTimeout:    time.Hour,
+		WaitForCancellation:    true, // the post hooks run after the pre hooks, never beside them
 		RetryPolicy:            &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2, MaximumAttempts: 3},
 	})
 }

@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/drorch/drorch/workflows"
 )
@@ -95,6 +97,31 @@ func TestSourceHooksRunAroundTheBackup(t *testing.T) {
 		if got := logged(); !strings.HasSuffix(got, "post2 files primary post 0\n") {
 			t.Fatalf("hooks ran as\n%s\nwant the post hooks last", got)
 		}
+	})
+
+	t.Run("cancelled during the pre hooks", func(t *testing.T) {
+		write("pre1", logLine+"\nsleep 2")
+		write("pre2", logLine)
+		run := s.start(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan})
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+			if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "pre1") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("pre1 did not start")
+			}
+		}
+		if err := s.cl.CancelWorkflow(context.Background(), run.GetID(), run.GetRunID()); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.wait(run, nil); err == nil {
+			t.Fatal("the cancelled backup passed")
+		}
+		want := "pre1 files primary pre \npre2 files primary pre \npost1 files primary post 0\npost2 files primary post 0\n"
+		if got := logged(); got != want {
+			t.Fatalf("hooks ran as\n%s\nwant\n%s", got, want)
+		}
+		write("pre1", logLine)
 	})
 
 	t.Run("backup failing after the pre hooks", func(t *testing.T) {
