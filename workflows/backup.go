@@ -52,12 +52,11 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 		if err := t.step(ctx, "pre hooks", func() error {
 			return workflow.ExecuteActivity(hooksCtx(ctx, site), a.SourceHooks, activities.SourceHooksInput{Plan: in.Plan, Site: site, Phase: "pre"}).Get(ctx, &pre)
 		}); err != nil {
-			if ctx.Err() != nil {
-				// Cancelled: the attempt (waited for) may have passed its
-				// pre hooks before it ended; thaw what they froze.
-				res.HookWarnings = postHooks(ctx, in.Plan, site, false)
-			}
-			return res, err // a failing attempt ran the post hooks itself
+			// A failing attempt ran the post hooks itself. A backup
+			// cancelled meanwhile waits for the attempt (it sees no cancel:
+			// it does not heartbeat); one that passed comes back as a
+			// success, so the deferred post hooks below thaw it.
+			return res, err
 		}
 		if !pre.Hooks {
 			t.p.Steps = t.p.Steps[:len(t.p.Steps)-1] // a step that did nothing is noise in the progress
