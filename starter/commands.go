@@ -39,6 +39,9 @@ func (c *cli) backupCmd() *cobra.Command {
 				if res.Skipped > 0 {
 					fmt.Fprintf(tw, "skipped\t%d devices, FIFOs or sockets\n", res.Skipped)
 				}
+				for _, w := range res.HookWarnings {
+					fmt.Fprintf(tw, "warning\t%s\n", w)
+				}
 				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.D().Round(time.Millisecond))
 				tw.Flush()
 			})

@@ -57,6 +57,12 @@ func TestSourceHooksRunAroundTheBackup(t *testing.T) {
 		if len(res.HookWarnings) != 1 || !strings.Contains(res.HookWarnings[0], "post hook 2") || !strings.Contains(res.HookWarnings[0], "thaw: device busy") {
 			t.Fatalf("hook warnings = %q, want post hook 2's failure with its output", res.HookWarnings)
 		}
+		// The operator sees the warning.
+		out, errOut, err := s.drorch("backup", "--plan", plan, "--wait")
+		if err != nil || !strings.Contains(out, "warning") || !strings.Contains(out, "post hook 2 at primary") || !strings.Contains(out, "thaw: device busy") {
+			t.Fatalf("drorch backup: %v\n%s\n%s\nwant the post hook's warning", err, out, errOut)
+		}
+		logged()
 		to := filepath.Join(s.dir, "restored")
 		s.restore("primary", to)
 		if b, err := os.ReadFile(filepath.Join(to, "frozen.txt")); err != nil || string(b) != "frozen\n" {
