@@ -24,11 +24,8 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 	if err != nil {
 		return res, err
 	}
-	site, err := siteOrActive(ctx, info, in.Site, "site")
+	site, err := atSite(ctx, t, info, in.Site)
 	if err != nil {
-		return res, err
-	}
-	if err := upsert(ctx, t, site); err != nil {
 		return res, err
 	}
 	if err := noSwitch(ctx, in.Plan, "backup at "+site); err != nil {

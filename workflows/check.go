@@ -43,11 +43,8 @@ func Check(ctx workflow.Context, in CheckInput) (res CheckResult, err error) {
 	if in.ReadDataPercent < 0 || in.ReadDataPercent > 100 {
 		return res, invalidInput("readDataPercent must be 0 to 100")
 	}
-	site, err := siteOrActive(ctx, info, in.Site, "site")
+	site, err := atSite(ctx, t, info, in.Site)
 	if err != nil {
-		return res, err
-	}
-	if err := upsert(ctx, t, site); err != nil {
 		return res, err
 	}
 	pct := in.ReadDataPercent

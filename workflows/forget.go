@@ -58,11 +58,8 @@ func Forget(ctx workflow.Context, in ForgetInput) (res ForgetResult, err error) 
 	if err != nil {
 		return res, err
 	}
-	site, err := siteOrActive(ctx, info, in.Site, "site")
+	site, err := atSite(ctx, t, info, in.Site)
 	if err != nil {
-		return res, err
-	}
-	if err := upsert(ctx, t, site); err != nil {
 		return res, err
 	}
 	res = ForgetResult{Plan: in.Plan, Site: site, DryRun: in.DryRun}
@@ -174,11 +171,8 @@ func Pin(ctx workflow.Context, in PinInput) (res PinResult, err error) {
 	if in.Point == "" {
 		return res, invalidInput("pin: name the restore point")
 	}
-	site, err := siteOrActive(ctx, info, in.Site, "site")
+	site, err := atSite(ctx, t, info, in.Site)
 	if err != nil {
-		return res, err
-	}
-	if err := upsert(ctx, t, site); err != nil {
 		return res, err
 	}
 	res = PinResult{Plan: in.Plan, Site: site, Point: in.Point, Pinned: !in.Unpin}

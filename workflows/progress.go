@@ -210,6 +210,16 @@ func opID(ctx workflow.Context, op string) (id, suffix string) {
 }
 
 // upsert sets the search attributes of the run.
+// atSite resolves the site a run acts at (the one named, else the active
+// one: siteOrActive) and records it in the run's search attributes.
+func atSite(ctx workflow.Context, t *tracker, info activities.PlanInfo, named string) (string, error) {
+	site, err := siteOrActive(ctx, info, named, "site")
+	if err != nil {
+		return "", err
+	}
+	return site, upsert(ctx, t, site)
+}
+
 func upsert(ctx workflow.Context, t *tracker, site string) error {
 	t.p.Site = site
 	updates := []temporal.SearchAttributeUpdate{PlanAttr.ValueSet(t.p.Plan), OperationAttr.ValueSet(t.p.Operation)}

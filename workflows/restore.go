@@ -207,11 +207,8 @@ func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) 
 	if err != nil {
 		return res, err
 	}
-	site, err := siteOrActive(ctx, info, in.Site, "site")
+	site, err := atSite(ctx, t, info, in.Site)
 	if err != nil {
-		return res, err
-	}
-	if err := upsert(ctx, t, site); err != nil {
 		return res, err
 	}
 	var a *activities.Activities
