@@ -1,7 +1,6 @@
 package workflows
 
 import (
-	"context"
 	"sync"
 	"testing"
 	"time"
@@ -32,21 +31,14 @@ func threeSiteProtectEnv(t *testing.T, dark map[string]bool, delay map[string]ti
 	info := threeSitePlan
 	info.Standby, info.Objectives.RPO, info.Interval = config.StandbyWarm, 2*time.Hour, time.Hour
 	now := time.Date(2026, 1, 10, 3, 0, 0, 0, time.UTC)
-	var s testsuite.WorkflowTestSuite
-	env := s.NewTestWorkflowEnvironment()
-	env.RegisterActivity(&activities.Activities{})
-	grantClaims(env)
-	t.Cleanup(func() { env.AssertExpectations(t) })
-	env.SetStartTime(now)
-	l := &protectLog{env: env, start: now, log: map[string]time.Duration{}}
-	var a *activities.Activities
-	env.OnActivity(a.Describe, mock.Anything, activities.DescribeInput{Plan: "files"}).Return(info, nil).Once()
-	env.OnActivity(a.GetSiteState, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SiteStateInput) (activities.SiteState, error) {
+	var env *testsuite.TestWorkflowEnvironment
+	env = protectEnvWith(t, info, now, func(in activities.SiteStateInput) (activities.SiteState, error) {
 		if dark[in.Site] {
 			return activities.SiteState{}, temporal.NewTimeoutError(enums.TIMEOUT_TYPE_SCHEDULE_TO_START, nil)
 		}
 		return activities.SiteState{Site: in.Site, Latest: "p2", LatestTime: env.Now()}, nil
-	}).Maybe()
+	})
+	l := &protectLog{env: env, start: now, log: map[string]time.Duration{}}
 	// step records a child's start and takes delay[name] (workflow time).
 	var mu sync.Mutex
 	step := func(ctx workflow.Context, name string) {
@@ -163,17 +155,10 @@ func TestProtectStandbyGoneDarkBeforeItsRefresh(t *testing.T) {
 	info := threeSitePlan
 	info.Standby, info.Interval = config.StandbyWarm, time.Hour
 	now := time.Date(2026, 1, 10, 3, 0, 0, 0, time.UTC)
-	var s testsuite.WorkflowTestSuite
-	env := s.NewTestWorkflowEnvironment()
-	env.RegisterActivity(&activities.Activities{})
-	grantClaims(env)
-	t.Cleanup(func() { env.AssertExpectations(t) })
-	env.SetStartTime(now)
-	var a *activities.Activities
-	env.OnActivity(a.Describe, mock.Anything, activities.DescribeInput{Plan: "files"}).Return(info, nil).Once()
 	var mu sync.Mutex
 	asked := map[string]int{}
-	env.OnActivity(a.GetSiteState, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SiteStateInput) (activities.SiteState, error) {
+	var env *testsuite.TestWorkflowEnvironment
+	env = protectEnvWith(t, info, now, func(in activities.SiteStateInput) (activities.SiteState, error) {
 		mu.Lock()
 		asked[in.Site]++
 		n := asked[in.Site]
@@ -182,7 +167,7 @@ func TestProtectStandbyGoneDarkBeforeItsRefresh(t *testing.T) {
 			return activities.SiteState{}, temporal.NewApplicationError("remote: dial tcp: connection refused", "Unreachable")
 		}
 		return activities.SiteState{Site: in.Site, Latest: "p2", LatestTime: env.Now()}, nil
-	}).Maybe()
+	})
 	env.OnWorkflow(Backup, mock.Anything, mock.Anything).Return(BackupResult{Point: "p2"}, nil)
 	env.OnWorkflow(Transmit, mock.Anything, mock.Anything).Return(TransmitResult{Point: "p2"}, nil).Twice()
 	env.OnWorkflow(Restore, mock.Anything, RestoreInput{Plan: "files", Site: "secondary", Point: "p2", Refresh: true}).Return(RestoreResult{Point: "p2"}, nil).Once()

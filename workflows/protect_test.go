@@ -20,6 +20,13 @@ import (
 // Every site answers with no epoch (the configured primary is active) and,
 // once the cycle ran, with its newest point aged age.
 func protectEnv(t *testing.T, info activities.PlanInfo, now time.Time, age time.Duration) *testsuite.TestWorkflowEnvironment {
+	return protectEnvWith(t, info, now, func(in activities.SiteStateInput) (activities.SiteState, error) {
+		return activities.SiteState{Site: in.Site, Latest: "p2", LatestTime: now.Add(-age)}, nil
+	})
+}
+
+// protectEnvWith is protectEnv with the sites answering state.
+func protectEnvWith(t *testing.T, info activities.PlanInfo, now time.Time, state func(activities.SiteStateInput) (activities.SiteState, error)) *testsuite.TestWorkflowEnvironment {
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterActivity(&activities.Activities{})
@@ -29,7 +36,7 @@ func protectEnv(t *testing.T, info activities.PlanInfo, now time.Time, age time.
 	var a *activities.Activities
 	env.OnActivity(a.Describe, mock.Anything, activities.DescribeInput{Plan: "files"}).Return(info, nil).Once()
 	env.OnActivity(a.GetSiteState, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SiteStateInput) (activities.SiteState, error) {
-		return activities.SiteState{Site: in.Site, Latest: "p2", LatestTime: now.Add(-age)}, nil
+		return state(in)
 	}).Maybe()
 	return env
 }
@@ -120,17 +127,9 @@ func TestProtectDoesNotRefreshTheOldPrimary(t *testing.T) {
 	info := plan
 	info.Standby = "warm"
 	now := time.Date(2026, 1, 10, 3, 0, 0, 0, time.UTC)
-	var s testsuite.WorkflowTestSuite
-	env := s.NewTestWorkflowEnvironment()
-	env.RegisterActivity(&activities.Activities{})
-	grantClaims(env)
-	t.Cleanup(func() { env.AssertExpectations(t) })
-	env.SetStartTime(now)
-	var a *activities.Activities
-	env.OnActivity(a.Describe, mock.Anything, activities.DescribeInput{Plan: "files"}).Return(info, nil).Once()
-	env.OnActivity(a.GetSiteState, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SiteStateInput) (activities.SiteState, error) {
+	env := protectEnvWith(t, info, now, func(in activities.SiteStateInput) (activities.SiteState, error) {
 		return activities.SiteState{Site: in.Site, Latest: "p2", LatestTime: now, Epoch: repo.Epoch{Epoch: 2, Site: "secondary", Active: "secondary"}}, nil
-	}).Maybe()
+	})
 	env.OnWorkflow(Backup, mock.Anything, BackupInput{Plan: "files", Site: "secondary"}).Return(BackupResult{Point: "p2"}, nil).Once()
 	env.OnWorkflow(Transmit, mock.Anything, TransmitInput{Plan: "files", From: "secondary", To: "primary", Point: "p2"}).Return(TransmitResult{Point: "p2"}, nil).Once()
 	env.ExecuteWorkflow(Protect, ProtectInput{Plan: "files", SkipRetention: true})
