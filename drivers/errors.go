@@ -42,6 +42,7 @@ const (
 	ReasonSourceChanged = "SourceChanged"
 	ReasonNotFound      = "NotFound"
 	ReasonAuth          = "AuthFailed" // a password or TSIG key was refused
+	ReasonConflict      = "Conflict"   // the store holds something else under the name
 )
 
 // PermanentError marks an error that no retry can fix.
