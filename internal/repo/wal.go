@@ -219,3 +219,57 @@ func (r *Repo) DeleteWAL(ctx context.Context, name string) error {
 	}
 	return nil
 }
+
+// BackupLabel is the file at the root of a PostgreSQL base backup that names
+// where its WAL begins; a restore point of a postgres source (Manifest.Source
+// "postgres") holds the data directory with it.
+const BackupLabel = "backup_label"
+
+// StartWAL returns the first WAL file a base backup needs, read from the
+// "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)" line of its
+// backup_label. Every WAL file from it on (within the backup's timeline and
+// its successors) must be kept for the point to be restorable.
+func StartWAL(label []byte) (string, error) {
+	for _, line := range strings.Split(string(label), "\n") {
+		rest, ok := strings.CutPrefix(line, "START WAL LOCATION: ")
+		if !ok {
+			continue
+		}
+		_, file, ok := strings.Cut(rest, "(file ")
+		name, _, closed := strings.Cut(file, ")")
+		if !ok || !closed || len(name) != 24 || ValidWALName(name) != nil {
+			return "", fmt.Errorf("backup_label: cannot read the WAL file in %q", line)
+		}
+		return name, nil
+	}
+	return "", errors.New("backup_label has no START WAL LOCATION line")
+}
+
+// PointStartWAL returns StartWAL of the backup_label in m, a restore point of
+// a postgres source.
+func (r *Repo) PointStartWAL(ctx context.Context, m *Manifest) (string, error) {
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		if e.Path != BackupLabel || e.Type != "file" {
+			continue
+		}
+		var label []byte
+		for _, ref := range e.Chunks {
+			if ref.Hole {
+				label = append(label, make([]byte, ref.Size)...)
+				continue
+			}
+			b, err := r.GetChunk(ctx, ref.ID)
+			if err != nil {
+				return "", err
+			}
+			label = append(label, b...)
+		}
+		name, err := StartWAL(label)
+		if err != nil {
+			return "", drivers.Permanent(drivers.ReasonCorrupt, fmt.Errorf("point %s: %w", m.Point, err))
+		}
+		return name, nil
+	}
+	return "", drivers.Permanentf(drivers.ReasonInvalidInput, "point %s (source %s) has no %s: it is not a PostgreSQL base backup", m.Point, m.Source, BackupLabel)
+}

@@ -89,3 +89,15 @@ func TestValidWALName(t *testing.T) {
 }
 
 func permanent(err error) bool { _, ok := drivers.IsPermanent(err); return ok }
+
+func TestStartWAL(t *testing.T) {
+	label := "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\n"
+	if name, err := StartWAL([]byte(label)); err != nil || name != "000000010000000000000002" {
+		t.Fatalf("got %q, %v", name, err)
+	}
+	for _, bad := range []string{"", "START WAL LOCATION: 0/2000028\n", "START WAL LOCATION: 0/2000028 (file 0000000100000000000002)\n"} {
+		if _, err := StartWAL([]byte(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
