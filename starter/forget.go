@@ -21,7 +21,9 @@ func (c *cli) forgetCmd() *cobra.Command {
 newest, the pinned and those in use), deletes the manifests of the others,
 and collects garbage: chunks no manifest names are marked, and deleted by a
 later run once they have stayed unnamed long enough (docs/format.md,
-"Garbage collection"). --dry-run shows what it would do and changes nothing.`,
+"Garbage collection"). In a repository that holds WAL it deletes the WAL
+files no kept base backup needs (docs/format.md, "WAL retention").
+--dry-run shows what it would do and changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cc, err := c.open(in.Plan, in.Site)
@@ -78,6 +80,7 @@ func printForget(w io.Writer, res *workflows.ForgetResult) {
 	if g.NoSweep != "" {
 		fmt.Fprintf(w, "nothing deleted this time: %s\n", g.NoSweep)
 	}
+	printForgetWAL(w, res)
 }
 
 func (c *cli) pinCmd(unpin bool) *cobra.Command {

@@ -44,8 +44,17 @@ type ForgetResult struct {
 	Frees      int64         `json:"frees"`
 	FreesLater int64         `json:"freesLater"`
 	GC         repo.GCResult `json:"gc"`
-	Duration   Duration      `json:"duration"`
+	// WAL is what WAL retention kept and deleted (a dry run: would
+	// delete), for a repository that holds WAL files (change id
+	// wal-retention; docs/format.md, "WAL retention").
+	WAL      *repo.WALResult `json:"wal,omitempty"`
+	Duration Duration        `json:"duration"`
 }
+
+// versionWALRetention: after collecting garbage, Forget deletes the WAL
+// files no kept base backup needs (CollectWAL) and reports them in
+// ForgetResult.WAL.
+const versionWALRetention = "wal-retention"
 
 // Forget applies the plan's retention policy at one site and collects the
 // garbage it leaves (docs/format.md, "Garbage collection"). It does not run
@@ -111,6 +120,21 @@ func Forget(ctx workflow.Context, in ForgetInput) (res ForgetResult, err error) 
 		return res, err
 	}
 	res.Frees, res.FreesLater = res.GC.Freed, res.GC.MarkedBytes
+	if workflow.GetVersion(ctx, versionWALRetention, workflow.DefaultVersion, 1) >= 1 {
+		var wal repo.WALResult
+		if err := t.step(ctx, "collect WAL", func() error {
+			win := activities.CollectWALInput{Plan: in.Plan, Site: site, DryRun: in.DryRun, NoSweep: res.InUse}
+			if in.DryRun {
+				win.Forgotten = ret.Forgotten
+			}
+			return workflow.ExecuteActivity(stopCtx(ctx, site), a.CollectWAL, win).Get(ctx, &wal)
+		}); err != nil {
+			return res, err
+		}
+		if wal.Files > 0 {
+			res.WAL = &wal
+		}
+	}
 	res.Duration = Duration(workflow.Now(ctx).Sub(started))
 	workflow.GetLogger(ctx).Info("forget done", "plan", in.Plan, "site", site, "dryRun", in.DryRun,
 		"kept", len(res.Kept), "forgotten", len(res.Forgotten), "frees", res.Frees, "marked", res.GC.Marked)

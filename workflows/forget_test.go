@@ -94,6 +94,7 @@ func TestForgetTwentyDays(t *testing.T) {
 		return res, nil
 	})
 	env.OnActivity(a.CollectGarbage, mock.Anything, mock.Anything).Return(repo.GCResult{}, nil)
+	env.OnActivity(a.CollectWAL, mock.Anything, mock.Anything).Return(repo.WALResult{}, nil)
 
 	env.ExecuteWorkflow(dailyCycle, 20)
 	require.NoError(t, env.GetWorkflowError())
@@ -135,6 +136,10 @@ func TestForgetKeepsEverythingWhileATargetIsInUse(t *testing.T) {
 	env.OnActivity(a.CollectGarbage, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CollectGarbageInput) (repo.GCResult, error) {
 		require.NotEmpty(t, in.NoSweep, "a run while a point may be read must not delete")
 		return repo.GCResult{NoSweep: in.NoSweep}, nil
+	}).Once()
+	env.OnActivity(a.CollectWAL, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CollectWALInput) (repo.WALResult, error) {
+		require.NotEmpty(t, in.NoSweep, "a run while a point may be read must not delete WAL")
+		return repo.WALResult{NoSweep: in.NoSweep}, nil
 	}).Once()
 	env.ExecuteWorkflow(Forget, ForgetInput{Plan: "files", Site: "primary"})
 	require.NoError(t, env.GetWorkflowError())
@@ -232,4 +237,27 @@ func TestSwitchTakesRetentionOver(t *testing.T) {
 	require.NoError(t, env.GetWorkflowError())
 	require.True(t, hasRequest(*reqs, ClaimPreempt, ResTarget("secondary", "")), "%+v", *reqs)
 	require.True(t, hasRequest(*reqs, ClaimPreempt, ResRetention("secondary")), "%+v", *reqs)
+}
+
+// A dry run's WAL retention counts the points it would forget as gone, and
+// its result is reported when the repository holds WAL.
+func TestForgetReportsWAL(t *testing.T) {
+	env := newEnv(t)
+	var a *activities.Activities
+	env.OnActivity(a.Describe, mock.Anything, mock.Anything).Return(plan, nil)
+	env.OnActivity(a.QueryLockClaims, mock.Anything, mock.Anything).Return([]activities.LockClaim{}, nil)
+	env.OnActivity(a.ApplyRetention, mock.Anything, mock.Anything).Return(activities.ApplyRetentionResult{Forgotten: []string{"p1"}}, nil).Once()
+	env.OnActivity(a.CollectGarbage, mock.Anything, mock.Anything).Return(repo.GCResult{}, nil).Once()
+	env.OnActivity(a.CollectWAL, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CollectWALInput) (repo.WALResult, error) {
+		require.True(t, in.DryRun)
+		require.Equal(t, []string{"p1"}, in.Forgotten)
+		return repo.WALResult{Files: 3, Deleted: 2, KeptFrom: "000000010000000000000003"}, nil
+	}).Once()
+	env.ExecuteWorkflow(Forget, ForgetInput{Plan: "files", Site: "primary", DryRun: true})
+	require.NoError(t, env.GetWorkflowError())
+	var res ForgetResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	require.NotNil(t, res.WAL)
+	require.Equal(t, 2, res.WAL.Deleted)
+	require.Equal(t, "000000010000000000000003", res.WAL.KeptFrom)
 }
