@@ -116,6 +116,23 @@ func (r *Repo) CollectWAL(ctx context.Context, opt WALOptions) (res WALResult, e
 			res.NoSweep = fmt.Sprintf("%d restore points are being committed", n)
 		}
 	}
+	// The WAL first: a repository without any (a plan of another source)
+	// costs one listing, not a read of every manifest.
+	var files []WALFile
+	err = r.ListWAL(ctx, "", func(f WALFile) error {
+		res.Files++
+		res.Bytes += f.Stored
+		if !strings.HasSuffix(f.Name, ".history") {
+			files = append(files, f)
+		}
+		return nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("WAL retention at %s stopped, nothing deleted: %w", r.Location(), err)
+	}
+	if len(files) == 0 {
+		return res, nil
+	}
 	points, err := r.listPoints(ctx, pointsDir, opt.Forgotten)
 	if err != nil {
 		return res, err
@@ -125,12 +142,9 @@ func (r *Repo) CollectWAL(ctx context.Context, opt WALOptions) (res WALResult, e
 		return res, err
 	}
 	res.noteBases(bases)
-
 	now := time.Now()
 	var doomed []WALFile
-	err = r.ListWAL(ctx, "", func(f WALFile) error {
-		res.Files++
-		res.Bytes += f.Stored
+	for _, f := range files {
 		switch {
 		case walNeeded(f.Name, bases):
 		case f.Modified.IsZero() || now.Sub(f.Modified) < GCMargin:
@@ -141,10 +155,6 @@ func (r *Repo) CollectWAL(ctx context.Context, opt WALOptions) (res WALResult, e
 		default:
 			doomed = append(doomed, f)
 		}
-		return nil
-	})
-	if err != nil {
-		return res, fmt.Errorf("WAL retention at %s stopped, nothing deleted: %w", r.Location(), err)
 	}
 	if res.NoSweep != "" {
 		return res, nil

@@ -17,12 +17,13 @@ import (
 
 // agedStore is a memStore whose listing says when each object was stored,
 // as S3's does, with a clock the test can turn back per object; and a hook
-// that runs when the WAL is first listed (after a run read the manifests).
+// that runs once the manifests are next listed (a commit right after a run
+// listed them).
 type agedStore struct {
 	*memStore
 	mu       sync.Mutex
 	mod      map[string]time.Time
-	onWAList func()
+	onListed func()
 }
 
 func (s *agedStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
@@ -45,10 +46,16 @@ func (s *agedStore) stamp(key string) {
 }
 
 func (s *agedStore) List(ctx context.Context, prefix string, fn func(store.Object) error) error {
+	err := s.memStore.List(ctx, prefix, func(o store.Object) error {
+		s.mu.Lock()
+		o.Modified = s.mod[o.Key]
+		s.mu.Unlock()
+		return fn(o)
+	})
 	s.mu.Lock()
-	hook := s.onWAList
-	if strings.HasSuffix(prefix, "/"+walDir) {
-		s.onWAList = nil
+	hook := s.onListed
+	if strings.HasSuffix(prefix, "/"+pointsDir) {
+		s.onListed = nil
 	} else {
 		hook = nil
 	}
@@ -56,12 +63,7 @@ func (s *agedStore) List(ctx context.Context, prefix string, fn func(store.Objec
 	if hook != nil {
 		hook()
 	}
-	return s.memStore.List(ctx, prefix, func(o store.Object) error {
-		s.mu.Lock()
-		o.Modified = s.mod[o.Key]
-		s.mu.Unlock()
-		return fn(o)
-	})
+	return err
 }
 
 func newAgedRepo(t *testing.T, key []byte) (*Repo, *agedStore) {
@@ -260,8 +262,8 @@ func TestWALRetentionPendingCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A base backup needing 0x0F commits after the run read the manifests.
-	st.onWAList = func() { commitBase(t, r, NewPointID(time.Now(), "late"), "00000001000000000000000F") }
+	// A base backup needing 0x0F commits after the run listed the manifests.
+	st.onListed = func() { commitBase(t, r, NewPointID(time.Now(), "late"), "00000001000000000000000F") }
 	res = collectWAL(t, r, WALOptions{})
 	if got := walNames(t, r); !slices.Equal(got, []string{"00000001000000000000000F", "000000010000000000000010"}) || res.Deleted != 1 {
 		t.Fatalf("left %v, result %+v: want only 0x0E deleted", got, res)
