@@ -69,6 +69,10 @@ type ProtectSite struct {
 	Retention string `json:"retention,omitempty"` // done, skipped, failed
 	Kept      int    `json:"kept,omitempty"`
 	Forgotten int    `json:"forgotten,omitempty"`
+	// WALDeleted counts the WAL files retention deleted, WALKeptFrom the
+	// first it keeps (the start of the oldest kept base backup).
+	WALDeleted  int    `json:"walDeleted,omitempty"`
+	WALKeptFrom string `json:"walKeptFrom,omitempty"`
 	// Refreshed: the warm standby target now holds Point (RefreshTook).
 	Refreshed   bool     `json:"refreshed,omitempty"`
 	RefreshTook Duration `json:"refreshTook,omitempty"`
@@ -413,6 +417,9 @@ func (p *protect) retention(ctx workflow.Context, s string) {
 		return
 	}
 	site.Retention, site.Kept, site.Forgotten = "done", len(fr.Kept), len(fr.Forgotten)
+	if fr.WAL != nil {
+		site.WALDeleted, site.WALKeptFrom = fr.WAL.Deleted, fr.WAL.KeptFrom
+	}
 }
 
 // refresh restores point into the plan's own target at warm standby site
