@@ -183,7 +183,7 @@ func (r *Repo) CollectWAL(ctx context.Context, opt WALOptions) (res WALResult, e
 	ctx, cancel := context.WithDeadline(ctx, took.Add(sweepMax))
 	defer cancel()
 	res.Swept = true
-	if res.NoSweep, doomed, err = r.recheckWAL(ctx, e.Epoch, points, opt.Forgotten, bases, doomed); err != nil || res.NoSweep != "" {
+	if res.NoSweep, doomed, err = r.recheckWAL(ctx, e.Epoch, points, opt.Forgotten, doomed); err != nil || res.NoSweep != "" {
 		return res, err
 	}
 	res.Deleted, res.Freed, err = r.deleteWAL(ctx, doomed)
@@ -256,7 +256,7 @@ func hasBackupLabel(m *Manifest) bool {
 // recheckWAL runs under the lease: it reads the manifests stored since the
 // scan and drops from doomed the files their base backups need. It says
 // why the run must not delete after all, if it must not.
-func (r *Repo) recheckWAL(ctx context.Context, epoch uint64, points []string, forgotten map[string]bool, bases []walStart, doomed []WALFile) (string, []WALFile, error) {
+func (r *Repo) recheckWAL(ctx context.Context, epoch uint64, points []string, forgotten map[string]bool, doomed []WALFile) (string, []WALFile, error) {
 	e, err := r.GetEpoch(ctx)
 	if err != nil {
 		return "", nil, err
