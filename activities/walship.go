@@ -9,6 +9,7 @@ import (
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/metrics"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -137,6 +138,7 @@ func (a *Activities) shipWAL(ctx context.Context, in ShipWALInput) (ShipWALResul
 		res.Behind = missing[res.Shipped].Modified
 	}
 	res.Checked = time.Now()
+	metrics.WALChecked(in.Plan, in.To, res.Checked, res.Behind)
 	return res, nil
 }
 
