@@ -15,8 +15,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/minio/minio-go/v7"
+	"go.temporal.io/sdk/client"
 
 	"github.com/drorch/drorch/internal/testenv"
+	"github.com/drorch/drorch/workflows"
 )
 
 // walPG is a PostgreSQL 15 cluster that archives its WAL into the primary
@@ -249,5 +251,44 @@ func writeBytes(t *testing.T, path string, data []byte) {
 	}
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWALShipping: with PostgreSQL archiving into the primary's repository,
+// a segment closed by pg_switch_wal reaches the secondary's repository
+// within seconds through the ShipWAL workflow, byte for byte, and the wal
+// query then reports the secondary caught up.
+func TestWALShipping(t *testing.T) {
+	s := newStack(t, stackOptions{planExtra: func(*stack) string { return "    wal: {ship: \"on\", shipEvery: 1s}\n" }})
+	s.startWorker()
+	w := startArchivingPostgres(t, s, "primary")
+	run, err := s.cl.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
+		ID: workflows.WALShipID(plan), TaskQueue: s.queue, TypedSearchAttributes: workflows.Attributes(plan, "", workflows.OpWAL),
+	}, workflows.ShipWAL, workflows.ShipWALInput{Plan: plan})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.runs = append(s.runs, run)
+	t.Cleanup(func() { _ = s.cl.TerminateWorkflow(context.Background(), run.GetID(), "", "test over") })
+
+	name := w.switchWAL(t)
+	switched := time.Now()
+	waitFor(t, "segment "+name+" in the secondary's repository", 30*time.Second, func() bool { return s.walObject("secondary", name) != nil })
+	t.Logf("segment %s at the secondary %s after pg_switch_wal", name, time.Since(switched).Round(time.Millisecond))
+	if a, b := s.walObject("primary", name), s.walObject("secondary", name); !bytes.Equal(a, b) {
+		t.Fatalf("the secondary's copy of %s differs from the primary's", name)
+	}
+
+	var st workflows.WALStatus
+	waitFor(t, "the wal query to report the secondary caught up", 20*time.Second, func() bool {
+		v, err := s.cl.QueryWorkflow(context.Background(), run.GetID(), "", workflows.QueryWAL)
+		if err != nil || v.Get(&st) != nil || len(st.Standbys) != 1 {
+			return false
+		}
+		sb := st.Standbys[0]
+		return sb.Site == "secondary" && sb.Last >= name && sb.Pending == 0 && sb.Lag == 0 && sb.Error == ""
+	})
+	if st.Active != "primary" || st.Standbys[0].Shipped < 1 || st.Standbys[0].LastShipped.IsZero() {
+		t.Fatalf("wal status %+v: want active primary and files shipped to the secondary", st)
 	}
 }
