@@ -77,7 +77,7 @@ type walEnv struct {
 // failf prints one line naming the command and returns code.
 func (e *walEnv) failf(code int, format string, args ...any) int {
 	msg := redact.Values(fmt.Sprintf(format, args...), e.secrets)
-	fmt.Fprintf(e.stderr, "drorch-worker %s: %s\n", e.cmd, strings.TrimSuffix(msg, "\n"))
+	fmt.Fprintf(e.stderr, "drorch-worker %s: %s\n", e.cmd, strings.TrimRight(msg, "\n"))
 	return code
 }
 
