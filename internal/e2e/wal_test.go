@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/minio/minio-go/v7"
-	"go.temporal.io/sdk/client"
 
 	"github.com/drorch/drorch/internal/testenv"
 	"github.com/drorch/drorch/workflows"
@@ -262,13 +262,23 @@ func TestWALShipping(t *testing.T) {
 	s := newStack(t, stackOptions{planExtra: func(*stack) string { return "    wal: {ship: \"on\", shipEvery: 1s}\n" }})
 	s.startWorker()
 	w := startArchivingPostgres(t, s, "primary")
-	run, err := s.cl.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
-		ID: workflows.WALShipID(plan), TaskQueue: s.queue, TypedSearchAttributes: workflows.Attributes(plan, "", workflows.OpWAL),
-	}, workflows.ShipWAL, workflows.ShipWALInput{Plan: plan})
-	if err != nil {
-		t.Fatal(err)
+	// schedule apply starts the shipping, and a second apply leaves it be.
+	var runIDs []string
+	for range 2 {
+		out, stderr, err := s.drorch("schedule", "apply", "--plan", plan)
+		if err != nil || !strings.Contains(out, "WAL shipping runs (workflow "+workflows.WALShipID(plan)) {
+			t.Fatalf("schedule apply: %v\n%s%s", err, out, stderr)
+		}
+		desc, err := s.cl.DescribeWorkflowExecution(context.Background(), workflows.WALShipID(plan), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		runIDs = append(runIDs, desc.GetWorkflowExecutionInfo().GetExecution().GetRunId())
 	}
-	s.runs = append(s.runs, run)
+	if runIDs[0] != runIDs[1] {
+		t.Fatalf("a second schedule apply started another shipping run: %v", runIDs)
+	}
+	run := s.cl.GetWorkflow(context.Background(), workflows.WALShipID(plan), runIDs[0])
 	t.Cleanup(func() { _ = s.cl.TerminateWorkflow(context.Background(), run.GetID(), "", "test over") })
 
 	name := w.switchWAL(t)
@@ -290,5 +300,17 @@ func TestWALShipping(t *testing.T) {
 	})
 	if st.Active != "primary" || st.Standbys[0].Shipped < 1 || st.Standbys[0].LastShipped.IsZero() {
 		t.Fatalf("wal status %+v: want active primary and files shipped to the secondary", st)
+	}
+
+	// drorch status shows it, as text and as JSON.
+	out, stderr, err := s.drorch("status", "--plan", plan)
+	if err != nil || !strings.Contains(out, "WAL shipping") || !strings.Contains(out, "WAL to secondary") || !strings.Contains(out, "WAL lag 0s (caught up)") {
+		t.Fatalf("drorch status: %v\n%s%s", err, out, stderr)
+	}
+	t.Logf("drorch status:\n%s", out)
+	out, stderr, err = s.drorch("status", "--plan", plan, "--json")
+	var res workflows.StatusResult
+	if err != nil || json.Unmarshal([]byte(out), &res) != nil || res.WAL == nil || len(res.WAL.Standbys) != 1 || res.WAL.Standbys[0].Last < name {
+		t.Fatalf("drorch status --json: %v\n%s%s", err, out, stderr)
 	}
 }
