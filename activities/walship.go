@@ -24,10 +24,10 @@ func walInfo(p *config.Plan) WALInfo {
 	return WALInfo{Ship: p.ShipsWAL(), ShipEvery: p.WAL.ShipEvery, MaxFiles: p.WAL.MaxFiles}
 }
 
-// ShipWALInput asks for one shipping round from the active site From to
+// CopyWALInput asks for one shipping round from the active site From to
 // standby To. Epoch is the plan's epoch as the workflow read it with the
 // roles: a round at a site whose epoch moved on ships nothing.
-type ShipWALInput struct {
+type CopyWALInput struct {
 	Plan  string `json:"plan"`
 	From  string `json:"from"`
 	To    string `json:"to"`
@@ -38,8 +38,8 @@ type ShipWALInput struct {
 	Max   int    `json:"max"`
 }
 
-// ShipWALResult is what a round did and how far To is behind.
-type ShipWALResult struct {
+// CopyWALResult is what a round did and how far To is behind.
+type CopyWALResult struct {
 	Shipped int `json:"shipped"`
 	// Last is the newest file of From that To holds, once the round ends
 	// ("" when To holds none); LastTime when From archived it.
@@ -55,18 +55,18 @@ type ShipWALResult struct {
 	Checked      time.Time `json:"checked"`
 }
 
-// ShipWAL copies the WAL files the active site's repository holds and
+// CopyWAL copies the WAL files the active site's repository holds and
 // standby To's lacks, oldest first, at most in.Max of them, each checked
 // on the way (GetWALRaw/PutWALRaw: the stored body is copied, not decoded
 // and sealed again). It runs on To's queue, like CopyChunks. A file that
 // To holds with other content is a permanent Conflict naming it.
-func (a *Activities) ShipWAL(ctx context.Context, in ShipWALInput) (ShipWALResult, error) {
-	res, err := a.shipWAL(ctx, in)
+func (a *Activities) CopyWAL(ctx context.Context, in CopyWALInput) (CopyWALResult, error) {
+	res, err := a.copyWAL(ctx, in)
 	return res, temporalError(err)
 }
 
-func (a *Activities) shipWAL(ctx context.Context, in ShipWALInput) (ShipWALResult, error) {
-	res := ShipWALResult{Checked: time.Now()}
+func (a *Activities) copyWAL(ctx context.Context, in CopyWALInput) (CopyWALResult, error) {
+	res := CopyWALResult{Checked: time.Now()}
 	src, err := a.repo(in.Plan, in.From)
 	if err != nil {
 		return res, err

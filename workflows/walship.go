@@ -167,13 +167,13 @@ func (s *shipper) round() {
 			TaskQueue: siteQueue(ctx, site), ScheduleToStartTimeout: time.Minute, StartToCloseTimeout: 5 * time.Minute,
 			HeartbeatTimeout: HeartbeatTimeout, RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumAttempts: 2},
 		})
-		futures[site] = workflow.ExecuteActivity(actx, act.ShipWAL, activities.ShipWALInput{
+		futures[site] = workflow.ExecuteActivity(actx, act.CopyWAL, activities.CopyWALInput{
 			Plan: s.info.Plan, From: active, To: site, Epoch: s.view.info.Epoch, After: after, Max: max(s.info.WAL.MaxFiles, 1),
 		})
 	}
 	for _, site := range sites {
 		sb := s.standby(site)
-		var r activities.ShipWALResult
+		var r activities.CopyWALResult
 		if err := futures[site].Get(ctx, &r); err != nil {
 			sb.Error = errorMessage(err)
 			if !sb.Behind.IsZero() {

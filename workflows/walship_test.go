@@ -60,18 +60,18 @@ func TestShipWALShipsEachRoundAndContinuesAsNew(t *testing.T) {
 	env.SetStartTime(start)
 	var a *activities.Activities
 	var afters []string
-	env.OnActivity(a.ShipWAL, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ShipWALInput) (activities.ShipWALResult, error) {
-		require.Equal(t, activities.ShipWALInput{Plan: "files", From: "primary", To: "secondary", After: in.After, Max: 2}, in)
+	env.OnActivity(a.CopyWAL, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CopyWALInput) (activities.CopyWALResult, error) {
+		require.Equal(t, activities.CopyWALInput{Plan: "files", From: "primary", To: "secondary", After: in.After, Max: 2}, in)
 		afters = append(afters, in.After)
 		now := env.Now()
 		if len(afters) == 1 {
 			// Three files waiting, two shipped: seg3 was archived 30 s ago.
-			return activities.ShipWALResult{Shipped: 2, Last: seg2, LastTime: now.Add(-40 * time.Second), Pending: 1, Behind: now.Add(-30 * time.Second), Checked: now}, nil
+			return activities.CopyWALResult{Shipped: 2, Last: seg2, LastTime: now.Add(-40 * time.Second), Pending: 1, Behind: now.Add(-30 * time.Second), Checked: now}, nil
 		}
 		if len(afters) == 2 {
-			return activities.ShipWALResult{Shipped: 1, Last: seg3, LastTime: now.Add(-35 * time.Second), Checked: now}, nil
+			return activities.CopyWALResult{Shipped: 1, Last: seg3, LastTime: now.Add(-35 * time.Second), Checked: now}, nil
 		}
-		return activities.ShipWALResult{Last: seg3, Checked: now}, nil
+		return activities.CopyWALResult{Last: seg3, Checked: now}, nil
 	}).Times(3)
 	var mid WALStatus
 	env.RegisterDelayedCallback(func() {
@@ -107,9 +107,9 @@ func TestShipWALHandsItsStateOn(t *testing.T) {
 	grantClaims(env)
 	var a *activities.Activities
 	var afters []string
-	env.OnActivity(a.ShipWAL, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ShipWALInput) (activities.ShipWALResult, error) {
+	env.OnActivity(a.CopyWAL, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CopyWALInput) (activities.CopyWALResult, error) {
 		afters = append(afters, in.After)
-		return activities.ShipWALResult{Last: seg3, Checked: env.Now()}, nil
+		return activities.CopyWALResult{Last: seg3, Checked: env.Now()}, nil
 	}).Times(2)
 	env.ExecuteWorkflow(ShipWAL, ShipWALInput{Plan: "files", Rounds: 2, Standbys: []WALStandby{{Site: "secondary", Last: seg3, Shipped: 7}}})
 	require.Equal(t, []string{"", seg3}, afters)
@@ -140,7 +140,7 @@ func TestShipWALSkipsWhileASwitchRuns(t *testing.T) {
 	env.ExecuteWorkflow(ShipWAL, ShipWALInput{Plan: "files", Rounds: 2})
 	continuedWith(t, env)
 	require.Contains(t, st.Skipped, "a switch of the plan runs: failover drorch/files/switch holds switch")
-	env.AssertNotCalled(t, "ShipWAL", mock.Anything, mock.Anything)
+	env.AssertNotCalled(t, "CopyWAL", mock.Anything, mock.Anything)
 }
 
 // TestShipWALFollowsTheRoles: the active site is the one the highest epoch
@@ -152,14 +152,14 @@ func TestShipWALFollowsTheRoles(t *testing.T) {
 	grantClaims(env)
 	var a *activities.Activities
 	var rounds []string
-	env.OnActivity(a.ShipWAL, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ShipWALInput) (activities.ShipWALResult, error) {
+	env.OnActivity(a.CopyWAL, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CopyWALInput) (activities.CopyWALResult, error) {
 		rounds = append(rounds, in.From+">"+in.To)
 		if len(rounds) == 1 {
 			epoch = repo.Epoch{Epoch: 2, Active: "secondary"} // a failover happened meanwhile
-			return activities.ShipWALResult{RolesChanged: "site secondary is at epoch 2, not 0"}, nil
+			return activities.CopyWALResult{RolesChanged: "site secondary is at epoch 2, not 0"}, nil
 		}
 		require.Equal(t, uint64(2), in.Epoch)
-		return activities.ShipWALResult{Checked: env.Now()}, nil
+		return activities.CopyWALResult{Checked: env.Now()}, nil
 	}).Times(2)
 	env.ExecuteWorkflow(ShipWAL, ShipWALInput{Plan: "files", Rounds: 2})
 	continuedWith(t, env)
