@@ -45,6 +45,8 @@ type PlanInfo struct {
 	// Interval is the schedule's time between cycles (config
 	// Schedule.Interval); 0 without a schedule. It bounds a cycle.
 	Interval time.Duration `json:"interval,omitempty"`
+	// WAL is how the plan's WAL is shipped (config wal:, walship.go).
+	WAL WALInfo `json:"wal,omitzero"`
 }
 
 // ObjectivesInfo are the plan's recovery objectives (config objectives:);
@@ -108,6 +110,7 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 		Failover: FailoverInfo{DarkAfter: p.Failover.DarkAfter},
 		Standby:  p.Standby, Objectives: ObjectivesInfo{RPO: p.Objectives.RPO, RTO: p.Objectives.RTO},
 	}
+	info.WAL = walInfo(p)
 	if p.Schedule != nil {
 		info.Window, info.TimeZone = p.Schedule.Window, p.Schedule.TimeZone
 		info.Interval, _ = p.Schedule.Interval()

@@ -85,6 +85,7 @@ func (c *cli) scheduleApplyCmd() *cobra.Command {
 				}
 				fmt.Printf("plan %s: %s (schedule %s)\n", name, what, workflows.ScheduleID(name))
 			}
+			failed = append(failed, c.applyWALShipping(ctx, cc, cfg, only)...)
 			if only == "" {
 				ids, err := drorchSchedules(ctx, cc)
 				if err != nil {

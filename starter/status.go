@@ -127,6 +127,7 @@ func (c *cli) planStatus(cc *clientConn, in workflows.StatusInput) (workflows.St
 	}
 	res.InProgress = switchInProgress(cc, in.Plan)
 	res.Schedule = scheduleStatus(ctx, cc, in.Plan)
+	res.WAL = walStatus(ctx, cc, in.Plan)
 	res.Running, err = runningOperations(ctx, cc, in.Plan, c.taskQueue)
 	if err != nil {
 		return res, fmt.Errorf("list the running operations of plan %s: %w", in.Plan, err)
@@ -281,6 +282,7 @@ func printStatus(w io.Writer, res workflows.StatusResult) {
 			fmt.Fprintf(tw, "  error\t%s\n", s.Error)
 		}
 	}
+	printWAL(tw, res.WAL)
 	fmt.Fprintf(tw, "schedule\t%s\n", scheduleText(res.Schedule))
 	if c := res.Schedule.LastCycle; c != nil {
 		fmt.Fprintf(tw, "last cycle\t%s\n", cycleText(c))

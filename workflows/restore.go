@@ -221,4 +221,4 @@ func Points(ctx workflow.Context, in PointsInput) (res PointsResult, err error) 
 }
 
 // All lists the workflows a worker registers.
-var All = []any{Backup, Transmit, Restore, Points, Failover, Failback, PermanentFailover, Status, Drill, Check, PlanLock, Protect, Forget, Pin}
+var All = []any{Backup, Transmit, Restore, Points, Failover, Failback, PermanentFailover, Status, Drill, Check, PlanLock, Protect, Forget, Pin, ShipWAL}

@@ -65,6 +65,9 @@ type StatusResult struct {
 	// Schedule and of its open workflows.
 	Schedule *ScheduleStatus    `json:"schedule,omitempty"`
 	Running  []RunningOperation `json:"running,omitempty"`
+	// WAL is the CLI's reading of the plan's WAL shipping (its wal query):
+	// the lag of each standby; absent when none runs.
+	WAL *WALStatus `json:"wal,omitempty"`
 }
 
 // StatusObjectives are the plan's recovery objectives; zero: not set.

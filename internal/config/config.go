@@ -129,6 +129,8 @@ type Plan struct {
 	// protection cycle refreshes the standby target after each transmit).
 	Standby    string     `yaml:"standby"`
 	Objectives Objectives `yaml:"objectives"`
+	// WAL ships the plan's write-ahead log to its standbys (wal.go).
+	WAL WAL `yaml:"wal"`
 }
 
 // DefaultRetryBudget is a plan's RetryBudget when the file sets none, and

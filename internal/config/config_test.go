@@ -431,7 +431,7 @@ func TestParseErrors(t *testing.T) {
 			`drorch.yaml:9: sites.primary.store.bucekt: unknown key; allowed: driver, endpoint, bucket, prefix, region, accessKey, secretKey, insecure, caFile, parallel`}},
 		{"unknown plan key", func(t *testing.T) string { return edit(t, "    source:", "    sourc:") }, []string{
 			`drorch.yaml:22: plans.files.source: required at the primary site: add source.primary`,
-			`drorch.yaml:25: plans.files.sourc: unknown key; allowed: primary, secondary, secondaries, source, encryption, access, dns, steps, failover, failback, drill, retryBudget, schedule, retention, standby, objectives`}},
+			`drorch.yaml:25: plans.files.sourc: unknown key; allowed: primary, secondary, secondaries, source, encryption, access, dns, steps, failover, failback, drill, retryBudget, schedule, retention, standby, objectives, wal`}},
 		{"unknown source key", func(t *testing.T) string {
 			return edit(t, "path: /srv/data-standby", "path: /srv/data-standby, pth: /x")
 		}, []string{

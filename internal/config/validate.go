@@ -181,6 +181,7 @@ func (p *Plan) validate(d *decoder, path string, c *Config) {
 		r.validate(d, fmt.Sprintf("%s[%d]", f("dns"), i), p)
 	}
 	p.Failover.validate(d, f("failover"))
+	p.WAL.validate(d, f("wal"))
 	p.validateProtection(d, path)
 	if sb := p.Drill.Sandbox; sb != "" {
 		if !filepath.IsAbs(sb) || filepath.Clean(sb) != sb || sb == "/" {

@@ -32,6 +32,7 @@ type Metrics struct {
 	drill map[string]time.Time
 	rpo   map[string]time.Duration
 	sched map[string]scheduleState
+	wal   walMetrics // wal.go
 
 	backupBytes   *prom.CounterVec
 	transmitBytes *prom.CounterVec
@@ -81,7 +82,7 @@ func New() *Metrics {
 			Buckets: prom.ExponentialBuckets(1, 2.5, 12),
 		}, []string{"operation"}),
 	}
-	m.reg.MustRegister(m.backupBytes, m.transmitBytes, m.opDuration, collector{m},
+	m.reg.MustRegister(m.backupBytes, m.transmitBytes, m.opDuration, collector{m}, walCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+
+	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/workflows"
+)
+
+// applyWALShipping makes sure the WAL shipping workflow (ShipWAL,
+// drorch/<plan>/wal) runs for every plan that ships WAL (config wal.ship),
+// or for only; a running one is left alone. It returns the plans it failed
+// for.
+func (c *cli) applyWALShipping(ctx context.Context, cc *clientConn, cfg *config.Config, only string) []string {
+	var failed []string
+	for _, name := range planNames(cfg) {
+		p, _ := cfg.Plan(name)
+		if !p.ShipsWAL() || only != "" && name != only {
+			continue
+		}
+		id := workflows.WALShipID(name)
+		run, err := cc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+			ID: id, TaskQueue: c.taskQueue, TypedSearchAttributes: workflows.Attributes(name, "", workflows.OpWAL),
+			WorkflowIDConflictPolicy: enums.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+			WorkflowIDReusePolicy:    enums.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+		}, workflows.ShipWAL, workflows.ShipWALInput{Plan: name})
+		if err != nil {
+			failed = append(failed, name)
+			fmt.Fprintf(os.Stderr, "plan %s: start WAL shipping %s: %v\n", name, id, err)
+			continue
+		}
+		fmt.Printf("plan %s: WAL shipping runs (workflow %s, run %s)\n", name, id, run.GetRunID())
+	}
+	return failed
+}
+
+// walStatus asks the plan's WAL shipping workflow how far each standby is
+// behind; nil when the plan has none running.
+func walStatus(ctx context.Context, cc *clientConn, plan string) *workflows.WALStatus {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	v, err := cc.QueryWorkflow(ctx, workflows.WALShipID(plan), "", workflows.QueryWAL)
+	var nf *serviceerror.NotFound
+	switch {
+	case errors.As(err, &nf):
+		return nil
+	case err != nil:
+		return &workflows.WALStatus{Plan: plan, Skipped: "cannot ask " + workflows.WALShipID(plan) + ": " + err.Error()}
+	}
+	var st workflows.WALStatus
+	if err := v.Get(&st); err != nil {
+		return &workflows.WALStatus{Plan: plan, Skipped: err.Error()}
+	}
+	return &st
+}
+
+// printWAL adds the WAL shipping lines to a plan's status.
+func printWAL(w io.Writer, st *workflows.WALStatus) {
+	if st == nil {
+		return
+	}
+	if st.Skipped != "" {
+		fmt.Fprintf(w, "WAL shipping\t%s\n", st.Skipped)
+	} else {
+		fmt.Fprintf(w, "WAL shipping\tfrom %s every %s\n", st.Active, st.Every)
+	}
+	for _, sb := range st.Standbys {
+		line := "caught up"
+		if sb.Pending > 0 {
+			line = fmt.Sprintf("%d files behind", sb.Pending)
+		}
+		line = fmt.Sprintf("WAL lag %s (%s)", sb.Lag, line)
+		if sb.Last != "" {
+			line += ", last " + sb.Last
+		}
+		if !sb.LastShipped.IsZero() {
+			line += ", shipped " + sb.LastShipped.Local().Format(time.DateTime)
+		}
+		if sb.Error != "" {
+			line += ", error: " + sb.Error
+		}
+		fmt.Fprintf(w, "  WAL to %s\t%s\n", sb.Site, line)
+	}
+}
