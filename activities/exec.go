@@ -21,6 +21,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -397,4 +398,248 @@ func stagedKind(ctx context.Context, r *repo.Repo, op string) (string, error) {
 		return "dir", nil
 	}
 	return snap.Kind, nil
+}
+
+// restore ---------------------------------------------------------------------
+
+// execRestore reports whether a restore of plan at site into to goes through
+// the site's exec source, and returns that source. A site whose exec source
+// has no restore command restores through it only to fail with noRestore;
+// given a directory (--to) it restores the stream as a file there instead.
+func (a *Activities) execRestore(plan, site, to string) (*config.Source, bool) {
+	sc, ok := a.isExec(plan, site)
+	if !ok || (sc.Restore == nil && to != "") {
+		return nil, false
+	}
+	return sc, true
+}
+
+func noRestore(plan, site string) error {
+	return drivers.Permanentf(drivers.ReasonInvalidConfig,
+		"plan %s's exec source at %s has no restore command (source.%s.restore.command): that site is only backed up; add one, or restore the raw stream into a directory with --to PATH", plan, site, site)
+}
+
+// streamOf returns the stream entry of an exec restore point, or a
+// permanent error saying why m is not one.
+func streamOf(m *repo.Manifest) (*repo.Entry, error) {
+	if m.Source != execDriver {
+		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "restore point %s was taken from a %q source, not an exec source's stream: a restore command cannot read it; restore it into a directory with --to PATH", m.Point, m.Source)
+	}
+	for i := range m.Entries {
+		if e := &m.Entries[i]; e.Path == StreamEntry && e.Type == source.TypeFile {
+			return e, nil
+		}
+	}
+	return nil, drivers.Permanentf(drivers.ReasonCorrupt, "restore point %s has no %q entry", m.Point, StreamEntry)
+}
+
+// prepareRestoreStream is PrepareRestore for an exec source's restore
+// command.
+func (a *Activities) prepareRestoreStream(ctx context.Context, sc *config.Source, in PrepareRestoreInput) (PrepareRestoreResult, error) {
+	if sc.Restore == nil {
+		return PrepareRestoreResult{}, noRestore(in.Plan, in.Site)
+	}
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	m, err := a.manifest(ctx, r, in.Point)
+	if err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	if _, err := streamOf(m); err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	have, err := r.Chunks(ctx)
+	if err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	if err := r.CheckPresent("restore point "+m.Point, repo.Needs(m), have); err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	ep, err := r.GetEpoch(ctx)
+	if err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	res := PrepareRestoreResult{PointSummary: summary(m, in.Site), Target: streamTarget(sc, in.To), SiteEpoch: ep.Epoch}
+	if in.To != "" {
+		res.Resolved = resolvePath(in.To)
+	}
+	return res, nil
+}
+
+func streamTarget(sc *config.Source, to string) string {
+	t := "exec " + sc.Restore.Command[0]
+	if to != "" {
+		t += " into " + to
+	}
+	return t
+}
+
+// restoreStream is RestoreData for an exec source: the point's stream is
+// written to the restore command's stdin in order, every chunk verified
+// against its id before it is written (fetched ahead, in parallel). The
+// command gets DRORCH_PLAN, DRORCH_SITE, DRORCH_POINT, DRORCH_SNAPSHOT,
+// DRORCH_SIZE (the stream's length in bytes), and with --to DRORCH_TARGET
+// (the directory, created if missing), plus DRORCH_DRILL=1 when that is the
+// plan's drill sandbox. A retried attempt runs the command again from the
+// start of the stream.
+func (a *Activities) restoreStream(ctx context.Context, sc *config.Source, in RestoreDataInput) (RestoreDataResult, error) {
+	if sc.Restore == nil {
+		return RestoreDataResult{}, noRestore(in.Plan, in.Site)
+	}
+	var st restoreResume
+	if resumeDetails(ctx, &st) && st.Committed {
+		return st.Result, nil
+	}
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return RestoreDataResult{}, err
+	}
+	m, err := r.GetManifest(ctx, in.Point)
+	if err != nil {
+		return RestoreDataResult{}, err
+	}
+	e, err := streamOf(m)
+	if err != nil {
+		return RestoreDataResult{}, err
+	}
+	if err := checkEpoch(ctx, r, in.SiteEpoch, "restore "+in.Point); err != nil {
+		return RestoreDataResult{}, err
+	}
+	vars := []string{"DRORCH_PLAN=" + in.Plan, "DRORCH_SITE=" + in.Site, "DRORCH_POINT=" + m.Point,
+		"DRORCH_SNAPSHOT=" + m.Snapshot.UTC().Format(time.RFC3339Nano), fmt.Sprintf("DRORCH_SIZE=%d", e.Size)}
+	if in.To != "" {
+		if err := os.MkdirAll(in.To, 0o700); err != nil {
+			return RestoreDataResult{}, fmt.Errorf("create the restore target %s: %w", in.To, err)
+		}
+		vars = append(vars, "DRORCH_TARGET="+in.To)
+		if p, err := a.plan(in.Plan); err == nil && p.Drill.Sandbox != "" && filepath.Clean(p.Drill.Sandbox) == filepath.Clean(in.To) {
+			vars = append(vars, "DRORCH_DRILL=1")
+		}
+	}
+	rep := a.startReporter(ctx, "restore")
+	defer rep.close()
+	work := rep.work
+	rep.update(func(p *Progress) { p.BytesTotal, p.FilesTotal, p.ChunksTotal = e.Size, 1, int64(len(e.Chunks)) })
+	cmd, _, stdin, err := startStream(work, "restore command", sc.Restore, execEnv(sc.Restore, vars...), a.cfg.SecretValues(), false)
+	if err != nil {
+		return RestoreDataResult{}, err
+	}
+	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Str("point", m.Point).Str("command", sc.Restore.Command[0]).Msg("restore command started")
+	res := RestoreDataResult{Target: streamTarget(sc, in.To), Entries: m.Totals.Entries, Files: 1, Bytes: e.Size}
+	werr := feedStream(work, r, e, stdin, rep, &res)
+	if cerr := stdin.Close(); werr == nil && cerr != nil && !isPipeErr(cerr) {
+		werr = cerr
+	}
+	if err := cmd.wait(werr); err != nil {
+		return RestoreDataResult{}, err
+	}
+	rep.resume(restoreResume{Next: len(m.Entries), Committed: true, Result: res})
+	return res, nil
+}
+
+// streamFetchers bounds the chunks fetched ahead of the one being written.
+const streamFetchers = 8
+
+// feedStream writes the chunks of e to w in order, fetching up to
+// streamFetchers ahead; each is verified against its id by GetChunk. A hole
+// is written as zeros.
+func feedStream(ctx context.Context, r *repo.Repo, e *repo.Entry, w io.Writer, rep *reporter, res *RestoreDataResult) error {
+	type fetched struct {
+		ref  repo.Ref
+		data []byte
+		err  error
+		done chan struct{}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	queue := make(chan *fetched, streamFetchers)
+	sem := make(chan struct{}, streamFetchers)
+	g.Go(func() error {
+		defer close(queue)
+		for _, ref := range e.Chunks {
+			f := &fetched{ref: ref, done: make(chan struct{})}
+			select {
+			case queue <- f:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			if ref.Hole {
+				close(f.done)
+				continue
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			go func() {
+				defer func() { <-sem }()
+				f.data, f.err = r.GetChunk(gctx, ref.ID)
+				close(f.done)
+			}()
+		}
+		return nil
+	})
+	g.Go(func() error {
+		zeros := make([]byte, 1<<20)
+		for f := range queue {
+			select {
+			case <-f.done:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			if f.err != nil {
+				return fmt.Errorf("restore chunk %s: %w", f.ref.ID, f.err)
+			}
+			if f.ref.Hole {
+				for left := f.ref.Size; left > 0; {
+					n := min(left, int64(len(zeros)))
+					if _, err := w.Write(zeros[:n]); err != nil {
+						return fmt.Errorf("write to the restore command: %w", err)
+					}
+					left -= n
+				}
+			} else {
+				if int64(len(f.data)) != f.ref.Size {
+					return drivers.Permanentf(drivers.ReasonCorrupt, "chunk %s holds %d bytes, the restore point says %d", f.ref.ID, len(f.data), f.ref.Size)
+				}
+				if _, err := w.Write(f.data); err != nil {
+					return fmt.Errorf("write to the restore command: %w", err)
+				}
+				res.Chunks++
+				res.BytesWritten += f.ref.Size
+			}
+			done, chunks := res.BytesWritten, res.Chunks
+			rep.update(func(p *Progress) { p.BytesDone, p.ChunksDone = done, chunks })
+		}
+		return nil
+	})
+	err := g.Wait()
+	// Let the fetches still running end before their results are dropped.
+	for range streamFetchers {
+		sem <- struct{}{}
+	}
+	return err
+}
+
+// verifyStream is VerifyTarget for a drill of an exec source: the restore
+// command's output is the command's own format, which drorch cannot read
+// back; every byte it was given was verified against its chunk id on the
+// way in, and the command exited 0. The plan's verification hooks (drill
+// steps) check what the command made of it.
+func (a *Activities) verifyStream(ctx context.Context, in VerifyTargetInput) (VerifyTargetResult, error) {
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return VerifyTargetResult{}, err
+	}
+	m, err := r.GetManifest(ctx, in.Point)
+	if err != nil {
+		return VerifyTargetResult{}, err
+	}
+	e, err := streamOf(m)
+	if err != nil {
+		return VerifyTargetResult{}, err
+	}
+	return VerifyTargetResult{Entries: m.Totals.Entries, Bytes: e.Size, Chunks: m.Totals.Chunks}, nil
 }

@@ -52,6 +52,9 @@ func (a *Activities) PrepareRestore(ctx context.Context, in PrepareRestoreInput)
 }
 
 func (a *Activities) prepareRestore(ctx context.Context, in PrepareRestoreInput) (PrepareRestoreResult, error) {
+	if sc, ok := a.execRestore(in.Plan, in.Site, in.To); ok {
+		return a.prepareRestoreStream(ctx, sc, in)
+	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return PrepareRestoreResult{}, err
@@ -235,6 +238,9 @@ func (a *Activities) RestoreData(ctx context.Context, in RestoreDataInput) (Rest
 }
 
 func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (RestoreDataResult, error) {
+	if sc, ok := a.execRestore(in.Plan, in.Site, in.To); ok {
+		return a.restoreStream(ctx, sc, in)
+	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return RestoreDataResult{}, err
