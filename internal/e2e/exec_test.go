@@ -48,17 +48,31 @@ func runTool(t *testing.T, name string, args ...string) string {
 // the image's blocks changed uploads little.
 func TestExecSourceVMImage(t *testing.T) {
 	execTools(t, "qemu-img", "qemu-io", "qemu-nbd", "nbdcopy")
-	var disk, restored, envLog string
+	var disk, restored, envLog, drillLog string
+	paths := func(s *stack) {
+		disk, restored = filepath.Join(s.dir, "disk.qcow2"), filepath.Join(s.dir, "restored.qcow2")
+		envLog, drillLog = filepath.Join(s.dir, "env.log"), filepath.Join(s.dir, "drill.log")
+	}
 	s := newStack(t, stackOptions{source: func(s *stack, site string) string {
-		disk, restored, envLog = filepath.Join(s.dir, "disk.qcow2"), filepath.Join(s.dir, "restored.qcow2"), filepath.Join(s.dir, "env.log")
+		paths(s)
 		switch site {
 		case "primary":
 			return `{driver: exec, backup: {command: [sh, -c, 'env | grep ^DRORCH_ | sort > "$ENV_LOG"; nbdcopy -- [ qemu-nbd -r -f qcow2 "$DISK" ] -'], env: {DISK: ` + disk + `, ENV_LOG: ` + envLog + `}}}`
 		case "secondary":
+			// Into the drill's sandbox when given one, else over the
+			// standby's image.
 			return `{driver: exec, backup: {command: ["true"]},` +
-				` restore: {command: [sh, -c, 'rm -f "$OUT" && qemu-img create -q -f qcow2 "$OUT" "$DRORCH_SIZE" && nbdcopy - -- [ qemu-nbd -f qcow2 "$OUT" ]'], env: {OUT: ` + restored + `}}}`
+				` restore: {command: [sh, -c, 'OUT=${DRORCH_TARGET:+$DRORCH_TARGET/vm.qcow2}; OUT=${OUT:-$RESTORED}; echo "drill=$DRORCH_DRILL target=$DRORCH_TARGET" >> "$DRILL_LOG";` +
+				` rm -f "$OUT" && qemu-img create -q -f qcow2 "$OUT" "$DRORCH_SIZE" && nbdcopy - -- [ qemu-nbd -f qcow2 "$OUT" ]'],` +
+				` env: {RESTORED: ` + restored + `, DRILL_LOG: ` + drillLog + `}}}`
 		}
 		return ""
+	}, planExtra: func(s *stack) string {
+		paths(s)
+		sandbox := filepath.Join(s.dir, "sandbox")
+		// The drill's check: the image in the sandbox is the primary's.
+		return "    drill: {sandbox: " + sandbox + "}\n" +
+			"    steps: [{name: image, on: [drill], after: [{exec: [qemu-img, compare, " + disk + ", " + sandbox + "/vm.qcow2]}]}]\n"
 	}})
 	// 64 MiB of random data: nothing in it dedups or compresses, so what a
 	// backup uploads is what changed.
@@ -117,6 +131,20 @@ func TestExecSourceVMImage(t *testing.T) {
 	}
 	if out := runTool(t, "qemu-img", "compare", disk, restored); !strings.Contains(out, "identical") {
 		t.Fatalf("qemu-img compare: %s", out)
+	}
+
+	// A drill restores into its sandbox, told so, and its step compares
+	// the image there with the primary's.
+	var drill workflows.DrillReport
+	if err := s.run(workflows.OpDrill, workflows.Drill, workflows.DrillInput{Plan: plan}, &drill); err != nil || !drill.Passed {
+		t.Fatalf("drill: %v, passed %v, problems %q", err, drill.Passed, drill.Problems)
+	}
+	log, _ := os.ReadFile(drillLog)
+	if want := "drill=1 target=" + filepath.Join(s.dir, "sandbox") + "\n"; !strings.HasSuffix(string(log), want) {
+		t.Fatalf("the restore command ran as\n%s\nwant last %q", log, want)
+	}
+	if _, err := os.Stat(filepath.Join(s.dir, "sandbox")); !os.IsNotExist(err) {
+		t.Errorf("the drill left its sandbox: %v", err)
 	}
 }
 
