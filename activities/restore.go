@@ -110,6 +110,9 @@ func (a *Activities) restoreTarget(planName, site, to string) (source.Target, er
 // the live source path at site, comparing both as written and with their
 // symlinks resolved on this host.
 func refuseLive(what, path, live, site string) error {
+	if live == "" {
+		return nil // an exec source: no tree of its own to overlap
+	}
 	p, l := filepath.Clean(path), filepath.Clean(live)
 	rp, rl := resolvePath(p), resolvePath(l)
 	var how string
