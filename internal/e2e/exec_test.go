@@ -151,11 +151,11 @@ func TestExecSourceVMImage(t *testing.T) {
 // A backup command that fails, or hangs, fails the backup with its stderr
 // capped and cleaned; a restore at a site without a restore command says so.
 func TestExecSourceFailures(t *testing.T) {
-	var script string
+	var script, restoreScript string
 	s := newStack(t, stackOptions{source: func(s *stack, site string) string {
-		script = filepath.Join(s.dir, "backup.sh")
+		script, restoreScript = filepath.Join(s.dir, "backup.sh"), filepath.Join(s.dir, "restore.sh")
 		if site == "primary" {
-			return `{driver: exec, backup: {command: [sh, ` + script + `], timeout: 2s}}`
+			return `{driver: exec, backup: {command: [sh, ` + script + `], timeout: 2s}, restore: {command: [sh, ` + restoreScript + `]}}`
 		}
 		return `{driver: exec, backup: {command: ["true"]}}`
 	}})
@@ -216,6 +216,23 @@ exit 3`)
 		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 		if alive(pid) {
 			t.Errorf("the command's child %d is still running after the timeout", pid)
+		}
+	})
+
+	t.Run("failing restore command", func(t *testing.T) {
+		write(`head -c 3000000 /dev/urandom`)
+		s.backup()
+		for _, tc := range []struct{ script, want string }{
+			{`head -c 100 >/dev/null; echo "target busy, password=s3cr3tvalue" >&2; exit 5`, "restore command sh exited with status 5: target busy"},
+			{`head -c 100 >/dev/null; echo "done early" >&2`, "exited 0 before it read the whole stream"},
+		} {
+			if err := os.WriteFile(restoreScript, []byte(tc.script+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			err := s.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "primary", Force: true}, nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "s3cr3tvalue") {
+				t.Errorf("err = %v, want %q, cleaned", err, tc.want)
+			}
 		}
 	})
 
