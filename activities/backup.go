@@ -67,6 +67,7 @@ type SnapshotInput struct {
 // SnapshotResult describes the point-in-time listing of the source.
 type SnapshotResult struct {
 	Source   string    `json:"source"`
+	Kind     string    `json:"kind,omitempty"` // the manifest's source kind; "" is dir
 	Snapshot time.Time `json:"snapshot"`
 	Entries  int64     `json:"entries"`
 	Files    int64     `json:"files"`
@@ -87,6 +88,9 @@ func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return SnapshotResult{}, err
+	}
+	if sc, ok := a.isExec(in.Plan, in.Site); ok {
+		return a.snapshotStream(ctx, r, sc, in)
 	}
 	var res SnapshotResult
 	if err := r.GetStaging(ctx, in.Op, snapshotName, &res); err == nil {
@@ -219,6 +223,9 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	sc, src, err := a.sourceAt(in.Plan, in.Site)
 	if err != nil {
 		return UploadResult{}, err
+	}
+	if sc.Driver == execDriver {
+		return a.uploadedStream(ctx, r, in)
 	}
 	var st uploadResume
 	if resumeDetails(ctx, &st) {
@@ -728,7 +735,11 @@ func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, 
 // records. A record that is gone (the staging was cleaned up or lost) is
 // permanent: no retry brings it back, the backup must run again.
 func assembleManifest(ctx context.Context, r *repo.Repo, in CommitInput) (*repo.Manifest, error) {
-	m := r.NewManifest(in.Point, in.Site, "dir", in.Snapshot, in.Epoch)
+	kind, err := stagedKind(ctx, r, in.Op)
+	if err != nil {
+		return nil, err
+	}
+	m := r.NewManifest(in.Point, in.Site, kind, in.Snapshot, in.Epoch)
 	last := int64(-1)
 	for i := range in.Pieces {
 		var up uploaded

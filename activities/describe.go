@@ -136,7 +136,9 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 			if info.Sandboxes == nil {
 				info.Sandboxes = map[string]string{}
 			}
-			info.Sandboxes[name] = sc.Path + ".drill"
+			if sc.Path != "" { // an exec source has none: its drill needs drill.sandbox
+				info.Sandboxes[name] = sc.Path + ".drill"
+			}
 			if p.Drill.Sandbox != "" {
 				info.Sandboxes[name] = p.Drill.Sandbox
 			}

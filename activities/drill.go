@@ -40,6 +40,10 @@ const maxVerifyErrors = 20
 // every byte: each data range must hash to its chunk id, each hole must read
 // as zeros. Nothing else may be in the tree.
 func (a *Activities) VerifyTarget(ctx context.Context, in VerifyTargetInput) (VerifyTargetResult, error) {
+	if _, ok := a.execRestore(in.Plan, in.Site, in.Path); ok {
+		res, err := a.verifyStream(ctx, in)
+		return res, temporalError(err)
+	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return VerifyTargetResult{}, temporalError(err)

@@ -52,6 +52,9 @@ func (a *Activities) PrepareRestore(ctx context.Context, in PrepareRestoreInput)
 }
 
 func (a *Activities) prepareRestore(ctx context.Context, in PrepareRestoreInput) (PrepareRestoreResult, error) {
+	if sc, ok := a.execRestore(in.Plan, in.Site, in.To); ok {
+		return a.prepareRestoreStream(ctx, sc, in)
+	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return PrepareRestoreResult{}, err
@@ -107,6 +110,9 @@ func (a *Activities) restoreTarget(planName, site, to string) (source.Target, er
 // the live source path at site, comparing both as written and with their
 // symlinks resolved on this host.
 func refuseLive(what, path, live, site string) error {
+	if live == "" {
+		return nil // an exec source: no tree of its own to overlap
+	}
 	p, l := filepath.Clean(path), filepath.Clean(live)
 	rp, rl := resolvePath(p), resolvePath(l)
 	var how string
@@ -235,6 +241,9 @@ func (a *Activities) RestoreData(ctx context.Context, in RestoreDataInput) (Rest
 }
 
 func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (RestoreDataResult, error) {
+	if sc, ok := a.execRestore(in.Plan, in.Site, in.To); ok {
+		return a.restoreStream(ctx, sc, in)
+	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return RestoreDataResult{}, err

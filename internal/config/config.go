@@ -151,6 +151,10 @@ type Source struct {
 	// listed (freeze, flush, take a snapshot), post after it was read,
 	// also when the backup failed (thaw, drop the snapshot).
 	Hooks *SourceHooks `yaml:"hooks"`
+
+	// Backup and Restore are the commands of driver exec (exec.go).
+	Backup  *ExecCommand `yaml:"backup"`
+	Restore *ExecCommand `yaml:"restore"`
 }
 
 // SourceHooks are the commands or webhooks a backup runs around reading a

@@ -24,7 +24,7 @@ const nameHelp = `must be 1 to 63 lowercase letters, digits, "_" and "-", starti
 
 var (
 	storeDrivers  = []string{"s3"}
-	sourceDrivers = []string{"dir"}
+	sourceDrivers = []string{"dir", "exec"}
 	onChanges     = []string{"retry", "fail"}
 )
 
@@ -212,7 +212,9 @@ func (s *Source) validate(d *decoder, path string) {
 	case !slices.Contains(sourceDrivers, s.Driver):
 		d.errorf(f("driver"), "unsupported source driver %q; supported: %s", s.Driver, strings.Join(sourceDrivers, ", "))
 	}
+	s.validateExec(d, path)
 	switch {
+	case s.Driver == "exec": // no path: exec.go
 	case s.Path == "":
 		d.errorf(f("path"), "required: an absolute path")
 	case !filepath.IsAbs(s.Path):

@@ -59,6 +59,9 @@ type stackOptions struct {
 	onChange  string                // the primary source's onChange, default unset
 	hooks     func(s *stack) string // the primary source's hooks, a YAML flow mapping
 	planExtra func(s *stack) string // more of the plan's YAML, indented 4 spaces
+	// source, when it returns a YAML flow mapping, is a site's source
+	// instead of {driver: dir, path: <dir>/<site>}.
+	source func(s *stack, site string) string
 	// darkable, when set, puts the primary's MinIO in this network
 	// namespace, whose link the test can cut.
 	darkable *testenv.NetNS
@@ -127,6 +130,10 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		}
 		if site == "primary" && opts.hooks != nil {
 			extra += ", hooks: " + opts.hooks(s)
+		}
+		if opts.source != nil && opts.source(s, site) != "" {
+			fmt.Fprintf(&cfg, "      %s: %s\n", site, opts.source(s, site))
+			continue
 		}
 		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s%s}\n", site, p, extra)
 	}

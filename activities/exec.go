@@ -1,0 +1,645 @@
+package activities
+
+// The exec source: a backup command writes the data set to its stdout (a
+// raw disk image, a `zfs send` stream, a vendor's export), a restore command
+// reads it back on its stdin. See docs/sources.md.
+//
+// A stream fits the backup's Snapshot → Upload → Commit steps without a
+// change to the workflow: for an exec source, Snapshot runs the command and
+// streams its stdout through the chunker into the repository (only the
+// chunks it lacks, in parallel), leaving in staging the uploaded-NNNNNN
+// records Commit assembles the manifest from and a record of the counts
+// that Upload, which has nothing left to read, returns. A stream cannot be
+// resumed mid-way: a retried Snapshot runs the command again, and the
+// chunks the first attempt stored are not uploaded again.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/drorch/drorch/drivers"
+	"github.com/drorch/drorch/drivers/source"
+	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/redact"
+	"github.com/drorch/drorch/internal/repo"
+)
+
+// Names of an exec restore point's entries and of its staging records.
+const (
+	// StreamEntry is the path, in an exec source's restore point, of the
+	// one file that holds the backup command's stdout. The manifest's root
+	// "." comes first, as in every manifest; a restore with --to at a site
+	// without a restore command writes the stream to <to>/stream.
+	StreamEntry = "stream"
+
+	streamUploadName = "stream-upload" // the UploadResult of the stream
+	execDriver       = "exec"
+)
+
+// exec source ---------------------------------------------------------------
+
+// isExec reports whether plan's source at site is an exec source, with it.
+func (a *Activities) isExec(plan, site string) (*config.Source, bool) {
+	p, err := a.cfg.Plan(plan)
+	if err != nil {
+		return nil, false
+	}
+	sc, err := p.SourceAt(site)
+	if err != nil || sc.Driver != execDriver {
+		return nil, false
+	}
+	return sc, true
+}
+
+// execEnv is the environment of an exec source's command: the worker's, then
+// drorch's variables, then the configured env and secretEnv.
+func execEnv(c *config.ExecCommand, vars ...string) []string {
+	env := append(os.Environ(), vars...)
+	for _, k := range sortedKeys(c.Env) {
+		env = append(env, k+"="+c.Env[k])
+	}
+	for _, k := range sortedKeys(c.SecretEnv) {
+		env = append(env, k+"="+c.SecretEnv[k].Value())
+	}
+	return env
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// streamCmd is a running backup or restore command.
+type streamCmd struct {
+	what    string // "backup command" or "restore command", for errors
+	c       *config.ExecCommand
+	cmd     *exec.Cmd
+	parent  context.Context // the attempt's
+	ctx     context.Context // ends at the command's timeout
+	cancel  context.CancelFunc
+	stderr  *tailBuffer
+	secrets []string
+}
+
+// startStream starts c in its own process group, killed whole when ctx ends
+// or its timeout passes; stdout or stdin (whichever is not nil) is the
+// stream's end of a pipe.
+func startStream(ctx context.Context, what string, c *config.ExecCommand, env, secrets []string, withStdout bool) (*streamCmd, io.ReadCloser, io.WriteCloser, error) {
+	timeout := c.Timeout
+	if timeout == 0 {
+		timeout = config.DefaultExecTimeout
+	}
+	s := &streamCmd{parent: ctx, what: what, c: c, secrets: secrets, stderr: &tailBuffer{redact.TailWriter{Max: 2*redact.TailSize + 1024}}}
+	s.ctx, s.cancel = context.WithTimeout(ctx, timeout)
+	s.cmd = exec.CommandContext(s.ctx, c.Command[0], c.Command[1:]...)
+	s.cmd.Env = env
+	s.cmd.Stderr = s.stderr
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	s.cmd.Cancel = func() error { return syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL) }
+	s.cmd.WaitDelay = 5 * time.Second
+	var (
+		out io.ReadCloser
+		in  io.WriteCloser
+		err error
+	)
+	if withStdout {
+		out, err = s.cmd.StdoutPipe()
+	} else {
+		in, err = s.cmd.StdinPipe()
+	}
+	if err == nil {
+		err = s.cmd.Start()
+	}
+	if err != nil {
+		s.cancel()
+		// A command that cannot start (not found, not executable) will not
+		// start on a retry either.
+		return nil, nil, nil, drivers.Permanentf(drivers.ReasonInvalidConfig, "start the %s %s: %v", what, c.Command[0], err)
+	}
+	return s, out, in, nil
+}
+
+// wait waits for the command and turns its failure into an error carrying
+// the end of its stderr, capped and cleaned. A non-zero exit or the timeout
+// is permanent: the command ran and said no, and running it again for an
+// hour of retries would only hide that. A command killed by a signal not of
+// drorch's making (the OOM killer) may pass on a retry. cause, when not nil,
+// is what drorch itself failed at while the command ran (a chunk it could
+// not store or fetch): it is reported unless it is only the broken pipe of
+// a command that stopped early, whose own failure then explains it.
+func (s *streamCmd) wait(cause error) error {
+	defer s.cancel()
+	if cause != nil && !isPipeErr(cause) {
+		s.cancel() // stop a command still writing into, or reading from, a pipe nobody serves
+	}
+	err := s.cmd.Wait()
+	name := s.c.Command[0]
+	var exitErr *exec.ExitError
+	switch {
+	case s.parent.Err() != nil:
+		// The attempt was cancelled or stalled: not the command's fault.
+		if cause != nil && !isPipeErr(cause) {
+			return cause
+		}
+		return fmt.Errorf("%s %s stopped: %w", s.what, name, context.Cause(s.parent))
+	case s.ctx.Err() == context.DeadlineExceeded:
+		return drivers.Permanentf(drivers.ReasonInvalidInput, "%s %s timed out after %s and was killed%s", s.what, name, s.timeout(), s.stderr.text(s.secrets))
+	case cause != nil && !isPipeErr(cause):
+		return cause
+	case errors.As(err, &exitErr) && exitErr.ExitCode() > 0:
+		return drivers.Permanentf(drivers.ReasonInvalidInput, "%s %s exited with status %d%s", s.what, name, exitErr.ExitCode(), s.stderr.text(s.secrets))
+	case err != nil:
+		return fmt.Errorf("%s %s: %v%s", s.what, name, err, s.stderr.text(s.secrets))
+	case cause != nil:
+		return drivers.Permanentf(drivers.ReasonInvalidInput, "%s %s exited 0 before it read the whole stream (%v)%s", s.what, name, cause, s.stderr.text(s.secrets))
+	}
+	return nil
+}
+
+func (s *streamCmd) timeout() time.Duration {
+	if s.c.Timeout == 0 {
+		return config.DefaultExecTimeout
+	}
+	return s.c.Timeout
+}
+
+func isPipeErr(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
+}
+
+// backup ----------------------------------------------------------------------
+
+// snapshotStream is Snapshot for an exec source: it runs the backup command
+// and stores its stdout as the restore point's one file (see the top of the
+// file). A retried attempt that finds the stream recorded in staging returns
+// it; otherwise it runs the command again from the start.
+func (a *Activities) snapshotStream(ctx context.Context, r *repo.Repo, sc *config.Source, in SnapshotInput) (SnapshotResult, error) {
+	var res SnapshotResult
+	if err := r.GetStaging(ctx, in.Op, snapshotName, &res); err == nil {
+		return res, nil
+	} else if !drivers.IsNotFound(err) {
+		return SnapshotResult{}, err
+	}
+	// What a cut attempt left is of no use: the stream starts over.
+	if err := r.DeleteStaging(ctx, in.Op); err != nil {
+		return SnapshotResult{}, err
+	}
+	known, err := r.UsableChunks(ctx) // damaged chunks are uploaded again
+	if err != nil {
+		return SnapshotResult{}, fmt.Errorf("list chunks at %s: %w", r.Location(), err)
+	}
+	snap := time.Now().UTC()
+	_, suffix, _ := strings.Cut(in.Op, "-") // the op is <kind>-<suffix>, as the point's id
+	point := repo.NewPointID(snap, suffix)
+	res = SnapshotResult{Source: "exec " + sc.Backup.Command[0], Kind: execDriver, Snapshot: snap}
+
+	rep := a.startReporter(ctx, "stream")
+	defer rep.close()
+	work := rep.work // ends when the work stalls
+	u := &uploader{repo: r, rep: rep, known: make(map[repo.ID]struct{}, len(known))}
+	for id := range known {
+		u.known[id] = struct{}{}
+	}
+	env := execEnv(sc.Backup, "DRORCH_PLAN="+in.Plan, "DRORCH_SITE="+in.Site, "DRORCH_POINT="+point,
+		"DRORCH_SNAPSHOT="+snap.Format(time.RFC3339Nano))
+	cmd, stdout, _, err := startStream(work, "backup command", sc.Backup, env, a.cfg.SecretValues(), true)
+	if err != nil {
+		return SnapshotResult{}, err
+	}
+	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Str("command", sc.Backup.Command[0]).Msg("backup command started")
+	pieces, size, serr := u.stream(work, in.Op, snap, stdout)
+	if err := cmd.wait(serr); err != nil {
+		return SnapshotResult{}, err
+	}
+	if size == 0 {
+		return SnapshotResult{}, drivers.Permanentf(drivers.ReasonInvalidInput, "backup command %s exited 0 but wrote nothing to its stdout", sc.Backup.Command[0])
+	}
+	res.Entries, res.Files, res.Bytes, res.Pieces = 2, 1, size, pieces
+	up := u.result()
+	if err := r.PutStaging(ctx, in.Op, streamUploadName, up); err != nil {
+		return SnapshotResult{}, err
+	}
+	// Last: its presence says the stream is complete in staging.
+	if err := r.PutStaging(ctx, in.Op, snapshotName, res); err != nil {
+		return SnapshotResult{}, err
+	}
+	a.log.Info().Str("plan", in.Plan).Int64("bytes", size).Int64("bytesNew", up.BytesNew).Int64("chunksNew", up.ChunksNew).Msg("backup command's stream stored")
+	return res, nil
+}
+
+// stream reads out to its end through the chunker, uploads the chunks the
+// repository lacks with uploadWorkers workers, and records the stream in
+// staging piece by piece (each segmentSize bytes of it), the first piece
+// again at the end with the stream's size. Memory stays bounded: the chunks
+// in flight and the references of one piece.
+func (u *uploader) stream(ctx context.Context, op string, snap time.Time, out io.Reader) (pieces int, size int64, err error) {
+	g, gctx := errgroup.WithContext(ctx)
+	// A failure elsewhere, or the end, closes the pipe: a read blocked on a
+	// command that writes nothing more returns.
+	defer context.AfterFunc(gctx, func() {
+		if c, ok := out.(io.Closer); ok {
+			c.Close()
+		}
+	})()
+	jobs := make(chan chunkJob, uploadWorkers)
+	read := make(chan *pendingPiece, 1)
+	for range uploadWorkers {
+		g.Go(func() error {
+			for j := range jobs {
+				err := u.store(gctx, j)
+				j.piece.done.Done()
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	root := stagedEntry{Path: []byte("."), Type: source.TypeDir, Mode: 0o700, ModTime: snap}
+	file := stagedEntry{Path: []byte(StreamEntry), Type: source.TypeFile, Mode: 0o600, ModTime: snap}
+	newPiece := func(i int, off int64) *pendingPiece {
+		pp := &pendingPiece{index: i}
+		if i == 0 {
+			pp.out.Items = append(pp.out.Items, uploadedItem{Index: 0, Entry: root})
+			pp.refs = append(pp.refs, nil)
+		}
+		pp.out.Items = append(pp.out.Items, uploadedItem{Index: 1, Entry: file, Offset: off})
+		pp.refs = append(pp.refs, nil)
+		return pp
+	}
+	g.Go(func() error {
+		defer close(jobs)
+		defer close(read)
+		ch, err := repo.NewChunker(out, nil)
+		if err != nil {
+			return err
+		}
+		pp, inPiece := newPiece(0, 0), int64(0)
+		for {
+			data, err := ch.Next()
+			if len(data) > 0 {
+				ref := &repo.Ref{}
+				last := len(pp.refs) - 1
+				pp.refs[last] = append(pp.refs[last], ref)
+				pp.done.Add(1)
+				select {
+				case jobs <- chunkJob{data: bytes.Clone(data), ref: ref, piece: pp}:
+				case <-gctx.Done():
+					pp.done.Done()
+					return gctx.Err()
+				}
+				n := int64(len(data))
+				size += n
+				inPiece += n
+				u.count(pp, func(r *UploadResult) { r.BytesRead += n })
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("read the backup command's stdout: %w", err)
+			}
+			if inPiece >= segmentSize {
+				select {
+				case read <- pp:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+				pp, inPiece = newPiece(pp.index+1, size), 0
+			}
+		}
+		select {
+		case read <- pp:
+		case <-gctx.Done():
+			return gctx.Err()
+		}
+		return nil
+	})
+	var first *pendingPiece
+	g.Go(func() error {
+		for pp := range read {
+			waited := make(chan struct{})
+			go func() { pp.done.Wait(); close(waited) }()
+			select {
+			case <-waited:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			for k, refs := range pp.refs {
+				for _, r := range refs {
+					pp.out.Items[k].Refs = append(pp.out.Items[k].Refs, *r)
+				}
+			}
+			if pp.index == 0 {
+				first = pp // written at the end, with the stream's size
+			} else if err := u.repo.PutStaging(gctx, op, uploadedName(pp.index), pp.out); err != nil {
+				return err
+			}
+			pieces = pp.index + 1
+		}
+		return nil
+	})
+	err = g.Wait()
+	for j := range jobs {
+		j.piece.done.Done()
+	}
+	if err != nil {
+		return 0, size, err
+	}
+	if first != nil {
+		first.out.Items[1].Entry.Size = size
+		if err := u.repo.PutStaging(ctx, op, uploadedName(0), first.out); err != nil {
+			return 0, size, err
+		}
+	}
+	return pieces, size, nil
+}
+
+// uploadedStream is Upload for an exec source: Snapshot has stored the
+// stream already; this returns what that took.
+func (a *Activities) uploadedStream(ctx context.Context, r *repo.Repo, in UploadInput) (UploadResult, error) {
+	var res UploadResult
+	if err := r.GetStaging(ctx, in.Op, streamUploadName, &res); err != nil {
+		if drivers.IsNotFound(err) {
+			return UploadResult{}, drivers.Permanentf(drivers.ReasonNotFound, "upload: the record of the backup command's stream is gone from %s (staging cleaned up or lost): run the backup again", r.Location())
+		}
+		return UploadResult{}, err
+	}
+	return res, nil
+}
+
+// stagedKind is the source kind of the backup op for its manifest: the
+// kind its snapshot recorded, "dir" for a snapshot that recorded none.
+func stagedKind(ctx context.Context, r *repo.Repo, op string) (string, error) {
+	var snap SnapshotResult
+	if err := r.GetStaging(ctx, op, snapshotName, &snap); err != nil {
+		if drivers.IsNotFound(err) {
+			return "dir", nil // a workflow from before the snapshot record; only dir existed
+		}
+		return "", err
+	}
+	if snap.Kind == "" {
+		return "dir", nil
+	}
+	return snap.Kind, nil
+}
+
+// restore ---------------------------------------------------------------------
+
+// execRestore reports whether a restore of plan at site into to goes through
+// the site's exec source, and returns that source. A site whose exec source
+// has no restore command restores through it only to fail with noRestore;
+// given a directory (--to) it restores the stream as a file there instead.
+func (a *Activities) execRestore(plan, site, to string) (*config.Source, bool) {
+	sc, ok := a.isExec(plan, site)
+	if !ok || (sc.Restore == nil && to != "") {
+		return nil, false
+	}
+	return sc, true
+}
+
+func noRestore(plan, site string) error {
+	return drivers.Permanentf(drivers.ReasonInvalidConfig,
+		"plan %s's exec source at %s has no restore command (source.%s.restore.command): that site is only backed up; add one, or restore the raw stream into a directory with --to PATH", plan, site, site)
+}
+
+// streamOf returns the stream entry of an exec restore point, or a
+// permanent error saying why m is not one.
+func streamOf(m *repo.Manifest) (*repo.Entry, error) {
+	if m.Source != execDriver {
+		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "restore point %s was taken from a %q source, not an exec source's stream: a restore command cannot read it; restore it into a directory with --to PATH", m.Point, m.Source)
+	}
+	for i := range m.Entries {
+		if e := &m.Entries[i]; e.Path == StreamEntry && e.Type == source.TypeFile {
+			return e, nil
+		}
+	}
+	return nil, drivers.Permanentf(drivers.ReasonCorrupt, "restore point %s has no %q entry", m.Point, StreamEntry)
+}
+
+// prepareRestoreStream is PrepareRestore for an exec source's restore
+// command.
+func (a *Activities) prepareRestoreStream(ctx context.Context, sc *config.Source, in PrepareRestoreInput) (PrepareRestoreResult, error) {
+	if sc.Restore == nil {
+		return PrepareRestoreResult{}, noRestore(in.Plan, in.Site)
+	}
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	m, err := a.manifest(ctx, r, in.Point)
+	if err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	if _, err := streamOf(m); err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	have, err := r.Chunks(ctx)
+	if err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	if err := r.CheckPresent("restore point "+m.Point, repo.Needs(m), have); err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	ep, err := r.GetEpoch(ctx)
+	if err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	res := PrepareRestoreResult{PointSummary: summary(m, in.Site), Target: streamTarget(sc, in.To), SiteEpoch: ep.Epoch}
+	if in.To != "" {
+		res.Resolved = resolvePath(in.To)
+	}
+	return res, nil
+}
+
+func streamTarget(sc *config.Source, to string) string {
+	t := "exec " + sc.Restore.Command[0]
+	if to != "" {
+		t += " into " + to
+	}
+	return t
+}
+
+// restoreStream is RestoreData for an exec source: the point's stream is
+// written to the restore command's stdin in order, every chunk verified
+// against its id before it is written (fetched ahead, in parallel). The
+// command gets DRORCH_PLAN, DRORCH_SITE, DRORCH_POINT, DRORCH_SNAPSHOT,
+// DRORCH_SIZE (the stream's length in bytes), and with --to DRORCH_TARGET
+// (the directory, created if missing), plus DRORCH_DRILL=1 when that is the
+// plan's drill sandbox. A retried attempt runs the command again from the
+// start of the stream.
+func (a *Activities) restoreStream(ctx context.Context, sc *config.Source, in RestoreDataInput) (RestoreDataResult, error) {
+	if sc.Restore == nil {
+		return RestoreDataResult{}, noRestore(in.Plan, in.Site)
+	}
+	var st restoreResume
+	if resumeDetails(ctx, &st) && st.Committed {
+		return st.Result, nil
+	}
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return RestoreDataResult{}, err
+	}
+	m, err := r.GetManifest(ctx, in.Point)
+	if err != nil {
+		return RestoreDataResult{}, err
+	}
+	e, err := streamOf(m)
+	if err != nil {
+		return RestoreDataResult{}, err
+	}
+	if err := checkEpoch(ctx, r, in.SiteEpoch, "restore "+in.Point); err != nil {
+		return RestoreDataResult{}, err
+	}
+	vars := []string{"DRORCH_PLAN=" + in.Plan, "DRORCH_SITE=" + in.Site, "DRORCH_POINT=" + m.Point,
+		"DRORCH_SNAPSHOT=" + m.Snapshot.UTC().Format(time.RFC3339Nano), fmt.Sprintf("DRORCH_SIZE=%d", e.Size)}
+	if in.To != "" {
+		if err := os.MkdirAll(in.To, 0o700); err != nil {
+			return RestoreDataResult{}, fmt.Errorf("create the restore target %s: %w", in.To, err)
+		}
+		vars = append(vars, "DRORCH_TARGET="+in.To)
+		if p, err := a.plan(in.Plan); err == nil && p.Drill.Sandbox != "" && filepath.Clean(p.Drill.Sandbox) == filepath.Clean(in.To) {
+			vars = append(vars, "DRORCH_DRILL=1")
+		}
+	}
+	rep := a.startReporter(ctx, "restore")
+	defer rep.close()
+	work := rep.work
+	rep.update(func(p *Progress) { p.BytesTotal, p.FilesTotal, p.ChunksTotal = e.Size, 1, int64(len(e.Chunks)) })
+	cmd, _, stdin, err := startStream(work, "restore command", sc.Restore, execEnv(sc.Restore, vars...), a.cfg.SecretValues(), false)
+	if err != nil {
+		return RestoreDataResult{}, err
+	}
+	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Str("point", m.Point).Str("command", sc.Restore.Command[0]).Msg("restore command started")
+	res := RestoreDataResult{Target: streamTarget(sc, in.To), Entries: m.Totals.Entries, Files: 1, Bytes: e.Size}
+	werr := feedStream(work, r, e, stdin, rep, &res)
+	if cerr := stdin.Close(); werr == nil && cerr != nil && !isPipeErr(cerr) {
+		werr = cerr
+	}
+	if err := cmd.wait(werr); err != nil {
+		return RestoreDataResult{}, err
+	}
+	rep.resume(restoreResume{Next: len(m.Entries), Committed: true, Result: res})
+	return res, nil
+}
+
+// streamFetchers bounds the chunks fetched ahead of the one being written.
+const streamFetchers = 8
+
+// feedStream writes the chunks of e to w in order, fetching up to
+// streamFetchers ahead; each is verified against its id by GetChunk. A hole
+// is written as zeros.
+func feedStream(ctx context.Context, r *repo.Repo, e *repo.Entry, w io.Writer, rep *reporter, res *RestoreDataResult) error {
+	type fetched struct {
+		ref  repo.Ref
+		data []byte
+		err  error
+		done chan struct{}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	queue := make(chan *fetched, streamFetchers)
+	sem := make(chan struct{}, streamFetchers)
+	g.Go(func() error {
+		defer close(queue)
+		for _, ref := range e.Chunks {
+			f := &fetched{ref: ref, done: make(chan struct{})}
+			select {
+			case queue <- f:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			if ref.Hole {
+				close(f.done)
+				continue
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			go func() {
+				defer func() { <-sem }()
+				f.data, f.err = r.GetChunk(gctx, ref.ID)
+				close(f.done)
+			}()
+		}
+		return nil
+	})
+	g.Go(func() error {
+		zeros := make([]byte, 1<<20)
+		for f := range queue {
+			select {
+			case <-f.done:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			if f.err != nil {
+				return fmt.Errorf("restore chunk %s: %w", f.ref.ID, f.err)
+			}
+			if f.ref.Hole {
+				for left := f.ref.Size; left > 0; {
+					n := min(left, int64(len(zeros)))
+					if _, err := w.Write(zeros[:n]); err != nil {
+						return fmt.Errorf("write to the restore command: %w", err)
+					}
+					left -= n
+				}
+			} else {
+				if int64(len(f.data)) != f.ref.Size {
+					return drivers.Permanentf(drivers.ReasonCorrupt, "chunk %s holds %d bytes, the restore point says %d", f.ref.ID, len(f.data), f.ref.Size)
+				}
+				if _, err := w.Write(f.data); err != nil {
+					return fmt.Errorf("write to the restore command: %w", err)
+				}
+				res.Chunks++
+				res.BytesWritten += f.ref.Size
+			}
+			done, chunks := res.BytesWritten, res.Chunks
+			rep.update(func(p *Progress) { p.BytesDone, p.ChunksDone = done, chunks })
+		}
+		return nil
+	})
+	err := g.Wait()
+	// Let the fetches still running end before their results are dropped.
+	for range streamFetchers {
+		sem <- struct{}{}
+	}
+	return err
+}
+
+// verifyStream is VerifyTarget for a drill of an exec source: the restore
+// command's output is the command's own format, which drorch cannot read
+// back; every byte it was given was verified against its chunk id on the
+// way in, and the command exited 0. The plan's verification hooks (drill
+// steps) check what the command made of it.
+func (a *Activities) verifyStream(ctx context.Context, in VerifyTargetInput) (VerifyTargetResult, error) {
+	r, err := a.repo(in.Plan, in.Site)
+	if err != nil {
+		return VerifyTargetResult{}, err
+	}
+	m, err := r.GetManifest(ctx, in.Point)
+	if err != nil {
+		return VerifyTargetResult{}, err
+	}
+	e, err := streamOf(m)
+	if err != nil {
+		return VerifyTargetResult{}, err
+	}
+	return VerifyTargetResult{Entries: m.Totals.Entries, Bytes: e.Size, Chunks: m.Totals.Chunks}, nil
+}
