@@ -111,8 +111,9 @@ func (a *Activities) SettleTarget(ctx context.Context, in SettleTargetInput) (Se
 	if err != nil {
 		return SettleTargetResult{}, temporalError(err)
 	}
-	// Without the target's parent no restore can be swapping into it.
-	if _, err := os.Stat(filepath.Dir(path)); err == nil {
+	// Without the target's parent no restore can be swapping into it; a
+	// source without a path (exec) has no swap at all.
+	if _, err := os.Stat(filepath.Dir(path)); err == nil && path != "." {
 		unlock, err := lockTarget(ctx, path)
 		if err != nil {
 			return SettleTargetResult{}, temporalError(err)
