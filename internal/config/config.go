@@ -149,6 +149,9 @@ type Source struct {
 	// listed (freeze, flush, take a snapshot), post after it was read,
 	// also when the backup failed (thaw, drop the snapshot).
 	Hooks *SourceHooks `yaml:"hooks"`
+	// Snapshot makes a dir backup read a point-in-time view of the tree
+	// (docs/snapshots.md); nil: the live tree.
+	Snapshot *Snapshot `yaml:"snapshot"`
 }
 
 // SourceHooks are the commands or webhooks a backup runs around reading a
