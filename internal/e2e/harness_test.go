@@ -64,7 +64,7 @@ type stackOptions struct {
 	// "snapshot: reflink".
 	primarySource string
 	primaryExtra  func(s *stack) string
-	planExtra func(s *stack) string // more of the plan's YAML, indented 4 spaces
+	planExtra     func(s *stack) string // more of the plan's YAML, indented 4 spaces
 	// darkable, when set, puts the primary's MinIO in this network
 	// namespace, whose link the test can cut.
 	darkable *testenv.NetNS
