@@ -130,7 +130,8 @@ func clones(t *testing.T, parent string) []string {
 
 // A file written all the time backs up, with snapshot: reflink, from a
 // clone made on the XFS file system: the backup passes although the source
-// fails on any file that changes while read (onChange: fail), the restored
+// fails on any file that changes while read (onChange: fail), as the same
+// workload read live does, the restored
 // file is whole (every record sealed, none missing before the last), the
 // tree's metadata is kept, and the clone, and the stale one a crashed
 // backup left, are gone afterwards.
@@ -179,6 +180,16 @@ func TestSnapshotReflinkBacksUpAFileThatKeepsChanging(t *testing.T) {
 	}
 	if left := clones(t, mnt); len(left) != 0 {
 		t.Fatalf("clones left after the backup: %v", left)
+	}
+
+	// The same workload read live fails: the test can tell the two apart.
+	live := newStack(t, stackOptions{primarySource: filepath.Join(mnt, "live"), onChange: "fail"})
+	lw := startWriter(t, filepath.Join(live.source("primary"), "segment.db"), 8192)
+	live.startWorker()
+	err := live.run(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan}, nil)
+	lw.close()
+	if err == nil || !strings.Contains(err.Error(), "changed while it was read") {
+		t.Fatalf("the live backup of the file being written: %v, want it refused as changed while read", err)
 	}
 
 	to := filepath.Join(s.dir, "restored")
