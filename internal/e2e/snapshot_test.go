@@ -324,7 +324,7 @@ echo "lvcreate: volume group vg0 has insufficient free space" >&2; exit 5`)
 
 // snapshot: reflink on a file system without reflinks fails the backup at
 // once with an error naming the file system, the path and where reflinks
-// work, and leaves no clone behind.
+// work, and leaves no clone behind; so does a source that is a mount point.
 func TestSnapshotReflinkUnsupportedFilesystem(t *testing.T) {
 	mnt := testenv.MountTmpfs(t)
 	src := filepath.Join(mnt, "data")
@@ -348,5 +348,14 @@ func TestSnapshotReflinkUnsupportedFilesystem(t *testing.T) {
 	}
 	if left := clones(t, mnt); len(left) != 0 {
 		t.Fatalf("clones left after the failed backup: %v", left)
+	}
+
+	// A source that is a mount point has no room beside it on its file
+	// system: the error says so and what to configure instead.
+	root := newStack(t, stackOptions{primarySource: mnt, primaryExtra: func(*stack) string { return "snapshot: reflink" }})
+	root.startWorker()
+	err = root.run(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan}, nil)
+	if err == nil || !strings.Contains(err.Error(), "is the root of a tmpfs file system (a mount point)") || !strings.Contains(err.Error(), filepath.Join(mnt, "data")) {
+		t.Fatalf("err = %v, want the mount point named and a directory below it offered", err)
 	}
 }
