@@ -72,6 +72,9 @@ const staleCloneAge = 24 * time.Hour
 // DRORCH_PHASE (snapshot-create or snapshot-remove), DRORCH_SOURCE_PATH,
 // DRORCH_SNAPSHOT_PATH and, on remove, DRORCH_BACKUP_OK.
 func (a *Activities) SourceSnapshot(ctx context.Context, in SourceSnapshotInput) (SourceSnapshotResult, error) {
+	if in.Phase != "create" && in.Phase != "remove" {
+		return SourceSnapshotResult{}, temporalError(drivers.Permanentf(drivers.ReasonInvalidInput, "source snapshot phase %q: want create or remove", in.Phase))
+	}
 	sc, _, err := a.sourceAt(in.Plan, in.Site)
 	if err != nil || sc.Snapshot == nil {
 		return SourceSnapshotResult{}, temporalError(err)
