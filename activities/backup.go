@@ -62,6 +62,8 @@ type SnapshotInput struct {
 	Plan string `json:"plan"`
 	Site string `json:"site"`
 	Op   string `json:"op"` // staging name of this backup
+	// FromSnapshot lists the view SourceSnapshot made, not the live tree.
+	FromSnapshot bool `json:"fromSnapshot,omitempty"`
 }
 
 // SnapshotResult describes the point-in-time listing of the source.
@@ -110,7 +112,7 @@ func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 	} else if !drivers.IsNotFound(err) {
 		return SnapshotResult{}, err
 	}
-	_, src, err := a.sourceAt(in.Plan, in.Site)
+	_, src, live, err := a.readSource(in.Plan, in.Site, in.Op, in.FromSnapshot)
 	if err != nil {
 		return SnapshotResult{}, err
 	}
@@ -126,7 +128,7 @@ func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 	defer rep.close()
 	ctx = rep.work // ends when the work stalls
 
-	res = SnapshotResult{Source: src.Describe(), Snapshot: time.Now().UTC()}
+	res = SnapshotResult{Source: live, Snapshot: time.Now().UTC()}
 	sp := splitter{emit: func(p piece) error {
 		if err := r.PutStaging(ctx, in.Op, pieceName(res.Pieces), p); err != nil {
 			return err
@@ -179,6 +181,8 @@ type UploadInput struct {
 	// time match the latest restore point's is not read again: its chunks
 	// are taken from that point (when the repository still has them).
 	Full bool `json:"full,omitempty"`
+	// FromSnapshot reads the view SourceSnapshot made, not the live tree.
+	FromSnapshot bool `json:"fromSnapshot,omitempty"`
 }
 
 // UploadResult counts what the upload read and stored.
@@ -220,7 +224,7 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	if err != nil {
 		return UploadResult{}, err
 	}
-	sc, src, err := a.sourceAt(in.Plan, in.Site)
+	sc, src, _, err := a.readSource(in.Plan, in.Site, in.Op, in.FromSnapshot)
 	if err != nil {
 		return UploadResult{}, err
 	}

@@ -59,13 +59,22 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 			t.p.Steps = t.p.Steps[:len(t.p.Steps)-1] // a step that did nothing is noise in the progress
 		}
 		if pre.Post {
-			defer func() { res.HookWarnings = postHooks(ctx, in.Plan, site, err == nil) }()
+			defer func() { res.HookWarnings = append(res.HookWarnings, postHooks(ctx, in.Plan, site, err == nil)...) }()
 		}
+	}
+	fromSnapshot, err := sourceSnapshot(ctx, t, in.Plan, site, op)
+	if err != nil {
+		return res, err
+	}
+	if fromSnapshot { // removed before the post hooks run (defers run last first)
+		defer func() {
+			res.HookWarnings = append(res.HookWarnings, removeSourceSnapshot(ctx, in.Plan, site, op, err == nil)...)
+		}()
 	}
 
 	var snap activities.SnapshotResult
 	if err := t.step(ctx, "snapshot", func() error {
-		return workflow.ExecuteActivity(long, a.Snapshot, activities.SnapshotInput{Plan: in.Plan, Site: site, Op: op}).Get(ctx, &snap)
+		return workflow.ExecuteActivity(long, a.Snapshot, activities.SnapshotInput{Plan: in.Plan, Site: site, Op: op, FromSnapshot: fromSnapshot}).Get(ctx, &snap)
 	}); err != nil {
 		cleanup(ctx, in.Plan, site, op)
 		return res, err
@@ -75,7 +84,7 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 
 	var up activities.UploadResult
 	if err := t.step(ctx, "upload", func() error {
-		return workflow.ExecuteActivity(long, a.Upload, activities.UploadInput{Plan: in.Plan, Site: site, Op: op, Pieces: snap.Pieces, Bytes: snap.Bytes, Full: in.Full}).Get(ctx, &up)
+		return workflow.ExecuteActivity(long, a.Upload, activities.UploadInput{Plan: in.Plan, Site: site, Op: op, Pieces: snap.Pieces, Bytes: snap.Bytes, Full: in.Full, FromSnapshot: fromSnapshot}).Get(ctx, &up)
 	}); err != nil {
 		cleanup(ctx, in.Plan, site, op)
 		return res, err

@@ -29,6 +29,7 @@ func TestBackupRunsPostHooksWhenItEnds(t *testing.T) {
 				postOK = in.OK
 				return activities.SourceHooksResult{Warnings: []string{"post hook 1 at primary: thaw: exit status 1"}}, nil
 			})
+			env.OnActivity(a.SourceSnapshot, mock.Anything, mock.Anything).Return(activities.SourceSnapshotResult{}, nil)
 			env.OnActivity(a.Describe, mock.Anything, mock.Anything).Return(plan, nil)
 			env.OnActivity(a.PrepareSite, mock.Anything, mock.Anything).Return(activities.PrepareSiteResult{Epoch: 1}, nil)
 			env.OnActivity(a.Snapshot, mock.Anything, mock.Anything).Return(func(context.Context, activities.SnapshotInput) (activities.SnapshotResult, error) {

@@ -19,12 +19,13 @@ var plan = activities.PlanInfo{Plan: "files", Primary: "primary", Secondary: "se
 
 func newEnv(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	env := newEnvWithHooks(t)
-	// The source has no hooks.
+	// The source has no hooks and no snapshot mode.
 	env.OnActivity((*activities.Activities)(nil).SourceHooks, mock.Anything, mock.Anything).Return(activities.SourceHooksResult{}, nil).Maybe()
+	env.OnActivity((*activities.Activities)(nil).SourceSnapshot, mock.Anything, mock.Anything).Return(activities.SourceSnapshotResult{}, nil).Maybe()
 	return env
 }
 
-// newEnvWithHooks leaves the source's hooks to the test.
+// newEnvWithHooks leaves the source's hooks and snapshot to the test.
 func newEnvWithHooks(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestWorkflowEnvironment()

@@ -155,6 +155,9 @@ type Source struct {
 	// Backup and Restore are the commands of driver exec (exec.go).
 	Backup  *ExecCommand `yaml:"backup"`
 	Restore *ExecCommand `yaml:"restore"`
+	// Snapshot makes a dir backup read a point-in-time view of the tree
+	// (docs/snapshots.md); nil: the live tree.
+	Snapshot *Snapshot `yaml:"snapshot"`
 }
 
 // SourceHooks are the commands or webhooks a backup runs around reading a

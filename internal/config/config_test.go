@@ -435,7 +435,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown source key", func(t *testing.T) string {
 			return edit(t, "path: /srv/data-standby", "path: /srv/data-standby, pth: /x")
 		}, []string{
-			`drorch.yaml:27: plans.files.source.secondary.pth: unknown key; allowed: driver, path, onChange, retries, hooks, backup, restore`}},
+			`drorch.yaml:27: plans.files.source.secondary.pth: unknown key; allowed: driver, path, onChange, retries, hooks, backup, restore, snapshot`}},
 		{"unknown tls key", func(t *testing.T) string {
 			return edit(t, "  namespace: default\n", "  namespace: default\n  tls: {certificate: /c.pem}\n")
 		}, []string{

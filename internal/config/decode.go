@@ -240,6 +240,14 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		if !null {
 			d.mapping(n, v, path)
 		}
+	case t.Implements(scalarFormType) && n.Kind == yaml.ScalarNode && !null:
+		p := reflect.New(t.Elem()) // a section written as one value: "snapshot: reflink"
+		applyDefaults(p.Elem())
+		if err := p.Interface().(scalarForm).fromScalar(n.Value); err != nil {
+			d.errorAt(n.Line, path, "%v", err)
+			return
+		}
+		v.Set(p)
 	case t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct:
 		// A section written with nothing under it is present, and so is
 		// checked: "encryption:" without a key is an error, not "no encryption".

@@ -230,6 +230,9 @@ func (s *Source) validate(d *decoder, path string) {
 	if s.Retries < 0 || s.Retries > 100 {
 		d.errorf(f("retries"), "must be between 0 and 100, got %d", s.Retries)
 	}
+	if s.Snapshot != nil {
+		s.Snapshot.validate(d, f("snapshot"), s)
+	}
 	if s.Hooks != nil {
 		if len(s.Hooks.Pre) == 0 && len(s.Hooks.Post) == 0 {
 			d.errorf(f("hooks"), "does nothing: give pre or post hooks, or leave hooks out")

@@ -48,6 +48,7 @@ type stack struct {
 	secrets  []string // every secret value, to look for where none may be
 	env      []string // the secrets' environment, for worker processes
 	logs     *syncBuffer
+	primary  string // the primary source's path when not <dir>/primary
 	runs     []client.WorkflowRun
 	sites    []string // primary, secondary, and remote with stackOptions.third
 }
@@ -62,6 +63,11 @@ type stackOptions struct {
 	// source, when it returns a YAML flow mapping, is a site's source
 	// instead of {driver: dir, path: <dir>/<site>}.
 	source func(s *stack, site string) string
+	// primarySource, when set, is the primary source's path (default
+	// <dir>/primary), and primaryExtra more of its flow mapping, such as
+	// "snapshot: reflink".
+	primarySource string
+	primaryExtra  func(s *stack) string
 	// darkable, when set, puts the primary's MinIO in this network
 	// namespace, whose link the test can cut.
 	darkable *testenv.NetNS
@@ -78,6 +84,7 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		minio:    map[string]*testenv.MinIO{},
 		dir:      t.TempDir(),
 		logs:     &syncBuffer{},
+		primary:  opts.primarySource,
 		sites:    []string{"primary", "secondary"},
 	}
 	if opts.third {
@@ -120,7 +127,7 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 	}
 	fmt.Fprintf(&cfg, "plans:\n  %s:\n    primary: primary\n    %s\n    source:\n", plan, secondaries)
 	for _, site := range s.sites {
-		p := filepath.Join(s.dir, site)
+		p := s.source(site)
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -134,6 +141,9 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		if opts.source != nil && opts.source(s, site) != "" {
 			fmt.Fprintf(&cfg, "      %s: %s\n", site, opts.source(s, site))
 			continue
+		}
+		if site == "primary" && opts.primaryExtra != nil {
+			extra += ", " + opts.primaryExtra(s)
 		}
 		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s%s}\n", site, p, extra)
 	}
@@ -161,7 +171,12 @@ func (s *stack) setenv(name, value string) {
 	s.secrets = append(s.secrets, value)
 }
 
-func (s *stack) source(site string) string { return filepath.Join(s.dir, site) }
+func (s *stack) source(site string) string {
+	if site == "primary" && s.primary != "" {
+		return s.primary
+	}
+	return filepath.Join(s.dir, site)
+}
 
 // startWorker runs a worker for every site inside the test process.
 func (s *stack) startWorker() {
