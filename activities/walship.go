@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -89,8 +90,17 @@ func (a *Activities) copyWAL(ctx context.Context, in CopyWALInput) (CopyWALResul
 		}
 	}
 	from := walListFrom(in.After)
-	have := map[string]bool{}
-	err = dst.ListWAL(ctx, from, func(f repo.WALFile) error { have[f.Name] = true; return nil })
+	// The oldest segment To holds bounds a full rescan: what sorts before
+	// it, To's retention deleted (or To never needed), and copying it again
+	// would only be deleted again and read as lag meanwhile.
+	have, floor := map[string]bool{}, ""
+	err = dst.ListWAL(ctx, from, func(f repo.WALFile) error {
+		have[f.Name] = true
+		if floor == "" && len(f.Name) >= 24 && !strings.HasSuffix(f.Name, ".history") {
+			floor = f.Name[:24]
+		}
+		return nil
+	})
 	if reason, _ := drivers.IsPermanent(err); err != nil && reason != drivers.ReasonNoSuchBucket {
 		return res, fmt.Errorf("site %s: %w", in.To, err)
 	}
@@ -98,7 +108,7 @@ func (a *Activities) copyWAL(ctx context.Context, in CopyWALInput) (CopyWALResul
 	err = src.ListWAL(ctx, from, func(f repo.WALFile) error {
 		if have[f.Name] {
 			res.Last, res.LastTime = f.Name, f.Modified
-		} else {
+		} else if f.Name >= floor || strings.HasSuffix(f.Name, ".history") {
 			missing = append(missing, f)
 		}
 		return nil
