@@ -84,6 +84,12 @@ func (a *Activities) Snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 }
 
 func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotResult, error) {
+	if pg, err := a.postgresAt(in.Plan, in.Site); err != nil || pg != nil {
+		if err != nil {
+			return SnapshotResult{}, err
+		}
+		return a.snapshotPostgres(ctx, in, pg) // pgbackup.go
+	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return SnapshotResult{}, err
@@ -212,6 +218,12 @@ func (a *Activities) Upload(ctx context.Context, in UploadInput) (UploadResult, 
 }
 
 func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, error) {
+	if pg, err := a.postgresAt(in.Plan, in.Site); err != nil || pg != nil {
+		if err != nil {
+			return UploadResult{}, err
+		}
+		return a.uploadPostgres(ctx, in) // pgbackup.go
+	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return UploadResult{}, err
@@ -706,6 +718,7 @@ func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, 
 	if err != nil {
 		return CommitResult{}, err
 	}
+	m.Source = a.sourceKind(in.Plan, in.Site)
 	// The point is reserved before the chunks are listed (seconds to
 	// minutes), so that a failover landing meanwhile abandons it.
 	err = r.CommitPoint(ctx, m, func(ctx context.Context) error {

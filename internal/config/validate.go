@@ -24,7 +24,7 @@ const nameHelp = `must be 1 to 63 lowercase letters, digits, "_" and "-", starti
 
 var (
 	storeDrivers  = []string{"s3"}
-	sourceDrivers = []string{"dir"}
+	sourceDrivers = []string{"dir", "postgres"}
 	onChanges     = []string{"retry", "fail"}
 )
 
@@ -227,6 +227,7 @@ func (s *Source) validate(d *decoder, path string) {
 	if s.Retries < 0 || s.Retries > 100 {
 		d.errorf(f("retries"), "must be between 0 and 100, got %d", s.Retries)
 	}
+	s.validatePostgres(d, path)
 	if s.Hooks != nil {
 		if len(s.Hooks.Pre) == 0 && len(s.Hooks.Post) == 0 {
 			d.errorf(f("hooks"), "does nothing: give pre or post hooks, or leave hooks out")
