@@ -2,6 +2,8 @@
 // given, the activities that touch that site's resources.
 //
 //	drorch-worker --config drorch.yaml --site primary [--site secondary] [--metrics-listen 127.0.0.1:9464]
+//	drorch-worker wal-push --plan P --site S [--config FILE] PATH       (archive_command)
+//	drorch-worker wal-fetch --plan P --site S [--config FILE] NAME DEST (restore_command)
 package main
 
 import (
@@ -36,6 +38,9 @@ func (s *siteList) String() string     { return strings.Join(*s, ",") }
 func (s *siteList) Set(v string) error { *s = append(*s, v); return nil }
 
 func main() {
+	if code, ok := walCommand(os.Args[1:], os.Stderr); ok {
+		os.Exit(code)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "drorch-worker:", err)
 		os.Exit(1)

@@ -197,10 +197,9 @@ type workerProcess struct {
 	log *syncBuffer
 }
 
-// spawnWorker starts the drorch-worker binary, built once per test run,
-// with extra flags.
-func (s *stack) spawnWorker(extra ...string) *workerProcess {
-	s.t.Helper()
+// workerBinary is the drorch-worker binary, built once per test run.
+func workerBinary(t *testing.T) string {
+	t.Helper()
 	workerBin.once.Do(func() {
 		dir, err := os.MkdirTemp("", "drorch-e2e-bin")
 		if err != nil {
@@ -214,14 +213,22 @@ func (s *stack) spawnWorker(extra ...string) *workerProcess {
 		}
 	})
 	if workerBin.err != nil {
-		s.t.Fatal(workerBin.err)
+		t.Fatal(workerBin.err)
 	}
+	return workerBin.path
+}
+
+// spawnWorker starts the drorch-worker binary, built once per test run,
+// with extra flags.
+func (s *stack) spawnWorker(extra ...string) *workerProcess {
+	s.t.Helper()
+	bin := workerBinary(s.t)
 	wp := &workerProcess{log: &syncBuffer{}}
 	args := []string{"--config", s.cfgPath}
 	for _, site := range s.sites {
 		args = append(args, "--site", site)
 	}
-	wp.cmd = exec.Command(workerBin.path, append(args,
+	wp.cmd = exec.Command(bin, append(args,
 		"--task-queue", s.queue, "--address", s.temporal.Address, "--namespace", s.temporal.Namespace, "--log-level", "debug")...)
 	wp.cmd.Args = append(wp.cmd.Args, extra...)
 	wp.cmd.Env = append(os.Environ(), s.env...)

@@ -1,0 +1,253 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/minio/minio-go/v7"
+
+	"github.com/drorch/drorch/internal/testenv"
+)
+
+// walPG is a PostgreSQL 15 cluster that archives its WAL into the primary
+// site's repository of the stack's plan with drorch-worker wal-push.
+type walPG struct {
+	pg   *testenv.Postgres
+	conn *pgx.Conn
+	bin  string
+}
+
+// startArchivingPostgres starts a cluster whose archive_command is
+// drorch-worker wal-push to site. PostgreSQL runs as the user postgres
+// and passes only PG* variables to its children, so the command gets a
+// config of its own whose secrets are files postgres may read.
+func startArchivingPostgres(t *testing.T, s *stack, site string) *walPG {
+	t.Helper()
+	pg := testenv.StartPostgres(t)
+	bin := workerBinary(t)
+	root := filepath.Dir(pg.Dir)
+	// The binary's directory is private to the test's user.
+	if err := os.Chmod(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := os.ReadFile(s.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(cfg)
+	secrets := filepath.Join(root, "secrets")
+	if err := os.Mkdir(secrets, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range s.env {
+		name, value, _ := strings.Cut(kv, "=")
+		file := filepath.Join(secrets, name)
+		if err := os.WriteFile(file, []byte(value), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		text = strings.ReplaceAll(text, "env:"+name, "file:"+file)
+	}
+	cfgPath := filepath.Join(root, "drorch-wal.yaml")
+	if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		chownPostgres(t, secrets, cfgPath)
+	}
+	conf := fmt.Sprintf("archive_mode = on\narchive_command = '%s wal-push --plan %s --site %s --config %s %%p'\n", bin, plan, site, cfgPath)
+	f, err := os.OpenFile(filepath.Join(pg.Dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(conf); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	pg.Stop(t) // archive_mode takes a restart
+	pg.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return &walPG{pg: pg, conn: conn, bin: bin}
+}
+
+func chownPostgres(t *testing.T, paths ...string) {
+	t.Helper()
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	for _, root := range paths {
+		err := filepath.Walk(root, func(p string, _ os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Chown(p, uid, gid)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// switchWAL writes a row and closes the current segment; it returns the
+// segment's name, which PostgreSQL then archives.
+func (w *walPG) switchWAL(t *testing.T) string {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := w.conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS t (id serial, at timestamptz DEFAULT now()); INSERT INTO t DEFAULT VALUES"); err != nil {
+		t.Fatal(err)
+	}
+	var name string
+	if err := w.conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_switch_wal())").Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// walObject reads files/wal/<name> at site; nil when absent.
+func (s *stack) walObject(site, name string) []byte {
+	s.t.Helper()
+	mc := s.minio[site].Client(s.t)
+	obj, err := mc.GetObject(context.Background(), "drorch", plan+"/wal/"+name, minio.GetObjectOptions{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer obj.Close()
+	var b bytes.Buffer
+	if _, err := b.ReadFrom(obj); err != nil {
+		if code := minio.ToErrorResponse(err).Code; code == "NoSuchKey" || code == "NoSuchBucket" {
+			return nil
+		}
+		s.t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// walCmd runs drorch-worker wal-push or wal-fetch with the stack's config
+// and returns its exit code and stderr.
+func (s *stack) walCmd(bin string, args ...string) (int, string) {
+	s.t.Helper()
+	cmd := exec.Command(bin, append([]string{args[0], "--plan", plan, "--site", "primary", "--config", s.cfgPath}, args[1:]...)...)
+	cmd.Env = append(os.Environ(), s.env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), stderr.String()
+	}
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return 0, stderr.String()
+}
+
+// TestWALArchive: PostgreSQL archives each finished segment through
+// wal-push into the repository; wal-fetch gives back the same bytes; a
+// second push of the same segment is accepted, a different file under its
+// name refused, a damaged object refused with an error naming it, and an
+// absent file reported as absent.
+func TestWALArchive(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	w := startArchivingPostgres(t, s, "primary")
+	name := w.switchWAL(t)
+	waitFor(t, "segment "+name+" in the primary's repository", 30*time.Second, func() bool { return s.walObject("primary", name) != nil })
+	var archived string
+	if err := w.conn.QueryRow(context.Background(), "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").Scan(&archived); err != nil {
+		t.Fatal(err)
+	}
+	if archived < name {
+		t.Errorf("pg_stat_archiver.last_archived_wal = %q, want %s or later", archived, name)
+	}
+
+	// What PostgreSQL wrote is what comes back.
+	segment, err := os.ReadFile(filepath.Join(w.pg.Dir, "pg_wal", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if code, stderr := s.walCmd(w.bin, "wal-fetch", name, filepath.Join(dir, "RECOVERYXLOG")); code != 0 {
+		t.Fatalf("wal-fetch %s: exit %d: %s", name, code, stderr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "RECOVERYXLOG")); !bytes.Equal(got, segment) {
+		t.Fatalf("wal-fetch %s gave %d bytes that differ from the %d in pg_wal", name, len(got), len(segment))
+	}
+
+	// A duplicate push of the same segment is accepted.
+	same := filepath.Join(dir, "same", name)
+	writeBytes(t, same, segment)
+	if code, stderr := s.walCmd(w.bin, "wal-push", same); code != 0 {
+		t.Fatalf("second wal-push of %s: exit %d: %s", name, code, stderr)
+	}
+	// A different file under the name is refused, and the archive keeps
+	// the segment.
+	other := bytes.Clone(segment)
+	other[len(other)/2] ^= 0xff
+	diff := filepath.Join(dir, "other", name)
+	writeBytes(t, diff, other)
+	code, stderr := s.walCmd(w.bin, "wal-push", diff)
+	if code != 2 || !strings.Contains(stderr, "different WAL file") || !strings.Contains(stderr, "wal/"+name) {
+		t.Fatalf("wal-push of a different %s: exit %d, stderr %q; want exit 2 naming the conflict", name, code, stderr)
+	}
+	if code, stderr := s.walCmd(w.bin, "wal-fetch", name, filepath.Join(dir, "again")); code != 0 {
+		t.Fatalf("wal-fetch %s after the refused push: exit %d: %s", name, code, stderr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "again")); !bytes.Equal(got, segment) {
+		t.Fatal("the refused push changed the archived segment")
+	}
+
+	// An absent file (PostgreSQL asks for the next timeline's history).
+	if code, stderr := s.walCmd(w.bin, "wal-fetch", "00000002.history", filepath.Join(dir, "RECOVERYHISTORY")); code != 1 {
+		t.Fatalf("wal-fetch of an absent file: exit %d (%s), want 1", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "RECOVERYHISTORY")); !os.IsNotExist(err) {
+		t.Fatalf("wal-fetch of an absent file left %s: %v", "RECOVERYHISTORY", err)
+	}
+
+	// A damaged object is caught, named, and never handed over.
+	body := s.walObject("primary", name)
+	body[len(body)-100] ^= 0x01
+	mc := s.minio["primary"].Client(t)
+	if _, err := mc.PutObject(context.Background(), "drorch", plan+"/wal/"+name, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad")
+	code, stderr = s.walCmd(w.bin, "wal-fetch", name, bad)
+	if code != 126 || !strings.Contains(stderr, "wal/"+name) || !strings.Contains(stderr, "corrupt") {
+		t.Fatalf("wal-fetch of a damaged %s: exit %d, stderr %q; want exit 126 naming the object as corrupted", name, code, stderr)
+	}
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Fatalf("wal-fetch of a damaged file left %s: %v", bad, err)
+	}
+	for _, secret := range s.secrets {
+		if strings.Contains(stderr, secret) {
+			t.Fatal("wal-fetch's error shows a secret")
+		}
+	}
+}
+
+func writeBytes(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
