@@ -85,6 +85,9 @@ type RestoreInput struct {
 	// Refresh marks the warm-standby refresh of the protection cycle: the
 	// target must be a standby that holds no writes of its own (refreshOK).
 	Refresh bool `json:"refresh,omitempty"`
+	// At (postgres source): restore the newest base backup that ended by
+	// this time and recover the WAL up to it (point-in-time recovery).
+	At time.Time `json:"at,omitzero"`
 }
 
 // RestoreResult describes a restore.
@@ -104,6 +107,9 @@ type RestoreResult struct {
 	ChunksLocal int64    `json:"chunksLocal"`
 	BytesLocal  int64    `json:"bytesLocal"`
 	Duration    Duration `json:"duration"`
+	// RecoveredTo (postgres source, server started) is the commit time of
+	// the last transaction the recovery replayed: what the data reaches.
+	RecoveredTo time.Time `json:"recoveredTo,omitzero"`
 }
 
 // PointsInput lists the restore points of a plan at a site.
@@ -181,6 +187,9 @@ type SwitchReport struct {
 	FenceNote    string                   `json:"fenceNote,omitempty"`
 	Point        string                   `json:"point,omitempty"`
 	PointTime    time.Time                `json:"pointTime,omitzero"`
+	// RecoveredTo (postgres source) is the last transaction the restored
+	// server replayed from the shipped WAL; the RPO is counted to it.
+	RecoveredTo time.Time `json:"recoveredTo,omitzero"`
 	Epoch        uint64                   `json:"epoch,omitempty"`
 	Restored     bool                     `json:"restored"` // false: the standby already held the point
 	RTO          Duration                 `json:"rto"`      // start → DNS verified
