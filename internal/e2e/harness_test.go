@@ -62,6 +62,9 @@ type stackOptions struct {
 	// darkable, when set, puts the primary's MinIO in this network
 	// namespace, whose link the test can cut.
 	darkable *testenv.NetNS
+	// sources, when set and it returns a YAML flow mapping for a site, is
+	// the plan's source there instead of a directory.
+	sources func(s *stack, site string) string
 	// third adds a third site, "remote", with its own MinIO and source
 	// directory: the plan's secondaries are then [secondary, remote].
 	third bool
@@ -128,7 +131,13 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		if site == "primary" && opts.hooks != nil {
 			extra += ", hooks: " + opts.hooks(s)
 		}
-		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s%s}\n", site, p, extra)
+		line := fmt.Sprintf("{driver: dir, path: %s%s}", p, extra)
+		if opts.sources != nil {
+			if l := opts.sources(s, site); l != "" {
+				line = l
+			}
+		}
+		fmt.Fprintf(&cfg, "      %s: %s\n", site, line)
 	}
 	if opts.encrypt {
 		s.setenv("E2E_KEY", randomHex(32))
