@@ -254,7 +254,7 @@ func (a *Activities) configureRecovery(sc *config.Source, in RestoreDataInput) e
 	fmt.Fprintf(&b, "restore_command = %s\n", confString(fetch))
 	fmt.Fprintf(&b, "archive_command = %s\n", confString(push))
 	if !in.At.IsZero() {
-		fmt.Fprintf(&b, "recovery_target_time = %s\n", confString(in.At.UTC().Format("2006-01-02 15:04:05.999999Z07:00")))
+		fmt.Fprintf(&b, "recovery_target_time = %s\n", confString(in.At.UTC().Format("2006-01-02 15:04:05.999999-07")))
 	}
 	fmt.Fprintf(&b, "recovery_target_action = 'promote'\n")
 	cred, err := pgCred(sc.Path)
