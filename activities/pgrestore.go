@@ -106,8 +106,14 @@ func (a *Activities) pgCtl(ctx context.Context, sc *config.Source, args ...strin
 		return 0, "", err
 	}
 	// The server inherits this environment: restore_command (drorch-worker
-	// wal-fetch) reads the config's env: secrets from it.
-	cmd.Env = pgEnv(sc)
+	// wal-fetch) reads the config's env: secrets from it. No PG* variable:
+	// the password is not the server's business.
+	cmd.Env = nil
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PG") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	cmd.Dir = "/"
 	out := &tailBuffer{}
