@@ -33,7 +33,7 @@ import (
 // postgresql.auto.conf, replacing any the point's copy has.
 var recoveryKeys = []string{"restore_command", "recovery_target", "recovery_target_time", "recovery_target_lsn",
 	"recovery_target_name", "recovery_target_xid", "recovery_target_inclusive", "recovery_target_action",
-	"recovery_target_timeline", "archive_command", "primary_conninfo"}
+	"recovery_target_timeline", "archive_mode", "archive_command", "primary_conninfo"}
 
 // postgresTarget returns the postgres source a restore writes into: the
 // plan's own source at the site when it is a postgres one; nil for a
@@ -53,7 +53,7 @@ func (a *Activities) restorePostgres(ctx context.Context, in RestoreDataInput, s
 	var st restoreResume
 	committed := resumeDetails(ctx, &st) && st.Committed
 	if !committed {
-		if err := a.stopPostgres(ctx, sc, in.StopPrimary); err != nil {
+		if err := a.stopPostgres(ctx, sc, in.Force || in.Switch); err != nil {
 			return RestoreDataResult{}, err
 		}
 	}
@@ -258,7 +258,14 @@ func (a *Activities) configureRecovery(sc *config.Source, in RestoreDataInput) e
 	}
 	fmt.Fprintf(&b, "# drorch restore of point %s at %s\n", in.Point, in.Site)
 	fmt.Fprintf(&b, "restore_command = %s\n", confString(fetch))
-	fmt.Fprintf(&b, "archive_command = %s\n", confString(push))
+	// The base backup's own timeline: never a branch that another restore,
+	// promoted, may have added to the archive.
+	fmt.Fprintf(&b, "recovery_target_timeline = 'current'\n")
+	if in.Switch {
+		fmt.Fprintf(&b, "archive_command = %s\n", confString(push))
+	} else {
+		fmt.Fprintf(&b, "archive_mode = off # a restore that is not a switch: its timeline stays out of the plan's WAL\n")
+	}
 	if !in.At.IsZero() {
 		fmt.Fprintf(&b, "recovery_target_time = %s\n", confString(in.At.UTC().Format("2006-01-02 15:04:05.999999-07")))
 	}

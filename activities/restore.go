@@ -189,9 +189,14 @@ type RestoreDataInput struct {
 	KeepSetuid bool `json:"keepSetuid,omitempty"`
 	// At (postgres) is the recovery target time; zero: the newest WAL.
 	At time.Time `json:"at,omitzero"`
-	// StopPrimary (postgres) lets the restore stop a server running as a
-	// primary in the target: a forced restore, or a switch's.
-	StopPrimary bool `json:"stopPrimary,omitempty"`
+	// Force (postgres) lets the restore stop a server running as a primary
+	// in the target. Switch (postgres) marks a failover's or failback's
+	// restore: the server may be stopped too, and once promoted it archives
+	// its WAL into this site's repository as the plan's active database; any
+	// other restore's server archives nothing, so that its new timeline never
+	// enters the plan's WAL.
+	Force  bool `json:"force,omitempty"`
+	Switch bool `json:"switch,omitempty"`
 }
 
 // RestoreDataResult counts what was restored.

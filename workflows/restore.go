@@ -103,7 +103,7 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	if err := t.step(ctx, "restore", func() error {
 		return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, site)), a.RestoreData,
 			activities.RestoreDataInput{Plan: in.Plan, Site: site, Op: op, Point: prep.Point, To: in.To, SiteEpoch: prep.SiteEpoch, KeepSetuid: in.KeepSetuid,
-				At: in.At, StopPrimary: in.Force || (workflow.GetInfo(ctx).ParentWorkflowExecution != nil && !in.Refresh)}).Get(ctx, &data)
+				At: in.At, Force: in.Force, Switch: workflow.GetInfo(ctx).ParentWorkflowExecution != nil && !in.Refresh}).Get(ctx, &data)
 	}); err != nil {
 		return res, err
 	}

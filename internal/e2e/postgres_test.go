@@ -314,6 +314,26 @@ func TestPostgresPointInTime(t *testing.T) {
 	if res.RecoveredTo.IsZero() || res.RecoveredTo.After(between) {
 		t.Errorf("recovered to %s; want the t1 commit, before %s", res.RecoveredTo, between)
 	}
+	rc.Close(context.Background())
+
+	// The restored server is now a running primary: a restore by hand
+	// refuses to replace it, a forced one stops it and recovers to the
+	// newest WAL, reusing what the data directory holds.
+	err = ps.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "running primary") {
+		t.Fatalf("restore over a running primary: %v; want it refused", err)
+	}
+	var forced workflows.RestoreResult
+	if err := ps.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary", Force: true}, &forced); err != nil {
+		t.Fatalf("forced restore: %v\nworker log:\n%s", err, ps.logs.Tail(4000))
+	}
+	rc = pgConnect(t, ps.restoredDSN())
+	if n := pgInt(t, rc, "SELECT count(*) FROM marks"); n != 2 {
+		t.Errorf("after the forced restore to the newest WAL: %d marks, want t1 and t2", n)
+	}
+	if forced.ChunksLocal == 0 {
+		t.Errorf("the forced restore fetched every chunk (%d), reusing none of the data directory's", forced.Chunks)
+	}
 }
 
 // TestPostgresUnplannedFailover kills the primary cluster while a writer
