@@ -164,7 +164,13 @@ func (a *Activities) baseBackup(ctx context.Context, in SnapshotInput, sc *confi
 	secrets := a.cfg.SecretValues()
 	switch {
 	case werr != nil && ctx.Err() == nil:
-		return SnapshotResult{}, fmt.Errorf("pg_basebackup: %v%s", werr, stderr.text(secrets))
+		text := stderr.text(secrets)
+		if reason := basebackupRefusal(text); reason != "" {
+			// Retrying will not change a refused login or a missing
+			// pg_hba.conf line: the operator must, so say it now.
+			return SnapshotResult{}, drivers.Permanentf(reason, "pg_basebackup: %v%s", werr, text)
+		}
+		return SnapshotResult{}, fmt.Errorf("pg_basebackup: %v%s", werr, text)
 	case serr != nil:
 		return SnapshotResult{}, serr
 	case werr != nil:
@@ -382,4 +388,23 @@ func (a *Activities) uploadPostgres(ctx context.Context, in UploadInput) (Upload
 		return UploadResult{}, err
 	}
 	return res, nil
+}
+
+// basebackupRefusal classifies pg_basebackup's errors that no retry cures:
+// the server refused the role or the address, or the setup cannot work.
+// "" for the others (the server restarting, too many WAL senders busy, the
+// network), which are retried.
+func basebackupRefusal(stderr string) string {
+	switch {
+	case strings.Contains(stderr, "password authentication failed"),
+		strings.Contains(stderr, "no password supplied"),
+		strings.Contains(stderr, "no pg_hba.conf entry"),
+		strings.Contains(stderr, "must be superuser or replication role"),
+		strings.Contains(stderr, "permission denied to start WAL sender"):
+		return drivers.ReasonAuth
+	case strings.Contains(stderr, "can only write single tablespace to stdout"),
+		strings.Contains(stderr, "incompatible server version"):
+		return drivers.ReasonInvalidConfig
+	}
+	return ""
 }
