@@ -173,23 +173,20 @@ type FailoverInput struct {
 // SwitchReport is what a switching workflow returns and stores at the site
 // that ends up active.
 type SwitchReport struct {
-	ID        string    `json:"id"`
-	Plan      string    `json:"plan"`
-	Operation string    `json:"operation"`
-	Mode      string    `json:"mode,omitempty"`
-	From      string    `json:"from"`
-	To        string    `json:"to"`
-	Started   time.Time `json:"started"`
-	Finished  time.Time `json:"finished"`
-	Outcome   string    `json:"outcome"` // completed, failed, compensated
-	Error     string    `json:"error,omitempty"`
-	Fenced    bool      `json:"fenced"`
-	FenceNote string    `json:"fenceNote,omitempty"`
-	Point     string    `json:"point,omitempty"`
-	PointTime time.Time `json:"pointTime,omitzero"`
-	// RecoveredTo (postgres source) is the last transaction the restored
-	// server replayed from the shipped WAL; the RPO is counted to it.
-	RecoveredTo  time.Time                `json:"recoveredTo,omitzero"`
+	ID           string                   `json:"id"`
+	Plan         string                   `json:"plan"`
+	Operation    string                   `json:"operation"`
+	Mode         string                   `json:"mode,omitempty"`
+	From         string                   `json:"from"`
+	To           string                   `json:"to"`
+	Started      time.Time                `json:"started"`
+	Finished     time.Time                `json:"finished"`
+	Outcome      string                   `json:"outcome"` // completed, failed, compensated
+	Error        string                   `json:"error,omitempty"`
+	Fenced       bool                     `json:"fenced"`
+	FenceNote    string                   `json:"fenceNote,omitempty"`
+	Point        string                   `json:"point,omitempty"`
+	PointTime    time.Time                `json:"pointTime,omitzero"`
 	Epoch        uint64                   `json:"epoch,omitempty"`
 	Restored     bool                     `json:"restored"` // false: the standby already held the point
 	RTO          Duration                 `json:"rto"`      // start → DNS verified
@@ -208,4 +205,8 @@ type SwitchReport struct {
 	// TimeSaved is how long restoring the point took when a warm refresh
 	// put it into the standby (0: unknown), when Restored is false.
 	TimeSaved Duration `json:"timeSaved,omitempty"`
+
+	// RecoveredTo (postgres source) is the last transaction the restored
+	// server replayed from the shipped WAL; the RPO is counted to it.
+	RecoveredTo time.Time `json:"recoveredTo,omitzero"`
 }
