@@ -87,6 +87,12 @@ func (a *Activities) Snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 }
 
 func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotResult, error) {
+	if pg, err := a.postgresAt(in.Plan, in.Site); err != nil || pg != nil {
+		if err != nil {
+			return SnapshotResult{}, err
+		}
+		return a.snapshotPostgres(ctx, in, pg) // pgbackup.go
+	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return SnapshotResult{}, err
@@ -220,6 +226,12 @@ func (a *Activities) Upload(ctx context.Context, in UploadInput) (UploadResult, 
 }
 
 func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, error) {
+	if pg, err := a.postgresAt(in.Plan, in.Site); err != nil || pg != nil {
+		if err != nil {
+			return UploadResult{}, err
+		}
+		return a.uploadPostgres(ctx, in) // pgbackup.go
+	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return UploadResult{}, err

@@ -31,6 +31,9 @@ type PrepareRestoreInput struct {
 	Site  string `json:"site"`
 	Point string `json:"point,omitempty"` // empty: latest at Site
 	To    string `json:"to,omitempty"`    // empty: the plan's source at Site
+	// At (postgres): the newest point whose base backup ended by then,
+	// when Point is empty; the restore recovers the WAL up to At.
+	At time.Time `json:"at,omitzero"`
 }
 
 // PrepareRestoreResult describes what will be restored where.
@@ -63,7 +66,12 @@ func (a *Activities) prepareRestore(ctx context.Context, in PrepareRestoreInput)
 	if err != nil {
 		return PrepareRestoreResult{}, err
 	}
-	m, err := a.manifest(ctx, r, in.Point)
+	var m *repo.Manifest
+	if !in.At.IsZero() && in.Point == "" {
+		m, err = a.pointAt(ctx, r, in.At) // pgrestore.go
+	} else {
+		m, err = a.manifest(ctx, r, in.Point)
+	}
 	if err != nil {
 		return PrepareRestoreResult{}, err
 	}
@@ -185,6 +193,16 @@ type RestoreDataInput struct {
 	// authenticated: whoever can write to its bucket could plant a setuid
 	// program, so by default the bits are left out.
 	KeepSetuid bool `json:"keepSetuid,omitempty"`
+	// At (postgres) is the recovery target time; zero: the newest WAL.
+	At time.Time `json:"at,omitzero"`
+	// Force (postgres) lets the restore stop a server running as a primary
+	// in the target. Switch (postgres) marks a failover's or failback's
+	// restore: the server may be stopped too, and once promoted it archives
+	// its WAL into this site's repository as the plan's active database; any
+	// other restore's server archives nothing, so that its new timeline never
+	// enters the plan's WAL.
+	Force  bool `json:"force,omitempty"`
+	Switch bool `json:"switch,omitempty"`
 }
 
 // RestoreDataResult counts what was restored.
@@ -210,6 +228,11 @@ type RestoreDataResult struct {
 	// SetuidCleared counts files restored without the setuid or setgid bits
 	// they have in the restore point (see RestoreDataInput.KeepSetuid).
 	SetuidCleared int64 `json:"setuidCleared,omitempty"`
+	// ServerStarted (postgres): the restored server was started and has
+	// recovered; RecoveredTo is the commit time of the last transaction it
+	// replayed, the time its data reaches (zero: none was replayed).
+	ServerStarted bool      `json:"serverStarted,omitempty"`
+	RecoveredTo   time.Time `json:"recoveredTo,omitzero"`
 }
 
 type restoreResume struct {
@@ -233,7 +256,15 @@ const restoreWorkers = 16
 // swept by the next restore into the same target.
 func (a *Activities) RestoreData(ctx context.Context, in RestoreDataInput) (RestoreDataResult, error) {
 	started := time.Now()
-	res, err := a.restoreData(ctx, in)
+	pg, err := a.postgresTarget(in)
+	var res RestoreDataResult
+	switch {
+	case err != nil:
+	case pg != nil:
+		res, err = a.restorePostgres(ctx, in, pg) // pgrestore.go
+	default:
+		res, err = a.restoreData(ctx, in)
+	}
 	if err == nil {
 		metrics.OperationDone("restore", time.Since(started))
 	}

@@ -92,8 +92,9 @@ func (c *cli) transmitCmd() *cobra.Command {
 
 func (c *cli) restoreCmd() *cobra.Command {
 	var in workflows.RestoreInput
+	var at string
 	cmd := &cobra.Command{
-		Use:   "restore --plan P --site S [--point ID] [--to PATH] [--setuid] [--force]",
+		Use:   "restore --plan P --site S [--point ID] [--at TIME] [--to PATH] [--setuid] [--force]",
 		Short: "Restore a restore point held at a site into the plan's source there, or into --to",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -108,6 +109,13 @@ func (c *cli) restoreCmd() *cobra.Command {
 			if in.To != "" && !filepath.IsAbs(in.To) {
 				return fmt.Errorf("--to %q: give an absolute path; it is a path on the site's worker host, not here", in.To)
 			}
+			if at != "" {
+				t, err := parseAt(at)
+				if err != nil {
+					return err
+				}
+				in.At = t
+			}
 			var res workflows.RestoreResult
 			return c.start(cc, workflows.OpRestore, in.Plan, in.Site, workflows.Restore, in, &res, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -115,6 +123,9 @@ func (c *cli) restoreCmd() *cobra.Command {
 				fmt.Fprintf(tw, "restored into\t%s at site %s\n", res.Target, res.Site)
 				fmt.Fprintf(tw, "entries\t%d (%d files, %s)\n", res.Entries, res.Files, bytesText(res.Bytes))
 				fmt.Fprintf(tw, "written\t%s from %d verified chunks (%d, %s, already in the target)\n", bytesText(res.BytesWritten), res.Chunks, res.ChunksLocal, bytesText(res.BytesLocal))
+				if !res.RecoveredTo.IsZero() {
+					fmt.Fprintf(tw, "recovered to\t%s (last transaction replayed)\n", res.RecoveredTo.Format(time.RFC3339Nano))
+				}
 				fmt.Fprintf(tw, "duration\t%s\n", res.Duration.D().Round(time.Millisecond))
 				tw.Flush()
 			})
@@ -122,6 +133,7 @@ func (c *cli) restoreCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&in.Plan, "plan", "", "protection plan (required)")
 	cmd.Flags().StringVar(&in.Site, "site", "", "site whose repository holds the point (default: the standby, the site not active)")
+	cmd.Flags().StringVar(&at, "at", "", "postgres: recover to this time (RFC 3339, e.g. 2026-11-30T22:15:00Z), from the newest base backup that ended before it")
 	cmd.Flags().StringVar(&in.Point, "point", "", "restore point id (default: the latest at --site)")
 	cmd.Flags().StringVar(&in.To, "to", "", "absolute path to restore into (default: the plan's source at --site)")
 	cmd.Flags().BoolVar(&in.KeepSetuid, "setuid", false, "recreate setuid/setgid bits even from a repository without a key (whose content is not authenticated)")
@@ -168,4 +180,13 @@ func (c *cli) pointsCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&c.json, "json", false, "print the list as one JSON object")
 	cmd.AddCommand(c.pinCmd(false), c.pinCmd(true))
 	return cmd
+}
+
+// parseAt reads restore --at: RFC 3339, with or without fractional seconds.
+func parseAt(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--at %q: give a time in RFC 3339 form with its zone, such as 2026-11-30T22:15:00Z or 2026-11-30T23:15:00+01:00", s)
+	}
+	return t, nil
 }

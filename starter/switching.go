@@ -158,6 +158,9 @@ func printReport(w io.Writer, r workflows.SwitchReport) {
 	fmt.Fprintf(tw, "epoch\t%d\n", r.Epoch)
 	fmt.Fprintf(tw, "RTO\t%s\n", r.RTO.D().Round(time.Millisecond))
 	fmt.Fprintf(tw, "RPO\t%s\n", r.RPO.D().Round(time.Second))
+	if !r.RecoveredTo.IsZero() {
+		fmt.Fprintf(tw, "recovered to\t%s (last transaction the restored database replayed; the RPO counts from it)\n", r.RecoveredTo.Format(time.RFC3339Nano))
+	}
 	for _, d := range r.DNS {
 		fmt.Fprintf(tw, "dns\t%s → %v\n", d.Record, d.Values)
 	}

@@ -236,6 +236,13 @@ func (f *failover) run() error {
 		rep.PointTime = target.LatestTime
 	}
 	rep.RPO = Duration(max(fenceAt.Sub(rep.PointTime), 0))
+	if !restored.RecoveredTo.IsZero() && workflow.GetVersion(ctx, changePostgresSource, workflow.DefaultVersion, 1) >= 1 {
+		// A postgres standby recovered past its base backup, through the
+		// shipped WAL: the data lost is what came after its last replayed
+		// transaction.
+		rep.RecoveredTo = restored.RecoveredTo
+		rep.RPO = Duration(max(fenceAt.Sub(restored.RecoveredTo), 0))
+	}
 
 	if err := runSteps(ctx, f.t, f.info, "failover", f.to); err != nil {
 		return err
@@ -252,6 +259,11 @@ func (f *failover) run() error {
 	markSynced(ctx, f.switchRun, f.from, synced)
 	return nil
 }
+
+// changePostgresSource (workflow.GetVersion): a failover whose restore
+// recovered a postgres server counts its RPO to the last transaction the
+// server replayed (SwitchReport.recoveredTo), not to the base backup.
+const changePostgresSource = "postgres-source"
 
 // changeStandbyAfterSync (workflow.GetVersion): a switch whose final sync
 // took the old active site's whole data (a planned failover, a completed

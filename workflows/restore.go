@@ -84,7 +84,7 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	var prep activities.PrepareRestoreResult
 	if err := t.step(ctx, "prepare", func() error {
 		return workflow.ExecuteActivity(shortCtx(ctx, siteQueue(ctx, site)), a.PrepareRestore,
-			activities.PrepareRestoreInput{Plan: in.Plan, Site: site, Point: in.Point, To: in.To}).Get(ctx, &prep)
+			activities.PrepareRestoreInput{Plan: in.Plan, Site: site, Point: in.Point, To: in.To, At: in.At}).Get(ctx, &prep)
 	}); err != nil {
 		return res, err
 	}
@@ -102,12 +102,14 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 	var data activities.RestoreDataResult
 	if err := t.step(ctx, "restore", func() error {
 		return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, site)), a.RestoreData,
-			activities.RestoreDataInput{Plan: in.Plan, Site: site, Op: op, Point: prep.Point, To: in.To, SiteEpoch: prep.SiteEpoch, KeepSetuid: in.KeepSetuid}).Get(ctx, &data)
+			activities.RestoreDataInput{Plan: in.Plan, Site: site, Op: op, Point: prep.Point, To: in.To, SiteEpoch: prep.SiteEpoch, KeepSetuid: in.KeepSetuid,
+				At: in.At, Force: in.Force, Switch: workflow.GetInfo(ctx).ParentWorkflowExecution != nil && !in.Refresh}).Get(ctx, &data)
 	}); err != nil {
 		return res, err
 	}
 	res.Entries, res.Files, res.Bytes, res.BytesWritten, res.Chunks = data.Entries, data.Files, data.Bytes, data.BytesWritten, data.Chunks
 	res.ChunksLocal, res.BytesLocal = data.ChunksLocal, data.BytesLocal
+	res.RecoveredTo = data.RecoveredTo
 	if in.To == "" {
 		// The site's own target now holds this point: a failover to the
 		// site need not restore it again.

@@ -85,6 +85,9 @@ type RestoreInput struct {
 	// Refresh marks the warm-standby refresh of the protection cycle: the
 	// target must be a standby that holds no writes of its own (refreshOK).
 	Refresh bool `json:"refresh,omitempty"`
+	// At (postgres source): restore the newest base backup that ended by
+	// this time and recover the WAL up to it (point-in-time recovery).
+	At time.Time `json:"at,omitzero"`
 }
 
 // RestoreResult describes a restore.
@@ -104,6 +107,9 @@ type RestoreResult struct {
 	ChunksLocal int64    `json:"chunksLocal"`
 	BytesLocal  int64    `json:"bytesLocal"`
 	Duration    Duration `json:"duration"`
+	// RecoveredTo (postgres source, server started) is the commit time of
+	// the last transaction the recovery replayed: what the data reaches.
+	RecoveredTo time.Time `json:"recoveredTo,omitzero"`
 }
 
 // PointsInput lists the restore points of a plan at a site.
@@ -199,4 +205,8 @@ type SwitchReport struct {
 	// TimeSaved is how long restoring the point took when a warm refresh
 	// put it into the standby (0: unknown), when Restored is false.
 	TimeSaved Duration `json:"timeSaved,omitempty"`
+
+	// RecoveredTo (postgres source) is the last transaction the restored
+	// server replayed from the shipped WAL; the RPO is counted to it.
+	RecoveredTo time.Time `json:"recoveredTo,omitzero"`
 }

@@ -158,6 +158,20 @@ type Source struct {
 	// Snapshot makes a dir backup read a point-in-time view of the tree
 	// (docs/snapshots.md); nil: the live tree.
 	Snapshot *Snapshot `yaml:"snapshot"`
+
+	// postgres: a PostgreSQL cluster whose data directory is Path; the
+	// rules and defaults are in postgres.go.
+	Mode         string        `yaml:"mode"` // physical (default); logical is reserved
+	Host         string        `yaml:"host"`
+	Port         int           `yaml:"port"`
+	User         string        `yaml:"user"`
+	Password     secret.Secret `yaml:"password"`
+	Database     string        `yaml:"database"`
+	SSLMode      string        `yaml:"sslmode"`
+	Bin          string        `yaml:"bin"`
+	AfterRestore string        `yaml:"afterRestore"` // start (default) or stop
+	Options      string        `yaml:"options"`      // server options a restore starts it with (pg_ctl -o)
+	StartTimeout time.Duration `yaml:"startTimeout"`
 }
 
 // SourceHooks are the commands or webhooks a backup runs around reading a

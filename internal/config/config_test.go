@@ -383,9 +383,9 @@ func TestParseErrors(t *testing.T) {
 		{"source driver", func(t *testing.T) string {
 			return edit(t, "{driver: dir, path: /srv/data,", "{driver: zfs, path: /srv/data,")
 		}, []string{
-			`drorch.yaml:26: plans.files.source.primary.driver: unsupported source driver "zfs"; supported: dir, exec`}},
+			`drorch.yaml:26: plans.files.source.primary.driver: unsupported source driver "zfs"; supported: dir, exec, postgres`}},
 		{"source driver missing", func(t *testing.T) string { return edit(t, "{driver: dir, path: /srv/data,", "{path: /srv/data,") }, []string{
-			`drorch.yaml:26: plans.files.source.primary.driver: required; supported: dir, exec`}},
+			`drorch.yaml:26: plans.files.source.primary.driver: required; supported: dir, exec, postgres`}},
 		{"path relative", func(t *testing.T) string { return edit(t, "path: /srv/data,", "path: srv/data,") }, []string{
 			`drorch.yaml:26: plans.files.source.primary.path: must be an absolute path, got "srv/data"`}},
 		{"path not clean", func(t *testing.T) string { return edit(t, "path: /srv/data,", "path: /srv//data/,") }, []string{
@@ -435,7 +435,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown source key", func(t *testing.T) string {
 			return edit(t, "path: /srv/data-standby", "path: /srv/data-standby, pth: /x")
 		}, []string{
-			`drorch.yaml:27: plans.files.source.secondary.pth: unknown key; allowed: driver, path, onChange, retries, hooks, backup, restore, snapshot`}},
+			`drorch.yaml:27: plans.files.source.secondary.pth: unknown key; allowed: driver, path, onChange, retries, hooks, backup, restore, snapshot, mode, host, port, user, password, database, sslmode, bin, afterRestore, options, startTimeout`}},
 		{"unknown tls key", func(t *testing.T) string {
 			return edit(t, "  namespace: default\n", "  namespace: default\n  tls: {certificate: /c.pem}\n")
 		}, []string{

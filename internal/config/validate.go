@@ -24,7 +24,7 @@ const nameHelp = `must be 1 to 63 lowercase letters, digits, "_" and "-", starti
 
 var (
 	storeDrivers  = []string{"s3"}
-	sourceDrivers = []string{"dir", "exec"}
+	sourceDrivers = []string{"dir", "exec", "postgres"}
 	onChanges     = []string{"retry", "fail"}
 )
 
@@ -233,6 +233,7 @@ func (s *Source) validate(d *decoder, path string) {
 	if s.Snapshot != nil {
 		s.Snapshot.validate(d, f("snapshot"), s)
 	}
+	s.validatePostgres(d, path)
 	if s.Hooks != nil {
 		if len(s.Hooks.Pre) == 0 && len(s.Hooks.Post) == 0 {
 			d.errorf(f("hooks"), "does nothing: give pre or post hooks, or leave hooks out")
