@@ -17,6 +17,7 @@ import (
 // and symlinks; a later write to the original does not reach it; and
 // RemoveTree removes it even with read-only directories.
 func TestCloneKeepsTheTree(t *testing.T) {
+	skipUnprivilegedRerun(t)
 	mnt := testenv.MountXFS(t, 300)
 	src := filepath.Join(mnt, "src")
 	old := time.Date(2021, 5, 6, 7, 8, 9, 123456789, time.UTC)
@@ -77,6 +78,7 @@ func TestCloneKeepsTheTree(t *testing.T) {
 // Without reflinks the clone fails with a permanent NoReflink error naming
 // the file system and the file, and leaves nothing.
 func TestCloneWithoutReflinks(t *testing.T) {
+	skipUnprivilegedRerun(t)
 	mnt := testenv.MountTmpfs(t)
 	src := filepath.Join(mnt, "src")
 	if err := os.MkdirAll(src, 0o755); err != nil {
@@ -107,4 +109,12 @@ func statOf(t *testing.T, p string) *syscall.Stat_t {
 		t.Fatal(err)
 	}
 	return fi.Sys().(*syscall.Stat_t)
+}
+
+// skipUnprivilegedRerun skips a test that mounts file systems in the run
+// TestAsUnprivilegedUser makes as uid 65534: the run as root has tested it.
+func skipUnprivilegedRerun(t *testing.T) {
+	if os.Getenv("DRORCH_DIR_UNPRIVILEGED") != "" {
+		t.Skip("mounts need root: tested by the run as root")
+	}
 }
