@@ -184,5 +184,16 @@ func (p *Plan) validateProtection(d *decoder, path string) {
 	if p.Standby != StandbyCold && p.Standby != StandbyWarm {
 		d.errorf(f("standby"), "must be %s or %s, got %q", StandbyCold, StandbyWarm, p.Standby)
 	}
+	if p.Standby == StandbyWarm {
+		for _, site := range sortedKeys(p.Source) {
+			if s := p.Source[site]; s != nil && s.Driver == "postgres" && (s.Mode == "" || s.Mode == DefaultPostgresMode) {
+				// A refresh would start and promote the standby at its base
+				// backup, and a failover that finds the point there would
+				// skip the recovery from the WAL shipped since: rows lost.
+				d.errorf(f("standby"), "warm is not supported for a physical postgres source (source.%s): use cold, where a failover restores and recovers to the newest shipped WAL", site)
+				break
+			}
+		}
+	}
 	p.Objectives.validate(d, f("objectives"))
 }

@@ -86,6 +86,16 @@ func TestProtectionErrors(t *testing.T) {
 			}
 		})
 	}
+	t.Run("warm postgres", func(t *testing.T) {
+		setSecrets(t)
+		t.Setenv("PG_PASSWORD", "s3cret")
+		doc := edit(t, at, at+"    standby: warm\n")
+		doc = strings.Replace(doc, withSourceHooks, `primary: {driver: postgres, path: /pg, host: h, password: env:PG_PASSWORD}`, 1)
+		got := strings.Join(problems(t, doc), "\n")
+		if !strings.Contains(got, `plans.files.standby: warm is not supported for a physical postgres source (source.primary)`) {
+			t.Errorf("errors:\n%s", got)
+		}
+	})
 	t.Run("secondary twice", func(t *testing.T) {
 		setSecrets(t)
 		got := strings.Join(problems(t, edit(t, "    secondary: secondary\n", "    secondaries: [secondary, secondary]\n")), "\n")
