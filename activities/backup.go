@@ -394,19 +394,15 @@ type pendingPiece struct {
 	res   UploadResult // this piece's counts; guarded by uploader.mu
 }
 
-// run uploads pieces next..pieces-1 as one pipeline: one goroutine reads and
-// chunks files in order, workers hash and upload, and a recorder writes each
-// piece's result to staging (and heartbeats it as the resume point) once all
-// its chunks are stored. Reading the next piece does not wait for the last
-// uploads of the previous one.
-func (u *uploader) run(ctx context.Context, op string, next, pieces int) error {
-	g, gctx := errgroup.WithContext(ctx)
+// storeWorkers starts uploadWorkers goroutines in g that store the chunks
+// sent on the returned channel, each marking its piece's chunk done; the
+// sender closes it.
+func (u *uploader) storeWorkers(ctx context.Context, g *errgroup.Group) chan chunkJob {
 	jobs := make(chan chunkJob, uploadWorkers)
-	read := make(chan *pendingPiece, 1) // at most two pieces ahead of the recorder
 	for range uploadWorkers {
 		g.Go(func() error {
 			for j := range jobs {
-				err := u.store(gctx, j)
+				err := u.store(ctx, j)
 				j.piece.done.Done()
 				if err != nil {
 					return err
@@ -415,6 +411,18 @@ func (u *uploader) run(ctx context.Context, op string, next, pieces int) error {
 			return nil
 		})
 	}
+	return jobs
+}
+
+// run uploads pieces next..pieces-1 as one pipeline: one goroutine reads and
+// chunks files in order, workers hash and upload, and a recorder writes each
+// piece's result to staging (and heartbeats it as the resume point) once all
+// its chunks are stored. Reading the next piece does not wait for the last
+// uploads of the previous one.
+func (u *uploader) run(ctx context.Context, op string, next, pieces int) error {
+	g, gctx := errgroup.WithContext(ctx)
+	jobs := u.storeWorkers(gctx, g)
+	read := make(chan *pendingPiece, 1) // at most two pieces ahead of the recorder
 	// One chunker and its buffer serve every file, read in turn.
 	ch, err := repo.NewChunker(nil, nil)
 	if err != nil {

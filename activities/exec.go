@@ -257,20 +257,8 @@ func (u *uploader) stream(ctx context.Context, op string, snap time.Time, out io
 			c.Close()
 		}
 	})()
-	jobs := make(chan chunkJob, uploadWorkers)
+	jobs := u.storeWorkers(gctx, g)
 	read := make(chan *pendingPiece, 1)
-	for range uploadWorkers {
-		g.Go(func() error {
-			for j := range jobs {
-				err := u.store(gctx, j)
-				j.piece.done.Done()
-				if err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
 	root := stagedEntry{Path: []byte("."), Type: source.TypeDir, Mode: 0o700, ModTime: snap}
 	file := stagedEntry{Path: []byte(StreamEntry), Type: source.TypeFile, Mode: 0o600, ModTime: snap}
 	newPiece := func(i int, off int64) *pendingPiece {

@@ -181,19 +181,7 @@ func (a *Activities) baseBackup(ctx context.Context, in SnapshotInput, sc *confi
 func (a *Activities) storeTar(ctx context.Context, rd io.Reader, u *uploader, in SnapshotInput) (SnapshotResult, error) {
 	var res SnapshotResult
 	g, gctx := errgroup.WithContext(ctx)
-	jobs := make(chan chunkJob, uploadWorkers)
-	for range uploadWorkers {
-		g.Go(func() error {
-			for j := range jobs {
-				err := u.store(gctx, j)
-				j.piece.done.Done()
-				if err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
+	jobs := u.storeWorkers(gctx, g)
 	ch, err := repo.NewChunker(nil, nil)
 	if err != nil {
 		return res, err
