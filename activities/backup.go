@@ -236,12 +236,12 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	if err != nil {
 		return UploadResult{}, err
 	}
+	if _, ok := a.isExec(in.Plan, in.Site); ok {
+		return a.uploadedStream(ctx, r, in)
+	}
 	sc, src, _, err := a.readSource(in.Plan, in.Site, in.Op, in.FromSnapshot)
 	if err != nil {
 		return UploadResult{}, err
-	}
-	if sc.Driver == execDriver {
-		return a.uploadedStream(ctx, r, in)
 	}
 	var st uploadResume
 	if resumeDetails(ctx, &st) {

@@ -115,8 +115,15 @@ func cloneDir(src, plan, op string) string {
 // it is recorded in the result, the live tree's, whatever was read.
 func (a *Activities) readSource(plan, site, op string, fromSnapshot bool) (*config.Source, source.Source, string, error) {
 	sc, d, err := a.sourceAt(plan, site)
-	if err != nil || !fromSnapshot {
-		return sc, d, d.Describe(), err
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if d == nil {
+		// A source that is no tree (exec) has nothing to list.
+		return nil, nil, "", drivers.Permanentf(drivers.ReasonInvalidConfig, "plan %s at %s: the %s source is not a tree to read", plan, site, sc.Driver)
+	}
+	if !fromSnapshot {
+		return sc, d, d.Describe(), nil
 	}
 	if sc.Snapshot == nil {
 		return nil, nil, "", drivers.Permanentf(drivers.ReasonInvalidConfig,
