@@ -15,10 +15,10 @@ import (
 // turns archiving off.
 func TestConfigureRecoveryArchiving(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
+		name   string
 		sw     bool
-		want    []string
-		absent  []string
+		want   []string
+		absent []string
 	}{
 		{"switch", true, []string{"archive_mode = on\n", "archive_command = '", "wal-push --plan db --site secondary", "archive_timeout = '10s'\n"}, []string{"archive_mode = off"}},
 		{"restore", false, []string{"archive_mode = off", "archive_timeout = '10s'\n"}, []string{"archive_mode = on", "archive_command"}},
