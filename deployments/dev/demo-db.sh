@@ -131,6 +131,8 @@ db_story() {
 	[ "$present" = $((max - first + 1)) ] || fail "the secondary has $present rows of ids $first..$max: a gap"
 	[ "$(db_sql secondary 'SELECT pg_is_in_recovery()')" = f ] || fail "the secondary's database is still in recovery"
 	ok "the secondary takes writes, with $present of the $written rows (ids $first..$max, no gap)"
+	[ "$(db_sql secondary 'SHOW archive_mode')" = on ] || fail "the secondary's database does not archive its WAL: the plan's new active site must"
+	ok "the secondary archives its own WAL now, into the secondary's repository (the failover's restore set archive_command)"
 	db_sql secondary "INSERT INTO payments (id) VALUES ($((last_id + 1000000)))" >/dev/null
 	db_sql secondary "DELETE FROM payments WHERE id = $((last_id + 1000000))" >/dev/null
 
@@ -157,6 +159,12 @@ print("data lost:        %.1f s of writes: %d of %d rows (%d at the secondary)" 
 	local back
 	back=$(db_sql primary "SELECT count(*) FROM payments WHERE id >= $first") || fail "the primary's database does not answer after the switchover"
 	[ "$back" = "$present" ] || fail "the primary has $back of this run's rows after the switchover, the secondary had $present"
-	ok "the primary runs again with the secondary's $back rows; the secondary's copy is stopped: the standby again"
+	[ "$(db_sql primary 'SHOW archive_mode')" = on ] || fail "the primary's database does not archive its WAL after the switchover"
+	ok "the primary runs again with the secondary's $back rows and archives its WAL; the secondary's copy is stopped: the standby again"
+	# ShipWAL's next round ends the "switch runs" pause.
+	for _ in $(seq 1 10); do
+		"${DRORCH[@]}" status --plan "$DB_PLAN" 2>/dev/null | grep -q 'a switch of the plan runs' || break
+		sleep 1
+	done
 	drorch status --plan "$DB_PLAN"
 }
