@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The dev stack: a Temporal dev server (with its Web UI), one MinIO and one
-# PostgreSQL 15 cluster per site, one BIND 9 server holding the zone whose
-# record a failover repoints, and a drorch worker serving both sites, all on
+# PostgreSQL 15 cluster per site (fenced by plan files), plan db's pair of
+# clusters (the primary's archiving its WAL with drorch-worker wal-push, the
+# secondary's data directory its restore target), one BIND 9 server holding
+# the zone whose record a failover repoints, and a drorch worker serving both
+# sites, all on
 # loopback, state under $DRORCH_DEV_DIR (default /var/tmp/drorch-dev). Used by
 # the Taskfile:
 #   stack.sh up | down | status
