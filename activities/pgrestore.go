@@ -262,7 +262,9 @@ func (a *Activities) configureRecovery(sc *config.Source, in RestoreDataInput) e
 	// promoted, may have added to the archive.
 	fmt.Fprintf(&b, "recovery_target_timeline = 'current'\n")
 	if in.Switch {
-		fmt.Fprintf(&b, "archive_command = %s\n", confString(push))
+		// archive_mode too: set by ALTER SYSTEM at the old primary, it was
+		// in this file and is dropped above with the other recovery keys.
+		fmt.Fprintf(&b, "archive_mode = on\narchive_command = %s\n", confString(push))
 	} else {
 		fmt.Fprintf(&b, "archive_mode = off # a restore that is not a switch: its timeline stays out of the plan's WAL\n")
 	}

@@ -6,6 +6,9 @@
 #
 #   backup → transmit → restore, verified → drill → unplanned failover →
 #   writes at the secondary → failback (data recovery) → switchover and back
+#   → the protection schedule; then the service's PostgreSQL (plan db, in
+#   demo-db.sh): base backup, WAL shipping, a crash mid-write, unplanned
+#   failover with its RPO against the rows lost, switchover back
 #
 # Every check that fails stops the demo with a message. It ends with the plan
 # active at its primary, as it began, so it can run again on the same stack.
@@ -129,6 +132,13 @@ wait_caught_up() {
 	done
 	fail "the data recovery did not catch up within 6 minutes"
 }
+
+# DRORCH_DEMO_PART=db runs only the PostgreSQL part (plan db), on its own.
+if [ "${DRORCH_DEMO_PART:-}" = db ]; then
+	. "$ROOT/deployments/dev/demo-db.sh"
+	db_story
+	exit 0
+fi
 
 # --- before the story: a stack left mid-story by an interrupted run ------------
 
@@ -275,8 +285,13 @@ drorch status --plan "$PLAN"
 note "temporal schedule list / temporal schedule describe --schedule-id drorch/$PLAN/protect show it too"
 drorch schedule pause --plan "$PLAN" --note "paused at the end of the demo: drorch schedule unpause --plan $PLAN keeps it running"
 
+# shellcheck source=deployments/dev/demo-db.sh
+. "$ROOT/deployments/dev/demo-db.sh"
+db_story
+
 say "Done"
 echo "Temporal Web UI: http://127.0.0.1:8233 (search: DrorchPlan = \"$PLAN\"; the switching runs have workflow id $SWITCH_ID)"
 echo "Ask BIND yourself:  dig @${DNS_SERVER%:*} -p ${DNS_SERVER#*:} $DNS_NAME"
 echo "The service's database at a site:  PGPASSWORD=\$DRORCH_DEV_APP_PASSWORD psql 'host=127.0.0.1 port=${PG_PORT[primary]} dbname=app user=app' -c 'TABLE orders'"
+echo "Plan db's database at the primary:  PGPASSWORD=\$DRORCH_DEV_APP_PASSWORD psql 'host=127.0.0.1 port=5443 dbname=app user=app' -c 'SELECT count(*) FROM payments'"
 echo "The dev stack keeps running; stop it with: go tool task dev:down"

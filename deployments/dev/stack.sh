@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The dev stack: a Temporal dev server (with its Web UI), one MinIO and one
-# PostgreSQL 15 cluster per site, one BIND 9 server holding the zone whose
-# record a failover repoints, and a drorch worker serving both sites, all on
+# PostgreSQL 15 cluster per site (fenced by plan files), plan db's pair of
+# clusters (the primary's archiving its WAL with drorch-worker wal-push, the
+# secondary's data directory its restore target), one BIND 9 server holding
+# the zone whose record a failover repoints, and a drorch worker serving both
+# sites, all on
 # loopback, state under $DRORCH_DEV_DIR (default /var/tmp/drorch-dev). Used by
 # the Taskfile:
 #   stack.sh up | down | status
@@ -21,6 +24,11 @@ NAMED=${DRORCH_NAMED_BIN:-$(command -v named || echo /usr/sbin/named)}
 # Ports and names the dev config (drorch.yaml) and demo.sh use too.
 PG_PORT_primary=5441
 PG_PORT_secondary=5442
+# The service's database cluster that plan db protects physically: the
+# primary's runs and archives its WAL; the secondary's data directory is the
+# restore target, stopped until a failover's restore starts it.
+PGDB_PORT_primary=5443
+PGDB_PORT_secondary=5444
 DNS_PORT=5053
 DNS_ZONE=dev.drorch.test
 TSIG_KEY=drorch-dev
@@ -164,6 +172,72 @@ password_of() { # site
 	esac
 }
 
+# pgdb_ctl runs pg_ctl on a db-plan cluster as its owner.
+pgdb_ctl() { # site pg_ctl-arguments...
+	local site=$1
+	shift
+	(cd "$DEV/pgdb-$site" && "${as_postgres[@]}" "$PGBIN/pg_ctl" -D "$DEV/pgdb-$site/data" "$@")
+}
+
+pgdb_running() { # site
+	pgdb_ctl "$1" status >/dev/null 2>&1
+}
+
+# pgdb_up makes the clusters of plan db once (initdb as for postgres_up,
+# superuser drorch with the primary's password at both: the secondary's is
+# replaced by a physical copy of the primary's). The primary's archives every
+# WAL file into the primary site's repository with drorch-worker wal-push
+# (set on every up, so it names this checkout's binary and config) and is
+# started with pg_ctl, as a restore by drorch starts a cluster: a server a
+# failover or switchover restored is then seen as running. The secondary's
+# is left stopped: plan db's standby, restored and started by a failover.
+pgdb_up() {
+	local site dir new
+	for site in primary secondary; do
+		dir=$DEV/pgdb-$site
+		mkdir -p "$dir/sock"
+		chmod 0700 "$dir/sock"
+		chmod 0755 "$dir"
+		give_to_postgres "$dir" "$dir/sock"
+		[ -f "$dir/data/PG_VERSION" ] && continue
+		rm -rf "$dir/data"
+		(umask 077 && password_of primary >"$dir/pwfile")
+		give_to_postgres "$dir/pwfile"
+		if ! (cd "$dir" && "${as_postgres[@]}" "$PGBIN/initdb" -D "$dir/data" -U drorch --pwfile "$dir/pwfile" \
+			--auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C >"$DEV/logs/initdb-pgdb-$site.log" 2>&1); then
+			rm -f "$dir/pwfile"
+			echo "initdb for pgdb-$site failed; see $DEV/logs/initdb-pgdb-$site.log:" >&2
+			tail -n 20 "$DEV/logs/initdb-pgdb-$site.log" >&2
+			exit 1
+		fi
+		rm -f "$dir/pwfile"
+	done
+	dir=$DEV/pgdb-primary
+	if ! pgdb_running primary; then
+		# archive_mode takes a restart: it is written before the server starts.
+		# A data directory a restore replaced carries drorch's own settings.
+		if ! grep -q '^archive_mode' "$dir/data/postgresql.auto.conf"; then
+			printf "archive_mode = on\narchive_timeout = '10s'\n" >>"$dir/data/postgresql.auto.conf"
+		fi
+		: >>"$DEV/logs/pgdb-primary.log"
+		give_to_postgres "$DEV/logs/pgdb-primary.log"
+		pgdb_ctl primary start -w -t 60 -l "$DEV/logs/pgdb-primary.log" \
+			-o "-p $PGDB_PORT_primary -k $dir/sock -c listen_addresses=127.0.0.1" >/dev/null ||
+			{ echo "pgdb-primary did not start; see $DEV/logs/pgdb-primary.log" >&2; tail -n 20 "$DEV/logs/pgdb-primary.log" >&2; exit 1; }
+		echo "started pgdb-primary"
+	fi
+	local sql=("$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$dir/sock" -p "$PGDB_PORT_primary" -U drorch)
+	"${sql[@]}" -d postgres -c "ALTER SYSTEM SET archive_command = '$ROOT/bin/drorch-worker wal-push --plan db --site primary --config $CONFIG %p'" -c 'SELECT pg_reload_conf()' >/dev/null
+	if [ -z "$("${sql[@]}" -d postgres -c "SELECT 1 FROM pg_roles WHERE rolname = 'app'")" ]; then
+		printf 'CREATE ROLE app LOGIN PASSWORD :%s;\n' "'pw'" | "${sql[@]}" -d postgres -v pw="$DRORCH_DEV_APP_PASSWORD"
+	fi
+	if [ -z "$("${sql[@]}" -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'app'")" ]; then
+		"${sql[@]}" -d postgres -c 'CREATE DATABASE app OWNER app'
+	fi
+	"${sql[@]}" -d app -c 'SET ROLE app' -c 'CREATE TABLE IF NOT EXISTS payments (
+		id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())'
+}
+
 # named_up starts BIND 9 with the zone $DNS_ZONE, which takes dynamic updates
 # signed with the TSIG key $TSIG_KEY ($DRORCH_DEV_TSIG_SECRET). The zone file
 # is written once, pointing app.$DNS_ZONE at the primary: afterwards named
@@ -248,6 +322,7 @@ up() {
 		start minio-secondary "$MINIO" server --quiet --address 127.0.0.1:9002 "$DEV/minio-secondary"
 	postgres_up primary
 	postgres_up secondary
+	pgdb_up
 	named_up
 	wait_port temporal 7233
 	wait_port minio-primary 9001
@@ -276,6 +351,12 @@ down() {
 	# SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client.
 	stop postgres-secondary INT
 	stop postgres-primary INT
+	local site
+	for site in primary secondary; do
+		if [ -f "$DEV/pgdb-$site/data/PG_VERSION" ] && pgdb_running "$site"; then
+			pgdb_ctl "$site" stop -m fast >/dev/null && echo "stopped pgdb-$site"
+		fi
+	done
 	stop minio-secondary
 	stop minio-primary
 	stop temporal
@@ -286,9 +367,14 @@ status() {
 		if running "$name"; then state="running (pid $(cat "$DEV/run/$name.pid"))"; else state="stopped"; fi
 		printf '%-19s %s\n' "$name" "$state"
 	done
+	for site in primary secondary; do
+		if [ -f "$DEV/pgdb-$site/data/PG_VERSION" ] && pgdb_running "$site"; then state=running; else state=stopped; fi
+		printf '%-19s %s\n' "pgdb-$site" "$state"
+	done
 	echo "Temporal 127.0.0.1:7233, Web UI http://127.0.0.1:8233"
 	echo "MinIO primary 127.0.0.1:9001, secondary 127.0.0.1:9002"
 	echo "PostgreSQL primary 127.0.0.1:$PG_PORT_primary, secondary 127.0.0.1:$PG_PORT_secondary (database app)"
+	echo "PostgreSQL of plan db: primary 127.0.0.1:$PGDB_PORT_primary (archiving WAL), secondary 127.0.0.1:$PGDB_PORT_secondary (its standby: stopped until a failover)"
 	echo "BIND 127.0.0.1:$DNS_PORT (UDP and TCP), zone $DNS_ZONE.: dig @127.0.0.1 -p $DNS_PORT app.$DNS_ZONE"
 	echo "state and logs in $DEV"
 }
