@@ -252,6 +252,10 @@ func printStatus(w io.Writer, res workflows.StatusResult) {
 	if res.Breached {
 		rpo += " BREACHED"
 	}
+	if lag, ok := walRPO(res.WAL); ok {
+		// A failover recovers past the newest point, to the shipped WAL.
+		rpo += fmt.Sprintf(" to the newest point; %s with the shipped WAL", lag)
+	}
 	fmt.Fprintf(tw, "RPO now\t%s\n", rpo)
 	for _, s := range res.Sites {
 		role := "standby"
@@ -284,8 +288,8 @@ func printStatus(w io.Writer, res workflows.StatusResult) {
 	}
 	printWAL(tw, res.WAL)
 	fmt.Fprintf(tw, "schedule\t%s\n", scheduleText(res.Schedule))
-	if c := res.Schedule.LastCycle; c != nil {
-		fmt.Fprintf(tw, "last cycle\t%s\n", cycleText(c))
+	if res.Schedule != nil && res.Schedule.LastCycle != nil {
+		fmt.Fprintf(tw, "last cycle\t%s\n", cycleText(res.Schedule.LastCycle))
 	}
 	if d := res.LastDrill; d != nil {
 		verdict := "PASSED"

@@ -91,3 +91,20 @@ func printWAL(w io.Writer, st *workflows.WALStatus) {
 		fmt.Fprintf(w, "  WAL to %s\t%s\n", sb.Site, line)
 	}
 }
+
+// walRPO is the worst WAL lag among the standbys, as last measured: what a
+// failover that recovers from the shipped WAL would lose, give or take the
+// server's archive_timeout. ok is false unless every standby was measured
+// without an error.
+func walRPO(st *workflows.WALStatus) (lag workflows.Duration, ok bool) {
+	if st == nil || st.Skipped != "" || len(st.Standbys) == 0 {
+		return 0, false
+	}
+	for _, sb := range st.Standbys {
+		if sb.Checked.IsZero() || sb.Error != "" {
+			return 0, false
+		}
+		lag = max(lag, sb.Lag)
+	}
+	return lag, true
+}
