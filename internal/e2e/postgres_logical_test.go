@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -173,6 +174,9 @@ func TestPostgresLogicalRestoreFails(t *testing.T) {
 		}
 		return fmt.Sprintf("{driver: postgres, mode: logical, host: %s, port: %d, user: %s, password: env:E2E_PGLF_%s, database: app, sslmode: disable}",
 			pg.Host, pg.Port, pg.User, strings.ToUpper(site))
+	}, planExtra: func(s *stack) string {
+		return "    drill: {sandbox: " + filepath.Join(s.dir, "sandbox") + "}\n" +
+			"    steps: [{name: dump, on: [drill], after: [{exec: [" + filepath.Join(pgBin, "pg_restore") + ", --list, " + filepath.Join(s.dir, "sandbox", "stream") + "]}]}]\n"
 	}})
 	s.startWorker()
 	pc := pgConnect(t, primary.DSN())
@@ -202,6 +206,15 @@ func TestPostgresLogicalRestoreFails(t *testing.T) {
 	sc = pgConnect(t, secondary.DSN())
 	if n := pgInt(t, sc, "SELECT count(*) FROM t"); n != 1 {
 		t.Errorf("after the failed restore the standby's t has %d rows, want its 1 (the restore is one transaction)", n)
+	}
+	// A drill writes the dump into its sandbox, verifies every byte, and
+	// its step has pg_restore read it; the standby is untouched.
+	var drill workflows.DrillReport
+	if err := s.run(workflows.OpDrill, workflows.Drill, workflows.DrillInput{Plan: plan}, &drill); err != nil || !drill.Passed {
+		t.Fatalf("drill: %v, passed %v, problems %q", err, drill.Passed, drill.Problems)
+	}
+	if n := pgInt(t, sc, "SELECT count(*) FROM t"); n != 1 {
+		t.Errorf("the drill changed the standby's database: t has %d rows", n)
 	}
 	err = s.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary", At: time.Now()}, nil)
 	if err == nil || !strings.Contains(err.Error(), "--at needs a postgres source in physical mode") {
