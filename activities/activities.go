@@ -143,7 +143,7 @@ func (a *Activities) sourceAt(planName, site string) (*config.Source, *dir.Dir, 
 	if err != nil {
 		return nil, nil, drivers.Permanent(drivers.ReasonInvalidInput, err)
 	}
-	if sc.Driver == execDriver {
+	if sc.Driver == execDriver || sc.Logical() {
 		return sc, nil, nil // no tree: exec.go reads and writes its stream
 	}
 	d, err := dir.New(sc.Path)
@@ -162,9 +162,9 @@ func (a *Activities) target(planName, site, path string) (source.Target, error) 
 		}
 		return dir.New(path)
 	}
-	_, d, err := a.sourceAt(planName, site)
+	sc, d, err := a.sourceAt(planName, site)
 	if err == nil && d == nil {
-		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "plan %s's source at %s is not a directory tree (driver exec): give a directory with --to", planName, site)
+		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "plan %s's source at %s is not a directory tree (driver %s): give a directory with --to", planName, site, sc.Driver)
 	}
 	return d, err
 }

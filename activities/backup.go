@@ -230,7 +230,7 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 		if err != nil {
 			return UploadResult{}, err
 		}
-		return a.uploadPostgres(ctx, in) // pgbackup.go
+		return a.uploadPostgres(ctx, in, pg) // pgbackup.go
 	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {

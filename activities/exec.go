@@ -179,6 +179,32 @@ func (s *streamCmd) timeout() time.Duration {
 	return s.c.Timeout
 }
 
+// streamKind is the manifest source kind of the stream sc backs up: exec,
+// or postgres-logical for a pg_dump (pglogical.go).
+func streamKind(sc *config.Source) string {
+	if sc.Logical() {
+		return logicalKind
+	}
+	return execDriver
+}
+
+// streamSource describes where the stream of sc comes from, for the
+// manifest and the backup's result.
+func streamSource(sc *config.Source) string {
+	if sc.Logical() {
+		return "pg_dump of " + describeLogical(sc)
+	}
+	return "exec " + sc.Backup.Command[0]
+}
+
+// streamReader names what reads a stream of kind back at a site.
+func streamReader(kind string) string {
+	if kind == logicalKind {
+		return "pg_restore"
+	}
+	return "restore command"
+}
+
 func isPipeErr(err error) bool {
 	return errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
 }
@@ -207,7 +233,7 @@ func (a *Activities) snapshotStream(ctx context.Context, r *repo.Repo, sc *confi
 	snap := time.Now().UTC()
 	_, suffix, _ := strings.Cut(in.Op, "-") // the op is <kind>-<suffix>, as the point's id
 	point := repo.NewPointID(snap, suffix)
-	res = SnapshotResult{Source: "exec " + sc.Backup.Command[0], Kind: execDriver, Snapshot: snap}
+	res = SnapshotResult{Source: streamSource(sc), Kind: streamKind(sc), Snapshot: snap}
 
 	rep := a.startReporter(ctx, "stream")
 	defer rep.close()
@@ -395,6 +421,9 @@ func stagedKind(ctx context.Context, r *repo.Repo, op string) (string, error) {
 // has no restore command restores through it only to fail with noRestore;
 // given a directory (--to) it restores the stream as a file there instead.
 func (a *Activities) execRestore(plan, site, to string) (*config.Source, bool) {
+	if sc := a.logicalAt(plan, site); sc != nil && to == "" {
+		return logicalStream(sc), true // pglogical.go: pg_restore into the site's database
+	}
 	sc, ok := a.isExec(plan, site)
 	if !ok || (sc.Restore == nil && to != "") {
 		return nil, false
@@ -407,11 +436,11 @@ func noRestore(plan, site string) error {
 		"plan %s's exec source at %s has no restore command (source.%s.restore.command): that site is only backed up; add one, or restore the raw stream into a directory with --to PATH", plan, site, site)
 }
 
-// streamOf returns the stream entry of an exec restore point, or a
-// permanent error saying why m is not one.
-func streamOf(m *repo.Manifest) (*repo.Entry, error) {
-	if m.Source != execDriver {
-		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "restore point %s was taken from a %q source, not an exec source's stream: a restore command cannot read it; restore it into a directory with --to PATH", m.Point, m.Source)
+// streamOf returns the stream entry of a restore point of kind (exec, or
+// postgres-logical), or a permanent error saying why m is not one.
+func streamOf(m *repo.Manifest, kind string) (*repo.Entry, error) {
+	if m.Source != kind {
+		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "restore point %s was taken from a %q source, not a %s source's stream: this site's %s cannot read it; restore it into a directory with --to PATH", m.Point, m.Source, kind, streamReader(kind))
 	}
 	for i := range m.Entries {
 		if e := &m.Entries[i]; e.Path == StreamEntry && e.Type == source.TypeFile {
@@ -435,8 +464,11 @@ func (a *Activities) prepareRestoreStream(ctx context.Context, sc *config.Source
 	if err != nil {
 		return PrepareRestoreResult{}, err
 	}
-	if _, err := streamOf(m); err != nil {
+	if _, err := streamOf(m, streamKind(sc)); err != nil {
 		return PrepareRestoreResult{}, err
+	}
+	if !in.At.IsZero() {
+		return PrepareRestoreResult{}, drivers.Permanentf(drivers.ReasonInvalidInput, "restore --at: plan %s's source at %s is a %s stream, with no WAL to recover to a time; --at needs a postgres source in physical mode: leave it out, or choose the point with --point", in.Plan, in.Site, streamKind(sc))
 	}
 	have, err := r.Chunks(ctx)
 	if err != nil {
@@ -457,6 +489,9 @@ func (a *Activities) prepareRestoreStream(ctx context.Context, sc *config.Source
 }
 
 func streamTarget(sc *config.Source, to string) string {
+	if sc.Logical() {
+		return describeLogical(sc)
+	}
 	t := "exec " + sc.Restore.Command[0]
 	if to != "" {
 		t += " into " + to
@@ -488,7 +523,7 @@ func (a *Activities) restoreStream(ctx context.Context, sc *config.Source, in Re
 	if err != nil {
 		return RestoreDataResult{}, err
 	}
-	e, err := streamOf(m)
+	e, err := streamOf(m, streamKind(sc))
 	if err != nil {
 		return RestoreDataResult{}, err
 	}
@@ -625,7 +660,7 @@ func (a *Activities) verifyStream(ctx context.Context, in VerifyTargetInput) (Ve
 	if err != nil {
 		return VerifyTargetResult{}, err
 	}
-	e, err := streamOf(m)
+	e, err := streamOf(m, execDriver)
 	if err != nil {
 		return VerifyTargetResult{}, err
 	}

@@ -76,6 +76,9 @@ func pgEnv(sc *config.Source) []string {
 // runs pg_basebackup again from the start (a stream cannot resume), and the
 // chunks the earlier attempt stored are not uploaded again.
 func (a *Activities) snapshotPostgres(ctx context.Context, in SnapshotInput, sc *config.Source) (SnapshotResult, error) {
+	if sc.Logical() {
+		return a.snapshotLogical(ctx, in, sc) // pglogical.go
+	}
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return SnapshotResult{}, err
@@ -356,10 +359,13 @@ func (p *tarPieces) flush(ctx context.Context) error {
 
 // uploadPostgres is the upload step of a postgres backup: the snapshot
 // step uploaded everything already; it reports what that stored.
-func (a *Activities) uploadPostgres(ctx context.Context, in UploadInput) (UploadResult, error) {
+func (a *Activities) uploadPostgres(ctx context.Context, in UploadInput, sc *config.Source) (UploadResult, error) {
 	r, err := a.repo(in.Plan, in.Site)
 	if err != nil {
 		return UploadResult{}, err
+	}
+	if sc.Logical() {
+		return a.uploadedStream(ctx, r, in) // the dump was stored by the snapshot step, as an exec stream is
 	}
 	var res UploadResult
 	if err := r.GetStaging(ctx, in.Op, pgUploadName, &res); err != nil {

@@ -50,6 +50,9 @@ func (a *Activities) postgresTarget(in RestoreDataInput) (*config.Source, error)
 // recovers the server. A retried attempt after the tree was moved into
 // place (recorded in the heartbeat) only configures and starts again.
 func (a *Activities) restorePostgres(ctx context.Context, in RestoreDataInput, sc *config.Source) (RestoreDataResult, error) {
+	if sc.Logical() {
+		return a.restoreLogical(ctx, in, sc) // pglogical.go
+	}
 	var st restoreResume
 	committed := resumeDetails(ctx, &st) && st.Committed
 	if !committed {

@@ -161,7 +161,7 @@ type Source struct {
 
 	// postgres: a PostgreSQL cluster whose data directory is Path; the
 	// rules and defaults are in postgres.go.
-	Mode         string        `yaml:"mode"` // physical (default); logical is reserved
+	Mode         string        `yaml:"mode"` // physical (default) or logical (pg_dump of Database)
 	Host         string        `yaml:"host"`
 	Port         int           `yaml:"port"`
 	User         string        `yaml:"user"`

@@ -182,6 +182,7 @@ func (p *Plan) validate(d *decoder, path string, c *Config) {
 	}
 	p.Failover.validate(d, f("failover"))
 	p.WAL.validate(d, f("wal"))
+	p.validatePostgresModes(d, path) // postgres.go
 	p.validateProtection(d, path)
 	if sb := p.Drill.Sandbox; sb != "" {
 		if !filepath.IsAbs(sb) || filepath.Clean(sb) != sb || sb == "/" {
@@ -214,7 +215,7 @@ func (s *Source) validate(d *decoder, path string) {
 	}
 	s.validateExec(d, path)
 	switch {
-	case s.Driver == "exec": // no path: exec.go
+	case s.Driver == "exec", s.Driver == "postgres" && s.Mode == PostgresLogical: // no path: exec.go, postgres.go
 	case s.Path == "":
 		d.errorf(f("path"), "required: an absolute path")
 	case !filepath.IsAbs(s.Path):

@@ -12,7 +12,7 @@ import (
 // active site's repository to each standby's, every ShipEvery.
 type WAL struct {
 	// Ship is "auto" (the default: when a source of the plan is a
-	// postgres one), "on" or "off".
+	// postgres one in physical mode), "on" or "off".
 	Ship string `yaml:"ship"`
 	// ShipEvery is the pause between shipping rounds.
 	ShipEvery time.Duration `yaml:"shipEvery"`
@@ -56,7 +56,7 @@ func (p *Plan) ShipsWAL() bool {
 		return false
 	}
 	for _, s := range p.Source {
-		if s.Driver == "postgres" {
+		if s.Driver == "postgres" && s.Mode != PostgresLogical { // a pg_dump has no WAL
 			return true
 		}
 	}
