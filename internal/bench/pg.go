@@ -317,14 +317,18 @@ func (b *pgBench) run(ctx context.Context) error {
 		}
 	}
 
+	fetch, err := b.fetchOne(ctx)
+	if err != nil {
+		return err
+	}
 	lags, err := b.walLag(ctx, conn)
 	if err != nil {
 		return err
 	}
-	return b.print(full, incr, tr, rs, [][2]time.Duration{{dFull, bFull}, {dIncr, bIncr}, {dRestore, bRestore}}, trDur, lags, rec)
+	return b.print(full, incr, tr, rs, [][2]time.Duration{{dFull, bFull}, {dIncr, bIncr}, {dRestore, bRestore}}, trDur, lags, rec, fetch)
 }
 
-func (b *pgBench) print(full, incr workflows.BackupResult, tr workflows.TransmitResult, rs workflows.RestoreResult, d [][2]time.Duration, trDur time.Duration, lags walLag, rec [2]time.Duration) error {
+func (b *pgBench) print(full, incr workflows.BackupResult, tr workflows.TransmitResult, rs workflows.RestoreResult, d [][2]time.Duration, trDur time.Duration, lags walLag, rec, fetch [2]time.Duration) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "\nPostgreSQL 15: pgbench scale %d, cluster %s, %d CPUs, runs of %d transactions; both to one MinIO over HTTPS, encrypted\n", b.scale, human(b.dbSize), b.cpus, pgTx)
 	fmt.Fprintf(w, "drorch: zstd fastest, AES-256-GCM; pgBackRest 2.45: compress-type=zst compress-level=1, aes-256-cbc, process-max=%d\n\n", b.cpus)
@@ -337,6 +341,7 @@ func (b *pgBench) print(full, incr workflows.BackupResult, tr workflows.Transmit
 	row("full backup", fmt.Sprintf("%s (%s read, %s stored)", dur(d[0][0]), human(full.BytesRead), human(full.Uploaded)), dur(d[0][1]), ratio(0))
 	row(fmt.Sprintf("incremental after %d tx", pgTx), fmt.Sprintf("%s (%s read, %s stored)", dur(d[1][0]), human(incr.BytesRead), human(incr.Uploaded)), dur(d[1][1]), ratio(1))
 	row(fmt.Sprintf("restore + replay of %d tx", pgTx), fmt.Sprintf("%s (server start to ready %s)", dur(d[2][0]), dur(rec[0])), fmt.Sprintf("%s (%s)", dur(d[2][1]), dur(rec[1])), ratio(2))
+	fmt.Fprintf(w, "fetch one WAL segment (median of 5)\t%s\t%s\t%.2f×\t\t\n", dur(fetch[0]), dur(fetch[1]), float64(fetch[0])/float64(fetch[1]))
 	fmt.Fprintf(w, "transmit primary → secondary\t%s (%d chunks copied)\t–\t\t\t\n", dur(trDur), tr.ChunksCopied)
 	lagRow := func(name string, lags []time.Duration, missing int) {
 		if len(lags) == 0 {
@@ -418,6 +423,50 @@ func (b *pgBench) pgbackrestRestore(ctx context.Context) (time.Duration, error) 
 	logf("postgres: pgbackrest restore: %s", dur(d))
 	b.pgCtl(b.brDir, "stop", "-m", "fast")
 	return d, nil
+}
+
+// fetchOne times what a recovery runs per WAL segment: drorch-worker
+// wal-fetch and pgbackrest archive-get of the same segment, as the user
+// postgres, median of 5 runs each.
+func (b *pgBench) fetchOne(ctx context.Context) ([2]time.Duration, error) {
+	var res [2]time.Duration
+	names, err := b.walTimes(ctx, "secondary")
+	if err != nil {
+		return res, err
+	}
+	var seg string
+	for name := range names {
+		if len(name) == 24 && name > seg {
+			seg = name
+		}
+	}
+	if seg == "" {
+		return res, fmt.Errorf("no WAL segment at the secondary")
+	}
+	dest := filepath.Join(filepath.Dir(b.brDir), "fetched")
+	cmds := [2][]string{
+		{b.bin, "wal-fetch", "--plan", pgPlan, "--site", "secondary", "--config", b.cfg, seg, dest},
+		{"pgbackrest", "--config=" + b.brConf, "--stanza=" + pgStanza, "archive-get", seg, dest},
+	}
+	for i, args := range cmds {
+		var ds []time.Duration
+		for range 5 {
+			os.Remove(dest)
+			cmd := exec.Command(args[0], args[1:]...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.cred}
+			cmd.Dir = b.dir
+			start := time.Now()
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return res, fmt.Errorf("%s: %w\n%s", strings.Join(args[:2], " "), err, out)
+			}
+			ds = append(ds, time.Since(start))
+		}
+		slices.Sort(ds)
+		res[i] = ds[2]
+	}
+	os.Remove(dest)
+	logf("postgres: fetch one WAL segment: wal-fetch %s, archive-get %s", dur(res[0]), dur(res[1]))
+	return res, nil
 }
 
 // walLag is what WAL shipping measured under load.
