@@ -45,24 +45,25 @@ const (
 // pgBench is the PostgreSQL set-up: one primary cluster, one TLS MinIO with
 // a bucket per drorch site and one for pgBackRest, a worker of its own.
 type pgBench struct {
-	e        *env // Temporal of the main bench; its own worker and queue
-	dir      string
-	minio    *testenv.MinIO
-	pg       *testenv.Postgres
-	cred     *syscall.Credential // the user postgres when the bench runs as root
-	bin      string              // drorch-worker, where postgres can run it
-	cfg      string              // drorch config, secrets in files postgres can read
-	brConf   string              // pgbackrest.conf
-	secDir   string              // drorch restores here (the secondary's data directory)
-	secPort  int
-	brDir    string // pgBackRest restores here
-	brPort   int
-	scale    int
-	dbSize   int64
-	cpus     int
-	walEnv   []string
-	pushBoth string // archive_command: both tools
-	pushOne  string // archive_command: drorch wal-push to the primary's repository only
+	e            *env // Temporal of the main bench; its own worker and queue
+	dir          string
+	minio        *testenv.MinIO
+	pg           *testenv.Postgres
+	cred         *syscall.Credential // the user postgres when the bench runs as root
+	bin          string              // drorch-worker, where postgres can run it
+	cfg          string              // drorch config, secrets in files postgres can read
+	brConf       string              // pgbackrest.conf
+	secDir       string              // drorch restores here (the secondary's data directory)
+	secPort      int
+	brDir        string // pgBackRest restores here
+	brPort       int
+	scale        int
+	dbSize       int64
+	cpus         int
+	walEnv       []string
+	pushBoth     string // archive_command: both tools
+	pushBackRest string // archive_command: pgBackRest only
+	pushOne      string // archive_command: drorch wal-push to the primary's repository only
 }
 
 func pgRows(ctx context.Context, main *env, workerBin string) error {
@@ -221,7 +222,8 @@ pg1-user=%s
 	}
 	// Both drorch sites get every segment directly (the restore at the
 	// secondary replays them without waiting for shipping), and pgBackRest.
-	b.pushBoth = fmt.Sprintf("%s && %s && pgbackrest --config=%s --stanza=%s archive-push %%p", push("primary"), push("secondary"), b.brConf, pgStanza)
+	b.pushBackRest = fmt.Sprintf("pgbackrest --config=%s --stanza=%s archive-push %%p", b.brConf, pgStanza)
+	b.pushBoth = fmt.Sprintf("%s && %s && %s", push("primary"), push("secondary"), b.pushBackRest)
 	b.pushOne = push("primary")
 
 	// The worker of these rows: its own config and queue, the same Temporal.
@@ -265,12 +267,17 @@ func (b *pgBench) run(ctx context.Context) error {
 		return fmt.Errorf("pgbackrest check: %w\n%s", err, out)
 	}
 
+	// pgBackRest's backups wait until their last WAL segment is archived:
+	// while they run, archive_command is pgBackRest's alone, so that they do
+	// not wait for drorch's pushes too. drorch's backups come after them and
+	// need no archived WAL (the base backup holds its own), and from then on
+	// both archives get every segment, which both restores replay.
 	var full, incr workflows.BackupResult
-	dFull, err := b.drorchBackup(ctx, "full", &full)
+	bFull, err := b.pgbackrestBackup(ctx, conn, "full")
 	if err != nil {
 		return err
 	}
-	bFull, err := b.timed("pgbackrest backup --type=full", "backup", "--type=full")
+	dFull, err := b.drorchBackup(ctx, "full", &full)
 	if err != nil {
 		return err
 	}
@@ -278,11 +285,11 @@ func (b *pgBench) run(ctx context.Context) error {
 	if out, err := b.pgbench("-n", "-c", "4", "-j", "2", "-t", strconv.Itoa(pgTx/4)); err != nil {
 		return fmt.Errorf("pgbench: %w\n%s", err, out)
 	}
-	dIncr, err := b.drorchBackup(ctx, "incremental", &incr)
+	bIncr, err := b.pgbackrestBackup(ctx, conn, "incr")
 	if err != nil {
 		return err
 	}
-	bIncr, err := b.timed("pgbackrest backup --type=incr", "backup", "--type=incr")
+	dIncr, err := b.drorchBackup(ctx, "incremental", &incr)
 	if err != nil {
 		return err
 	}
@@ -371,6 +378,19 @@ func (b *pgBench) print(full, incr workflows.BackupResult, tr workflows.Transmit
 // drorchBackup runs the Backup workflow of the postgres plan.
 func (b *pgBench) drorchBackup(ctx context.Context, what string, res *workflows.BackupResult) (time.Duration, error) {
 	return b.e.execute(ctx, "postgres: drorch "+what+" backup", workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: pgPlan}, res)
+}
+
+// pgbackrestBackup runs a pgBackRest backup of type typ with its own
+// archive_command, then archives into both again.
+func (b *pgBench) pgbackrestBackup(ctx context.Context, conn *pgx.Conn, typ string) (time.Duration, error) {
+	if err := b.archiveCommand(ctx, conn, b.pushBackRest, "0"); err != nil {
+		return 0, err
+	}
+	d, err := b.timed("pgbackrest backup --type="+typ, "backup", "--type="+typ)
+	if err != nil {
+		return 0, err
+	}
+	return d, b.archiveCommand(ctx, conn, b.pushBoth, "0")
 }
 
 // timed runs pgbackrest with args and returns its wall time.
