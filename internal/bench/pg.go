@@ -61,9 +61,10 @@ type pgBench struct {
 	dbSize       int64
 	cpus         int
 	walEnv       []string
-	pushBoth     string // archive_command: both tools
-	pushBackRest string // archive_command: pgBackRest only
-	pushOne      string // archive_command: drorch wal-push to the primary's repository only
+	pushBoth     string          // archive_command: both tools
+	pushBackRest string          // archive_command: pgBackRest only
+	cpu          []time.Duration // CPU time of the backups, in the order they ran
+	pushOne      string          // archive_command: drorch wal-push to the primary's repository only
 }
 
 func pgRows(ctx context.Context, main *env, workerBin string) error {
@@ -345,8 +346,14 @@ func (b *pgBench) print(full, incr workflows.BackupResult, tr workflows.Transmit
 		fmt.Fprintf(w, "%s\t%s\t%s\t%.2f×\t≤ 1×\t%s\n", name, dr, br, ratio, status)
 	}
 	ratio := func(i int) float64 { return float64(d[i][0]) / float64(d[i][1]) }
-	row("full backup", fmt.Sprintf("%s (%s read, %s stored)", dur(d[0][0]), human(full.BytesRead), human(full.Uploaded)), dur(d[0][1]), ratio(0))
-	row(fmt.Sprintf("incremental after %d tx", pgTx), fmt.Sprintf("%s (%s read, %s stored)", dur(d[1][0]), human(incr.BytesRead), human(incr.Uploaded)), dur(d[1][1]), ratio(1))
+	cpu := func(i int) string { // b.cpu: pgBackRest full, drorch full, pgBackRest incr, drorch incr
+		if i < len(b.cpu) {
+			return dur(b.cpu[i])
+		}
+		return "?"
+	}
+	row("full backup", fmt.Sprintf("%s (%s read, %s stored, CPU %s)", dur(d[0][0]), human(full.BytesRead), human(full.Uploaded), cpu(1)), fmt.Sprintf("%s (CPU %s)", dur(d[0][1]), cpu(0)), ratio(0))
+	row(fmt.Sprintf("incremental after %d tx", pgTx), fmt.Sprintf("%s (%s read, %s stored, CPU %s)", dur(d[1][0]), human(incr.BytesRead), human(incr.Uploaded), cpu(3)), fmt.Sprintf("%s (CPU %s)", dur(d[1][1]), cpu(2)), ratio(1))
 	row(fmt.Sprintf("restore + replay of %d tx", pgTx), fmt.Sprintf("%s (server start to ready %s)", dur(d[2][0]), dur(rec[0])), fmt.Sprintf("%s (%s)", dur(d[2][1]), dur(rec[1])), ratio(2))
 	fmt.Fprintf(w, "fetch one WAL segment (median of 5)\t%s\t%s\t%.2f×\t\t\n", dur(fetch[0]), dur(fetch[1]), float64(fetch[0])/float64(fetch[1]))
 	fmt.Fprintf(w, "transmit primary → secondary\t%s (%d chunks copied)\t–\t\t\t\n", dur(trDur), tr.ChunksCopied)
@@ -371,13 +378,37 @@ func (b *pgBench) print(full, incr workflows.BackupResult, tr workflows.Transmit
 	}
 	fmt.Println("\nrestore: both write an empty data directory, start the server, replay the WAL archived after their last backup to its end and")
 	fmt.Println("promote; timed until the server is out of recovery. In brackets: server start to ready, from the server's log (WAL fetch and replay).")
+	fmt.Println("CPU: of the drorch worker with its pg_basebackup, and of pgbackrest with its processes; neither counts PostgreSQL's nor MinIO's.")
 	fmt.Println("WAL lag: archive_timeout 1s, pgbench -c 2 for 30s, ShipWAL every 1s. Per file: MinIO's time of the object at the primary to at the secondary.")
 	return nil
 }
 
 // drorchBackup runs the Backup workflow of the postgres plan.
 func (b *pgBench) drorchBackup(ctx context.Context, what string, res *workflows.BackupResult) (time.Duration, error) {
-	return b.e.execute(ctx, "postgres: drorch "+what+" backup", workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: pgPlan}, res)
+	cpu := procCPU(b.e.worker.Process.Pid)
+	d, err := b.e.execute(ctx, "postgres: drorch "+what+" backup", workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: pgPlan}, res)
+	if err == nil {
+		b.cpu = append(b.cpu, procCPU(b.e.worker.Process.Pid)-cpu)
+		logf("postgres: drorch %s backup: CPU %s (worker and pg_basebackup)", what, dur(b.cpu[len(b.cpu)-1]))
+	}
+	return d, err
+}
+
+// procCPU is the CPU time a process and its waited-for children used
+// (/proc/PID/stat utime, stime, cutime, cstime).
+func procCPU(pid int) time.Duration {
+	text, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses.
+	f := strings.Fields(string(text[strings.LastIndexByte(string(text), ')')+1:]))
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} { // fields 14 to 17 of proc(5)
+		n, _ := strconv.ParseInt(f[i], 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond // USER_HZ 100
 }
 
 // pgbackrestBackup runs a pgBackRest backup of type typ with its own
@@ -405,6 +436,21 @@ func (b *pgBench) timed(what string, args ...string) (time.Duration, error) {
 	d := time.Since(start)
 	logf("postgres: %s: %s", what, dur(d))
 	return d, nil
+}
+
+// pgbackrest runs pgbackrest as the user postgres with the bench's config.
+// Backups add their CPU time (with their local processes) to b.cpu.
+func (b *pgBench) pgbackrest(args ...string) ([]byte, error) {
+	cmd := exec.Command("pgbackrest", append([]string{"--config=" + b.brConf, "--stanza=" + pgStanza}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.cred}
+	cmd.Dir = b.dir
+	out, err := cmd.CombinedOutput()
+	if err == nil && args[0] == "backup" {
+		cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		b.cpu = append(b.cpu, cpu)
+		logf("postgres: pgbackrest %s: CPU %s", strings.Join(args, " "), dur(cpu))
+	}
+	return out, err
 }
 
 // pgbackrestRestore restores the newest backup into an empty directory,
@@ -619,14 +665,6 @@ func switchWAL(ctx context.Context, conn *pgx.Conn) error {
 }
 
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-
-// pgbackrest runs pgbackrest as the user postgres with the bench's config.
-func (b *pgBench) pgbackrest(args ...string) ([]byte, error) {
-	cmd := exec.Command("pgbackrest", append([]string{"--config=" + b.brConf, "--stanza=" + pgStanza}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.cred}
-	cmd.Dir = b.dir
-	return cmd.CombinedOutput()
-}
 
 // pgbench runs pgbench on the primary over its unix socket.
 func (b *pgBench) pgbench(args ...string) ([]byte, error) {
