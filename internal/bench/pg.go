@@ -152,6 +152,9 @@ func (b *pgBench) setup(main *env, workerBin string) error {
 			return err
 		}
 	}
+	// drorch's restore starts a server in secDir: stop it before the
+	// directory is removed, whatever step failed.
+	atExit(func() { b.pgCtl(b.secDir, "stop", "-m", "immediate") })
 	if b.secPort, err = freePort(); err != nil {
 		return err
 	}
