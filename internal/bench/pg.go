@@ -162,6 +162,23 @@ func (b *pgBench) setup(main *env, workerBin string) error {
 		return err
 	}
 
+	if err := b.configs(); err != nil {
+		return err
+	}
+
+	// The worker of these rows: its own config and queue, the same Temporal.
+	e := &env{temporal: main.temporal, tc: main.tc, minio: map[string]*testenv.MinIO{"primary": b.minio}, queue: "bench-pg-" + randomHex(4)}
+	e.workLog = filepath.Join(b.dir, "worker.log")
+	if e.worker, err = startWorker(b.bin, b.cfg, e.queue, main.temporal, os.Environ(), e.workLog); err != nil {
+		return err
+	}
+	b.e = e
+	return nil
+}
+
+// configs writes drorch's config (secrets in files), pgbackrest.conf and
+// the archive commands.
+func (b *pgBench) configs() error {
 	f := func(name string) string { return "file:" + filepath.Join(b.dir, name) }
 	var cfg strings.Builder
 	cfg.WriteString("sites:\n")
@@ -229,14 +246,6 @@ pg1-user=%s
 	b.pushBackRest = fmt.Sprintf("pgbackrest --config=%s --stanza=%s archive-push %%p", b.brConf, pgStanza)
 	b.pushBoth = fmt.Sprintf("%s && %s && %s", push("primary"), push("secondary"), b.pushBackRest)
 	b.pushOne = push("primary")
-
-	// The worker of these rows: its own config and queue, the same Temporal.
-	e := &env{temporal: main.temporal, tc: main.tc, minio: map[string]*testenv.MinIO{"primary": b.minio}, queue: "bench-pg-" + randomHex(4)}
-	e.workLog = filepath.Join(b.dir, "worker.log")
-	if e.worker, err = startWorker(b.bin, b.cfg, e.queue, main.temporal, os.Environ(), e.workLog); err != nil {
-		return err
-	}
-	b.e = e
 	return nil
 }
 
