@@ -1,9 +1,12 @@
-// Command bench measures drorch's data path on real servers and prints one
-// table: full, unchanged and 1%-changed backups against plain uploads to the
-// same MinIO, transmit, restore and the worker's peak memory.
+// Command bench measures drorch's data path on real servers and prints two
+// tables: full, unchanged and 1%-changed backups against plain uploads to the
+// same MinIO, transmit, restore and the worker's peak memory; then the
+// postgres source against pgBackRest on one pgbench cluster (full and
+// incremental backup, restore with WAL replay) and WAL shipping lag (pg.go).
 //
-//	go tool task bench                           # 1 GiB
-//	DRORCH_BENCH_SIZE=256MiB go run ./internal/bench
+//	go tool task bench                           # 1 GiB, pgbench scale 70
+//	DRORCH_BENCH_SIZE=256MiB DRORCH_BENCH_PG_SCALE=10 go run ./internal/bench
+//	DRORCH_BENCH_PG=0 go run ./internal/bench    # without the PostgreSQL rows
 //
 // It starts its own Temporal dev server and two MinIO servers on free loopback
 // ports and runs the drorch-worker binary, all in a temporary directory that
@@ -200,7 +203,13 @@ func run() error {
 	row("restore at secondary", fmt.Sprintf("%.1f MB/s  (%s, %d files)", rate(rs.Bytes, rsDur), dur(rsDur), rs.Files), "")
 	row("restore again (target holds it)", fmt.Sprintf("%.1f MB/s  (%s, %d of %d chunks from the target)", rate(again.Bytes, againDur), dur(againDur), again.ChunksLocal, again.Chunks), "")
 	row("worker peak memory (VmHWM)", human(hwm), "< 512 MiB", hwm < 512*miB)
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if os.Getenv("DRORCH_BENCH_PG") == "0" {
+		return nil
+	}
+	return pgRows(ctx, e, filepath.Join(dir, "drorch-worker"))
 }
 
 // setup starts the servers and the worker in dir and registers their stops.
@@ -249,30 +258,9 @@ func setup(dir string) (*env, error) {
 		return nil, fmt.Errorf("build drorch-worker: %w\n%s", err, out)
 	}
 	e.workLog = filepath.Join(dir, "worker.log")
-	logFile, err := os.Create(e.workLog)
-	if err != nil {
+	if e.worker, err = startWorker(bin, cfgPath, e.queue, e.temporal, workerEnv, e.workLog); err != nil {
 		return nil, err
 	}
-	defer logFile.Close()
-	e.worker = exec.Command(bin, "--config", cfgPath, "--site", "primary", "--site", "secondary",
-		"--task-queue", e.queue, "--address", e.temporal.Address, "--namespace", e.temporal.Namespace)
-	e.worker.Env = workerEnv
-	e.worker.Stdout, e.worker.Stderr = logFile, logFile
-	e.worker.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := e.worker.Start(); err != nil {
-		return nil, fmt.Errorf("start drorch-worker: %w", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = e.worker.Wait(); close(exited) }()
-	atExit(func() {
-		_ = syscall.Kill(-e.worker.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-e.worker.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-	})
 
 	e.tc, err = client.Dial(client.Options{
 		HostPort:  e.temporal.Address,
@@ -284,6 +272,36 @@ func setup(dir string) (*env, error) {
 	}
 	atExit(e.tc.Close)
 	return e, nil
+}
+
+// startWorker runs the drorch-worker binary for both sites on queue, its
+// output in logPath, and registers its stop.
+func startWorker(bin, cfgPath, queue string, t *testenv.Temporal, env []string, logPath string) (*exec.Cmd, error) {
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	w := exec.Command(bin, "--config", cfgPath, "--site", "primary", "--site", "secondary",
+		"--task-queue", queue, "--address", t.Address, "--namespace", t.Namespace)
+	w.Env = env
+	w.Stdout, w.Stderr = logFile, logFile
+	w.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := w.Start(); err != nil {
+		return nil, fmt.Errorf("start drorch-worker: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = w.Wait(); close(exited) }()
+	atExit(func() {
+		_ = syscall.Kill(-w.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-w.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+	})
+	return w, nil
 }
 
 // execute runs one workflow and returns its wall time, start to result. On

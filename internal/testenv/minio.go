@@ -90,6 +90,15 @@ func StartMinIOServer(dir string) (*MinIO, error) {
 	return newMinIO(bin, dir, false, nil)
 }
 
+// StartMinIOTLSServer is StartMinIOServer serving HTTPS, as StartMinIOTLS.
+func StartMinIOTLSServer(dir string) (*MinIO, error) {
+	bin, err := ToolPath("minio")
+	if err != nil {
+		return nil, err
+	}
+	return newMinIO(bin, dir, true, nil)
+}
+
 // Close stops a server started by StartMinIOServer, as Stop does.
 func (m *MinIO) Close() { m.proc.stop(syscall.SIGTERM, minioStopGrace) }
 

@@ -29,12 +29,13 @@ type Postgres struct {
 	Database string // "app", created empty
 	Dir      string // data directory; survives Stop/Start and Kill/Start
 
-	bin     string // the postgres binary
-	sockDir string
-	logPath string
-	cred    *syscall.Credential // user postgres when the test runs as root
-	netns   *NetNS              // nil for the test's network namespace
-	proc    *process
+	bin      string   // the postgres binary
+	settings []string // more -c settings (StartPostgresServer), kept across restarts
+	sockDir  string
+	logPath  string
+	cred     *syscall.Credential // user postgres when the test runs as root
+	netns    *NetNS              // nil for the test's network namespace
+	proc     *process
 }
 
 const (
@@ -86,6 +87,43 @@ func startPostgres(t testing.TB, netns *NetNS) *Postgres {
 	}
 	return p
 }
+
+// StartPostgresServer is StartPostgres for programs that are not tests (the
+// bench command): settings are more server settings ("name=value", passed as
+// -c, so they override postgresql.conf and ALTER SYSTEM), and the caller
+// stops the server and removes its files with Close. It still dies with the
+// calling process.
+func StartPostgresServer(settings ...string) (*Postgres, error) {
+	binDir, err := postgresBinDirPath()
+	if err != nil {
+		return nil, err
+	}
+	p, err := newPostgres(binDir, nil)
+	if err == nil {
+		p.settings = settings
+		err = p.init()
+	}
+	if err != nil {
+		if p != nil {
+			p.Close()
+		}
+		return nil, err
+	}
+	return p, nil
+}
+
+// Close stops a server started by StartPostgresServer (fast shutdown) and
+// removes its files.
+func (p *Postgres) Close() {
+	if p.proc != nil {
+		p.proc.stop(syscall.SIGINT, postgresStopGrace)
+	}
+	os.RemoveAll(filepath.Dir(p.Dir))
+}
+
+// SocketDir is the directory of the server's unix socket, where local
+// connections authenticate without a password.
+func (p *Postgres) SocketDir() string { return p.sockDir }
 
 func (p *Postgres) cleanup(t testing.TB) {
 	if t.Failed() && p.proc != nil {
@@ -251,6 +289,9 @@ func (p *Postgres) start() error {
 		"-k", p.sockDir,
 		"-c", "listen_addresses=" + p.Host,
 		"-c", "fsync=off", // as --no-sync above
+	}
+	for _, kv := range p.settings {
+		args = append(args, "-c", kv)
 	}
 	proc, err := startCommand(command{
 		name:    "postgres",
