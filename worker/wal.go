@@ -44,6 +44,24 @@ const (
 	walExitCorrupt = 126 // wal-fetch: the stored file is damaged
 )
 
+// walExitFetchFailed is what wal-fetch exits with for every failure but an
+// absent file: a config it cannot read, a refused key, a store that stays
+// down. Any code up to 125 would tell PostgreSQL the archive ends here, and
+// recovery would end early and promote, silently short of the WAL the
+// repository holds; above 125 it stops recovery, and the restore fails
+// loudly with drorch's message in the server's log.
+const walExitFetchFailed = 127
+
+// fetchExit maps wal-fetch's codes to the ones PostgreSQL must see: only
+// success and an absent file stay below 126.
+func fetchExit(code int) int {
+	switch code {
+	case walExitOK, walExitAbsent, walExitCorrupt:
+		return code
+	}
+	return walExitFetchFailed
+}
+
 // walRetries are the waits between attempts after a transient store error:
 // PostgreSQL calls the command again anyway (archive_command after about a
 // minute), so a few seconds ride out a blip without holding the archiver.
@@ -59,7 +77,7 @@ func walCommand(args []string, stderr io.Writer) (code int, ok bool) {
 	case "wal-push":
 		return walPush(args[1:], stderr), true
 	case "wal-fetch":
-		return walFetch(args[1:], stderr), true
+		return fetchExit(walFetch(args[1:], stderr)), true
 	}
 	return 0, false
 }

@@ -62,13 +62,14 @@ func TestWALCommandErrors(t *testing.T) {
 		want string
 	}{
 		{"no plan", []string{"wal-push", "--site", "primary", seg}, 2, "usage: drorch-worker wal-push"},
-		{"fetch without dest", []string{"wal-fetch", "--plan", "db", "--site", "primary", "--config", cfg, "000000010000000000000001"}, 2, "usage: drorch-worker wal-fetch"},
+		{"fetch without dest", []string{"wal-fetch", "--plan", "db", "--site", "primary", "--config", cfg, "000000010000000000000001"}, 127, "usage: drorch-worker wal-fetch"},
+		{"fetch, secret not set", []string{"wal-fetch", "--plan", "db", "--site", "secondary", "--config", cfg, "000000010000000000000001", dest}, 127, "environment variable WAL_TEST_UNSET is not set"},
 		{"unknown plan", []string{"wal-push", "--plan", "nope", "--site", "primary", "--config", cfg, seg}, 2, `unknown plan "nope"`},
 		{"secret not set", []string{"wal-push", "--plan", "db", "--site", "secondary", "--config", cfg, seg}, 2, "sites.secondary.store.accessKey: environment variable WAL_TEST_UNSET is not set"},
 		{"not a WAL name", []string{"wal-push", "--plan", "db", "--site", "primary", "--config", cfg, cfg}, 2, "is not a WAL file name"},
 		{"missing file", []string{"wal-push", "--plan", "db", "--site", "primary", "--config", cfg, seg + "x"}, 2, "is not a WAL file name"},
 		{"store down", []string{"wal-push", "--plan", "db", "--site", "primary", "--config", cfg, seg}, 3, "PostgreSQL retries the segment later"},
-		{"fetch, store down", []string{"wal-fetch", "--plan", "db", "--site", "primary", "--config", cfg, "000000010000000000000001", dest}, 3, "after 5 attempts"},
+		{"fetch, store down", []string{"wal-fetch", "--plan", "db", "--site", "primary", "--config", cfg, "000000010000000000000001", dest}, 127, "after 5 attempts"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
