@@ -67,8 +67,22 @@ func (a *Activities) restorePostgres(ctx context.Context, in RestoreDataInput, s
 	rep := a.startReporter(ctx, "recovery")
 	defer rep.close()
 	rep.resume(restoreResume{Committed: true, Result: res})
-	if err := a.configureRecovery(sc, in); err != nil {
-		return res, err
+	running := false
+	if committed {
+		// The attempt before this one may have started the server, which
+		// may have promoted since: recovery.signal written into it again
+		// would send it back into recovery at its next start, onto yet
+		// another timeline.
+		code, _, err := a.pgCtl(ctx, sc, "status")
+		if err != nil {
+			return res, err
+		}
+		running = code == 0
+	}
+	if !running {
+		if err := a.configureRecovery(sc, in); err != nil {
+			return res, err
+		}
 	}
 	if sc.AfterRestore != "start" {
 		a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Str("data", sc.Path).Msg("restored and configured for recovery; afterRestore is stop: the server is left for the operator to start")
@@ -261,9 +275,16 @@ func (a *Activities) configureRecovery(sc *config.Source, in RestoreDataInput) e
 	}
 	fmt.Fprintf(&b, "# drorch restore of point %s at %s\n", in.Point, in.Site)
 	fmt.Fprintf(&b, "restore_command = %s\n", confString(fetch))
-	// The base backup's own timeline: never a branch that another restore,
-	// promoted, may have added to the archive.
-	fmt.Fprintf(&b, "recovery_target_timeline = 'current'\n")
+	// A switch follows the newest timeline in the archive: after a failover
+	// and back, the WAL the other site wrote on its own timeline is there,
+	// shipped, and only switch restores archive, so every branch in it is
+	// the plan's own history. Any other restore keeps to the base backup's
+	// timeline.
+	timeline := "current"
+	if in.Switch {
+		timeline = "latest"
+	}
+	fmt.Fprintf(&b, "recovery_target_timeline = '%s'\n", timeline)
 	if in.Switch {
 		// archive_mode too: set by ALTER SYSTEM at the old primary, it was
 		// in this file and is dropped above with the other recovery keys.

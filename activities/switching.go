@@ -229,6 +229,7 @@ func (a *Activities) GetSiteState(ctx context.Context, in SiteStateInput) (SiteS
 	}
 	var sb standbyState
 	if err := r.GetStaging(ctx, "standby", "state", &sb); err == nil {
+		sb.Point = a.standbyMark(in.Plan, in.Site, sb.Point)
 		st.Standby, st.StandbyTook, st.StandbyKnown = sb.Point, sb.Took, true
 	} else if !drivers.IsNotFound(err) {
 		return st, temporalError(err)
@@ -408,7 +409,19 @@ func (a *Activities) MarkStandby(ctx context.Context, in MarkStandbyInput) error
 	if err != nil {
 		return temporalError(err)
 	}
-	return temporalError(r.PutStaging(ctx, "standby", "state", standbyState{Point: in.Point, Updated: time.Now().UTC(), Took: in.Took}))
+	return temporalError(r.PutStaging(ctx, "standby", "state", standbyState{Point: a.standbyMark(in.Plan, in.Site, in.Point), Updated: time.Now().UTC(), Took: in.Took}))
+}
+
+// standbyMark is the point a site's standby target may be said to hold:
+// none for a physical postgres source. Its data directory is only current
+// once recovery has replayed the WAL shipped since the point, so a
+// failover must always restore it (a delta restore: the chunks the
+// directory holds are reused) rather than open it as it stands.
+func (a *Activities) standbyMark(plan, site, point string) string {
+	if sc, err := a.postgresAt(plan, site); err == nil && sc != nil && sc.Mode != "logical" {
+		return ""
+	}
+	return point
 }
 
 // accessAt opens the access resources of a plan at a site, in order.

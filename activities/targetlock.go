@@ -128,7 +128,7 @@ func (a *Activities) SettleTarget(ctx context.Context, in SettleTargetInput) (Se
 	if err := r.GetStaging(ctx, "standby", "state", &sb); err != nil && !drivers.IsNotFound(err) {
 		return SettleTargetResult{}, temporalError(err)
 	}
-	return SettleTargetResult{Standby: sb.Point, StandbyTook: sb.Took}, nil
+	return SettleTargetResult{Standby: a.standbyMark(in.Plan, in.Site, sb.Point), StandbyTook: sb.Took}, nil
 }
 
 // swap moves a staged restore into its target under the target's swap

@@ -1,0 +1,45 @@
+package activities
+
+import (
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/drorch/drorch/internal/config"
+)
+
+// A physical postgres standby never counts as holding a point: a failover
+// must recover it to the shipped WAL, not open it as it stands.
+func TestStandbyMarkOfAPostgresStandby(t *testing.T) {
+	t.Setenv("MARK_PG", "s3cret")
+	t.Setenv("MARK_KEY", "k")
+	const doc = `
+sites:
+  a: {store: {driver: s3, endpoint: 127.0.0.1:9, bucket: drorch, accessKey: env:MARK_KEY, secretKey: env:MARK_KEY, insecure: true}}
+  b: {store: {driver: s3, endpoint: 127.0.0.1:9, bucket: drorch, accessKey: env:MARK_KEY, secretKey: env:MARK_KEY, insecure: true}}
+plans:
+  db:
+    primary: a
+    secondary: b
+    source:
+      a: {driver: postgres, path: /pg/a, host: 127.0.0.1, password: env:MARK_PG}
+      b: {driver: postgres, path: /pg/b, host: 127.0.0.1, password: env:MARK_PG}
+  files:
+    primary: a
+    secondary: b
+    source:
+      a: {driver: dir, path: /srv/a}
+      b: {driver: dir, path: /srv/b}
+`
+	cfg, err := config.Parse("mark.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(cfg, nil, zerolog.Nop())
+	if got := a.standbyMark("db", "b", "2026-11-30T10:00:00.000Z-1234abcd"); got != "" {
+		t.Errorf("postgres standby marked as holding %q", got)
+	}
+	if got := a.standbyMark("files", "b", "p1"); got != "p1" {
+		t.Errorf("dir standby: got %q, want p1", got)
+	}
+}
