@@ -88,12 +88,51 @@ func (a *Activities) restorePostgres(ctx context.Context, in RestoreDataInput, s
 		a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Str("data", sc.Path).Msg("restored and configured for recovery; afterRestore is stop: the server is left for the operator to start")
 		return res, nil
 	}
-	if err := a.startPostgres(rep.work, sc, rep); err != nil {
+	if err := a.startPostgres(rep.work, sc, a.serverEnv(in.Plan, in.Site)); err != nil {
 		return res, err
 	}
 	res.ServerStarted = true
 	res.RecoveredTo, err = a.waitRecovered(rep.work, sc, rep)
 	return res, err
+}
+
+// baseServerEnv is the worker's environment a server may see: the path,
+// locale, time zone and temporary directory, and nothing else. A superuser
+// of the database can read its server's environment (COPY ... FROM PROGRAM
+// 'env'), so no secret of the worker's goes there by default, nor a PG*
+// variable (the password is not the server's business).
+func baseServerEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if name == "PATH" || name == "LANG" || name == "TZ" || name == "TMPDIR" || strings.HasPrefix(name, "LC_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// serverEnv is the environment a restored server of plan at site starts
+// with: baseServerEnv, plus the variables named by the env: references its
+// restore_command and archive_command (drorch-worker wal-fetch and
+// wal-push) resolve: the site's store keys and the plan's encryption key.
+func (a *Activities) serverEnv(plan, site string) []string {
+	env := baseServerEnv()
+	var refs []string
+	if s, err := a.cfg.Site(site); err == nil {
+		refs = append(refs, s.Store.AccessKey.Ref(), s.Store.SecretKey.Ref())
+	}
+	if p, err := a.cfg.Plan(plan); err == nil && p.Encryption != nil {
+		refs = append(refs, p.Encryption.Key.Ref())
+	}
+	for _, ref := range refs {
+		if name, ok := strings.CutPrefix(ref, "env:"); ok {
+			if v, set := os.LookupEnv(name); set {
+				env = append(env, name+"="+v)
+			}
+		}
+	}
+	return env
 }
 
 // pgCred is the user the server's programs run as: the owner of the data
@@ -117,20 +156,18 @@ func pgCred(dir string) (*syscall.Credential, error) {
 // pgCtl runs pg_ctl with args on the data directory and returns its exit
 // code and output (capped, cleaned of secrets).
 func (a *Activities) pgCtl(ctx context.Context, sc *config.Source, args ...string) (int, string, error) {
+	return a.pgCtlEnv(ctx, sc, baseServerEnv(), args...)
+}
+
+// pgCtlEnv is pgCtl with the environment env, which a server it starts
+// inherits.
+func (a *Activities) pgCtlEnv(ctx context.Context, sc *config.Source, env []string, args ...string) (int, string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(sc.Bin, "pg_ctl"), append(args, "-D", sc.Path)...)
 	cred, err := pgCred(sc.Path)
 	if err != nil {
 		return 0, "", err
 	}
-	// The server inherits this environment: restore_command (drorch-worker
-	// wal-fetch) reads the config's env: secrets from it. No PG* variable:
-	// the password is not the server's business.
-	cmd.Env = nil
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PG") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
+	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	cmd.Dir = "/"
 	out := &tailBuffer{}
@@ -326,7 +363,7 @@ func slicesContains(list []string, s string) bool {
 
 // startPostgres starts the restored server (pg_ctl -w: until it accepts
 // connections) unless a previous attempt did.
-func (a *Activities) startPostgres(ctx context.Context, sc *config.Source, rep *reporter) error {
+func (a *Activities) startPostgres(ctx context.Context, sc *config.Source, env []string) error {
 	if code, _, err := a.pgCtl(ctx, sc, "status"); err != nil {
 		return err
 	} else if code == 0 {
@@ -344,7 +381,7 @@ func (a *Activities) startPostgres(ctx context.Context, sc *config.Source, rep *
 		}
 	}
 	a.log.Info().Str("data", sc.Path).Str("log", log).Msg("starting the restored server")
-	code, out, err := a.pgCtl(ctx, sc, "start", "-w", "-t", strconv.Itoa(int(sc.StartTimeout.Seconds())), "-l", log, "-o", opts)
+	code, out, err := a.pgCtlEnv(ctx, sc, env, "start", "-w", "-t", strconv.Itoa(int(sc.StartTimeout.Seconds())), "-l", log, "-o", opts)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -41,5 +42,38 @@ plans:
 	}
 	if got := a.standbyMark("files", "b", "p1"); got != "p1" {
 		t.Errorf("dir standby: got %q, want p1", got)
+	}
+}
+
+// A restored server sees only the secrets its wal-fetch and wal-push need.
+func TestServerEnvHoldsOnlyTheSecretsItNeeds(t *testing.T) {
+	t.Setenv("SRV_A_KEY", "a-key")
+	t.Setenv("SRV_B_KEY", "b-key")
+	t.Setenv("SRV_PG", "pg-pass")
+	t.Setenv("PGPASSWORD", "stray")
+	const doc = `
+sites:
+  a: {store: {driver: s3, endpoint: 127.0.0.1:9, bucket: drorch, accessKey: env:SRV_A_KEY, secretKey: env:SRV_A_KEY, insecure: true}}
+  b: {store: {driver: s3, endpoint: 127.0.0.1:9, bucket: drorch, accessKey: env:SRV_B_KEY, secretKey: env:SRV_B_KEY, insecure: true}}
+plans:
+  db:
+    primary: a
+    secondary: b
+    source:
+      a: {driver: postgres, path: /pg/a, host: 127.0.0.1, password: env:SRV_PG}
+      b: {driver: postgres, path: /pg/b, host: 127.0.0.1, password: env:SRV_PG}
+`
+	cfg, err := config.Parse("env.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Join(New(cfg, nil, zerolog.Nop()).serverEnv("db", "b"), "\n")
+	if !strings.Contains(env, "SRV_B_KEY=b-key") {
+		t.Errorf("the site's store key is missing:\n%s", env)
+	}
+	for _, leak := range []string{"a-key", "pg-pass", "stray"} {
+		if strings.Contains(env, leak) {
+			t.Errorf("the server's environment holds %q:\n%s", leak, env)
+		}
 	}
 }
