@@ -80,7 +80,16 @@ func (a *Activities) restorePostgres(ctx context.Context, in RestoreDataInput, s
 		running = code == 0
 	}
 	if !running {
-		if err := a.configureRecovery(sc, in); err != nil {
+		rc := in
+		if !rc.Switch {
+			// A restore forced over the active site's own database (a
+			// rewind with --at, say) makes the plan's production server:
+			// it archives like a switch's, or the plan would lose its WAL.
+			if rc.Switch, err = a.atActiveSite(ctx, in.Plan, in.Site); err != nil {
+				return res, err
+			}
+		}
+		if err := a.configureRecovery(sc, rc); err != nil {
 			return res, err
 		}
 	}
@@ -94,6 +103,31 @@ func (a *Activities) restorePostgres(ctx context.Context, in RestoreDataInput, s
 	res.ServerStarted = true
 	res.RecoveredTo, err = a.waitRecovered(rep.work, sc, rep)
 	return res, err
+}
+
+// atActiveSite reports whether site is the plan's active site, as the
+// site's own repository records the roles.
+func (a *Activities) atActiveSite(ctx context.Context, plan, site string) (bool, error) {
+	r, err := a.repo(plan, site)
+	if err != nil {
+		return false, err
+	}
+	ep, err := r.GetEpoch(ctx)
+	if err != nil {
+		return false, err
+	}
+	active := ep.Active
+	if active == "" {
+		active = ep.Primary
+	}
+	if active == "" {
+		p, err := a.plan(plan)
+		if err != nil {
+			return false, err
+		}
+		active = p.Primary
+	}
+	return active == site, nil
 }
 
 // baseServerEnv is the worker's environment a server may see: the path,

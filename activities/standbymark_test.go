@@ -1,12 +1,17 @@
 package activities
 
 import (
+	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/repo"
+	"github.com/drorch/drorch/internal/testenv"
 )
 
 // A physical postgres standby never counts as holding a point: a failover
@@ -76,4 +81,51 @@ plans:
 			t.Errorf("the server's environment holds %q:\n%s", leak, env)
 		}
 	}
+}
+
+// The active site is read from the site's own epoch.json: the primary until
+// a switch records another.
+func TestAtActiveSite(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	t.Setenv("ACT_ACCESS", m.AccessKey)
+	t.Setenv("ACT_SECRET", m.SecretKey)
+	t.Setenv("ACT_PG", "pg")
+	var doc strings.Builder
+	doc.WriteString("sites:\n")
+	for _, site := range []string{"primary", "secondary"} {
+		fmt.Fprintf(&doc, "  %s:\n    store: {driver: s3, endpoint: %s, bucket: %s, accessKey: env:ACT_ACCESS, secretKey: env:ACT_SECRET, insecure: true}\n", site, m.Endpoint, site)
+	}
+	doc.WriteString("plans:\n  db:\n    primary: primary\n    secondary: secondary\n    source:\n" +
+		"      primary: {driver: postgres, path: /pg/a, host: 127.0.0.1, password: env:ACT_PG}\n" +
+		"      secondary: {driver: postgres, path: /pg/b, host: 127.0.0.1, password: env:ACT_PG}\n")
+	cfg, err := config.Parse("act.yaml", []byte(doc.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(cfg, nil, zerolog.Nop())
+	ctx := context.Background()
+	for _, site := range []string{"primary", "secondary"} {
+		if _, err := a.PrepareSite(ctx, PrepareSiteInput{Plan: "db", Site: site}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(site string, want bool) {
+		t.Helper()
+		if got, err := a.atActiveSite(ctx, "db", site); err != nil || got != want {
+			t.Errorf("atActiveSite(%s) = %v, %v; want %v", site, got, err, want)
+		}
+	}
+	check("primary", true)
+	check("secondary", false)
+	r, err := a.repo("db", "secondary")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.UpdateEpoch(ctx, func(e *repo.Epoch) error {
+		e.Epoch, e.Active, e.Updated = e.Epoch+1, "secondary", time.Now().UTC()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	check("secondary", true)
 }
