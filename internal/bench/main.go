@@ -42,7 +42,10 @@ import (
 	"github.com/drorch/drorch/workflows"
 )
 
-const plan = "bench"
+const (
+	plan      = "bench"
+	smallPlan = "bench-small" // the DRORCH_BENCH_SMALL files, in a repository of their own
+)
 
 // The worker is started with Pdeathsig, which fires when the thread that
 // forked it exits. Keeping main on the main thread, which lives as long as the
@@ -109,6 +112,10 @@ func run() error {
 			return fmt.Errorf("DRORCH_BENCH_SIZE: %w", err)
 		}
 	}
+	nSmall, err := smallCount()
+	if err != nil {
+		return err
+	}
 	dir, err := os.MkdirTemp("", "drorch-bench-")
 	if err != nil {
 		return err
@@ -138,6 +145,11 @@ func run() error {
 		return fmt.Errorf("baseline: %w", err)
 	}
 	logf("baseline: %s", dur(baseDur))
+	an := newAnchors(filepath.Join(dir, "anchors"), e.minio)
+	rcloneCopy, err := an.rclone("copy of the data set", "copy", ds.dir, "primary:rclone")
+	if err != nil {
+		return err
+	}
 
 	backup := func(what string, res *workflows.BackupResult) (time.Duration, error) {
 		return e.execute(ctx, what, workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan}, res)
@@ -148,6 +160,19 @@ func run() error {
 		return err
 	}
 	sameDur, err := backup("no-change backup", &same)
+	if err != nil {
+		return err
+	}
+	if an.hasRestic {
+		if err := an.resticInit("restic"); err != nil {
+			return err
+		}
+	}
+	resticFull, err := an.resticBackup("full backup", "restic", ds.dir)
+	if err != nil {
+		return err
+	}
+	resticSame, err := an.resticBackup("no-change backup", "restic", ds.dir)
 	if err != nil {
 		return err
 	}
@@ -164,6 +189,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	rcloneSync, err := an.rclone("sync primary → secondary", "sync", "primary:rclone", "secondary:rclone")
+	if err != nil {
+		return err
+	}
 	var rs workflows.RestoreResult
 	rsDur, err := e.execute(ctx, "restore at the secondary", workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary"}, &rs)
 	if err != nil {
@@ -175,6 +204,23 @@ func run() error {
 	againDur, err := e.execute(ctx, "restore again at the secondary", workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary"}, &again)
 	if err != nil {
 		return err
+	}
+	resticRestore, err := an.resticRestore("restic")
+	if err != nil {
+		return err
+	}
+	sides := []sideBySide{
+		{"full backup (rclone: copy)", measured{d: fullDur}, resticFull, rcloneCopy},
+		{"no-change backup", measured{d: sameDur}, resticSame, notMeasured},
+		{"restore (restic: the point before the 1% change)", measured{d: rsDur}, resticRestore, notMeasured},
+		{"transmit (rclone: sync MinIO → MinIO)", measured{d: trDur}, notMeasured, rcloneSync},
+	}
+	if nSmall > 0 {
+		small, err := e.smallRow(ctx, an, ds, filepath.Join(dir, "source", "small-primary"), nSmall)
+		if err != nil {
+			return err
+		}
+		sides = append(sides, small)
 	}
 	hwm, err := vmHWM(e.worker.Process.Pid)
 	if err != nil {
@@ -206,6 +252,12 @@ func run() error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
+	sides = append(sides, sideBySide{"peak RSS (drorch: the worker's, of the whole run)", measured{none: human(hwm)}, notMeasured, notMeasured})
+	title := fmt.Sprintf("side by side on the same data and MinIO: %s, %s; speed ratios, ≥ 1× means drorch is faster",
+		toolVersion("restic", an.hasRestic), toolVersion("rclone", an.hasRclone))
+	if err := printSideBySide(os.Stdout, title, sides); err != nil {
+		return err
+	}
 	if os.Getenv("DRORCH_BENCH_PG") == "0" {
 		return nil
 	}
@@ -215,7 +267,7 @@ func run() error {
 // setup starts the servers and the worker in dir and registers their stops.
 func setup(dir string) (*env, error) {
 	e := &env{minio: map[string]*testenv.MinIO{}, queue: "bench-" + randomHex(4)}
-	for _, sub := range []string{"temporal", "minio-primary", "minio-secondary", "source/primary", "source/secondary"} {
+	for _, sub := range []string{"temporal", "minio-primary", "minio-secondary", "source/primary", "source/secondary", "source/small-primary", "source/small-secondary"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return nil, err
 		}
@@ -244,6 +296,11 @@ func setup(dir string) (*env, error) {
 	fmt.Fprintf(&cfg, "plans:\n  %s:\n    primary: primary\n    secondary: secondary\n    source:\n", plan)
 	for _, site := range []string{"primary", "secondary"} {
 		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s}\n", site, filepath.Join(dir, "source", site))
+	}
+	cfg.WriteString("    encryption: {key: env:BENCH_KEY}\n")
+	fmt.Fprintf(&cfg, "  %s:\n    primary: primary\n    secondary: secondary\n    source:\n", smallPlan)
+	for _, site := range []string{"primary", "secondary"} {
+		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s}\n", site, filepath.Join(dir, "source", "small-"+site))
 	}
 	cfg.WriteString("    encryption: {key: env:BENCH_KEY}\n")
 	workerEnv = append(workerEnv, "BENCH_KEY="+randomHex(32))
