@@ -1,11 +1,13 @@
-// Command bench measures drorch's data path on real servers and prints two
+// Command bench measures drorch's data path on real servers and prints three
 // tables: full, unchanged and 1%-changed backups against plain uploads to the
-// same MinIO, transmit, restore and the worker's peak memory; then the
-// postgres source against pgBackRest on one pgbench cluster (full and
-// incremental backup, restore with WAL replay) and WAL shipping lag (pg.go).
+// same MinIO, transmit, restore and the worker's peak memory; the same rows
+// and a small-file backup beside restic and rclone, when installed, on the
+// same data and MinIO (anchors.go); then the postgres source against
+// pgBackRest on one pgbench cluster (full and incremental backup, restore
+// with WAL replay) and WAL shipping lag (pg.go).
 //
-//	go tool task bench                           # 1 GiB, pgbench scale 70
-//	DRORCH_BENCH_SIZE=256MiB DRORCH_BENCH_PG_SCALE=10 go run ./internal/bench
+//	go tool task bench                           # 1 GiB, 20,000 small files, pgbench scale 70
+//	DRORCH_BENCH_SIZE=256MiB DRORCH_BENCH_SMALL=2000 DRORCH_BENCH_PG_SCALE=10 go run ./internal/bench
 //	DRORCH_BENCH_PG=0 go run ./internal/bench    # without the PostgreSQL rows
 //
 // It starts its own Temporal dev server and two MinIO servers on free loopback
