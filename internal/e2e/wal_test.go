@@ -170,13 +170,15 @@ func TestWALArchive(t *testing.T) {
 	w := startArchivingPostgres(t, s, "primary")
 	name := w.switchWAL(t)
 	waitFor(t, "segment "+name+" in the primary's repository", 30*time.Second, func() bool { return s.walObject("primary", name) != nil })
+	// The object is stored before wal-push exits, and PostgreSQL counts the
+	// segment archived only after: wait for its bookkeeping too.
 	var archived string
-	if err := w.conn.QueryRow(context.Background(), "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").Scan(&archived); err != nil {
-		t.Fatal(err)
-	}
-	if archived < name {
-		t.Errorf("pg_stat_archiver.last_archived_wal = %q, want %s or later", archived, name)
-	}
+	waitFor(t, "pg_stat_archiver to count "+name+" archived", 30*time.Second, func() bool {
+		if err := w.conn.QueryRow(context.Background(), "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").Scan(&archived); err != nil {
+			t.Fatal(err)
+		}
+		return archived >= name
+	})
 
 	// What PostgreSQL wrote is what comes back.
 	segment, err := os.ReadFile(filepath.Join(w.pg.Dir, "pg_wal", name))
