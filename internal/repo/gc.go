@@ -15,7 +15,6 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -488,48 +487,22 @@ func (r *Repo) letGoSweep(ctx context.Context, lease SweepLease) error {
 
 // deleteChunks deletes the chunks ids[at[i]], of sizes[i] bytes.
 func (r *Repo) deleteChunks(ctx context.Context, ids []ID, at []int32, sizes []int32, progress func(string, int64)) (int, int64, error) {
-	var (
-		mu    sync.Mutex
-		n     int
-		freed int64
-		first error
-		wg    sync.WaitGroup
-	)
-	jobs := make(chan int)
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				id := ids[at[i]]
-				err := r.st.Delete(ctx, r.key(ChunkKey(id)))
-				mu.Lock()
-				if err != nil && first == nil {
-					first = fmt.Errorf("garbage collection: delete chunk %s at %s: %w", id, r.where(ChunkKey(id)), err)
-				}
-				if err == nil {
-					n++
-					freed += int64(sizes[i])
-					if n%1000 == 0 {
-						progress("deleted", int64(n))
-					}
-				}
-				mu.Unlock()
+	return deleteEach(ctx, len(at),
+		func(i int) (int64, error) {
+			id := ids[at[i]]
+			if err := r.st.Delete(ctx, r.key(ChunkKey(id))); err != nil {
+				return 0, fmt.Errorf("garbage collection: delete chunk %s at %s: %w", id, r.where(ChunkKey(id)), err)
 			}
-		}()
-	}
-	for i := range at {
-		if ctx.Err() != nil {
-			break
-		}
-		jobs <- i
-	}
-	close(jobs)
-	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		first = fmt.Errorf("garbage collection at %s: deleting stopped after %d of %d chunks: %w", r.Location(), n, len(at), ctx.Err())
-	}
-	return n, freed, first
+			return int64(sizes[i]), nil
+		},
+		func(n int) {
+			if n%1000 == 0 {
+				progress("deleted", int64(n))
+			}
+		},
+		func(n int, err error) error {
+			return fmt.Errorf("garbage collection at %s: deleting stopped after %d of %d chunks: %w", r.Location(), n, len(at), err)
+		})
 }
 
 func cmpID(a, b ID) int { return bytes.Compare(a[:], b[:]) }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/drorch/drorch/drivers"
@@ -291,42 +290,15 @@ func (r *Repo) recheckWAL(ctx context.Context, epoch uint64, points []string, fo
 // deleteWAL deletes the files, a few at a time, and returns how many and
 // how many bytes it deleted.
 func (r *Repo) deleteWAL(ctx context.Context, files []WALFile) (int, int64, error) {
-	var (
-		mu    sync.Mutex
-		n     int
-		freed int64
-		first error
-		wg    sync.WaitGroup
-	)
-	jobs := make(chan WALFile)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for f := range jobs {
-				err := r.DeleteWAL(ctx, f.Name)
-				mu.Lock()
-				if err != nil && first == nil {
-					first = fmt.Errorf("WAL retention: %w", err)
-				}
-				if err == nil {
-					n++
-					freed += f.Stored
-				}
-				mu.Unlock()
+	return deleteEach(ctx, len(files),
+		func(i int) (int64, error) {
+			if err := r.DeleteWAL(ctx, files[i].Name); err != nil {
+				return 0, fmt.Errorf("WAL retention: %w", err)
 			}
-		}()
-	}
-	for _, f := range files {
-		if ctx.Err() != nil {
-			break
-		}
-		jobs <- f
-	}
-	close(jobs)
-	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		first = fmt.Errorf("WAL retention at %s: deleting stopped after %d of %d files: %w", r.Location(), n, len(files), ctx.Err())
-	}
-	return n, freed, first
+			return files[i].Stored, nil
+		},
+		nil,
+		func(n int, err error) error {
+			return fmt.Errorf("WAL retention at %s: deleting stopped after %d of %d files: %w", r.Location(), n, len(files), err)
+		})
 }
