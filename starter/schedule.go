@@ -85,7 +85,7 @@ func (c *cli) scheduleApplyCmd() *cobra.Command {
 				}
 				fmt.Printf("plan %s: %s (schedule %s)\n", name, what, workflows.ScheduleID(name))
 			}
-			failed = append(failed, c.applyWALShipping(ctx, cc, cfg, only)...)
+			failed = append(failed, c.applyWALShipping(ctx, cc, cfg, only, prune)...)
 			if only == "" {
 				ids, err := drorchSchedules(ctx, cc)
 				if err != nil {
@@ -117,7 +117,7 @@ func (c *cli) scheduleApplyCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&prune, "prune", false, "delete the schedules of plans that no longer have one in the config")
+	cmd.Flags().BoolVar(&prune, "prune", false, "delete the schedules of plans that no longer have one in the config, and stop the WAL shipping of plans no longer in it")
 	cmd.Flags().StringVar(&only, "plan", "", "apply only this plan's schedule")
 	return cmd
 }

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 
 	"github.com/drorch/drorch/internal/config"
@@ -18,10 +20,10 @@ import (
 
 // applyWALShipping makes sure the WAL shipping workflow (ShipWAL,
 // drorch/<plan>/wal) runs for every plan that ships WAL (config wal.ship),
-// or for only; a running one is left alone. It returns the plans it failed
-// for.
-func (c *cli) applyWALShipping(ctx context.Context, cc *clientConn, cfg *config.Config, only string) []string {
-	var failed []string
+// or for only; a running one is left alone. It stops the runs that should
+// not be running (stopWALShipping). It returns the plans it failed for.
+func (c *cli) applyWALShipping(ctx context.Context, cc *clientConn, cfg *config.Config, only string, prune bool) []string {
+	failed := c.stopWALShipping(ctx, cc, cfg, only, prune)
 	for _, name := range planNames(cfg) {
 		p, _ := cfg.Plan(name)
 		if !p.ShipsWAL() || only != "" && name != only {
@@ -39,6 +41,56 @@ func (c *cli) applyWALShipping(ctx context.Context, cc *clientConn, cfg *config.
 			continue
 		}
 		fmt.Printf("plan %s: WAL shipping runs (workflow %s, run %s)\n", name, id, run.GetRunID())
+	}
+	return failed
+}
+
+// stopWALShipping cancels the running WAL shipping workflows of this
+// installation's queue that the config no longer asks for: those of plans
+// whose wal.ship is off (or, with only, of that plan), and, with prune,
+// those of plans no longer in the config; without prune those are kept
+// and said so, as their schedules are. It returns the plans it failed for.
+func (c *cli) stopWALShipping(ctx context.Context, cc *clientConn, cfg *config.Config, only string, prune bool) []string {
+	q := fmt.Sprintf("WorkflowType = 'ShipWAL' AND TaskQueue = %q AND ExecutionStatus = 'Running'", c.taskQueue)
+	var failed, ids []string
+	var token []byte
+	for {
+		resp, err := cc.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Namespace: cc.namespace, Query: q, NextPageToken: token})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "list the running WAL shipping workflows: %v\n", err)
+			return []string{"(WAL shipping)"}
+		}
+		for _, e := range resp.GetExecutions() {
+			ids = append(ids, e.GetExecution().GetWorkflowId())
+		}
+		if token = resp.GetNextPageToken(); len(token) == 0 {
+			break
+		}
+	}
+	for _, id := range ids {
+		name, ok := strings.CutPrefix(id, "drorch/")
+		if name, ok = strings.CutSuffix(name, "/wal"); !ok || only != "" && name != only {
+			continue
+		}
+		why := "wal.ship is off"
+		if p, err := cfg.Plan(name); err == nil && p.ShipsWAL() {
+			continue
+		} else if err != nil {
+			if !prune {
+				fmt.Printf("plan %s: WAL shipping kept, the plan is not in the config (workflow %s; apply --prune stops it)\n", name, id)
+				continue
+			}
+			why = "the plan is not in the config"
+		}
+		if err := cc.CancelWorkflow(ctx, id, ""); err != nil {
+			var nf *serviceerror.NotFound
+			if !errors.As(err, &nf) { // it ended meanwhile
+				failed = append(failed, name)
+				fmt.Fprintf(os.Stderr, "plan %s: stop WAL shipping %s: %v\n", name, id, err)
+			}
+			continue
+		}
+		fmt.Printf("plan %s: WAL shipping stopped, %s (workflow %s)\n", name, why, id)
 	}
 	return failed
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/minio/minio-go/v7"
+	"go.temporal.io/api/enums/v1"
 
 	"github.com/drorch/drorch/internal/testenv"
 	"github.com/drorch/drorch/workflows"
@@ -315,4 +316,54 @@ func TestWALShipping(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &res) != nil || res.WAL == nil || len(res.WAL.Standbys) != 1 || res.WAL.Standbys[0].Last < name {
 		t.Fatalf("drorch status --json: %v\n%s%s", err, out, stderr)
 	}
+
+	// Turning shipping off in the config and applying it stops the run.
+	cfg, err := os.ReadFile(s.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	editConfig := func(old, new string) {
+		t.Helper()
+		if !bytes.Contains(cfg, []byte(old)) {
+			t.Fatalf("the config has no %q:\n%s", old, cfg)
+		}
+		cfg = bytes.Replace(cfg, []byte(old), []byte(new), 1)
+		if err := os.WriteFile(s.cfgPath, cfg, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shipping := func() enums.WorkflowExecutionStatus {
+		desc, err := s.cl.DescribeWorkflowExecution(context.Background(), workflows.WALShipID(plan), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return desc.GetWorkflowExecutionInfo().GetStatus()
+	}
+	editConfig(`ship: "on"`, `ship: "off"`)
+	waitFor(t, "the shipping run to be listed", 10*time.Second, func() bool {
+		out, _, _ := s.drorch("schedule", "apply", "--plan", plan)
+		return strings.Contains(out, "WAL shipping stopped, wal.ship is off")
+	})
+	waitFor(t, "the shipping run to end", 20*time.Second, func() bool { return shipping() == enums.WORKFLOW_EXECUTION_STATUS_CANCELED })
+
+	// A plan removed from the config keeps its shipping until --prune.
+	editConfig(`ship: "off"`, `ship: "on"`)
+	if out, stderr, err := s.drorch("schedule", "apply", "--plan", plan); err != nil || shipping() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		t.Fatalf("schedule apply with shipping on again: %v\n%s%s", err, out, stderr)
+	}
+	editConfig("\n  "+plan+":\n", "\n  renamed:\n")
+	t.Cleanup(func() {
+		_ = s.cl.TerminateWorkflow(context.Background(), workflows.WALShipID("renamed"), "", "test over")
+	})
+	waitFor(t, "apply to keep the removed plan's shipping", 10*time.Second, func() bool {
+		out, _, _ := s.drorch("schedule", "apply")
+		return strings.Contains(out, "plan "+plan+": WAL shipping kept, the plan is not in the config")
+	})
+	if shipping() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		t.Fatal("schedule apply without --prune stopped the shipping of a plan no longer in the config")
+	}
+	if out, stderr, err := s.drorch("schedule", "apply", "--prune"); err != nil || !strings.Contains(out, "plan "+plan+": WAL shipping stopped, the plan is not in the config") {
+		t.Fatalf("schedule apply --prune: %v\n%s%s", err, out, stderr)
+	}
+	waitFor(t, "the removed plan's shipping to end", 20*time.Second, func() bool { return shipping() == enums.WORKFLOW_EXECUTION_STATUS_CANCELED })
 }
