@@ -9,6 +9,8 @@
 //	go tool task bench                           # 1 GiB, 20,000 small files, pgbench scale 70
 //	DRORCH_BENCH_SIZE=256MiB DRORCH_BENCH_SMALL=2000 DRORCH_BENCH_PG_SCALE=10 go run ./internal/bench
 //	DRORCH_BENCH_PG=0 go run ./internal/bench    # without the PostgreSQL rows
+//	DRORCH_BENCH_TREE=0                          # without the 1,000,000-file tree
+//	DRORCH_BENCH_ENTRIES=10000000                # with the worker's memory over 10 million entries
 //
 // It starts its own Temporal dev server and two MinIO servers on free loopback
 // ports and runs the drorch-worker binary, all in a temporary directory that
@@ -115,6 +117,14 @@ func run() error {
 		}
 	}
 	nSmall, err := smallCount()
+	if err != nil {
+		return err
+	}
+	nTree, err := benchCount("DRORCH_BENCH_TREE", 1_000_000)
+	if err != nil {
+		return err
+	}
+	nEntries, err := benchCount("DRORCH_BENCH_ENTRIES", 0)
 	if err != nil {
 		return err
 	}
@@ -228,6 +238,20 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if nTree > 0 {
+		rows, err := e.treeRows(ctx, an, filepath.Join(dir, "source", "tree-primary"), nTree)
+		if err != nil {
+			return err
+		}
+		sides = append(sides, rows...)
+	}
+	if nEntries > 0 {
+		rows, err := e.entriesRows(ctx, filepath.Join(dir, "source", "entries-primary"), nEntries)
+		if err != nil {
+			return err
+		}
+		sides = append(sides, rows...)
+	}
 
 	fullRate, baseRate := rate(full.BytesRead, fullDur), rate(ds.bytes, baseDur)
 	speedup := float64(fullDur) / float64(sameDur)
@@ -269,7 +293,7 @@ func run() error {
 // setup starts the servers and the worker in dir and registers their stops.
 func setup(dir string) (*env, error) {
 	e := &env{minio: map[string]*testenv.MinIO{}, queue: "bench-" + randomHex(4)}
-	for _, sub := range []string{"temporal", "minio-primary", "minio-secondary", "source/primary", "source/secondary", "source/small-primary", "source/small-secondary"} {
+	for _, sub := range []string{"temporal", "minio-primary", "minio-secondary", "source/primary", "source/secondary", "source/small-primary", "source/small-secondary", "source/tree-primary", "source/tree-secondary", "source/entries-primary", "source/entries-secondary"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return nil, err
 		}
@@ -300,11 +324,13 @@ func setup(dir string) (*env, error) {
 		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s}\n", site, filepath.Join(dir, "source", site))
 	}
 	cfg.WriteString("    encryption: {key: env:BENCH_KEY}\n")
-	fmt.Fprintf(&cfg, "  %s:\n    primary: primary\n    secondary: secondary\n    source:\n", smallPlan)
-	for _, site := range []string{"primary", "secondary"} {
-		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s}\n", site, filepath.Join(dir, "source", "small-"+site))
+	for _, p := range []struct{ name, dir string }{{smallPlan, "small-"}, {treePlan, "tree-"}, {entriesPlan, "entries-"}} {
+		fmt.Fprintf(&cfg, "  %s:\n    primary: primary\n    secondary: secondary\n    source:\n", p.name)
+		for _, site := range []string{"primary", "secondary"} {
+			fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s}\n", site, filepath.Join(dir, "source", p.dir+site))
+		}
+		cfg.WriteString("    encryption: {key: env:BENCH_KEY}\n")
 	}
-	cfg.WriteString("    encryption: {key: env:BENCH_KEY}\n")
 	workerEnv = append(workerEnv, "BENCH_KEY="+randomHex(32))
 	cfgPath := filepath.Join(dir, "drorch.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {
