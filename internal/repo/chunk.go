@@ -194,7 +194,7 @@ func (r *Repo) CheckStoredSize(id ID, plain, stored int64) error {
 // ChunkNeed is a chunk a manifest names, with its plaintext size.
 type ChunkNeed struct {
 	ID   ID
-	Size int64 // 0: unknown (the manifest names only slices of it)
+	Size int64  // 0: unknown (the manifest names only slices of it)
 	Path string // the first file that names it, for messages
 }
 
