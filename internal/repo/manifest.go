@@ -66,6 +66,19 @@ type Ref struct {
 	Slice bool  `json:",omitempty"`
 }
 
+// Bytes returns the bytes r stands for in chunk, its verified plaintext: all
+// of it, or for a slice bytes [Off, Off+Size). A chunk too short for r is an
+// error (the chunk or the manifest is damaged).
+func (r Ref) Bytes(chunk []byte) ([]byte, error) {
+	switch {
+	case !r.Slice && int64(len(chunk)) != r.Size:
+		return nil, fmt.Errorf("chunk %s holds %d bytes, the restore point says %d", r.ID, len(chunk), r.Size)
+	case r.Slice && (r.Off < 0 || r.Size < 0 || r.Off+r.Size > int64(len(chunk))):
+		return nil, fmt.Errorf("chunk %s holds %d bytes, the restore point names its bytes %d to %d", r.ID, len(chunk), r.Off, r.Off+r.Size)
+	}
+	return chunk[r.Off : r.Off+r.Size], nil
+}
+
 // ManifestVersionSlices is the manifest version of a restore point with a
 // slice ref or a file's SHA-256 (format v2); one without either stays
 // FormatVersion (1), byte for byte as before v2.
