@@ -529,9 +529,10 @@ type openFile struct {
 	old     source.File // what the target holds at this path now, or nil
 	pending int
 	err     error
-	// whole holds a file of slices as its slices are written, to check its
-	// SHA-256 before it is closed (smallfiles_restore.go).
+	// whole holds a small file of slices, whose fw is created once all its
+	// bytes are in and match its SHA-256 (smallfiles_restore.go).
 	whole []byte
+	se    source.Entry
 }
 
 type restoreJob struct {
@@ -598,14 +599,17 @@ func (w *restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 		if f.old != nil {
 			f.old.Close()
 		}
-		if err := w.verifyWhole(&m.Entries[f.index], f); err != nil {
-			return err
-		}
-		if err := f.fw.Close(); err != nil {
-			return fmt.Errorf("finish %q: %w", m.Entries[f.index].Path, err)
-		}
-		if err := w.verifyStaged(&m.Entries[f.index], f); err != nil {
-			return err
+		if f.fw == nil {
+			if err := w.finishWhole(&m.Entries[f.index], f); err != nil {
+				return err
+			}
+		} else {
+			if err := f.fw.Close(); err != nil {
+				return fmt.Errorf("finish %q: %w", m.Entries[f.index].Path, err)
+			}
+			if err := w.verifyStaged(&m.Entries[f.index], f); err != nil {
+				return err
+			}
 		}
 		mu.Lock()
 		delete(open, f.index)
@@ -670,11 +674,18 @@ func (w *restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 			if w.clearSetuid {
 				se.Mode &^= fs.ModeSetuid | fs.ModeSetgid
 			}
-			fw, err := w.rs.File(se)
-			if err != nil {
-				return err
+			f := &openFile{index: i, pending: 1} // the extra 1 is released below
+			if inMemory(&e) {
+				// A small file of slices is created when all its bytes
+				// are in and checked: no descriptor is held meanwhile.
+				f.whole, f.se = make([]byte, e.Size), se
+			} else {
+				fw, err := w.rs.File(se)
+				if err != nil {
+					return err
+				}
+				f.fw = fw
 			}
-			f := &openFile{index: i, fw: fw, pending: 1} // the extra 1 is released below
 			if w.local != nil && e.Size > 0 {
 				if old, err := w.local.Open(gctx, e.Path); err == nil {
 					f.old = old
@@ -683,12 +694,8 @@ func (w *restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 			mu.Lock()
 			open[i] = f
 			mu.Unlock()
-			if e.SHA256 != "" {
-				local, err := w.wholeFile(f, &e)
-				if err != nil {
-					return err
-				}
-				if local {
+			if f.whole != nil {
+				if local := w.wholeFile(f, &e); local {
 					if err := done(f); err != nil {
 						return err
 					}

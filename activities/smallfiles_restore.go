@@ -15,11 +15,13 @@ import (
 // Restoring files of slices (format v2, see smallfiles.go). The walker gives
 // one job the consecutive slices of a chunk, across files, so the chunk is
 // fetched once; a slice cannot be checked against its chunk id alone, so a
-// file of slices is checked whole against its SHA-256 before it is closed.
+// file of slices is gathered in memory and checked whole against its SHA-256
+// before it is created and written in one go.
 
-// maxSliceTargets bounds the files one job keeps open: a chunk of tiny files
-// is fetched once per this many of them.
-const maxSliceTargets = 256
+// maxSliceTargets bounds the files one job carries: a chunk of tiny files is
+// fetched once per this many of them. The files are held in memory, at most
+// the chunk's size plus the ends of the two files that straddle its edges.
+const maxSliceTargets = 8192
 
 // sliceTarget is one slice of a job's chunk and where it goes: bytes
 // [ref.Off, ref.Off+ref.Size) of the chunk at off in file f.
@@ -29,8 +31,22 @@ type sliceTarget struct {
 	off int64
 }
 
-// putSlices fetches and verifies the job's chunk and writes each slice of it;
-// done is called for each file written.
+// inMemory reports whether e is a file of slices small enough to be gathered
+// in memory and written once: what drorch writes for files under ChunkMin.
+func inMemory(e *repo.Entry) bool {
+	if e.SHA256 == "" || e.Size > repo.ChunkMax {
+		return false
+	}
+	for _, r := range e.Chunks {
+		if !r.Hole && !r.Slice {
+			return false
+		}
+	}
+	return true
+}
+
+// putSlices fetches and verifies the job's chunk and puts each slice of it
+// in its file; done is called for each.
 func (w *restorer) putSlices(ctx context.Context, j restoreJob, done func(*openFile) error) error {
 	data, err := w.repo.GetChunk(ctx, j.ref.ID)
 	if err != nil {
@@ -49,10 +65,10 @@ func (w *restorer) putSlices(ctx context.Context, j restoreJob, done func(*openF
 				j.ref.ID, w.repo.Location(), len(data), w.path(t.f), t.ref.Off, end)
 		}
 		b := data[t.ref.Off:end]
-		if t.f.whole != nil {
+		switch {
+		case t.f.whole != nil:
 			copy(t.f.whole[t.off:], b)
-		}
-		if !allZero(b) {
+		case !allZero(b):
 			if _, err := t.f.fw.WriteAt(b, t.off); err != nil {
 				return fmt.Errorf("write: %w", err)
 			}
@@ -71,53 +87,41 @@ func (w *restorer) putSlices(ctx context.Context, j restoreJob, done func(*openF
 
 // path names the file f for messages.
 func (w *restorer) path(f *openFile) string {
-	if w.entries == nil || f.index >= len(w.entries) {
+	if f.index >= len(w.entries) {
 		return fmt.Sprintf("#%d", f.index)
 	}
 	return w.entries[f.index].Path
 }
 
-// wholeFile prepares a file with a SHA-256: it keeps its bytes in memory as
-// they are written, when it is made only of slices (small by construction),
-// and it takes the whole file from the target when the target's file at that
-// path has the same size and SHA-256 (a slice cannot be compared alone).
-// local reports that the file was written from the target.
-func (w *restorer) wholeFile(f *openFile, e *repo.Entry) (local bool, err error) {
-	slices := true
-	var refs int64
-	for _, r := range e.Chunks {
-		if !r.Hole {
-			refs++
-			slices = slices && r.Slice
-		}
+// wholeFile takes a small file of slices from the target when the target's
+// file at that path has the same size and SHA-256 (a slice cannot be compared
+// alone), and reports whether it did; the target's file is closed either way.
+func (w *restorer) wholeFile(f *openFile, e *repo.Entry) (local bool) {
+	if f.old == nil {
+		return false
 	}
-	if slices && e.Size <= repo.ChunkMax {
-		f.whole = make([]byte, e.Size)
-	}
-	if f.old == nil || f.whole == nil {
-		return false, nil
-	}
+	defer func() { f.old.Close(); f.old = nil }()
 	if size, _, err := f.old.Stat(); err != nil || size != e.Size {
-		return false, nil
+		return false
 	}
 	n, err := f.old.ReadAt(f.whole, 0)
 	if int64(n) != e.Size || err != nil && err != io.EOF || !sameSHA256(f.whole, e.SHA256) {
 		clear(f.whole)
-		return false, nil
+		return false
 	}
-	if !allZero(f.whole) {
-		if _, err := f.fw.WriteAt(f.whole, 0); err != nil {
-			return false, fmt.Errorf("write: %w", err)
+	var refs int64
+	for _, r := range e.Chunks {
+		if !r.Hole {
+			refs++
 		}
 	}
 	w.mu.Lock()
 	w.res.Chunks += refs
 	w.res.ChunksLocal += refs
 	w.res.BytesLocal += e.Size
-	w.res.BytesWritten += e.Size
 	w.mu.Unlock()
 	w.rep.update(func(p *Progress) { p.BytesDone += e.Size; p.ChunksDone += refs })
-	return true, nil
+	return true
 }
 
 func sameSHA256(b []byte, want string) bool {
@@ -125,15 +129,29 @@ func sameSHA256(b []byte, want string) bool {
 	return hex.EncodeToString(sum[:]) == want
 }
 
-// verifyWhole checks a file of slices kept in memory against its SHA-256,
-// before it is closed.
-func (w *restorer) verifyWhole(e *repo.Entry, f *openFile) error {
-	if e.SHA256 == "" || f.whole == nil {
-		return nil
-	}
+// finishWhole checks a small file of slices gathered in memory against its
+// SHA-256, then creates, writes and closes it.
+func (w *restorer) finishWhole(e *repo.Entry, f *openFile) error {
 	if !sameSHA256(f.whole, e.SHA256) {
 		return drivers.Permanentf(drivers.ReasonCorrupt, "file %q: its %d bytes rebuilt from the restore point's slices do not have the SHA-256 %s it names (a damaged manifest or chunk at %s)",
 			e.Path, e.Size, e.SHA256, w.repo.Location())
+	}
+	fw, err := w.rs.File(f.se)
+	if err != nil {
+		return err
+	}
+	if !allZero(f.whole) {
+		if _, err := fw.WriteAt(f.whole, 0); err != nil {
+			fw.Close()
+			return fmt.Errorf("write: %w", err)
+		}
+		w.mu.Lock()
+		w.res.BytesWritten += e.Size
+		w.mu.Unlock()
+	}
+	f.whole = nil
+	if err := fw.Close(); err != nil {
+		return fmt.Errorf("finish %q: %w", e.Path, err)
 	}
 	return nil
 }
@@ -141,7 +159,7 @@ func (w *restorer) verifyWhole(e *repo.Entry, f *openFile) error {
 // verifyStaged checks, by reading it back, a file with a SHA-256 too large to
 // be kept in memory (not written by drorch, whose files of slices are small).
 func (w *restorer) verifyStaged(e *repo.Entry, f *openFile) error {
-	if e.SHA256 == "" || f.whole != nil {
+	if e.SHA256 == "" {
 		return nil
 	}
 	sf, err := w.rs.Staged(e.Path)
