@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -10,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/drorch/drorch/internal/repo"
 	"github.com/drorch/drorch/workflows"
 )
 
@@ -213,3 +218,71 @@ func TestWorkerKilledDuringSmallFilesRestore(t *testing.T) {
 		t.Errorf("the resumed restore did not report the damaged small file it wrote again:\n%s", tailLines(log, 20))
 	}
 }
+
+// A manifest whose slice or whole-file SHA-256 does not match what the chunks
+// hold stops the restore with a non-retryable Corrupt error naming the file
+// (and the chunk), and the target is not touched.
+func TestRestoreCatchesABadSlice(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	s.startWorker()
+	src := s.source("primary")
+	smallTree(t, src, 21, 40)
+	res := s.backup()
+	r := siteRepo(t, s, "primary")
+	ctx := context.Background()
+	good, err := r.GetManifest(ctx, res.Point)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if good.Version != repo.ManifestVersionSlices {
+		t.Fatalf("a point of small files has manifest version %d, want %d", good.Version, repo.ManifestVersionSlices)
+	}
+	victim := -1
+	for i, e := range good.Entries {
+		if e.SHA256 != "" && e.Size > 100 && len(e.Chunks) == 1 {
+			victim = i
+			break
+		}
+	}
+	if victim < 0 {
+		t.Fatal("no file of one slice in the point")
+	}
+	path := good.Entries[victim].Path
+	for _, c := range []struct {
+		name   string
+		change func(e *repo.Entry)
+		want   []string
+	}{
+		{"sha256", func(e *repo.Entry) { e.SHA256 = strings.Repeat("ab", 32) }, []string{path, "SHA-256"}},
+		{"slice past the chunk", func(e *repo.Entry) { e.Chunks[0].Off = repo.ChunkMax - e.Chunks[0].Size }, []string{path, e0(good, victim)}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m, err := r.GetManifest(ctx, res.Point)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.change(&m.Entries[victim])
+			m.Point = repo.NewPointID(time.Now(), randomHex(4)) // a point of its own
+			if err := r.PutManifest(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			to := filepath.Join(s.dir, "restored-"+strings.ReplaceAll(c.name, " ", "-"))
+			err = s.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "primary", Point: m.Point, To: to}, nil)
+			var app *temporal.ApplicationError
+			if !errors.As(err, &app) || !app.NonRetryable() || app.Type() != "Corrupt" {
+				t.Fatalf("restore: %v; want a non-retryable Corrupt error", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(app.Error(), w) {
+					t.Errorf("the error does not name %q: %v", w, app.Error())
+				}
+			}
+			if _, err := os.Stat(to); !os.IsNotExist(err) {
+				t.Errorf("a failed restore created the target: %v", err)
+			}
+		})
+	}
+}
+
+// e0 is the chunk id of the first ref of entry i.
+func e0(m *repo.Manifest, i int) string { return m.Entries[i].Chunks[0].ID.String() }
