@@ -161,3 +161,25 @@ func mustID(t *testing.T, s string) ID {
 	}
 	return id
 }
+
+// Garbage collection reads a v2 manifest's chunk ids, slices' included, with
+// its streaming scanner, and takes no "sha256" for one.
+func TestScanManifestV2(t *testing.T) {
+	m := testManifest(EncryptionNone)
+	run := Hash([]byte("run"))
+	m.Entries = append(m.Entries, Entry{Path: "s", Type: source.TypeFile, Mode: 0o644, Size: 2, ModTime: time.Unix(5, 0),
+		Chunks: []Ref{{ID: run, Off: 7, Size: 2, Slice: true}}, SHA256: Hash([]byte("not a chunk")).String()})
+	m.ComputeTotals()
+	b, err := EncodeManifest(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[ID]bool{}
+	if err := scanManifest(strings.NewReader(string(b)), m.Plan, m.Point, func(id ID) { got[id] = true }); err != nil {
+		t.Fatal(err)
+	}
+	want := map[ID]bool{Hash([]byte("a")): true, Hash([]byte("b")): true, run: true}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("scanManifest found %d ids %v, want %d", len(got), got, len(want))
+	}
+}
