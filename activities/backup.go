@@ -381,6 +381,7 @@ const uploadWorkers = 8
 type chunkJob struct {
 	data  []byte
 	ref   *repo.Ref
+	id    *repo.ID // a run's chunk (smallfiles.go): only its id is filled in
 	piece *pendingPiece
 }
 
@@ -390,6 +391,7 @@ type pendingPiece struct {
 	index int
 	out   uploaded
 	refs  [][]*repo.Ref
+	fix   []sliceFix // slice refs whose chunk id a worker fills in
 	done  sync.WaitGroup
 	res   UploadResult // this piece's counts; guarded by uploader.mu
 }
@@ -428,6 +430,10 @@ func (u *uploader) run(ctx context.Context, op string, next, pieces int) error {
 	if err != nil {
 		return err
 	}
+	sr, err := newSmallRun()
+	if err != nil {
+		return err
+	}
 	g.Go(func() error {
 		defer close(jobs)
 		defer close(read)
@@ -437,16 +443,23 @@ func (u *uploader) run(ctx context.Context, op string, next, pieces int) error {
 				return fmt.Errorf("read snapshot piece %d: %w", i, err)
 			}
 			pp := &pendingPiece{index: i, out: uploaded{Items: make([]uploadedItem, len(p.Items))}, refs: make([][]*repo.Ref, len(p.Items))}
+			sr.start(gctx, pp, jobs)
 			for k, it := range p.Items {
 				pp.out.Items[k] = uploadedItem{Index: it.Index, Entry: it.Entry, Offset: it.Offset}
 				if it.Entry.Type != source.TypeFile {
 					continue
 				}
-				e, refs, err := u.file(gctx, ch, pp, it, jobs)
+				e, refs, err := u.file(gctx, ch, sr, pp, k, it, jobs)
 				if err != nil {
 					return err
 				}
-				pp.out.Items[k].Entry, pp.refs[k] = e, refs
+				pp.out.Items[k].Entry = e
+				if refs != nil { // a small file's refs are the run's slices
+					pp.refs[k] = refs
+				}
+			}
+			if err := sr.flush(); err != nil {
+				return err
 			}
 			select {
 			case read <- pp:
@@ -467,6 +480,9 @@ func (u *uploader) run(ctx context.Context, op string, next, pieces int) error {
 			case <-waited:
 			case <-gctx.Done():
 				return gctx.Err()
+			}
+			for _, f := range pp.fix {
+				f.ref.ID = *f.id
 			}
 			for k, refs := range pp.refs {
 				for _, r := range refs {
@@ -498,7 +514,11 @@ func (u *uploader) run(ctx context.Context, op string, next, pieces int) error {
 func (u *uploader) store(ctx context.Context, j chunkJob) error {
 	data := j.data
 	id := repo.Hash(data)
-	*j.ref = repo.Ref{ID: id, Size: int64(len(data))}
+	if j.id != nil {
+		*j.id = id
+	} else {
+		*j.ref = repo.Ref{ID: id, Size: int64(len(data))}
+	}
 	if !u.claim(id) {
 		u.count(j.piece, func(r *UploadResult) { r.Chunks++ })
 		return nil
@@ -526,6 +546,9 @@ func (u *uploader) unchanged(e source.Entry, off, n int64) ([]*repo.Ref, bool) {
 	p, ok := u.parent[e.Path]
 	if !ok || p.Size != e.Size || !p.ModTime.Equal(e.ModTime) {
 		return nil, false
+	}
+	if p.SHA256 != "" && (off != 0 || n != p.Size) {
+		return nil, false // slices stand only for the whole file
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -556,9 +579,10 @@ var errChanged = errors.New("changed while being read")
 // file reads one file (or segment) into chunk jobs. A file that changes while
 // it is read is read again when the plan allows, with its new size and time;
 // it is never stored torn.
-func (u *uploader) file(ctx context.Context, ch *repo.Chunker, pp *pendingPiece, it item, jobs chan<- chunkJob) (stagedEntry, []*repo.Ref, error) {
+func (u *uploader) file(ctx context.Context, ch *repo.Chunker, sr *smallRun, pp *pendingPiece, k int, it item, jobs chan<- chunkJob) (stagedEntry, []*repo.Ref, error) {
 	e := it.Entry.source()
 	if refs, ok := u.unchanged(e, it.Offset, it.Length); ok {
+		pp.out.Items[k].Sum = u.parent[e.Path].SHA256
 		u.count(pp, func(r *UploadResult) {
 			if it.Offset == 0 { // count a segmented file once
 				r.Unchanged++
@@ -569,7 +593,23 @@ func (u *uploader) file(ctx context.Context, ch *repo.Chunker, pp *pendingPiece,
 		return it.Entry, refs, nil
 	}
 	for attempt := 0; ; attempt++ {
-		refs, read, err := u.read(ctx, ch, pp, e, it.Offset, it.Length, jobs)
+		var refs []*repo.Ref
+		var read int64
+		var err error
+		if isSmall(e, it) {
+			// Read whole, then appended to the run: a torn read never
+			// reaches it.
+			var data []byte
+			var sum string
+			data, sum, err = u.readWhole(ctx, e)
+			read = int64(len(data))
+			if err == nil {
+				pp.out.Items[k].Sum = sum
+				err = sr.add(k, data)
+			}
+		} else {
+			refs, read, err = u.read(ctx, ch, pp, e, it.Offset, it.Length, jobs)
+		}
 		u.count(pp, func(r *UploadResult) { r.BytesRead += read })
 		if err == nil {
 			return stage(e), refs, nil
@@ -780,7 +820,9 @@ func assembleManifest(ctx context.Context, r *repo.Repo, in CommitInput) (*repo.
 				cur.Chunks = append(cur.Chunks, it.Refs...)
 				continue
 			}
-			m.Entries = append(m.Entries, it.Entry.manifest(it.Refs))
+			e := it.Entry.manifest(it.Refs)
+			e.SHA256 = it.Sum // format v2: a file of slices
+			m.Entries = append(m.Entries, e)
 			last = it.Index
 		}
 	}

@@ -624,10 +624,11 @@ func feedStream(ctx context.Context, r *repo.Repo, e *repo.Entry, w io.Writer, r
 					left -= n
 				}
 			} else {
-				if int64(len(f.data)) != f.ref.Size {
-					return drivers.Permanentf(drivers.ReasonCorrupt, "chunk %s holds %d bytes, the restore point says %d", f.ref.ID, len(f.data), f.ref.Size)
+				data, err := f.ref.Bytes(f.data)
+				if err != nil {
+					return drivers.Permanent(drivers.ReasonCorrupt, err)
 				}
-				if _, err := w.Write(f.data); err != nil {
+				if _, err := w.Write(data); err != nil {
 					return fmt.Errorf("write to the restore command: %w", err)
 				}
 				res.Chunks++

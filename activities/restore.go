@@ -439,6 +439,8 @@ type restorer struct {
 	interval    time.Duration // between checkpoints
 	clearSetuid bool
 
+	entries []repo.Entry // the manifest's, for messages
+
 	mu       sync.Mutex
 	res      RestoreDataResult
 	mark     watermark
@@ -527,12 +529,19 @@ type openFile struct {
 	old     source.File // what the target holds at this path now, or nil
 	pending int
 	err     error
+	// whole holds a small file of slices, whose fw is created once all its
+	// bytes are in and match its SHA-256 (smallfiles_restore.go).
+	whole []byte
+	se    source.Entry
 }
 
 type restoreJob struct {
 	f   *openFile
 	ref repo.Ref
 	off int64
+	// slices (format v2): the job fetches chunk ref.ID once and writes
+	// these slices of it into their files; f and off are unused.
+	slices []sliceTarget
 }
 
 // run replays directories and symlinks from the start (cheap, and the
@@ -541,6 +550,7 @@ type restoreJob struct {
 // reports progress at checkpoints and once more when everything is written.
 func (w *restorer) run(ctx context.Context, m *repo.Manifest, next int) error {
 	next = min(next, len(m.Entries))
+	w.entries = m.Entries
 	skip := map[int]bool{}
 	if next > 0 {
 		var err error
@@ -589,8 +599,17 @@ func (w *restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 		if f.old != nil {
 			f.old.Close()
 		}
-		if err := f.fw.Close(); err != nil {
-			return fmt.Errorf("finish %q: %w", m.Entries[f.index].Path, err)
+		if f.fw == nil {
+			if err := w.finishWhole(&m.Entries[f.index], f); err != nil {
+				return err
+			}
+		} else {
+			if err := f.fw.Close(); err != nil {
+				return fmt.Errorf("finish %q: %w", m.Entries[f.index].Path, err)
+			}
+			if err := w.verifyStaged(&m.Entries[f.index], f); err != nil {
+				return err
+			}
 		}
 		mu.Lock()
 		delete(open, f.index)
@@ -606,6 +625,12 @@ func (w *restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 	for range restoreWorkers {
 		g.Go(func() error {
 			for j := range jobs {
+				if len(j.slices) > 0 {
+					if err := w.putSlices(gctx, j, done); err != nil {
+						return err
+					}
+					continue
+				}
 				if err := w.put(gctx, j); err != nil {
 					return err
 				}
@@ -618,6 +643,17 @@ func (w *restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 	}
 	g.Go(func() error {
 		defer close(jobs)
+		// pend gathers consecutive slices of one chunk, across files, so
+		// that the chunk is fetched once.
+		var pend *restoreJob
+		send := func(j restoreJob) error {
+			select {
+			case jobs <- j:
+				return nil
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
 		for i, e := range m.Entries {
 			se := source.Entry{Path: e.Path, Type: e.Type, Mode: repo.FileMode(e.Mode), UID: e.UID, GID: e.GID, Size: e.Size, ModTime: e.ModTime, Target: e.Target}
 			switch e.Type {
@@ -638,11 +674,18 @@ func (w *restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 			if w.clearSetuid {
 				se.Mode &^= fs.ModeSetuid | fs.ModeSetgid
 			}
-			fw, err := w.rs.File(se)
-			if err != nil {
-				return err
+			f := &openFile{index: i, pending: 1} // the extra 1 is released below
+			if inMemory(&e) {
+				// A small file of slices is created when all its bytes
+				// are in and checked: no descriptor is held meanwhile.
+				f.whole, f.se = make([]byte, e.Size), se
+			} else {
+				fw, err := w.rs.File(se)
+				if err != nil {
+					return err
+				}
+				f.fw = fw
 			}
-			f := &openFile{index: i, fw: fw, pending: 1} // the extra 1 is released below
 			if w.local != nil && e.Size > 0 {
 				if old, err := w.local.Open(gctx, e.Path); err == nil {
 					f.old = old
@@ -651,9 +694,31 @@ func (w *restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 			mu.Lock()
 			open[i] = f
 			mu.Unlock()
+			if f.whole != nil {
+				if local := w.wholeFile(f, &e); local {
+					if err := done(f); err != nil {
+						return err
+					}
+					continue
+				}
+			}
 			var off int64
 			for _, ref := range e.Chunks {
-				if !ref.Hole {
+				if ref.Slice {
+					if pend != nil && (pend.ref.ID != ref.ID || len(pend.slices) >= maxSliceTargets) {
+						if err := send(*pend); err != nil {
+							return err
+						}
+						pend = nil
+					}
+					if pend == nil {
+						pend = &restoreJob{ref: repo.Ref{ID: ref.ID}}
+					}
+					mu.Lock()
+					f.pending++
+					mu.Unlock()
+					pend.slices = append(pend.slices, sliceTarget{f: f, ref: ref, off: off})
+				} else if !ref.Hole {
 					mu.Lock()
 					f.pending++
 					mu.Unlock()
@@ -668,6 +733,9 @@ func (w *restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 			if err := done(f); err != nil {
 				return err
 			}
+		}
+		if pend != nil {
+			return send(*pend)
 		}
 		return nil
 	})
@@ -775,6 +843,9 @@ func (w *restorer) check(ctx context.Context, e *repo.Entry, buf []byte) (string
 		return fmt.Sprintf("holds %d bytes, the restore point %d", size, e.Size), nil
 	case !mtime.Equal(e.ModTime):
 		return "its modification time is not the restore point's: its writing was cut short", nil
+	case e.SHA256 != "":
+		// Slices cannot be hashed alone: the whole file is.
+		return checkSHA256(ctx, f, e, buf)
 	}
 	var off int64
 	for _, ref := range e.Chunks {

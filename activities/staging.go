@@ -80,6 +80,7 @@ type uploadedItem struct {
 	Entry  stagedEntry `json:"e"`
 	Offset int64       `json:"o,omitempty"`
 	Refs   []repo.Ref  `json:"r,omitempty"`
+	Sum    string      `json:"h,omitempty"` // SHA-256 of a file of slices (format v2)
 }
 
 func pieceName(i int) string    { return fmt.Sprintf("piece-%06d", i) }

@@ -299,15 +299,22 @@ func tailLines(s string, n int) string {
 func TestResumedBackupChecksItsStagingRecords(t *testing.T) {
 	s := newStack(t, stackOptions{encrypt: true})
 	src := s.source("primary")
-	// Many small files make many pieces (2,000 entries each), each a
-	// while to upload: the test sees two finished with more to come on a
-	// machine of any speed.
+	// Many small files make many pieces (2,000 entries each). Small files
+	// upload fast (format v2 runs), so the store is frozen once two pieces
+	// are recorded: the upload then hangs with more to come, on a machine
+	// of any speed, until its heartbeat names them.
 	genTree(t, src, treeSpec{seed: 7, dataBytes: 96 << 20, files: 12000})
 	w := s.spawnWorker()
+	mc := s.minio["primary"].Client(t)
 	run := s.start(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan})
+	waitFor(t, "two uploaded pieces in staging", 5*time.Minute, func() bool { return s.stagingHas("primary", "/uploaded-000001.") })
+	s.minio["primary"].Pause(t)
 	waitFor(t, "a heartbeat naming two uploaded pieces", 5*time.Minute, func() bool { return s.resumePoint(run) >= 2 })
 	w.kill()
-	mc := s.minio["primary"].Client(t)
+	s.minio["primary"].Resume(t)
+	if s.stagingHas("primary", "/uploaded-000005.") {
+		t.Fatal("the last piece was uploaded before the store was frozen: the test did not catch the upload half-way")
+	}
 	var lost string
 	for obj := range mc.ListObjects(context.Background(), "drorch", minio.ListObjectsOptions{Prefix: plan + "/staging/", Recursive: true}) {
 		if obj.Err == nil && strings.HasSuffix(obj.Key, "/uploaded-000000.json.zst") {

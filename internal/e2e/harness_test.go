@@ -56,6 +56,7 @@ type stack struct {
 type stackOptions struct {
 	bucket    string // default "drorch"
 	encrypt   bool
+	key       string // with encrypt: this hex key, not a random one
 	overrides func(site string, store map[string]string)
 	onChange  string                // the primary source's onChange, default unset
 	hooks     func(s *stack) string // the primary source's hooks, a YAML flow mapping
@@ -148,7 +149,11 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s%s}\n", site, p, extra)
 	}
 	if opts.encrypt {
-		s.setenv("E2E_KEY", randomHex(32))
+		key := opts.key
+		if key == "" {
+			key = randomHex(32)
+		}
+		s.setenv("E2E_KEY", key)
 		cfg.WriteString("    encryption: {key: env:E2E_KEY}\n")
 	}
 	if opts.planExtra != nil {

@@ -194,24 +194,31 @@ func (r *Repo) CheckStoredSize(id ID, plain, stored int64) error {
 // ChunkNeed is a chunk a manifest names, with its plaintext size.
 type ChunkNeed struct {
 	ID   ID
-	Size int64
+	Size int64  // 0: unknown (the manifest names only slices of it)
 	Path string // the first file that names it, for messages
 }
 
 // Needs returns the distinct chunks m names, in the order they first appear.
 func Needs(m *Manifest) []ChunkNeed {
-	seen := make(map[ID]struct{})
+	seen := make(map[ID]int)
 	var out []ChunkNeed
 	for _, e := range m.Entries {
 		for _, ref := range e.Chunks {
 			if ref.Hole {
 				continue
 			}
-			if _, ok := seen[ref.ID]; ok {
+			size := ref.Size
+			if ref.Slice {
+				size = 0 // a slice does not tell the chunk's size
+			}
+			if i, ok := seen[ref.ID]; ok {
+				if out[i].Size == 0 {
+					out[i].Size = size
+				}
 				continue
 			}
-			seen[ref.ID] = struct{}{}
-			out = append(out, ChunkNeed{ID: ref.ID, Size: ref.Size, Path: e.Path})
+			seen[ref.ID] = len(out)
+			out = append(out, ChunkNeed{ID: ref.ID, Size: size, Path: e.Path})
 		}
 	}
 	return out

@@ -755,7 +755,7 @@ func (r *Repo) scanRefs(ctx context.Context, key, point string, add func(ID)) er
 }
 
 // scanManifest reads the JSON lines of a manifest as a byte stream and
-// calls add for the value of every "id" member: in format v1 only chunk
+// calls add for the value of every "id" member: in formats v1 and v2 only chunk
 // references have one. A small lexer keeps track of strings, so that a
 // path that spells "id" is not taken for one. The header must name point
 // of plan, and the digest in the trailer must match the lines before it:

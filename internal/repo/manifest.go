@@ -50,14 +50,61 @@ type Entry struct {
 	ModTime time.Time // nanosecond precision is kept
 	Target  string    // symlinks only: the target, any bytes but NUL
 	Chunks  []Ref     // files only: in order, sizes summing to Size
+	// SHA256 is the hex SHA-256 of the whole content (format v2): set on
+	// every file with a slice ref, whose chunks' ids cannot check it.
+	SHA256 string
 }
 
 // Ref is one stretch of a file: the chunk ID of Size bytes, or when Hole is
-// set, Size zero bytes that are not stored (ID unset).
+// set, Size zero bytes that are not stored (ID unset), or when Slice is set
+// (format v2), bytes [Off, Off+Size) of chunk ID.
 type Ref struct {
-	ID   ID
-	Size int64
-	Hole bool
+	ID    ID
+	Size  int64
+	Hole  bool
+	Off   int64 `json:",omitempty"`
+	Slice bool  `json:",omitempty"`
+}
+
+// Bytes returns the bytes r stands for in chunk, its verified plaintext: all
+// of it, or for a slice bytes [Off, Off+Size). A chunk too short for r is an
+// error (the chunk or the manifest is damaged).
+func (r Ref) Bytes(chunk []byte) ([]byte, error) {
+	switch {
+	case !r.Slice && int64(len(chunk)) != r.Size:
+		return nil, fmt.Errorf("chunk %s holds %d bytes, the restore point says %d", r.ID, len(chunk), r.Size)
+	case r.Slice && (r.Off < 0 || r.Size < 0 || r.Off+r.Size > int64(len(chunk))):
+		return nil, fmt.Errorf("chunk %s holds %d bytes, the restore point names its bytes %d to %d", r.ID, len(chunk), r.Off, r.Off+r.Size)
+	}
+	return chunk[r.Off : r.Off+r.Size], nil
+}
+
+// ManifestVersionSlices is the manifest version of a restore point with a
+// slice ref or a file's SHA-256 (format v2); one without either stays
+// FormatVersion (1), byte for byte as before v2.
+const ManifestVersionSlices = 2
+
+// version is the manifest version m is written with.
+func (m *Manifest) version() int {
+	for i := range m.Entries {
+		if m.Entries[i].usesV2() {
+			return ManifestVersionSlices
+		}
+	}
+	return FormatVersion
+}
+
+// usesV2 reports whether e needs manifest format v2.
+func (e *Entry) usesV2() bool {
+	if e.SHA256 != "" {
+		return true
+	}
+	for _, c := range e.Chunks {
+		if c.Slice {
+			return true
+		}
+	}
+	return false
 }
 
 // Totals summarises a manifest. Bytes counts file sizes including holes;
@@ -171,11 +218,13 @@ type (
 		Target   string      `json:"target,omitempty"`
 		Target64 []byte      `json:"target64,omitempty"`
 		Chunks   *[]refOut   `json:"chunks,omitempty"`
+		SHA256   string      `json:"sha256,omitempty"`
 	}
 	refOut struct {
-		ID   *ID   `json:"id,omitempty"`
-		Hole bool  `json:"hole,omitempty"`
-		Size int64 `json:"size"`
+		ID   *ID    `json:"id,omitempty"`
+		Hole bool   `json:"hole,omitempty"`
+		Size int64  `json:"size"`
+		Off  *int64 `json:"off,omitempty"`
 	}
 	entryIn struct {
 		Path     *string  `json:"path"`
@@ -189,11 +238,13 @@ type (
 		Target   *string  `json:"target"`
 		Target64 *string  `json:"target64"`
 		Chunks   *[]refIn `json:"chunks"`
+		SHA256   *string  `json:"sha256"`
 	}
 	refIn struct {
 		ID   *string `json:"id"`
 		Hole *bool   `json:"hole"`
 		Size *int64  `json:"size"`
+		Off  *int64  `json:"off"`
 	}
 	trailerLine struct {
 		Totals *Totals `json:"totals"`
@@ -216,7 +267,7 @@ func EncodeManifest(m *Manifest) ([]byte, error) {
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(headerLine{
 		Format:      ManifestFormat,
-		Version:     m.Version,
+		Version:     m.version(),
 		Plan:        m.Plan,
 		Point:       m.Point,
 		Site:        m.Site,
@@ -263,13 +314,17 @@ func EncodeManifest(m *Manifest) ([]byte, error) {
 			refs = refs[:0]
 			for j := range e.Chunks {
 				c := &e.Chunks[j]
-				if c.Hole {
+				switch {
+				case c.Hole:
 					refs = append(refs, refOut{Hole: true, Size: c.Size})
-				} else {
+				case c.Slice:
+					refs = append(refs, refOut{ID: &c.ID, Size: c.Size, Off: &c.Off})
+				default:
 					refs = append(refs, refOut{ID: &c.ID, Size: c.Size})
 				}
 			}
 			out.Chunks = &refs
+			out.SHA256 = e.SHA256
 		}
 		if err := enc.Encode(out); err != nil {
 			return nil, fmt.Errorf("encode manifest: entry %d (%q): %w", i, e.Path, err)
@@ -361,6 +416,9 @@ func decodeManifest(b []byte, verifyDigest bool) (*Manifest, error) {
 		if err := v.add(&e); err != nil {
 			return nil, manifestError(n, "entry %q: %v", e.Path, err)
 		}
+		if m.Version < ManifestVersionSlices && e.usesV2() {
+			return nil, manifestError(n, "entry %q: \"off\" and \"sha256\" need format version %d, the header says %d", e.Path, ManifestVersionSlices, m.Version)
+		}
 		m.Entries = append(m.Entries, e)
 	}
 	if len(m.Entries) == 0 {
@@ -401,8 +459,8 @@ func fromHeader(h *headerLine) (*Manifest, error) {
 	if h.Format != ManifestFormat {
 		return nil, fmt.Errorf("format is %q, not %q", h.Format, ManifestFormat)
 	}
-	if h.Version != FormatVersion {
-		return nil, fmt.Errorf("format version %d is not supported (this drorch reads version %d)", h.Version, FormatVersion)
+	if h.Version != FormatVersion && h.Version != ManifestVersionSlices {
+		return nil, fmt.Errorf("format version %d is not supported (this drorch reads versions %d and %d)", h.Version, FormatVersion, ManifestVersionSlices)
 	}
 	snap, err := time.Parse(time.RFC3339Nano, h.Snapshot)
 	if err != nil {
@@ -428,8 +486,8 @@ func fromHeader(h *headerLine) (*Manifest, error) {
 
 // checkHeader checks the fields of m other than Entries and Totals.
 func checkHeader(m *Manifest) error {
-	if m.Version != FormatVersion {
-		return fmt.Errorf("format version %d is not supported (this drorch writes version %d)", m.Version, FormatVersion)
+	if m.Version != FormatVersion && m.Version != ManifestVersionSlices {
+		return fmt.Errorf("format version %d is not supported (this drorch writes versions %d and %d)", m.Version, FormatVersion, ManifestVersionSlices)
 	}
 	if err := ValidPlan(m.Plan); err != nil {
 		return err
@@ -504,6 +562,15 @@ func fromEntryLine(in *entryIn) (Entry, error) {
 	if in.Size != nil {
 		e.Size = *in.Size
 	}
+	if in.SHA256 != nil {
+		if e.Type != source.TypeFile {
+			return e, fmt.Errorf(`a %s has no "sha256"`, e.Type)
+		}
+		if *in.SHA256 == "" {
+			return e, errors.New(`"sha256" is empty`)
+		}
+		e.SHA256 = *in.SHA256
+	}
 	if in.Chunks != nil && len(*in.Chunks) > 0 {
 		e.Chunks = make([]Ref, len(*in.Chunks))
 		for i, r := range *in.Chunks {
@@ -515,8 +582,14 @@ func fromEntryLine(in *entryIn) (Entry, error) {
 				if r.ID != nil {
 					return e, fmt.Errorf("chunk %d: a hole has no id", i)
 				}
+				if r.Off != nil {
+					return e, fmt.Errorf("chunk %d: a hole has no off", i)
+				}
 				e.Chunks[i].Hole = true
 				continue
+			}
+			if r.Off != nil {
+				e.Chunks[i].Off, e.Chunks[i].Slice = *r.Off, true
 			}
 			if r.ID == nil {
 				return e, fmt.Errorf(`chunk %d: missing "id"`, i)
@@ -599,8 +672,8 @@ func (v *validator) add(e *Entry) error {
 	if e.Size < 0 {
 		return fmt.Errorf("negative size %d", e.Size)
 	}
-	if e.Type != source.TypeFile && (e.Size != 0 || len(e.Chunks) != 0) {
-		return fmt.Errorf("a %s has no size or chunks", e.Type)
+	if e.Type != source.TypeFile && (e.Size != 0 || len(e.Chunks) != 0 || e.SHA256 != "") {
+		return fmt.Errorf("a %s has no size, chunks or sha256", e.Type)
 	}
 	if e.Type == source.TypeSymlink {
 		if e.Target == "" || strings.IndexByte(e.Target, 0) >= 0 {
@@ -609,9 +682,22 @@ func (v *validator) add(e *Entry) error {
 	} else if e.Target != "" {
 		return fmt.Errorf("a %s has no target", e.Type)
 	}
+	if e.SHA256 != "" && !validSHA256(e.SHA256) {
+		return fmt.Errorf("sha256 %q is not 64 lowercase hex digits", e.SHA256)
+	}
 	var sum int64
 	for i, c := range e.Chunks {
 		switch {
+		case c.Slice && c.Hole:
+			return fmt.Errorf("chunk %d: a hole is not a slice", i)
+		case c.Slice && c.Off < 0:
+			return fmt.Errorf("chunk %d: off %d is negative", i, c.Off)
+		case c.Slice && c.Off > ChunkMax-c.Size:
+			return fmt.Errorf("chunk %d: off %d + size %d is more than ChunkMax (%d)", i, c.Off, c.Size, ChunkMax)
+		case c.Slice && e.SHA256 == "":
+			return fmt.Errorf(`chunk %d: a file with a slice needs "sha256"`, i)
+		case !c.Slice && c.Off != 0:
+			return fmt.Errorf("chunk %d: off %d on a ref that is not a slice", i, c.Off)
 		case c.Size <= 0:
 			return fmt.Errorf("chunk %d: size %d is not positive", i, c.Size)
 		case c.Hole && !c.ID.IsZero():
@@ -631,6 +717,12 @@ func (v *validator) add(e *Entry) error {
 	v.isDir[e.Path] = e.Type == source.TypeDir
 	countEntry(&v.totals, v.ids, e)
 	return nil
+}
+
+// validSHA256 reports whether s is 64 lowercase hex digits.
+func validSHA256(s string) bool {
+	_, err := ParseID(s)
+	return err == nil
 }
 
 // checkPath checks a path other than the root: relative, slash-separated,

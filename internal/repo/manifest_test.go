@@ -191,7 +191,7 @@ func TestDecodeManifestRejects(t *testing.T) {
 		{"no final newline", ok[:len(ok)-1], "line 3: no newline"},
 		{"header only", []byte(hdr + "\n"), "line 1: missing trailer"},
 		{"wrong format", withHeader(`"drorch-manifest"`, `"restic"`), `line 1: header: format is "restic"`},
-		{"wrong version", withHeader(`"version":1`, `"version":2`), "line 1: header: format version 2"},
+		{"wrong version", withHeader(`"version":1`, `"version":3`), "line 1: header: format version 3"},
 		{"unknown header field", withHeader(`"epoch":3`, `"epoch":3,"x":1`), `line 1: header: json: unknown field "x"`},
 		{"bad plan", withHeader(`"plan":"web"`, `"plan":"../x"`), "line 1: header: plan name"},
 		{"bad point", withHeader(`Z-3f2a9c1b"`, `Z-X"`), "line 1: header: point id"},

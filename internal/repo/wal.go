@@ -263,6 +263,9 @@ func (r *Repo) PointStartWAL(ctx context.Context, m *Manifest) (string, error) {
 			if err != nil {
 				return "", err
 			}
+			if b, err = ref.Bytes(b); err != nil {
+				return "", drivers.Permanent(drivers.ReasonCorrupt, fmt.Errorf("point %s: %w", m.Point, err))
+			}
 			label = append(label, b...)
 		}
 		name, err := StartWAL(label)

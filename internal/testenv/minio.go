@@ -241,6 +241,25 @@ func (m *MinIO) Stop(t testing.TB) {
 	m.proc.stop(syscall.SIGTERM, minioStopGrace)
 }
 
+// Pause freezes the server (SIGSTOP): connections stay open and requests
+// hang until Resume, as with a store that stopped answering. Resume is
+// registered as a cleanup, so a failed test does not leave it frozen.
+func (m *MinIO) Pause(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(-m.proc.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("testenv: pause minio at %s: %v", m.Endpoint, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(-m.proc.cmd.Process.Pid, syscall.SIGCONT) })
+}
+
+// Resume lets a paused server go on (SIGCONT).
+func (m *MinIO) Resume(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(-m.proc.cmd.Process.Pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("testenv: resume minio at %s: %v", m.Endpoint, err)
+	}
+}
+
 // Kill stops the server with SIGKILL, as a crash would.
 func (m *MinIO) Kill(t testing.TB) {
 	t.Helper()
