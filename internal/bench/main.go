@@ -102,6 +102,7 @@ type env struct {
 	minio    map[string]*testenv.MinIO
 	worker   *exec.Cmd
 	workLog  string
+	profiled int // CPU profiles taken (DRORCH_BENCH_PPROF)
 	tc       client.Client
 	queue    string
 }
@@ -281,6 +282,9 @@ func setup(dir string) (*env, error) {
 	}
 	atExit(e.temporal.Close)
 	workerEnv := os.Environ()
+	if profiles != "" {
+		workerEnv = append(workerEnv, "DRORCH_CPUPROFILE_DIR="+profiles)
+	}
 	var cfg strings.Builder
 	cfg.WriteString("sites:\n")
 	for _, site := range []string{"primary", "secondary"} {
@@ -368,6 +372,8 @@ func startWorker(bin, cfgPath, queue string, t *testenv.Temporal, env []string, 
 func (e *env) execute(ctx context.Context, what, op string, wf, in, res any) (time.Duration, error) {
 	logf("%s…", what)
 	syscall.Sync() // the last step's writes are not this step's work
+	stop := e.profile(what)
+	defer stop()
 	start := time.Now()
 	run, err := e.tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                    workflows.WorkflowID(plan, op, start) + "-" + randomHex(3),
@@ -386,6 +392,26 @@ func (e *env) execute(ctx context.Context, what, op string, wf, in, res any) (ti
 	d := time.Since(start)
 	logf("%s: %s", what, dur(d))
 	return d, nil
+}
+
+// profiles is DRORCH_BENCH_PPROF: a directory where the worker writes a CPU
+// profile of each workflow the bench runs (cpu-N.pprof, logged per step), to
+// read with `go tool pprof -top <dir>/cpu-N.pprof` (profiles carry their symbols).
+var profiles = os.Getenv("DRORCH_BENCH_PPROF")
+
+// profile starts the worker's CPU profile of step what, when profiles is
+// set, and returns what stops it.
+func (e *env) profile(what string) func() {
+	if profiles == "" {
+		return func() {}
+	}
+	e.profiled++
+	n := e.profiled
+	_ = syscall.Kill(e.worker.Process.Pid, syscall.SIGUSR1)
+	return func() {
+		_ = syscall.Kill(e.worker.Process.Pid, syscall.SIGUSR2)
+		logf("%s: CPU profile %s", what, filepath.Join(profiles, fmt.Sprintf("cpu-%d.pprof", n)))
+	}
 }
 
 func minioClient(m *testenv.MinIO) (*minio.Client, error) {
