@@ -44,7 +44,13 @@ func (r *Repo) SealChunk(id ID, plain []byte) ([]byte, error) {
 // hashes to id. Any failure is permanent with reason Corrupt and names the
 // chunk's full id and location. body is not modified.
 func (r *Repo) OpenChunk(id ID, body []byte) ([]byte, error) {
-	plain, err := r.open(body, id[:], &chunkDec)
+	return r.openChunk(id, body, false)
+}
+
+// openChunk is OpenChunk; own says body is the caller's to reuse for the
+// plaintext (openBody).
+func (r *Repo) openChunk(id ID, body []byte, own bool) ([]byte, error) {
+	plain, err := r.openBody(body, id[:], &chunkDec, own)
 	if err == nil && Hash(plain) != id {
 		err = errCorrupt{"content does not match its id (corrupted)"}
 	}
@@ -115,14 +121,14 @@ func (r *Repo) GetChunk(ctx context.Context, id ID) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.OpenChunk(id, body)
+	return r.openChunk(id, body, true) // body was read for this call alone
 }
 
 // GetChunkRaw reads the stored body of chunk id as is, for copying between
 // repositories that share a key without decoding. An absent chunk wraps
 // drivers.ErrNotFound.
 func (r *Repo) GetChunkRaw(ctx context.Context, id ID) ([]byte, error) {
-	body, err := r.get(ctx, ChunkKey(id), maxChunkBody)
+	body, err := r.getSized(ctx, ChunkKey(id), maxChunkBody)
 	if err != nil {
 		return nil, classify(fmt.Errorf("get chunk %s at %s: %w", id, r.where(ChunkKey(id)), err))
 	}
