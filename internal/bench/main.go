@@ -37,6 +37,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	enums "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 
@@ -391,7 +393,44 @@ func (e *env) execute(ctx context.Context, what, op string, wf, in, res any) (ti
 	}
 	d := time.Since(start)
 	logf("%s: %s", what, dur(d))
+	if profiles != "" {
+		e.logActivities(ctx, run.GetID(), run.GetRunID())
+	}
 	return d, nil
+}
+
+// logActivities logs, from the history of a finished workflow, when each
+// of its activities was scheduled, how long it waited for a worker and how
+// long it ran: where a step's wall time went besides the worker's CPU.
+func (e *env) logActivities(ctx context.Context, id, runID string) {
+	var first time.Time
+	scheduled := map[int64]*history.HistoryEvent{}
+	it := e.tc.GetWorkflowHistory(ctx, id, runID, false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	started := map[int64]time.Time{}
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			logf("history of %s: %v", id, err)
+			return
+		}
+		at := ev.GetEventTime().AsTime()
+		if first.IsZero() {
+			first = at
+		}
+		switch {
+		case ev.GetActivityTaskScheduledEventAttributes() != nil:
+			scheduled[ev.GetEventId()] = ev
+		case ev.GetActivityTaskStartedEventAttributes() != nil:
+			started[ev.GetActivityTaskStartedEventAttributes().GetScheduledEventId()] = at
+		case ev.GetActivityTaskCompletedEventAttributes() != nil:
+			sid := ev.GetActivityTaskCompletedEventAttributes().GetScheduledEventId()
+			if s := scheduled[sid]; s != nil {
+				sAt := s.GetEventTime().AsTime()
+				logf("  %-22s at %7s: waited %7s, ran %7s", s.GetActivityTaskScheduledEventAttributes().GetActivityType().GetName(),
+					dur(sAt.Sub(first)), dur(started[sid].Sub(sAt)), dur(at.Sub(started[sid])))
+			}
+		}
+	}
 }
 
 // profiles is DRORCH_BENCH_PPROF: a directory where the worker writes a CPU
