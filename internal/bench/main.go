@@ -327,6 +327,9 @@ func setup(dir string) (*env, error) {
 		return nil, err
 	}
 
+	if profiles != "" {
+		meter = newCPUMeter(e.worker.Process.Pid, map[string]string{"primary": e.minio["primary"].Endpoint, "secondary": e.minio["secondary"].Endpoint})
+	}
 	e.tc, err = client.Dial(client.Options{
 		HostPort:  e.temporal.Address,
 		Namespace: e.temporal.Namespace,
@@ -376,6 +379,10 @@ func (e *env) execute(ctx context.Context, what, op string, wf, in, res any) (ti
 	syscall.Sync() // the last step's writes are not this step's work
 	stop := e.profile(what)
 	defer stop()
+	var cpu map[string]time.Duration
+	if meter != nil {
+		cpu = meter.snap()
+	}
 	start := time.Now()
 	run, err := e.tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                    workflows.WorkflowID(plan, op, start) + "-" + randomHex(3),
@@ -393,7 +400,8 @@ func (e *env) execute(ctx context.Context, what, op string, wf, in, res any) (ti
 	}
 	d := time.Since(start)
 	logf("%s: %s", what, dur(d))
-	if profiles != "" {
+	if meter != nil {
+		logf("  %s", meter.since(cpu))
 		e.logActivities(ctx, run.GetID(), run.GetRunID())
 	}
 	return d, nil
