@@ -95,10 +95,12 @@ type Target interface {
 // Entries arrive root first, parents before children. Writing an entry again
 // (after a resumed attempt) replaces what was staged for it.
 //
-// Durability: FileWriter.Close makes the file's data and attributes durable,
-// and Sync the directory entries staged so far; a caller reports a file
-// finished (to a later attempt that will skip it) only after both. A later
-// attempt still checks what it skips, through Staged.
+// Durability: Sync makes the data and attributes of every file whose
+// FileWriter was closed before it, and the directory entries staged so far,
+// durable (a driver may make a file durable at Close already); a caller
+// reports a file finished (to a later attempt that will skip it) only after
+// its Close and then a Sync. A later attempt still checks what it skips,
+// through Staged.
 type Restore interface {
 	// Dir creates a directory. Its mode and mtime are applied at Commit, so that
 	// read-only directories can still be filled.
@@ -107,8 +109,8 @@ type Restore interface {
 	Symlink(e Entry) error
 	// File creates (or truncates) a regular file to be filled by WriteAt.
 	File(e Entry) (FileWriter, error)
-	// Sync makes every directory entry staged so far durable. With the
-	// files whose FileWriter was closed before it, they survive a crash.
+	// Sync makes every directory entry staged so far, and the files whose
+	// FileWriter was closed before it, durable: they survive a crash.
 	Sync() error
 	// Staged opens the regular file an earlier attempt staged at path, so a
 	// resumed restore can check it before skipping it. It returns
@@ -142,7 +144,7 @@ var ErrInPlace = errors.New("the restored tree is in place already")
 type FileWriter interface {
 	io.WriterAt
 	// Close sets the file's final size (so trailing holes exist), mode, owner
-	// (when permitted) and modification time, and makes its data and
-	// attributes durable (fsync) before it returns.
+	// (when permitted) and modification time. The next Restore.Sync makes
+	// its data and attributes durable.
 	Close() error
 }

@@ -677,6 +677,19 @@ func parentRel(rel string) string {
 // their own Close.
 func (r *restore) Sync() error {
 	r.mu.Lock()
+	err := r.usable()
+	base := r.baseFD
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	// The data and attributes of every file closed so far, in one call
+	// (the staged tree is on the file system of the base directory), and
+	// without the lock: the restore goes on staging files meanwhile.
+	if err := unix.Syncfs(base); err != nil {
+		return fsError("restore: sync file system of", r.basePath, err)
+	}
+	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.usable(); err != nil {
 		return err
@@ -793,7 +806,7 @@ func (w *fileWriter) WriteAt(p []byte, off int64) (int, error) {
 
 // Close sets the file's size (so trailing holes exist), owner (when running as
 // root), mode (after the owner: chown clears setuid and setgid) and times,
-// and syncs the file.
+// and starts writing the file back; Sync makes it durable.
 func (w *fileWriter) Close() error {
 	w.closeOnce.Do(func() {
 		w.closeErr = w.finish()
@@ -818,11 +831,12 @@ func (w *fileWriter) finish() error {
 		if ferr = setAttrs(int(fd), w.e, w.root, w.path); ferr != nil {
 			return
 		}
-		// Durable before the caller may report the file finished; the
-		// directory entry is Sync's.
-		if err := unix.Fsync(int(fd)); err != nil {
-			ferr = fsError("restore: sync", w.path, err)
-		}
+		// Durable at the next Sync (one syncfs), which the caller waits
+		// for before it reports the file finished: an fsync here blocked
+		// a restore worker per file for the disk, a quarter of a
+		// restore's time. Start the writeback now, without waiting, so
+		// that Sync has little left to flush.
+		_ = unix.SyncFileRange(int(fd), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	})
 	if err != nil {
 		return fsError("restore: finish", w.path, err)
