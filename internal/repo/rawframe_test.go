@@ -109,3 +109,23 @@ func BenchmarkIncompressible(b *testing.B) {
 		})
 	}
 }
+
+// TestIncompressibleWAL: a WAL segment of 16 MiB that does not compress is
+// still a frame the WAL decoder (window ChunkMax) reads, with or without a
+// key; so is a small one stored in raw blocks.
+func TestIncompressibleWAL(t *testing.T) {
+	for _, key := range [][]byte{nil, testKey} {
+		r, _ := newTestRepo(t, key)
+		for _, n := range []int{16 << 20, 1 << 20} {
+			plain := randomBytes(uint64(n), n)
+			body, err := r.SealWAL("000000010000000000000001", plain)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := r.OpenWAL("000000010000000000000001", body)
+			if err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("key %v, %d bytes: OpenWAL: %v, equal %v", key != nil, n, err, bytes.Equal(got, plain))
+			}
+		}
+	}
+}

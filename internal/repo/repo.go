@@ -174,7 +174,9 @@ func (r *Repo) seal(plain, ad []byte) ([]byte, error) {
 		return nil, err
 	}
 	compress := encoder.EncodeAll
-	if incompressible(plain) {
+	// Not above ChunkMax: a raw frame's window is its whole content, and
+	// the decoders of chunks and WAL files accept windows up to ChunkMax.
+	if len(plain) <= ChunkMax && incompressible(plain) {
 		compress = rawFrame
 	}
 	if r.aead == nil {
