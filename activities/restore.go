@@ -479,8 +479,8 @@ func (wm *watermark) advance() {
 }
 
 // checkpoint makes what was written durable and reports the first file not
-// yet finished as the resume point: every file before it was closed (which
-// syncs it) before Sync made its directory entry durable.
+// yet finished as the resume point: every file before it was closed before
+// Sync made its data and directory entry durable.
 func (w *restorer) checkpoint() error {
 	w.mu.Lock()
 	next, res := w.mark.low, w.res

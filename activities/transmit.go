@@ -168,8 +168,9 @@ const copyWorkers = 16
 
 // CopyChunks copies, from the source site's repository to the destination's,
 // every chunk of the point that the destination lacks. Each chunk is verified
-// (decrypted, decompressed and hashed) before it is written, and written with
-// a request signed over its payload. A retried attempt lists the
+// before it is written (its GCM tag with a key, else decompressed and
+// hashed: repo.VerifyChunkBody), and written with a checksum the store
+// checks. A retried attempt lists the
 // destination again, so it never re-sends what arrived.
 func (a *Activities) CopyChunks(ctx context.Context, in CopyChunksInput) (CopyChunksResult, error) {
 	started := time.Now()
@@ -242,7 +243,7 @@ func copyChunk(ctx context.Context, src, dst *repo.Repo, id repo.ID) (int64, err
 		}
 		return 0, err
 	}
-	if _, err := src.OpenChunk(id, body); err != nil {
+	if err := src.VerifyChunkBody(id, body); err != nil {
 		return 0, err
 	}
 	if err := dst.PutChunkRaw(ctx, id, body); err != nil {

@@ -76,6 +76,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	profileOnSignal(zl)
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// Data moves through bounded pipelines; a soft limit makes the
 		// garbage collector keep the heap near what is live, whatever the

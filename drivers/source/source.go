@@ -95,10 +95,11 @@ type Target interface {
 // Entries arrive root first, parents before children. Writing an entry again
 // (after a resumed attempt) replaces what was staged for it.
 //
-// Durability: Sync makes the files whose FileWriter was closed before it
-// (data and attributes) and the directory entries staged so far durable; a
-// caller reports a file finished (to a later attempt that will skip it) only
-// after its Close and a Sync. A later attempt still checks what it skips,
+// Durability: Sync makes the data and attributes of every file whose
+// FileWriter was closed before it, and the directory entries staged so far,
+// durable (a driver may make a file durable at Close already); a caller
+// reports a file finished (to a later attempt that will skip it) only after
+// its Close and then a Sync. A later attempt still checks what it skips,
 // through Staged.
 type Restore interface {
 	// Dir creates a directory. Its mode and mtime are applied at Commit, so that
@@ -108,7 +109,7 @@ type Restore interface {
 	Symlink(e Entry) error
 	// File creates (or truncates) a regular file to be filled by WriteAt.
 	File(e Entry) (FileWriter, error)
-	// Sync makes every directory entry staged so far, and every file whose
+	// Sync makes every directory entry staged so far, and the files whose
 	// FileWriter was closed before it, durable: they survive a crash.
 	Sync() error
 	// Staged opens the regular file an earlier attempt staged at path, so a
@@ -143,7 +144,7 @@ var ErrInPlace = errors.New("the restored tree is in place already")
 type FileWriter interface {
 	io.WriterAt
 	// Close sets the file's final size (so trailing holes exist), mode, owner
-	// (when permitted) and modification time, and makes its data and
-	// attributes durable (fsync) before it returns.
+	// (when permitted) and modification time. The next Restore.Sync makes
+	// its data and attributes durable.
 	Close() error
 }

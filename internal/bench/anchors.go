@@ -78,6 +78,10 @@ func (a *anchors) tool(what string, env []string, name string, args ...string) (
 	cmd.Env = append(ownEnv(), env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	var cpu map[string]time.Duration
+	if meter != nil {
+		cpu = meter.snap()
+	}
 	start := time.Now()
 	err := cmd.Run()
 	d := time.Since(start)
@@ -90,6 +94,10 @@ func (a *anchors) tool(what string, env []string, name string, args ...string) (
 		rss = ru.Maxrss * kiB
 	}
 	logf("%s: %s", what, dur(d))
+	if meter != nil {
+		own := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		logf("  %s", meter.since(cpu, name+" "+dur(own)))
+	}
 	return measured{d: d, rss: rss}, nil
 }
 

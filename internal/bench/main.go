@@ -39,6 +39,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	enums "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 
@@ -104,6 +106,7 @@ type env struct {
 	minio    map[string]*testenv.MinIO
 	worker   *exec.Cmd
 	workLog  string
+	profiled int // CPU profiles taken (DRORCH_BENCH_PPROF)
 	tc       client.Client
 	queue    string
 }
@@ -305,6 +308,9 @@ func setup(dir string) (*env, error) {
 	}
 	atExit(e.temporal.Close)
 	workerEnv := os.Environ()
+	if profiles != "" {
+		workerEnv = append(workerEnv, "DRORCH_CPUPROFILE_DIR="+profiles)
+	}
 	var cfg strings.Builder
 	cfg.WriteString("sites:\n")
 	for _, site := range []string{"primary", "secondary"} {
@@ -347,6 +353,9 @@ func setup(dir string) (*env, error) {
 		return nil, err
 	}
 
+	if profiles != "" {
+		meter = newCPUMeter(e.worker.Process.Pid, map[string]string{"primary": e.minio["primary"].Endpoint, "secondary": e.minio["secondary"].Endpoint})
+	}
 	e.tc, err = client.Dial(client.Options{
 		HostPort:  e.temporal.Address,
 		Namespace: e.temporal.Namespace,
@@ -394,6 +403,12 @@ func startWorker(bin, cfgPath, queue string, t *testenv.Temporal, env []string, 
 func (e *env) execute(ctx context.Context, what, op string, wf, in, res any) (time.Duration, error) {
 	logf("%s…", what)
 	syscall.Sync() // the last step's writes are not this step's work
+	stop := e.profile(what)
+	defer stop()
+	var cpu map[string]time.Duration
+	if meter != nil {
+		cpu = meter.snap()
+	}
 	start := time.Now()
 	run, err := e.tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                    workflows.WorkflowID(plan, op, start) + "-" + randomHex(3),
@@ -411,7 +426,65 @@ func (e *env) execute(ctx context.Context, what, op string, wf, in, res any) (ti
 	}
 	d := time.Since(start)
 	logf("%s: %s", what, dur(d))
+	if meter != nil {
+		logf("  %s", meter.since(cpu))
+		e.logActivities(ctx, run.GetID(), run.GetRunID())
+	}
 	return d, nil
+}
+
+// logActivities logs, from the history of a finished workflow, when each
+// of its activities was scheduled, how long it waited for a worker and how
+// long it ran: where a step's wall time went besides the worker's CPU.
+func (e *env) logActivities(ctx context.Context, id, runID string) {
+	var first time.Time
+	scheduled := map[int64]*history.HistoryEvent{}
+	it := e.tc.GetWorkflowHistory(ctx, id, runID, false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	started := map[int64]time.Time{}
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			logf("history of %s: %v", id, err)
+			return
+		}
+		at := ev.GetEventTime().AsTime()
+		if first.IsZero() {
+			first = at
+		}
+		switch {
+		case ev.GetActivityTaskScheduledEventAttributes() != nil:
+			scheduled[ev.GetEventId()] = ev
+		case ev.GetActivityTaskStartedEventAttributes() != nil:
+			started[ev.GetActivityTaskStartedEventAttributes().GetScheduledEventId()] = at
+		case ev.GetActivityTaskCompletedEventAttributes() != nil:
+			sid := ev.GetActivityTaskCompletedEventAttributes().GetScheduledEventId()
+			if s := scheduled[sid]; s != nil {
+				sAt := s.GetEventTime().AsTime()
+				logf("  %-22s at %7s: waited %7s, ran %7s", s.GetActivityTaskScheduledEventAttributes().GetActivityType().GetName(),
+					dur(sAt.Sub(first)), dur(started[sid].Sub(sAt)), dur(at.Sub(started[sid])))
+			}
+		}
+	}
+}
+
+// profiles is DRORCH_BENCH_PPROF: a directory where the worker writes a CPU
+// profile of each workflow the bench runs (cpu-N.pprof, logged per step), to
+// read with `go tool pprof -top <dir>/cpu-N.pprof` (profiles carry their symbols).
+var profiles = os.Getenv("DRORCH_BENCH_PPROF")
+
+// profile starts the worker's CPU profile of step what, when profiles is
+// set, and returns what stops it.
+func (e *env) profile(what string) func() {
+	if profiles == "" {
+		return func() {}
+	}
+	e.profiled++
+	n := e.profiled
+	_ = syscall.Kill(e.worker.Process.Pid, syscall.SIGUSR1)
+	return func() {
+		_ = syscall.Kill(e.worker.Process.Pid, syscall.SIGUSR2)
+		logf("%s: CPU profile %s", what, filepath.Join(profiles, fmt.Sprintf("cpu-%d.pprof", n)))
+	}
 }
 
 func minioClient(m *testenv.MinIO) (*minio.Client, error) {

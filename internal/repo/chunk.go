@@ -44,7 +44,13 @@ func (r *Repo) SealChunk(id ID, plain []byte) ([]byte, error) {
 // hashes to id. Any failure is permanent with reason Corrupt and names the
 // chunk's full id and location. body is not modified.
 func (r *Repo) OpenChunk(id ID, body []byte) ([]byte, error) {
-	plain, err := r.open(body, id[:], &chunkDec)
+	return r.openChunk(id, body, false)
+}
+
+// openChunk is OpenChunk; own says body is the caller's to reuse for the
+// plaintext (openBody).
+func (r *Repo) openChunk(id ID, body []byte, own bool) ([]byte, error) {
+	plain, err := r.openBody(body, id[:], &chunkDec, own)
 	if err == nil && Hash(plain) != id {
 		err = errCorrupt{"content does not match its id (corrupted)"}
 	}
@@ -52,6 +58,46 @@ func (r *Repo) OpenChunk(id ID, body []byte) ([]byte, error) {
 		return nil, classify(fmt.Errorf("chunk %s at %s: %w", id, r.where(ChunkKey(id)), err))
 	}
 	return plain, nil
+}
+
+// VerifyChunkBody checks a stored body of chunk id as cheaply as is sound,
+// for copying it unchanged (transmit): with a key, that its AES-256-GCM tag,
+// computed over the id as additional data, verifies, which only a holder of
+// the key sealing this id can produce and which any change to the body
+// breaks; the plaintext is not decompressed nor hashed (docs/format.md,
+// "Verifying a copy"). Without a key there is no tag, and the body is opened
+// and hashed in full, as OpenChunk. Errors are OpenChunk's.
+func (r *Repo) VerifyChunkBody(id ID, body []byte) error {
+	if r.aead == nil {
+		_, err := r.OpenChunk(id, body)
+		return err
+	}
+	var err error
+	if len(body) < nonceSize+r.aead.Overhead() {
+		err = errCorrupt{fmt.Sprintf("%d bytes is too short to be sealed (corrupted, or written without a key)", len(body))}
+	} else {
+		scratch := getScratch(len(body))
+		_, oerr := r.aead.Open((*scratch)[:0], body[:nonceSize], body[nonceSize:], id[:])
+		scratchPool.Put(scratch)
+		if oerr != nil {
+			err = errCorrupt{"cannot be decrypted: wrong key, written without a key, stored under another name, or corrupted"}
+		}
+	}
+	if err != nil {
+		return classify(fmt.Errorf("chunk %s at %s: %w", id, r.where(ChunkKey(id)), err))
+	}
+	return nil
+}
+
+// scratchPool holds buffers for plaintext that is checked and dropped.
+var scratchPool sync.Pool
+
+func getScratch(n int) *[]byte {
+	if b, ok := scratchPool.Get().(*[]byte); ok && cap(*b) >= n {
+		return b
+	}
+	b := make([]byte, 0, max(n, ChunkMax+64<<10))
+	return &b
 }
 
 // PutChunk stores chunk id with plaintext plain and returns the stored size.
@@ -75,14 +121,14 @@ func (r *Repo) GetChunk(ctx context.Context, id ID) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.OpenChunk(id, body)
+	return r.openChunk(id, body, true) // body was read for this call alone
 }
 
 // GetChunkRaw reads the stored body of chunk id as is, for copying between
 // repositories that share a key without decoding. An absent chunk wraps
 // drivers.ErrNotFound.
 func (r *Repo) GetChunkRaw(ctx context.Context, id ID) ([]byte, error) {
-	body, err := r.get(ctx, ChunkKey(id), maxChunkBody)
+	body, err := r.getSized(ctx, ChunkKey(id), maxChunkBody)
 	if err != nil {
 		return nil, classify(fmt.Errorf("get chunk %s at %s: %w", id, r.where(ChunkKey(id)), err))
 	}

@@ -31,6 +31,10 @@ type Options struct {
 	Insecure    bool          // plain HTTP
 	CAFile      string        // PEM bundle trusted besides the system's
 	DialTimeout time.Duration // 0: 10s
+	// TrailingHeaders lets PutObject take an x-amz-checksum-* header (minio-go
+	// refuses one otherwise); without a checksum given, it also makes
+	// minio-go add one, as a trailer, to every upload.
+	TrailingHeaders bool
 }
 
 // MaxRetries bounds minio-go's own retries of one request (it defaults to 10
@@ -51,6 +55,8 @@ func New(o Options) (*minio.Client, error) {
 		Region:       o.Region,
 		BucketLookup: minio.BucketLookupPath,
 		MaxRetries:   MaxRetries,
+
+		TrailingHeaders: o.TrailingHeaders,
 	})
 }
 
@@ -93,8 +99,9 @@ var transientCodes = map[string]bool{
 	"ExpiredTokenException": true,
 	// 400: the body the server received does not match the checksum computed
 	// from the bytes sent, so they were damaged on the way; sending again may succeed.
-	"BadDigest":                 true,
-	"XAmzContentSHA256Mismatch": true,
+	"BadDigest":                   true,
+	"XAmzContentSHA256Mismatch":   true,
+	"XAmzContentChecksumMismatch": true, // MinIO's for x-amz-checksum-*; AWS says BadDigest
 	// 499 / 400: the connection broke while the server read the request (a
 	// server restarting, a proxy cutting it); sending again succeeds.
 	"ClientDisconnected":   true,

@@ -506,6 +506,7 @@ func TestClassify(t *testing.T) {
 		{resp(405, "405 Method Not Allowed"), false, "HTTP405"},
 		{resp(400, "RequestTimeout"), false, ""},
 		{resp(400, "BadDigest"), false, ""},
+		{resp(400, "XAmzContentChecksumMismatch"), false, ""}, // MinIO: x-amz-checksum-crc32c does not match
 		{resp(408, "RequestTimeout"), false, ""},
 		{resp(429, "SlowDown"), false, ""},
 		{resp(499, "ClientDisconnected"), false, ""}, // MinIO restarting mid-request
