@@ -16,7 +16,7 @@ import (
 
 // scaleData has many small files, so a backup has several pieces (at most
 // 2000 entries each) and so several ranges, cheaply.
-var scaleData = treeSpec{seed: 10, dataBytes: 160 << 20, files: 12000}
+var scaleData = treeSpec{seed: 10, dataBytes: 64 << 20, files: 8200}
 
 // uploadsRunning returns the identities of the workers running the run's
 // Upload activities now, and their count.
@@ -44,7 +44,9 @@ func workerPID(identity string) string { pid, _, _ := strings.Cut(identity, "@")
 func TestBackupSpreadsOverTwoWorkersAndSurvivesLosingOne(t *testing.T) {
 	s := newStack(t, stackOptions{encrypt: true, planExtra: func(*stack) string { return "    parallel: 2\n" }})
 	src := s.source("primary")
+	began := time.Now()
 	genTree(t, src, scaleData)
+	t.Logf("%s: tree written", time.Since(began).Round(time.Millisecond))
 	// One data slot each: the two ranges in flight land on two workers.
 	w1 := s.spawnWorker("--data-slots", "1")
 	w2 := s.spawnWorker("--data-slots", "1")
@@ -66,12 +68,14 @@ func TestBackupSpreadsOverTwoWorkersAndSurvivesLosingOne(t *testing.T) {
 		t.Fatalf("the running Uploads are not on workers %d and %d: %v", w1.cmd.Process.Pid, w2.cmd.Process.Pid, running)
 	}
 	victim.kill()
+	t.Logf("%s: killed", time.Since(began).Round(time.Millisecond))
 	t.Logf("killed worker %d while it uploaded; workers running uploads were %v", victim.cmd.Process.Pid, running)
 
 	var res workflows.BackupResult
 	if err := s.wait(run, &res); err != nil {
 		t.Fatalf("backup after a worker was killed: %v\n%s", err, s.logs.Tail(3000))
 	}
+	t.Logf("%s: backup done", time.Since(began).Round(time.Millisecond))
 	// The killed worker's range was retried, on the survivor.
 	retried := false
 	it := s.cl.GetWorkflowHistory(context.Background(), run.GetID(), run.GetRunID(), false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
@@ -99,5 +103,6 @@ func TestBackupSpreadsOverTwoWorkersAndSurvivesLosingOne(t *testing.T) {
 
 	restored := filepath.Join(s.dir, "restored")
 	s.restore("primary", restored)
+	t.Logf("%s: restored", time.Since(began).Round(time.Millisecond))
 	requireSameTree(t, src, restored)
 }
