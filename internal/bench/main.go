@@ -1,6 +1,7 @@
 // Command bench measures drorch's data path on real servers and prints three
 // tables: full, unchanged and 1%-changed backups against plain uploads to the
-// same MinIO, transmit, restore and the worker's peak memory; the same rows
+// same MinIO, a full backup with one worker and with two, transmit, restore
+// and the worker's peak memory; the same rows
 // and a small-file backup beside restic and rclone, when installed, on the
 // same data and MinIO (anchors.go); then the postgres source against
 // pgBackRest on one pgbench cluster (full and incremental backup, restore
@@ -104,6 +105,10 @@ type env struct {
 	workLog  string
 	tc       client.Client
 	queue    string
+	// The worker's binary, config and environment, for a second worker
+	// (scale.go).
+	bin, cfgPath string
+	workerEnv    []string
 }
 
 func run() error {
@@ -228,6 +233,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	oneWorker, twoWorkers, err := e.workersRow(ctx)
+	if err != nil {
+		return err
+	}
 
 	fullRate, baseRate := rate(full.BytesRead, fullDur), rate(ds.bytes, baseDur)
 	speedup := float64(fullDur) / float64(sameDur)
@@ -244,6 +253,8 @@ func run() error {
 	row("full backup", fmt.Sprintf("%.1f MB/s  (%s, %d chunks, %s stored)", fullRate, dur(fullDur), full.ChunksNew, human(full.Uploaded)), "")
 	row("baseline: PutObject ×8", fmt.Sprintf("%.1f MB/s  (%s)", baseRate, dur(baseDur)), "")
 	row("full backup / baseline", fmt.Sprintf("%.2f×", fullRate/baseRate), "≥ 0.8×", fullRate/baseRate >= 0.8)
+	row("full backup, 1 worker vs 2 workers", fmt.Sprintf("%.1f MB/s vs %.1f MB/s  (%s vs %s, %.2f×)", rate(ds.bytes, oneWorker), rate(ds.bytes, twoWorkers),
+		dur(oneWorker), dur(twoWorkers), float64(oneWorker)/float64(twoWorkers)), "")
 	row("no-change backup", fmt.Sprintf("%s, %d chunks uploaded", dur(sameDur), same.ChunksNew), "0 chunks", same.ChunksNew == 0)
 	row("no-change speed-up vs full", fmt.Sprintf("%.1f×", speedup), "≥ 10×", speedup >= 10)
 	row("1%-change backup", fmt.Sprintf("%s, %s overwritten: %s new, %s stored, %d chunks", dur(deltaDur), human(changed), human(delta.BytesNew), human(delta.Uploaded), delta.ChunksNew), "")
@@ -305,6 +316,7 @@ func setup(dir string) (*env, error) {
 		fmt.Fprintf(&cfg, "      %s: {driver: dir, path: %s}\n", site, filepath.Join(dir, "source", "small-"+site))
 	}
 	cfg.WriteString("    encryption: {key: env:BENCH_KEY}\n")
+	cfg.WriteString(scaleConfig(filepath.Join(dir, "source", "primary"), filepath.Join(dir, "source", "secondary")))
 	workerEnv = append(workerEnv, "BENCH_KEY="+randomHex(32))
 	cfgPath := filepath.Join(dir, "drorch.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {
@@ -320,6 +332,7 @@ func setup(dir string) (*env, error) {
 	if e.worker, err = startWorker(bin, cfgPath, e.queue, e.temporal, workerEnv, e.workLog); err != nil {
 		return nil, err
 	}
+	e.bin, e.cfgPath, e.workerEnv = bin, cfgPath, workerEnv
 
 	e.tc, err = client.Dial(client.Options{
 		HostPort:  e.temporal.Address,
