@@ -191,7 +191,7 @@ type UploadInput struct {
 	FromSnapshot bool `json:"fromSnapshot,omitempty"`
 	// From and To bound the pieces this activity uploads, [From, To);
 	// To 0 is every piece. Several activities upload one snapshot's
-	// ranges in parallel (docs/architecture.md, "Scaling out").
+	// ranges in parallel (docs/scaleout.md).
 	From int `json:"from,omitempty"`
 	To   int `json:"to,omitempty"`
 }

@@ -8,7 +8,7 @@ import (
 
 // A backup's upload and a transmit's copy may run as several activities,
 // each over a range of the work, spread by Temporal over the workers that
-// serve the site's data queue (docs/architecture.md, "Scaling out"). The
+// serve the site's data queue (docs/scaleout.md). The
 // ranges are the workflow's to choose; these helpers only read them.
 
 // pieceRange is the range of pieces in uploads: [From, To), To 0 (an input

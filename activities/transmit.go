@@ -164,7 +164,7 @@ type CopyChunksInput struct {
 	// ChunkFrom and ChunkTo bound the part of the staged chunk list this
 	// activity copies, [ChunkFrom, ChunkTo); ChunkTo 0 is the whole list.
 	// Several activities copy one point's ranges in parallel
-	// (docs/architecture.md, "Scaling out").
+	// (docs/scaleout.md).
 	ChunkFrom int `json:"chunkFrom,omitempty"`
 	ChunkTo   int `json:"chunkTo,omitempty"`
 }

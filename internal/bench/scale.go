@@ -13,8 +13,8 @@ import (
 )
 
 // scalePlans back the data set up into fresh repositories, with one worker
-// and then with two: the scale-out row (docs/architecture.md, "Scaling
-// out"). Their sources are the main plan's.
+// and then with two: the scale-out row (docs/scaleout.md). Their sources
+// are the main plan's.
 var scalePlans = [2]string{"bench-1-worker", "bench-2-workers"}
 
 // scaleConfig is the YAML of the scale-out plans, with the main plan's
