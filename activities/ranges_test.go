@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"context"
 	"testing"
 
 	"github.com/drorch/drorch/internal/repo"
@@ -41,6 +42,34 @@ func TestRangesReadTheirBoundsAndZeroMeansAll(t *testing.T) {
 		}
 		if string(got) != string(c.want) {
 			t.Errorf("chunkRange(%d, %d) = %v, want %v", c.in.ChunkFrom, c.in.ChunkTo, got, c.want)
+		}
+	}
+}
+
+// A range resumed from its heartbeat checks only its own pieces' records:
+// pieces before it belong to other ranges, which may not have finished.
+func TestFirstMissingFromLooksInsideTheRange(t *testing.T) {
+	env := newRaceEnv(t)
+	r, err := env.a.repo(racePlan, "primary")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := r.Store().Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{2, 3, 5} {
+		if err := r.PutStaging(ctx, "backup-range", uploadedName(i), uploaded{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct{ from, n, want int }{{2, 4, 4}, {2, 6, 4}, {5, 6, 6}, {0, 3, 0}, {4, 4, 4}} {
+		got, err := firstMissingFrom(ctx, r, "backup-range", uploadedName, c.from, c.n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("firstMissingFrom(from %d, n %d) = %d, want %d", c.from, c.n, got, c.want)
 		}
 	}
 }
