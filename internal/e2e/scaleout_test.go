@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/drorch/drorch/workflows"
 )
@@ -105,4 +107,32 @@ func TestBackupSpreadsOverTwoWorkersAndSurvivesLosingOne(t *testing.T) {
 	s.restore("primary", restored)
 	t.Logf("%s: restored", time.Since(began).Round(time.Millisecond))
 	requireSameTree(t, src, restored)
+}
+
+// A backup cancelled while two ranges upload ends cancelled, with its
+// staging removed and nothing written there afterwards.
+func TestCancelledParallelBackupLeavesNoStaging(t *testing.T) {
+	s := newStack(t, stackOptions{planExtra: func(*stack) string { return "    parallel: 2\n" }})
+	genTree(t, s.source("primary"), scaleData)
+	s.startWorker()
+	run := s.start(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan})
+	waitFor(t, "two Upload ranges running", 2*time.Minute, func() bool {
+		n := 0
+		for _, c := range s.uploadsRunning(run) {
+			n += c
+		}
+		return n == 2
+	})
+	if err := s.cl.CancelWorkflow(context.Background(), run.GetID(), run.GetRunID()); err != nil {
+		t.Fatal(err)
+	}
+	err := s.wait(run, nil)
+	var cancelled *temporal.CanceledError
+	if !errors.As(err, &cancelled) {
+		t.Fatalf("the cancelled backup ended with %v, want cancelled", err)
+	}
+	time.Sleep(2 * time.Second) // a straggling range would write now
+	if s.stagingHas("primary", "backup-") {
+		t.Fatalf("staging left behind after the cancelled backup")
+	}
 }
