@@ -189,6 +189,11 @@ type UploadInput struct {
 	Full bool `json:"full,omitempty"`
 	// FromSnapshot reads the view SourceSnapshot made, not the live tree.
 	FromSnapshot bool `json:"fromSnapshot,omitempty"`
+	// From and To bound the pieces this activity uploads, [From, To);
+	// To 0 is every piece. Several activities upload one snapshot's
+	// ranges in parallel (docs/scaleout.md).
+	From int `json:"from,omitempty"`
+	To   int `json:"to,omitempty"`
 }
 
 // UploadResult counts what the upload read and stored.
@@ -243,14 +248,15 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	if err != nil {
 		return UploadResult{}, err
 	}
-	var st uploadResume
+	from, to := in.pieceRange()
+	st := uploadResume{Next: from}
 	if resumeDetails(ctx, &st) {
 		a.log.Info().Str("plan", in.Plan).Int("piece", st.Next).Msg("resuming upload")
 		// Each piece was recorded in staging (a store PUT, durable once
 		// acknowledged) before it was reported; the commit reads them all,
 		// so a resumed attempt checks they are there and redoes from the
 		// first that is not.
-		missing, err := firstMissing(ctx, r, in.Op, uploadedName, st.Next)
+		missing, err := firstMissingFrom(ctx, r, in.Op, uploadedName, from, st.Next)
 		if err != nil {
 			return UploadResult{}, err
 		}
@@ -288,7 +294,7 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 		u.known[id] = struct{}{}
 	}
 	rep.update(func(p *Progress) { u.fill(p) })
-	if err := u.run(ctx, in.Op, st.Next, in.Pieces); err != nil {
+	if err := u.run(ctx, in.Op, st.Next, to); err != nil {
 		return UploadResult{}, err
 	}
 	return u.result(), nil

@@ -33,6 +33,10 @@ type PlanInfo struct {
 	// Swapped is set by workflows, not by Describe: a permanent failover
 	// has made Primary and Secondary the reverse of the configured roles.
 	Swapped bool `json:"swapped,omitempty"`
+	// Parallel is how many Upload or CopyChunks activities of one run may
+	// be in flight at once (config plans.NAME.parallel); 0 in histories
+	// recorded before it.
+	Parallel int `json:"parallel,omitempty"`
 	// Epoch is set by workflows: the highest epoch either site holds.
 	Epoch uint64 `json:"epoch,omitempty"`
 	// The protection cycle (Protect): cold or warm standby, the recovery
@@ -109,6 +113,7 @@ func (a *Activities) Describe(ctx context.Context, in DescribeInput) (PlanInfo, 
 		Failback: FailbackInfo{LagThreshold: p.Failback.LagThreshold, Interval: p.Failback.Interval, AutoComplete: p.Failback.AutoComplete},
 		Failover: FailoverInfo{DarkAfter: p.Failover.DarkAfter},
 		Standby:  p.Standby, Objectives: ObjectivesInfo{RPO: p.Objectives.RPO, RTO: p.Objectives.RTO},
+		Parallel: p.Parallelism(),
 	}
 	info.WAL = walInfo(p)
 	if p.Schedule != nil {

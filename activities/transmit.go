@@ -30,6 +30,9 @@ type PointSummary struct {
 	Snapshot time.Time   `json:"snapshot"`
 	Epoch    uint64      `json:"epoch"`
 	Totals   repo.Totals `json:"totals"`
+	// Staged is the length of the chunk list PrepareTransmit staged (the
+	// point's distinct chunks), which the copy's ranges index.
+	Staged int `json:"staged,omitempty"`
 }
 
 // PrepareTransmitInput names the restore point to send from a site.
@@ -56,10 +59,13 @@ func (a *Activities) prepareTransmit(ctx context.Context, in PrepareTransmitInpu
 	if err != nil {
 		return PointSummary{}, err
 	}
-	if err := r.PutStaging(ctx, in.Op, "chunks", chunkList(m)); err != nil {
+	ids := chunkList(m)
+	if err := r.PutStaging(ctx, in.Op, "chunks", ids); err != nil {
 		return PointSummary{}, err
 	}
-	return summary(m, in.From), nil
+	sum := summary(m, in.From)
+	sum.Staged = len(ids)
+	return sum, nil
 }
 
 // manifest reads the named point, or the latest one, from r.
@@ -155,6 +161,12 @@ type CopyChunksInput struct {
 	To    string `json:"to"`
 	Op    string `json:"op"`
 	Bytes int64  `json:"bytes"` // for progress
+	// ChunkFrom and ChunkTo bound the part of the staged chunk list this
+	// activity copies, [ChunkFrom, ChunkTo); ChunkTo 0 is the whole list.
+	// Several activities copy one point's ranges in parallel
+	// (docs/scaleout.md).
+	ChunkFrom int `json:"chunkFrom,omitempty"`
+	ChunkTo   int `json:"chunkTo,omitempty"`
 }
 
 // CopyChunksResult counts what was copied.
@@ -195,6 +207,7 @@ func (a *Activities) copyChunks(ctx context.Context, in CopyChunksInput) (CopyCh
 	if err := src.GetStaging(ctx, in.Op, "chunks", &ids); err != nil {
 		return CopyChunksResult{}, fmt.Errorf("read the chunk list of transmit %s: %w", in.Op, err)
 	}
+	ids = in.chunkRange(ids)
 	have, err := dst.UsableChunks(ctx) // damaged chunks are copied again
 	if err != nil {
 		return CopyChunksResult{}, fmt.Errorf("list chunks at %s: %w", dst.Location(), err)

@@ -15,10 +15,8 @@ import (
 	"go.temporal.io/api/serviceerror"
 	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/converter"
 	"golang.org/x/term"
 
-	"github.com/drorch/drorch/activities"
 	"github.com/drorch/drorch/workflows"
 )
 
@@ -125,8 +123,8 @@ func (c *cli) watch(ctx context.Context, cc *clientConn, run client.WorkflowRun,
 	}
 }
 
-// progressOf returns the workflow's progress with the running activity's
-// latest heartbeat folded in.
+// progressOf returns the workflow's progress with the running activities'
+// latest heartbeats folded in (foldLive).
 func progressOf(ctx context.Context, cc *clientConn, run client.WorkflowRun) (workflows.Progress, bool) {
 	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
@@ -145,19 +143,7 @@ func progressOf(ctx context.Context, cc *clientConn, run client.WorkflowRun) (wo
 		return p, true
 	}
 	p.Retrying = retrying(desc.GetPendingActivities())
-	for _, pa := range desc.GetPendingActivities() {
-		if pa.GetHeartbeatDetails() == nil {
-			continue
-		}
-		var hb struct {
-			Progress activities.Progress `json:"progress"`
-		}
-		if converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &hb) == nil && !hb.Progress.Updated.IsZero() {
-			if p.Live == nil || hb.Progress.Updated.After(p.Live.Updated) {
-				p.Live = &hb.Progress
-			}
-		}
-	}
+	foldLive(&p, desc.GetPendingActivities())
 	return p, true
 }
 

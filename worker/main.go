@@ -1,7 +1,7 @@
 // Command drorch-worker runs drorch's workflows and, for each site it is
 // given, the activities that touch that site's resources.
 //
-//	drorch-worker --config drorch.yaml --site primary [--site secondary] [--metrics-listen 127.0.0.1:9464]
+//	drorch-worker --config drorch.yaml --site primary [--site secondary] [--data-slots 2] [--metrics-listen 127.0.0.1:9464]
 //	drorch-worker wal-push --plan P --site S [--config FILE] PATH       (archive_command)
 //	drorch-worker wal-fetch --plan P --site S [--config FILE] NAME DEST (restore_command)
 package main
@@ -55,9 +55,10 @@ func run(args []string) error {
 		cfgPath      = fs.String("config", "", "deployment config file (default $DRORCH_CONFIG, then ./drorch.yaml, then the embedded dev config)")
 		level        = fs.String("log-level", "info", "log level: debug, info, warn, error")
 		runWorkflows = fs.Bool("workflows", true, "also run workflows (on the --task-queue)")
-		queue        = fs.String("task-queue", workflows.TaskQueue, "task queue of the workflows; site activities use <task-queue>-<site>")
+		queue        = fs.String("task-queue", workflows.TaskQueue, "task queue of the workflows; site activities use <task-queue>-<site> and <task-queue>-<site>.data")
 		metricsAddr  = fs.String("metrics-listen", "", "serve Prometheus metrics on this host:port at /metrics, e.g. 127.0.0.1:9464 (default: off)")
 		stall        = fs.Duration("stall-timeout", activities.DefaultStallTimeout, "a data-moving activity that moves nothing this long stops heartbeating, times out and is retried")
+		dataSlots    = fs.Int("data-slots", 2, "how many data-moving activities (a range of a backup's upload or a transmit's copy, on <task-queue>-<site>.data) this worker runs at once; more workers at a site add throughput")
 	)
 	fs.Var(&sites, "site", "site whose activities this worker runs (repeatable)")
 	fs.StringVar(&cf.Address, "address", "", "Temporal frontend host:port (env TEMPORAL_ADDRESS)")
@@ -90,6 +91,9 @@ func run(args []string) error {
 	}
 	if err != nil {
 		return err
+	}
+	if *dataSlots < 1 {
+		return fmt.Errorf("--data-slots must be at least 1, got %d", *dataSlots)
 	}
 	if len(sites) == 0 {
 		return fmt.Errorf("give the sites this worker serves with --site (the config has %s)", strings.Join(siteNames(cfg), ", "))
@@ -142,10 +146,17 @@ func run(args []string) error {
 		w.RegisterActivity(acts)
 		workers = append(workers, w)
 	}
+	// A worker at its data-slot limit stops polling the data queue, so
+	// Temporal hands the next range to another worker at the site, while
+	// the site queue (locks, claims, fences, DNS) stays served.
+	dataOpts := opts
+	dataOpts.MaxConcurrentActivityExecutionSize = *dataSlots
 	for _, s := range sites {
 		w := worker.New(c, workflows.SiteTaskQueue(*queue, s), opts)
 		w.RegisterActivity(acts)
-		workers = append(workers, w)
+		dw := worker.New(c, workflows.SiteDataTaskQueue(*queue, s), dataOpts)
+		dw.RegisterActivity(acts)
+		workers = append(workers, w, dw)
 	}
 	for _, w := range workers {
 		if err := w.Start(); err != nil {

@@ -84,7 +84,15 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 
 	var up activities.UploadResult
 	if err := t.step(ctx, "upload", func() error {
-		return workflow.ExecuteActivity(long, a.Upload, activities.UploadInput{Plan: in.Plan, Site: site, Op: op, Pieces: snap.Pieces, Bytes: snap.Bytes, Full: in.Full, FromSnapshot: fromSnapshot}).Get(ctx, &up)
+		upIn := activities.UploadInput{Plan: in.Plan, Site: site, Op: op, Pieces: snap.Pieces, Bytes: snap.Bytes, Full: in.Full, FromSnapshot: fromSnapshot}
+		// A file tree's pieces upload as ranges over the site's workers; a
+		// database's or a command's stream is one activity, as before.
+		if workflow.GetVersion(ctx, changeParallelUpload, workflow.DefaultVersion, 1) >= 1 && snap.Kind == "" {
+			var err error
+			up, err = parallelUpload(ctx, t, info, upIn)
+			return err
+		}
+		return workflow.ExecuteActivity(long, a.Upload, upIn).Get(ctx, &up)
 	}); err != nil {
 		cleanup(ctx, in.Plan, site, op)
 		return res, err

@@ -17,6 +17,15 @@ const TaskQueue = "drorch"
 // workflow queue base: "drorch-primary".
 func SiteTaskQueue(base, site string) string { return base + "-" + site }
 
+// SiteDataTaskQueue is the queue of the data-moving activities that a
+// backup's upload and a transmit's copy run in parallel at site, beside its
+// site queue: "drorch-primary.data". Each worker bounds how many it runs at
+// once (drorch-worker --data-slots), so that the ranges of one run spread
+// over every worker at the site and never starve the quick control
+// activities on the site queue. The dot cannot occur in a site name, so
+// this never names another site's queue.
+func SiteDataTaskQueue(base, site string) string { return SiteTaskQueue(base, site) + ".data" }
+
 // Operations, as recorded in the DrorchOperation search attribute and in ids.
 const (
 	OpBackup   = "backup"

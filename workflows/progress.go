@@ -64,7 +64,7 @@ func newTracker(ctx workflow.Context, op, plan string) (*tracker, error) {
 // step runs fn as the named step and records its start, end and error.
 func (t *tracker) step(ctx workflow.Context, name string, fn func() error) error {
 	t.p.Step = name
-	t.p.Live = nil
+	t.p.Live, t.p.Done = nil, nil
 	t.p.Steps = append(t.p.Steps, StepProgress{Name: name, Started: workflow.Now(ctx)})
 	err := fn()
 	s := &t.p.Steps[len(t.p.Steps)-1]

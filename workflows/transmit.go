@@ -84,8 +84,14 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 	if !dest.HasPoint {
 		var cp activities.CopyChunksResult
 		if err := t.step(ctx, "copy", func() error {
-			return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, to)), a.CopyChunks,
-				activities.CopyChunksInput{Plan: in.Plan, From: from, To: to, Op: op, Bytes: point.Totals.Bytes}).Get(ctx, &cp)
+			cpIn := activities.CopyChunksInput{Plan: in.Plan, From: from, To: to, Op: op, Bytes: point.Totals.Bytes}
+			// The chunk list copies as ranges over the destination's workers.
+			if workflow.GetVersion(ctx, changeParallelCopy, workflow.DefaultVersion, 1) >= 1 && point.Staged > 0 {
+				var err error
+				cp, err = parallelCopy(ctx, t, info, point.Staged, cpIn)
+				return err
+			}
+			return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, to)), a.CopyChunks, cpIn).Get(ctx, &cp)
 		}); err != nil {
 			cleanup(ctx, in.Plan, from, op)
 			return res, err

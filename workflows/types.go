@@ -134,7 +134,11 @@ type Progress struct {
 	Waiting   string               `json:"waiting,omitempty"`
 	Steps     []StepProgress       `json:"steps"`
 	Live      *activities.Progress `json:"live,omitempty"` // of the running step
-	Error     string               `json:"error,omitempty"`
+	// Done counts the parts of the running step that finished, when it
+	// runs as several activities (a parallel upload or copy); the CLI adds
+	// the running parts' heartbeats to it.
+	Done  *activities.Progress `json:"done,omitempty"`
+	Error string               `json:"error,omitempty"`
 	// Retrying is filled in by the CLI, not the workflow: the running
 	// activity's attempt and last failure when it is being retried (a
 	// server that does not answer, say).

@@ -3,11 +3,13 @@ package workflows
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
@@ -49,11 +51,15 @@ func TestBackupRunsItsStepsOnTheActiveSite(t *testing.T) {
 		op = in.Op
 		return activities.SnapshotResult{Snapshot: snap, Entries: 3, Files: 2, Bytes: 100, Pieces: 2}, nil
 	}).Once()
-	env.OnActivity(a.Upload, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.UploadInput) (activities.UploadResult, error) {
+	// Each piece is a range of its own, run on the site's data queue.
+	var ranges [][2]int
+	env.OnActivity(a.Upload, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.UploadInput) (activities.UploadResult, error) {
 		require.Equal(t, op, in.Op)
 		require.Equal(t, 2, in.Pieces)
-		return activities.UploadResult{BytesRead: 100, BytesNew: 40, BytesStored: 20, Chunks: 4, ChunksNew: 2}, nil
-	}).Once()
+		require.True(t, strings.HasSuffix(activity.GetInfo(ctx).TaskQueue, "-primary.data"), activity.GetInfo(ctx).TaskQueue)
+		ranges = append(ranges, [2]int{in.From, in.To})
+		return activities.UploadResult{BytesRead: 50, BytesNew: 20, BytesStored: 10, Chunks: 2, ChunksNew: 1, Parent: "p0"}, nil
+	}).Twice()
 	env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CommitInput) (activities.CommitResult, error) {
 		require.Equal(t, uint64(3), in.Epoch, "the commit must check against the epoch the backup started with")
 		require.Equal(t, "primary", in.Site)
@@ -66,8 +72,11 @@ func TestBackupRunsItsStepsOnTheActiveSite(t *testing.T) {
 	var res BackupResult
 	require.NoError(t, env.GetWorkflowResult(&res))
 	require.Equal(t, "primary", res.Site)
+	require.ElementsMatch(t, [][2]int{{0, 1}, {1, 2}}, ranges)
+	require.Equal(t, int64(100), res.BytesRead, "the ranges' results are summed")
 	require.Equal(t, int64(40), res.BytesNew)
 	require.Equal(t, int64(2), res.ChunksNew)
+	require.Equal(t, "p0", res.Parent)
 	require.Equal(t, snap, res.Snapshot)
 	pt, err := repo.PointTime(res.Point)
 	require.NoError(t, err)

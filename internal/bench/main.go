@@ -1,6 +1,7 @@
 // Command bench measures drorch's data path on real servers and prints three
 // tables: full, unchanged and 1%-changed backups against plain uploads to the
-// same MinIO, transmit, restore and the worker's peak memory; the same rows
+// same MinIO, a full backup with one worker and with two, transmit, restore
+// and the worker's peak memory; the same rows
 // and a small-file backup beside restic and rclone, when installed, on the
 // same data and MinIO (anchors.go); then the postgres source against
 // pgBackRest on one pgbench cluster (full and incremental backup, restore
@@ -109,6 +110,10 @@ type env struct {
 	profiled int // CPU profiles taken (DRORCH_BENCH_PPROF)
 	tc       client.Client
 	queue    string
+	// The worker's binary, config and environment, for a second worker
+	// (scale.go).
+	bin, cfgPath string
+	workerEnv    []string
 }
 
 func run() error {
@@ -241,6 +246,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	oneWorker, twoWorkers, err := e.workersRow(ctx)
+	if err != nil {
+		return err
+	}
 	if nTree > 0 {
 		rows, err := e.treeRows(ctx, an, filepath.Join(dir, "source", "tree-primary"), nTree)
 		if err != nil {
@@ -271,6 +280,8 @@ func run() error {
 	row("full backup", fmt.Sprintf("%.1f MB/s  (%s, %d chunks, %s stored)", fullRate, dur(fullDur), full.ChunksNew, human(full.Uploaded)), "")
 	row("baseline: PutObject ×8", fmt.Sprintf("%.1f MB/s  (%s)", baseRate, dur(baseDur)), "")
 	row("full backup / baseline", fmt.Sprintf("%.2f×", fullRate/baseRate), "≥ 0.8×", fullRate/baseRate >= 0.8)
+	row("full backup, 1 worker vs 2 workers", fmt.Sprintf("%.1f MB/s vs %.1f MB/s  (%s vs %s, %.2f×)", rate(ds.bytes, oneWorker), rate(ds.bytes, twoWorkers),
+		dur(oneWorker), dur(twoWorkers), float64(oneWorker)/float64(twoWorkers)), "")
 	row("no-change backup", fmt.Sprintf("%s, %d chunks uploaded", dur(sameDur), same.ChunksNew), "0 chunks", same.ChunksNew == 0)
 	row("no-change speed-up vs full", fmt.Sprintf("%.1f×", speedup), "≥ 10×", speedup >= 10)
 	row("1%-change backup", fmt.Sprintf("%s, %s overwritten: %s new, %s stored, %d chunks", dur(deltaDur), human(changed), human(delta.BytesNew), human(delta.Uploaded), delta.ChunksNew), "")
@@ -337,6 +348,7 @@ func setup(dir string) (*env, error) {
 		}
 		cfg.WriteString("    encryption: {key: env:BENCH_KEY}\n")
 	}
+	cfg.WriteString(scaleConfig(filepath.Join(dir, "source", "primary"), filepath.Join(dir, "source", "secondary")))
 	workerEnv = append(workerEnv, "BENCH_KEY="+randomHex(32))
 	cfgPath := filepath.Join(dir, "drorch.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {
@@ -352,6 +364,7 @@ func setup(dir string) (*env, error) {
 	if e.worker, err = startWorker(bin, cfgPath, e.queue, e.temporal, workerEnv, e.workLog); err != nil {
 		return nil, err
 	}
+	e.bin, e.cfgPath, e.workerEnv = bin, cfgPath, workerEnv
 
 	if profiles != "" {
 		meter = newCPUMeter(e.worker.Process.Pid, map[string]string{"primary": e.minio["primary"].Endpoint, "secondary": e.minio["secondary"].Endpoint})

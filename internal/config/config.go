@@ -120,6 +120,10 @@ type Plan struct {
 	// might pass (a store or worker down) before it gives up, so that a
 	// stuck plan surfaces within its RPO; 0 is DefaultRetryBudget.
 	RetryBudget time.Duration `yaml:"retryBudget"`
+	// Parallel is how many activities a backup's upload and a transmit's
+	// copy run at once, spread over the workers of the site's data queue;
+	// 0 is DefaultParallel.
+	Parallel int `yaml:"parallel"`
 	// Schedule runs the protection cycle (Protect) by itself; nil: only by hand.
 	Schedule *Schedule `yaml:"schedule"`
 	// Retention says which restore points to keep at each site; nil is
@@ -139,6 +143,21 @@ const (
 	DefaultRetryBudget = time.Hour
 	MaxRetryBudget     = 7 * 24 * time.Hour
 )
+
+// DefaultParallel is a plan's Parallel when the file sets none, and
+// MaxParallel the most it may be.
+const (
+	DefaultParallel = 4
+	MaxParallel     = 64
+)
+
+// Parallelism is the plan's Parallel, or DefaultParallel when unset.
+func (p *Plan) Parallelism() int {
+	if p.Parallel == 0 {
+		return DefaultParallel
+	}
+	return p.Parallel
+}
 
 // Source is where a plan's data lives at one site.
 type Source struct {

@@ -431,11 +431,15 @@ func TestParseErrors(t *testing.T) {
 			`drorch.yaml:9: sites.primary.store.bucekt: unknown key; allowed: driver, endpoint, bucket, prefix, region, accessKey, secretKey, insecure, caFile, parallel`}},
 		{"unknown plan key", func(t *testing.T) string { return edit(t, "    source:", "    sourc:") }, []string{
 			`drorch.yaml:22: plans.files.source: required at the primary site: add source.primary`,
-			`drorch.yaml:25: plans.files.sourc: unknown key; allowed: primary, secondary, secondaries, source, encryption, access, dns, steps, failover, failback, drill, retryBudget, schedule, retention, standby, objectives, wal`}},
+			`drorch.yaml:25: plans.files.sourc: unknown key; allowed: primary, secondary, secondaries, source, encryption, access, dns, steps, failover, failback, drill, retryBudget, parallel, schedule, retention, standby, objectives, wal`}},
 		{"unknown source key", func(t *testing.T) string {
 			return edit(t, "path: /srv/data-standby", "path: /srv/data-standby, pth: /x")
 		}, []string{
 			`drorch.yaml:27: plans.files.source.secondary.pth: unknown key; allowed: driver, path, onChange, retries, hooks, backup, restore, snapshot, mode, host, port, user, password, database, sslmode, bin, afterRestore, options, startTimeout`}},
+		{"parallel out of range", func(t *testing.T) string {
+			return edit(t, "    secondary: secondary\n", "    secondary: secondary\n    parallel: 65\n")
+		}, []string{
+			`drorch.yaml:25: plans.files.parallel: must be 1 to 64, got 65`}},
 		{"unknown tls key", func(t *testing.T) string {
 			return edit(t, "  namespace: default\n", "  namespace: default\n  tls: {certificate: /c.pem}\n")
 		}, []string{

@@ -168,6 +168,9 @@ func (p *Plan) validate(d *decoder, path string, c *Config) {
 	if b := p.RetryBudget; b != 0 && (b < time.Minute || b > MaxRetryBudget) {
 		d.errorf(f("retryBudget"), "must be 1m to %s, got %s", MaxRetryBudget, b)
 	}
+	if n := p.Parallel; n < 0 || n > MaxParallel {
+		d.errorf(f("parallel"), "must be 1 to %d, got %d", MaxParallel, n)
+	}
 	for _, site := range sortedKeys(p.Access) {
 		path := join(f("access"), site)
 		if !p.HasSite(site) {

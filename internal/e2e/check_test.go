@@ -173,7 +173,8 @@ func (s *stack) startWorkerWith(extra ...interceptor.WorkerInterceptor) {
 	acts := activities.New(s.cfg, s.cl, zerolog.New(s.logs).Level(zerolog.DebugLevel))
 	opts := activities.WorkerOptionsFor(s.cfg)
 	opts.Interceptors = append(append([]interceptor.WorkerInterceptor{}, extra...), opts.Interceptors...)
-	queues := []string{s.queue, workflows.SiteTaskQueue(s.queue, "primary"), workflows.SiteTaskQueue(s.queue, "secondary")}
+	queues := []string{s.queue, workflows.SiteTaskQueue(s.queue, "primary"), workflows.SiteTaskQueue(s.queue, "secondary"),
+		workflows.SiteDataTaskQueue(s.queue, "primary"), workflows.SiteDataTaskQueue(s.queue, "secondary")}
 	for i, q := range queues {
 		w := worker.New(s.cl, q, opts)
 		if i == 0 {

@@ -297,7 +297,9 @@ func tailLines(s string, n int) string {
 // those records is then lost. The resumed upload checks the records it
 // relies on and uploads that piece again, so the commit finds every piece.
 func TestResumedBackupChecksItsStagingRecords(t *testing.T) {
-	s := newStack(t, stackOptions{encrypt: true})
+	// parallel: 1 makes the first range several pieces long, so its
+	// heartbeat names finished pieces while it runs.
+	s := newStack(t, stackOptions{encrypt: true, planExtra: func(*stack) string { return "    parallel: 1\n" }})
 	src := s.source("primary")
 	// Many small files make many pieces (2,000 entries each). Small files
 	// upload fast (format v2 runs), so the store is frozen once two pieces

@@ -201,9 +201,11 @@ func (ss *switchStack) startWorkers(dead string) (stop func()) {
 		if site == dead {
 			continue
 		}
-		sw := worker.New(ss.cl, workflows.SiteTaskQueue(ss.queue, site), activities.WorkerOptions())
-		sw.RegisterActivity(acts)
-		ws = append(ws, sw)
+		for _, q := range []string{workflows.SiteTaskQueue(ss.queue, site), workflows.SiteDataTaskQueue(ss.queue, site)} {
+			sw := worker.New(ss.cl, q, activities.WorkerOptions())
+			sw.RegisterActivity(acts)
+			ws = append(ws, sw)
+		}
 	}
 	for _, w := range ws {
 		if err := w.Start(); err != nil {

@@ -196,9 +196,11 @@ func (s *stack) startWorker() {
 	w.RegisterActivity(acts)
 	ws = append(ws, w)
 	for _, site := range s.sites {
-		sw := worker.New(s.cl, workflows.SiteTaskQueue(s.queue, site), activities.WorkerOptions())
-		sw.RegisterActivity(acts)
-		ws = append(ws, sw)
+		for _, q := range []string{workflows.SiteTaskQueue(s.queue, site), workflows.SiteDataTaskQueue(s.queue, site)} {
+			sw := worker.New(s.cl, q, activities.WorkerOptions())
+			sw.RegisterActivity(acts)
+			ws = append(ws, sw)
+		}
 	}
 	for _, w := range ws {
 		if err := w.Start(); err != nil {
