@@ -40,6 +40,12 @@ type Activities struct {
 	mu     sync.Mutex
 	stores map[string]store.Store // by site
 
+	// storeSlots bounds the chunks this worker hashes, seals and uploads
+	// at once, whatever the number of upload activities it runs (a
+	// backup's ranges, --data-slots): more than uploadWorkers only adds
+	// contention on the worker's cores.
+	storeSlots chan struct{}
+
 	// HeartbeatInterval is how often long activities heartbeat while they
 	// make progress.
 	HeartbeatInterval time.Duration
@@ -64,6 +70,7 @@ func New(cfg *config.Config, cl client.Client, log zerolog.Logger) *Activities {
 		client:            cl,
 		log:               log,
 		stores:            map[string]store.Store{},
+		storeSlots:        make(chan struct{}, uploadWorkers),
 		HeartbeatInterval: 2 * time.Second,
 		StallTimeout:      DefaultStallTimeout,
 	}

@@ -278,7 +278,7 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	ctx = rep.work // ends when the work stalls
 	rep.update(func(p *Progress) { p.BytesTotal = in.Bytes })
 	u := &uploader{
-		repo: r, src: src, onChange: sc.OnChange, retries: sc.Retries, rep: rep,
+		repo: r, src: src, onChange: sc.OnChange, retries: sc.Retries, rep: rep, slots: a.storeSlots,
 		known: make(map[repo.ID]struct{}, len(known)), res: st.Result,
 	}
 	if parent != nil {
@@ -324,6 +324,7 @@ type uploader struct {
 	retries  int
 	rep      *reporter
 	parent   map[string]*repo.Entry // regular files of the parent point, by path
+	slots    chan struct{}          // the worker's bound on chunks in flight; nil: none
 
 	mu    sync.Mutex
 	known map[repo.ID]struct{} // chunks present or being uploaded
@@ -410,7 +411,7 @@ func (u *uploader) storeWorkers(ctx context.Context, g *errgroup.Group) chan chu
 	for range uploadWorkers {
 		g.Go(func() error {
 			for j := range jobs {
-				err := u.store(ctx, j)
+				err := u.storeIn(ctx, j)
 				j.piece.done.Done()
 				if err != nil {
 					return err
@@ -514,6 +515,19 @@ func (u *uploader) run(ctx context.Context, op string, next, pieces int) error {
 		j.piece.done.Done()
 	}
 	return err
+}
+
+// storeIn stores a chunk within the worker's bound on chunks in flight.
+func (u *uploader) storeIn(ctx context.Context, j chunkJob) error {
+	if u.slots != nil {
+		select {
+		case u.slots <- struct{}{}:
+			defer func() { <-u.slots }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return u.store(ctx, j)
 }
 
 // store hashes a chunk and uploads it unless the repository has it.

@@ -238,7 +238,7 @@ func (a *Activities) snapshotStream(ctx context.Context, r *repo.Repo, sc *confi
 	rep := a.startReporter(ctx, "stream")
 	defer rep.close()
 	work := rep.work // ends when the work stalls
-	u := &uploader{repo: r, rep: rep, known: make(map[repo.ID]struct{}, len(known))}
+	u := &uploader{repo: r, rep: rep, slots: a.storeSlots, known: make(map[repo.ID]struct{}, len(known))}
 	for id := range known {
 		u.known[id] = struct{}{}
 	}

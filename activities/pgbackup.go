@@ -104,7 +104,7 @@ func (a *Activities) snapshotPostgres(ctx context.Context, in SnapshotInput, sc 
 	}
 	rep := a.startReporter(ctx, "base backup")
 	defer rep.close()
-	u := &uploader{repo: r, rep: rep, known: make(map[repo.ID]struct{}, len(known))}
+	u := &uploader{repo: r, rep: rep, slots: a.storeSlots, known: make(map[repo.ID]struct{}, len(known))}
 	for id := range known {
 		u.known[id] = struct{}{}
 	}
