@@ -68,8 +68,9 @@ func (c *cli) stopWALShipping(ctx context.Context, cc *clientConn, cfg *config.C
 		}
 	}
 	for _, id := range ids {
-		name, ok := strings.CutPrefix(id, "drorch/")
-		if name, ok = strings.CutSuffix(name, "/wal"); !ok || only != "" && name != only {
+		rest, isOurs := strings.CutPrefix(id, "drorch/")
+		name, isWAL := strings.CutSuffix(rest, "/wal")
+		if !isOurs || !isWAL || only != "" && name != only {
 			continue
 		}
 		why := "wal.ship is off"
