@@ -158,7 +158,7 @@ func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 			res.Files++
 			res.Bytes += e.Size
 		}
-		rep.update(func(p *Progress) { p.FilesDone, p.BytesTotal = res.Files, res.Bytes })
+		rep.Update(func(p *Progress) { p.FilesDone, p.BytesTotal = res.Files, res.Bytes })
 		return nil
 	})
 	if err == nil {
@@ -276,7 +276,7 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	rep := a.startReporter(ctx, "upload")
 	defer rep.close()
 	ctx = rep.work // ends when the work stalls
-	rep.update(func(p *Progress) { p.BytesTotal = in.Bytes })
+	rep.Update(func(p *Progress) { p.BytesTotal = in.Bytes })
 	u := &uploader{
 		repo: r, src: src, onChange: sc.OnChange, retries: sc.Retries, rep: rep, slots: a.storeSlots,
 		known: make(map[repo.ID]struct{}, len(known)), res: st.Result,
@@ -293,7 +293,7 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	for id := range known {
 		u.known[id] = struct{}{}
 	}
-	rep.update(func(p *Progress) { u.fill(p) })
+	rep.Update(func(p *Progress) { u.fill(p) })
 	if err := u.run(ctx, in.Op, st.Next, to); err != nil {
 		return UploadResult{}, err
 	}
@@ -363,7 +363,7 @@ func (u *uploader) count(pp *pendingPiece, f func(r *UploadResult)) {
 	f(&u.res)
 	f(&pp.res)
 	u.mu.Unlock()
-	u.rep.update(u.fill)
+	u.rep.Update(u.fill)
 }
 
 // add adds the counts of b to a.
@@ -502,7 +502,7 @@ func (u *uploader) run(ctx context.Context, op string, next, pieces int) error {
 			u.mu.Lock()
 			committed.add(pp.res)
 			u.mu.Unlock()
-			u.rep.resume(uploadResume{Next: pp.index + 1, Result: committed})
+			u.rep.Resume(uploadResume{Next: pp.index + 1, Result: committed})
 		}
 		u.mu.Lock()
 		u.res = committed

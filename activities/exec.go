@@ -544,7 +544,7 @@ func (a *Activities) restoreStream(ctx context.Context, sc *config.Source, in Re
 	rep := a.startReporter(ctx, "restore")
 	defer rep.close()
 	work := rep.work
-	rep.update(func(p *Progress) { p.BytesTotal, p.FilesTotal, p.ChunksTotal = e.Size, 1, int64(len(e.Chunks)) })
+	rep.Update(func(p *Progress) { p.BytesTotal, p.FilesTotal, p.ChunksTotal = e.Size, 1, int64(len(e.Chunks)) })
 	cmd, _, stdin, err := startStream(work, "restore command", sc.Restore, execEnv(sc.Restore, vars...), a.cfg.SecretValues(), false)
 	if err != nil {
 		return RestoreDataResult{}, err
@@ -558,7 +558,7 @@ func (a *Activities) restoreStream(ctx context.Context, sc *config.Source, in Re
 	if err := cmd.wait(werr); err != nil {
 		return RestoreDataResult{}, err
 	}
-	rep.resume(restoreResume{Next: len(m.Entries), Committed: true, Result: res})
+	rep.Resume(restoreResume{Next: len(m.Entries), Committed: true, Result: res})
 	return res, nil
 }
 
@@ -635,7 +635,7 @@ func feedStream(ctx context.Context, r *repo.Repo, e *repo.Entry, w io.Writer, r
 				res.BytesWritten += f.ref.Size
 			}
 			done, chunks := res.BytesWritten, res.Chunks
-			rep.update(func(p *Progress) { p.BytesDone, p.ChunksDone = done, chunks })
+			rep.Update(func(p *Progress) { p.BytesDone, p.ChunksDone = done, chunks })
 		}
 		return nil
 	})
