@@ -71,7 +71,7 @@ func New(cfg *config.Config, cl client.Client, log zerolog.Logger) *Activities {
 		client:            cl,
 		log:               log,
 		stores:            map[string]store.Store{},
-		storeSlots:        make(chan struct{}, uploadWorkers),
+		storeSlots:        make(chan struct{}, datapath.UploadWorkers),
 		HeartbeatInterval: 2 * time.Second,
 		StallTimeout:      DefaultStallTimeout,
 	}

@@ -1,4 +1,4 @@
-package activities
+package datapath
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 // 20,000. A run never spans pieces: a piece is the unit of resume.
 
 // isSmall reports whether the item is a whole file that goes into the run.
-func isSmall(e source.Entry, it item) bool {
+func isSmall(e source.Entry, it Item) bool {
 	return e.Size > 0 && e.Size < repo.ChunkMin && it.Offset == 0 && it.Length == e.Size
 }
 
@@ -109,8 +109,8 @@ func (s *smallRun) emit(data []byte, off int64) error {
 
 // readWhole reads the small file e whole, and its SHA-256; errChanged when
 // it is not what the snapshot listed, before or after.
-func (u *uploader) readWhole(ctx context.Context, e source.Entry) ([]byte, string, error) {
-	f, err := u.src.Open(ctx, e.Path)
+func (u *Uploader) readWhole(ctx context.Context, e source.Entry) ([]byte, string, error) {
+	f, err := u.Source.Open(ctx, e.Path)
 	if err != nil {
 		if drivers.IsNotFound(err) {
 			return nil, "", fmt.Errorf("file %q vanished since the snapshot: %w", e.Path, errChanged)
