@@ -225,48 +225,12 @@ func (w *Restorer) Run(ctx context.Context, m *repo.Manifest, next int, done Res
 // last chunk of a file closes it.
 func (w *Restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]bool) error {
 	g, gctx := errgroup.WithContext(ctx)
-	jobs := make(chan restoreJob, RestoreWorkers)
-	var mu sync.Mutex
-	open := map[int]*openFile{} // files not yet closed, by entry index
-	done := func(f *openFile) error {
-		mu.Lock()
-		f.pending--
-		last := f.pending == 0
-		mu.Unlock()
-		if !last {
-			return nil
-		}
-		if f.old != nil {
-			f.old.Close()
-		}
-		if f.fw == nil {
-			if err := w.finishWhole(&m.Entries[f.index], f); err != nil {
-				return err
-			}
-		} else {
-			if err := f.fw.Close(); err != nil {
-				return fmt.Errorf("finish %q: %w", m.Entries[f.index].Path, err)
-			}
-			if err := w.verifyStaged(&m.Entries[f.index], f); err != nil {
-				return err
-			}
-		}
-		mu.Lock()
-		delete(open, f.index)
-		mu.Unlock()
-		w.mu.Lock()
-		w.res.Files++
-		w.mark.finish(f.index)
-		files := w.res.Files
-		w.mu.Unlock()
-		w.Reporter.Update(func(p *Progress) { p.FilesDone = files })
-		return nil
-	}
+	wr := &restoreWrite{w: w, m: m, jobs: make(chan restoreJob, RestoreWorkers), open: map[int]*openFile{}}
 	for range RestoreWorkers {
 		g.Go(func() error {
-			for j := range jobs {
+			for j := range wr.jobs {
 				if len(j.slices) > 0 {
-					if err := w.putSlices(gctx, j, done); err != nil {
+					if err := w.putSlices(gctx, j, wr.done); err != nil {
 						return err
 					}
 					continue
@@ -274,7 +238,7 @@ func (w *Restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 				if err := w.put(gctx, j); err != nil {
 					return err
 				}
-				if err := done(j.f); err != nil {
+				if err := wr.done(j.f); err != nil {
 					return err
 				}
 			}
@@ -282,110 +246,164 @@ func (w *Restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 		})
 	}
 	g.Go(func() error {
-		defer close(jobs)
-		// pend gathers consecutive slices of one chunk, across files, so
-		// that the chunk is fetched once.
-		var pend *restoreJob
-		send := func(j restoreJob) error {
-			select {
-			case jobs <- j:
-				return nil
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
-		for i, e := range m.Entries {
-			se := source.Entry{Path: e.Path, Type: e.Type, Mode: repo.FileMode(e.Mode), UID: e.UID, GID: e.GID, Size: e.Size, ModTime: e.ModTime, Target: e.Target}
-			switch e.Type {
-			case source.TypeDir:
-				if err := w.Target.Dir(se); err != nil {
-					return err
-				}
-				continue
-			case source.TypeSymlink:
-				if err := w.Target.Symlink(se); err != nil {
-					return err
-				}
-				continue
-			}
-			if skip[i] {
-				continue
-			}
-			if w.ClearSetuid {
-				se.Mode &^= fs.ModeSetuid | fs.ModeSetgid
-			}
-			f := &openFile{index: i, pending: 1} // the extra 1 is released below
-			if inMemory(&e) {
-				// A small file of slices is created when all its bytes
-				// are in and checked: no descriptor is held meanwhile.
-				f.whole, f.se = make([]byte, e.Size), se
-			} else {
-				fw, err := w.Target.File(se)
-				if err != nil {
-					return err
-				}
-				f.fw = fw
-			}
-			if w.Local != nil && e.Size > 0 {
-				if old, err := w.Local.Open(gctx, e.Path); err == nil {
-					f.old = old
-				}
-			}
-			mu.Lock()
-			open[i] = f
-			mu.Unlock()
-			if f.whole != nil {
-				if local := w.wholeFile(f, &e); local {
-					if err := done(f); err != nil {
-						return err
-					}
-					continue
-				}
-			}
-			var off int64
-			for _, ref := range e.Chunks {
-				if ref.Slice {
-					if pend != nil && (pend.ref.ID != ref.ID || len(pend.slices) >= maxSliceTargets) {
-						if err := send(*pend); err != nil {
-							return err
-						}
-						pend = nil
-					}
-					if pend == nil {
-						pend = &restoreJob{ref: repo.Ref{ID: ref.ID}}
-					}
-					mu.Lock()
-					f.pending++
-					mu.Unlock()
-					pend.slices = append(pend.slices, sliceTarget{f: f, ref: ref, off: off})
-				} else if !ref.Hole {
-					mu.Lock()
-					f.pending++
-					mu.Unlock()
-					select {
-					case jobs <- restoreJob{f: f, ref: ref, off: off}:
-					case <-gctx.Done():
-						return gctx.Err()
-					}
-				}
-				off += ref.Size
-			}
-			if err := done(f); err != nil {
-				return err
-			}
-		}
-		if pend != nil {
-			return send(*pend)
-		}
-		return nil
+		defer close(wr.jobs)
+		return wr.walk(gctx, skip)
 	})
 	err := g.Wait()
-	for _, f := range open {
+	for _, f := range wr.open {
 		if f.old != nil {
 			f.old.Close()
 		}
 	}
 	return err
+}
+
+// restoreWrite is one run of write: the walker's queue and the files open.
+type restoreWrite struct {
+	w    *Restorer
+	m    *repo.Manifest
+	jobs chan restoreJob
+	// pend gathers consecutive slices of one chunk, across files, so that
+	// the chunk is fetched once.
+	pend *restoreJob
+
+	mu   sync.Mutex
+	open map[int]*openFile // files not yet closed, by entry index
+}
+
+// done marks one chunk of f written; the last closes and checks f.
+func (wr *restoreWrite) done(f *openFile) error {
+	w, m := wr.w, wr.m
+	wr.mu.Lock()
+	f.pending--
+	last := f.pending == 0
+	wr.mu.Unlock()
+	if !last {
+		return nil
+	}
+	if f.old != nil {
+		f.old.Close()
+	}
+	if f.fw == nil {
+		if err := w.finishWhole(&m.Entries[f.index], f); err != nil {
+			return err
+		}
+	} else {
+		if err := f.fw.Close(); err != nil {
+			return fmt.Errorf("finish %q: %w", m.Entries[f.index].Path, err)
+		}
+		if err := w.verifyStaged(&m.Entries[f.index], f); err != nil {
+			return err
+		}
+	}
+	wr.mu.Lock()
+	delete(wr.open, f.index)
+	wr.mu.Unlock()
+	w.mu.Lock()
+	w.res.Files++
+	w.mark.finish(f.index)
+	files := w.res.Files
+	w.mu.Unlock()
+	w.Reporter.Update(func(p *Progress) { p.FilesDone = files })
+	return nil
+}
+
+func (wr *restoreWrite) send(ctx context.Context, j restoreJob) error {
+	select {
+	case wr.jobs <- j:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// walk replays directories and symlinks and queues the chunks of every file
+// not in skip.
+func (wr *restoreWrite) walk(ctx context.Context, skip map[int]bool) error {
+	w := wr.w
+	for i, e := range wr.m.Entries {
+		se := source.Entry{Path: e.Path, Type: e.Type, Mode: repo.FileMode(e.Mode), UID: e.UID, GID: e.GID, Size: e.Size, ModTime: e.ModTime, Target: e.Target}
+		switch e.Type {
+		case source.TypeDir:
+			if err := w.Target.Dir(se); err != nil {
+				return err
+			}
+			continue
+		case source.TypeSymlink:
+			if err := w.Target.Symlink(se); err != nil {
+				return err
+			}
+			continue
+		}
+		if skip[i] {
+			continue
+		}
+		if w.ClearSetuid {
+			se.Mode &^= fs.ModeSetuid | fs.ModeSetgid
+		}
+		if err := wr.file(ctx, i, &e, se); err != nil {
+			return err
+		}
+	}
+	if wr.pend != nil {
+		return wr.send(ctx, *wr.pend)
+	}
+	return nil
+}
+
+// file opens entry i and queues its chunks.
+func (wr *restoreWrite) file(ctx context.Context, i int, e *repo.Entry, se source.Entry) error {
+	w := wr.w
+	f := &openFile{index: i, pending: 1} // the extra 1 is released below
+	if inMemory(e) {
+		// A small file of slices is created when all its bytes are in
+		// and checked: no descriptor is held meanwhile.
+		f.whole, f.se = make([]byte, e.Size), se
+	} else {
+		fw, err := w.Target.File(se)
+		if err != nil {
+			return err
+		}
+		f.fw = fw
+	}
+	if w.Local != nil && e.Size > 0 {
+		if old, err := w.Local.Open(ctx, e.Path); err == nil {
+			f.old = old
+		}
+	}
+	wr.mu.Lock()
+	wr.open[i] = f
+	wr.mu.Unlock()
+	if f.whole != nil && w.wholeFile(f, e) {
+		return wr.done(f)
+	}
+	var off int64
+	for _, ref := range e.Chunks {
+		if ref.Slice {
+			if p := wr.pend; p != nil && (p.ref.ID != ref.ID || len(p.slices) >= maxSliceTargets) {
+				if err := wr.send(ctx, *p); err != nil {
+					return err
+				}
+				wr.pend = nil
+			}
+			if wr.pend == nil {
+				wr.pend = &restoreJob{ref: repo.Ref{ID: ref.ID}}
+			}
+			wr.mu.Lock()
+			f.pending++
+			wr.mu.Unlock()
+			wr.pend.slices = append(wr.pend.slices, sliceTarget{f: f, ref: ref, off: off})
+		} else if !ref.Hole {
+			wr.mu.Lock()
+			f.pending++
+			wr.mu.Unlock()
+			if err := wr.send(ctx, restoreJob{f: f, ref: ref, off: off}); err != nil {
+				return err
+			}
+		}
+		off += ref.Size
+	}
+	return wr.done(f)
 }
 
 // recheck reads back the files before next, which an earlier attempt

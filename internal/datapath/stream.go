@@ -1,14 +1,10 @@
 package datapath
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/drorch/drorch/drivers/source"
 	"github.com/drorch/drorch/internal/repo"
@@ -22,16 +18,6 @@ import (
 // chunks in flight and the references of one piece. A Closer out is closed
 // when the upload fails, so that a read blocked on it returns.
 func (u *Uploader) Stream(ctx context.Context, op string, snap time.Time, name string, out io.Reader) (pieces int, size int64, err error) {
-	g, gctx := errgroup.WithContext(ctx)
-	// A failure elsewhere, or the end, closes the pipe: a read blocked on a
-	// command that writes nothing more returns.
-	defer context.AfterFunc(gctx, func() {
-		if c, ok := out.(io.Closer); ok {
-			c.Close()
-		}
-	})()
-	jobs := u.storeWorkers(gctx, g)
-	read := make(chan *pendingPiece, 1)
 	root := StagedEntry{Path: []byte("."), Type: source.TypeDir, Mode: 0o700, ModTime: snap}
 	file := StagedEntry{Path: []byte(name), Type: source.TypeFile, Mode: 0o600, ModTime: snap}
 	newPiece := func(i int, off int64) *pendingPiece {
@@ -44,9 +30,17 @@ func (u *Uploader) Stream(ctx context.Context, op string, snap time.Time, name s
 		pp.refs = append(pp.refs, nil)
 		return pp
 	}
-	g.Go(func() error {
-		defer close(jobs)
+	read := make(chan *pendingPiece, 1)
+	var first *pendingPiece
+	err = u.pipeline(ctx, func(ctx context.Context, s sender) error {
 		defer close(read)
+		// A failure elsewhere closes the pipe: a read blocked on a
+		// command that writes nothing more returns.
+		defer context.AfterFunc(ctx, func() {
+			if c, ok := out.(io.Closer); ok {
+				c.Close()
+			}
+		})()
 		ch, err := repo.NewChunker(out, nil)
 		if err != nil {
 			return err
@@ -55,16 +49,12 @@ func (u *Uploader) Stream(ctx context.Context, op string, snap time.Time, name s
 		for {
 			data, err := ch.Next()
 			if len(data) > 0 {
-				ref := &repo.Ref{}
+				ref, serr := s.send(ctx, pp, data)
+				if serr != nil {
+					return serr
+				}
 				last := len(pp.refs) - 1
 				pp.refs[last] = append(pp.refs[last], ref)
-				pp.done.Add(1)
-				select {
-				case jobs <- chunkJob{data: bytes.Clone(data), ref: ref, piece: pp}:
-				case <-gctx.Done():
-					pp.done.Done()
-					return gctx.Err()
-				}
 				n := int64(len(data))
 				size += n
 				inPiece += n
@@ -79,47 +69,32 @@ func (u *Uploader) Stream(ctx context.Context, op string, snap time.Time, name s
 			if inPiece >= SegmentSize {
 				select {
 				case read <- pp:
-				case <-gctx.Done():
-					return gctx.Err()
+				case <-ctx.Done():
+					return ctx.Err()
 				}
 				pp, inPiece = newPiece(pp.index+1, size), 0
 			}
 		}
 		select {
 		case read <- pp:
-		case <-gctx.Done():
-			return gctx.Err()
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		return nil
-	})
-	var first *pendingPiece
-	g.Go(func() error {
+	}, func(ctx context.Context) error {
 		for pp := range read {
-			waited := make(chan struct{})
-			go func() { pp.done.Wait(); close(waited) }()
-			select {
-			case <-waited:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			for k, refs := range pp.refs {
-				for _, r := range refs {
-					pp.out.Items[k].Refs = append(pp.out.Items[k].Refs, *r)
-				}
+			if err := pp.settle(ctx); err != nil {
+				return err
 			}
 			if pp.index == 0 {
 				first = pp // written at the end, with the stream's size
-			} else if err := u.repo.PutStaging(gctx, op, UploadedName(pp.index), pp.out); err != nil {
+			} else if err := u.repo.PutStaging(ctx, op, UploadedName(pp.index), pp.out); err != nil {
 				return err
 			}
 			pieces = pp.index + 1
 		}
 		return nil
 	})
-	err = g.Wait()
-	for j := range jobs {
-		j.piece.done.Done()
-	}
 	if err != nil {
 		return 0, size, err
 	}
@@ -139,24 +114,18 @@ func (u *Uploader) Stream(ctx context.Context, op string, snap time.Time, name s
 // workers, and each piece is written to staging once its chunks are stored.
 // It returns how many pieces were recorded.
 func (u *Uploader) Entries(ctx context.Context, op string, produce func(ctx context.Context, w *EntryWriter) error) (pieces int, err error) {
-	g, gctx := errgroup.WithContext(ctx)
-	jobs := u.storeWorkers(gctx, g)
 	ch, err := repo.NewChunker(nil, nil)
 	if err != nil {
 		return 0, err
 	}
-	w := &EntryWriter{u: u, op: op, ch: ch, jobs: jobs}
-	g.Go(func() error {
-		defer close(jobs)
-		if err := produce(gctx, w); err != nil {
+	w := &EntryWriter{u: u, op: op, ch: ch}
+	err = u.pipeline(ctx, func(ctx context.Context, s sender) error {
+		w.s = s
+		if err := produce(ctx, w); err != nil {
 			return err
 		}
-		return w.flush(gctx)
-	})
-	err = g.Wait()
-	for j := range jobs {
-		j.piece.done.Done()
-	}
+		return w.flush(ctx)
+	}, nil)
 	return w.index, err
 }
 
@@ -166,7 +135,7 @@ type EntryWriter struct {
 	u     *Uploader
 	op    string
 	ch    *repo.Chunker
-	jobs  chan<- chunkJob
+	s     sender
 	index int
 	next  int64 // entry index
 	cur   *pendingPiece
@@ -203,30 +172,10 @@ func (p *EntryWriter) Add(ctx context.Context, e StagedEntry, content io.Reader)
 // file chunks one file's content into upload jobs of the current piece.
 func (p *EntryWriter) file(ctx context.Context, rd io.Reader) ([]*repo.Ref, error) {
 	pp := p.piece()
-	p.ch.Reset(rd)
-	var refs []*repo.Ref
-	for {
-		data, err := p.ch.Next()
-		if len(data) > 0 {
-			ref := &repo.Ref{}
-			refs = append(refs, ref)
-			pp.done.Add(1)
-			select {
-			case p.jobs <- chunkJob{data: bytes.Clone(data), ref: ref, piece: pp}:
-			case <-ctx.Done():
-				pp.done.Done()
-				return nil, ctx.Err()
-			}
-			p.u.count(pp, func(r *UploadResult) { r.BytesRead += int64(len(data)) })
-			p.bytes += int64(len(data))
-		}
-		if errors.Is(err, io.EOF) {
-			return refs, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
+	return p.s.chunks(ctx, p.ch, rd, pp, func(n int64) {
+		p.u.count(pp, func(r *UploadResult) { r.BytesRead += n })
+		p.bytes += n
+	})
 }
 
 // flush waits for the current piece's chunks and records it in staging.
@@ -235,17 +184,8 @@ func (p *EntryWriter) flush(ctx context.Context) error {
 	if pp == nil || len(pp.out.Items) == 0 {
 		return nil
 	}
-	waited := make(chan struct{})
-	go func() { pp.done.Wait(); close(waited) }()
-	select {
-	case <-waited:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	for k, refs := range pp.refs {
-		for _, r := range refs {
-			pp.out.Items[k].Refs = append(pp.out.Items[k].Refs, *r)
-		}
+	if err := pp.settle(ctx); err != nil {
+		return err
 	}
 	if err := p.u.repo.PutStaging(ctx, p.op, UploadedName(pp.index), pp.out); err != nil {
 		return err

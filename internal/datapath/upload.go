@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -151,7 +150,6 @@ const UploadWorkers = 8
 type chunkJob struct {
 	data  []byte
 	ref   *repo.Ref
-	id    *repo.ID // a run's chunk (smallfiles.go): only its id is filled in
 	piece *pendingPiece
 }
 
@@ -166,7 +164,7 @@ type pendingPiece struct {
 	res   UploadResult // this piece's counts; guarded by uploader.mu
 }
 
-// storeWorkers starts uploadWorkers goroutines in g that store the chunks
+// storeWorkers starts UploadWorkers goroutines in g that store the chunks
 // sent on the returned channel, each marking its piece's chunk done; the
 // sender closes it.
 func (u *Uploader) storeWorkers(ctx context.Context, g *errgroup.Group) chan chunkJob {
@@ -203,9 +201,18 @@ func (u *Uploader) Upload(ctx context.Context, op string, next, pieces int, done
 	}
 	u.mu.Unlock()
 	u.rep.Update(u.fill)
-	g, gctx := errgroup.WithContext(ctx)
-	jobs := u.storeWorkers(gctx, g)
 	read := make(chan *pendingPiece, 1) // at most two pieces ahead of the recorder
+	return u.pipeline(ctx, func(ctx context.Context, s sender) error {
+		defer close(read)
+		return u.readPieces(ctx, s, op, next, pieces, read)
+	}, func(ctx context.Context) error {
+		return u.recordPieces(ctx, op, read)
+	})
+}
+
+// readPieces reads the files of pieces next..pieces-1 in order, sends their
+// chunks through s and each read piece on read.
+func (u *Uploader) readPieces(ctx context.Context, s sender, op string, next, pieces int, read chan<- *pendingPiece) error {
 	// One chunker and its buffer serve every file, read in turn.
 	ch, err := repo.NewChunker(nil, nil)
 	if err != nil {
@@ -215,80 +222,61 @@ func (u *Uploader) Upload(ctx context.Context, op string, next, pieces int, done
 	if err != nil {
 		return err
 	}
-	g.Go(func() error {
-		defer close(jobs)
-		defer close(read)
-		for i := next; i < pieces; i++ {
-			var p Piece
-			if err := u.repo.GetStaging(gctx, op, PieceName(i), &p); err != nil {
-				return fmt.Errorf("read snapshot piece %d: %w", i, err)
+	for i := next; i < pieces; i++ {
+		var p Piece
+		if err := u.repo.GetStaging(ctx, op, PieceName(i), &p); err != nil {
+			return fmt.Errorf("read snapshot piece %d: %w", i, err)
+		}
+		pp := &pendingPiece{index: i, out: Uploaded{Items: make([]UploadedItem, len(p.Items))}, refs: make([][]*repo.Ref, len(p.Items))}
+		sr.start(ctx, pp, s)
+		for k, it := range p.Items {
+			pp.out.Items[k] = UploadedItem{Index: it.Index, Entry: it.Entry, Offset: it.Offset}
+			if it.Entry.Type != source.TypeFile {
+				continue
 			}
-			pp := &pendingPiece{index: i, out: Uploaded{Items: make([]UploadedItem, len(p.Items))}, refs: make([][]*repo.Ref, len(p.Items))}
-			sr.start(gctx, pp, jobs)
-			for k, it := range p.Items {
-				pp.out.Items[k] = UploadedItem{Index: it.Index, Entry: it.Entry, Offset: it.Offset}
-				if it.Entry.Type != source.TypeFile {
-					continue
-				}
-				e, refs, err := u.file(gctx, ch, sr, pp, k, it, jobs)
-				if err != nil {
-					return err
-				}
-				pp.out.Items[k].Entry = e
-				if refs != nil { // a small file's refs are the run's slices
-					pp.refs[k] = refs
-				}
-			}
-			if err := sr.flush(); err != nil {
+			e, refs, err := u.file(ctx, ch, sr, pp, k, it, s)
+			if err != nil {
 				return err
 			}
-			select {
-			case read <- pp:
-			case <-gctx.Done():
-				return gctx.Err()
+			pp.out.Items[k].Entry = e
+			if refs != nil { // a small file's refs are the run's slices
+				pp.refs[k] = refs
 			}
 		}
-		return nil
-	})
-	g.Go(func() error {
-		u.mu.Lock()
-		committed := u.res // what earlier attempts recorded
-		u.mu.Unlock()
-		for pp := range read {
-			waited := make(chan struct{})
-			go func() { pp.done.Wait(); close(waited) }()
-			select {
-			case <-waited:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			for _, f := range pp.fix {
-				f.ref.ID = *f.id
-			}
-			for k, refs := range pp.refs {
-				for _, r := range refs {
-					pp.out.Items[k].Refs = append(pp.out.Items[k].Refs, *r)
-				}
-			}
-			if err := u.repo.PutStaging(gctx, op, UploadedName(pp.index), pp.out); err != nil {
-				return err
-			}
-			u.mu.Lock()
-			committed.Add(pp.res)
-			u.mu.Unlock()
-			u.rep.Resume(UploadResume{Next: pp.index + 1, Result: committed})
+		if err := sr.flush(); err != nil {
+			return err
 		}
-		u.mu.Lock()
-		u.res = committed
-		u.mu.Unlock()
-		return nil
-	})
-	err = g.Wait()
-	// Release what no worker took, so no waiter is left behind.
-	for j := range jobs {
-		j.piece.done.Done()
+		select {
+		case read <- pp:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	return err
+	return nil
+}
+
+// recordPieces writes each piece from read to staging once its chunks are
+// stored, and reports it as the resume point.
+func (u *Uploader) recordPieces(ctx context.Context, op string, read <-chan *pendingPiece) error {
+	u.mu.Lock()
+	committed := u.res // what earlier attempts recorded
+	u.mu.Unlock()
+	for pp := range read {
+		if err := pp.settle(ctx); err != nil {
+			return err
+		}
+		if err := u.repo.PutStaging(ctx, op, UploadedName(pp.index), pp.out); err != nil {
+			return err
+		}
+		u.mu.Lock()
+		committed.Add(pp.res)
+		u.mu.Unlock()
+		u.rep.Resume(UploadResume{Next: pp.index + 1, Result: committed})
+	}
+	u.mu.Lock()
+	u.res = committed
+	u.mu.Unlock()
+	return nil
 }
 
 // storeIn stores a chunk within the worker's bound on chunks in flight.
@@ -308,11 +296,7 @@ func (u *Uploader) storeIn(ctx context.Context, j chunkJob) error {
 func (u *Uploader) store(ctx context.Context, j chunkJob) error {
 	data := j.data
 	id := repo.Hash(data)
-	if j.id != nil {
-		*j.id = id
-	} else {
-		*j.ref = repo.Ref{ID: id, Size: int64(len(data))}
-	}
+	*j.ref = repo.Ref{ID: id, Size: int64(len(data))}
 	if !u.claim(id) {
 		u.count(j.piece, func(r *UploadResult) { r.Chunks++ })
 		return nil
@@ -373,7 +357,7 @@ var errChanged = errors.New("changed while being read")
 // file reads one file (or segment) into chunk jobs. A file that changes while
 // it is read is read again when the plan allows, with its new size and time;
 // it is never stored torn.
-func (u *Uploader) file(ctx context.Context, ch *repo.Chunker, sr *smallRun, pp *pendingPiece, k int, it Item, jobs chan<- chunkJob) (StagedEntry, []*repo.Ref, error) {
+func (u *Uploader) file(ctx context.Context, ch *repo.Chunker, sr *smallRun, pp *pendingPiece, k int, it Item, s sender) (StagedEntry, []*repo.Ref, error) {
 	e := it.Entry.Source()
 	if refs, ok := u.unchanged(e, it.Offset, it.Length); ok {
 		pp.out.Items[k].Sum = u.parent[e.Path].SHA256
@@ -402,7 +386,7 @@ func (u *Uploader) file(ctx context.Context, ch *repo.Chunker, sr *smallRun, pp 
 				err = sr.add(k, data)
 			}
 		} else {
-			refs, read, err = u.read(ctx, ch, pp, e, it.Offset, it.Length, jobs)
+			refs, read, err = u.read(ctx, ch, pp, e, it.Offset, it.Length, s)
 		}
 		u.count(pp, func(r *UploadResult) { r.BytesRead += read })
 		if err == nil {
@@ -445,7 +429,7 @@ func (u *Uploader) file(ctx context.Context, ch *repo.Chunker, sr *smallRun, pp 
 
 // read chunks [off, off+n) of the file e, skipping holes, and returns the
 // references (filled in as the workers hash) and the bytes read.
-func (u *Uploader) read(ctx context.Context, ch *repo.Chunker, pp *pendingPiece, e source.Entry, off, n int64, jobs chan<- chunkJob) ([]*repo.Ref, int64, error) {
+func (u *Uploader) read(ctx context.Context, ch *repo.Chunker, pp *pendingPiece, e source.Entry, off, n int64, s sender) ([]*repo.Ref, int64, error) {
 	f, err := u.Source.Open(ctx, e.Path)
 	if err != nil {
 		if drivers.IsNotFound(err) {
@@ -471,30 +455,14 @@ func (u *Uploader) read(ctx context.Context, ch *repo.Chunker, pp *pendingPiece,
 		if rg.Offset > pos {
 			refs = append(refs, &repo.Ref{Hole: true, Size: rg.Offset - pos})
 		}
-		ch.Reset(io.NewSectionReader(f, rg.Offset, rg.Length))
-		for {
-			data, err := ch.Next()
-			if len(data) > 0 {
-				// The chunker reuses its buffer: the job gets a copy of
-				// exactly the chunk's size.
-				ref := &repo.Ref{}
-				refs = append(refs, ref)
-				pp.done.Add(1)
-				select {
-				case jobs <- chunkJob{data: bytes.Clone(data), ref: ref, piece: pp}:
-				case <-ctx.Done():
-					pp.done.Done()
-					return nil, read, ctx.Err()
-				}
-				read += int64(len(data))
+		got, err := s.chunks(ctx, ch, io.NewSectionReader(f, rg.Offset, rg.Length), pp, func(n int64) { read += n })
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, read, ctx.Err()
 			}
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return nil, read, fmt.Errorf("read %q: %w", e.Path, err)
-			}
+			return nil, read, fmt.Errorf("read %q: %w", e.Path, err)
 		}
+		refs = append(refs, got...)
 		pos = rg.Offset + rg.Length
 	}
 	if end := off + n; pos < end {
