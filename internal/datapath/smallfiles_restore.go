@@ -12,7 +12,7 @@ import (
 	"github.com/drorch/drorch/internal/repo"
 )
 
-// Restoring files of slices (format v2, see activities/smallfiles.go). The walker gives
+// Restoring files of slices (format v2, see smallfiles.go). The walker gives
 // one job the consecutive slices of a chunk, across files, so the chunk is
 // fetched once; a slice cannot be checked against its chunk id alone, so a
 // file of slices is gathered in memory and checked whole against its SHA-256

@@ -161,7 +161,7 @@ type pendingPiece struct {
 	refs  [][]*repo.Ref
 	fix   []sliceFix // slice refs whose chunk id a worker fills in
 	done  sync.WaitGroup
-	res   UploadResult // this piece's counts; guarded by uploader.mu
+	res   UploadResult // this piece's counts; guarded by Uploader.mu
 }
 
 // storeWorkers starts UploadWorkers goroutines in g that store the chunks
