@@ -26,6 +26,7 @@ import (
 	"github.com/drorch/drorch/drivers/store"
 	"github.com/drorch/drorch/drivers/store/s3"
 	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/datapath"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -70,7 +71,7 @@ func New(cfg *config.Config, cl client.Client, log zerolog.Logger) *Activities {
 		client:            cl,
 		log:               log,
 		stores:            map[string]store.Store{},
-		storeSlots:        make(chan struct{}, uploadWorkers),
+		storeSlots:        make(chan struct{}, datapath.UploadWorkers),
 		HeartbeatInterval: 2 * time.Second,
 		StallTimeout:      DefaultStallTimeout,
 	}
@@ -224,19 +225,9 @@ func temporalApplicationError(msg, typ string, nonRetryable bool) error {
 // details: the CLI (drorch status, --wait) and the Web UI's pending
 // activities read it from there. It never enters the workflow's history,
 // which so stays the same length however long the activity runs.
-type Progress struct {
-	Step        string    `json:"step"`
-	FilesTotal  int64     `json:"filesTotal,omitempty"`
-	FilesDone   int64     `json:"filesDone,omitempty"`
-	BytesTotal  int64     `json:"bytesTotal,omitempty"`
-	BytesDone   int64     `json:"bytesDone"`
-	BytesNew    int64     `json:"bytesNew"`
-	ChunksTotal int64     `json:"chunksTotal,omitempty"`
-	ChunksDone  int64     `json:"chunksDone"`
-	ChunksNew   int64     `json:"chunksNew"`
-	Started     time.Time `json:"started"`
-	Updated     time.Time `json:"updated"`
-}
+type Progress = datapath.Progress
+
+var _ datapath.Reporter = (*reporter)(nil)
 
 // reporter heartbeats a long activity on a ticker with its resume point and
 // progress while the activity makes progress. Heartbeating from a ticker
@@ -290,16 +281,16 @@ func (a *Activities) startReporter(ctx context.Context, step string) *reporter {
 	return r
 }
 
-// update changes the progress under the lock.
-func (r *reporter) update(f func(p *Progress)) {
+// Update changes the progress under the lock.
+func (r *reporter) Update(f func(p *Progress)) {
 	r.mu.Lock()
 	f(&r.p)
 	r.mu.Unlock()
 }
 
-// resume records where a retried attempt should continue and heartbeats it at
+// Resume records where a retried attempt should continue and heartbeats it at
 // once: it marks durable progress.
-func (r *reporter) resume(v any) {
+func (r *reporter) Resume(v any) {
 	r.mu.Lock()
 	r.res = v
 	r.moved = time.Now()

@@ -138,7 +138,7 @@ func (a *Activities) checkRepository(ctx context.Context, in CheckRepositoryInpu
 	if c.err != nil {
 		return CheckRepositoryResult{}, c.err
 	}
-	rep.update(func(p *Progress) { p.ChunksTotal = int64(len(toRead)) })
+	rep.Update(func(p *Progress) { p.ChunksTotal = int64(len(toRead)) })
 	if err := c.read(ctx, rep, toRead); err != nil {
 		return CheckRepositoryResult{}, err
 	}
@@ -257,7 +257,7 @@ func (c *checker) read(ctx context.Context, rep *reporter, uses []chunkUse) erro
 		}
 		c.mu.Unlock()
 		if next != "" {
-			rep.resume(st)
+			rep.Resume(st)
 		}
 	}
 	return nil
@@ -291,7 +291,7 @@ func (c *checker) readOne(ctx context.Context, rep *reporter, u chunkUse) error 
 		c.res.ChunksDamaged++
 	}
 	c.mu.Unlock()
-	rep.update(func(p *Progress) { p.ChunksDone++; p.BytesDone += int64(len(plain)) })
+	rep.Update(func(p *Progress) { p.ChunksDone++; p.BytesDone += int64(len(plain)) })
 	if problem != "" {
 		c.damage(ctx, u, problem)
 	}

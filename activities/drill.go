@@ -13,6 +13,7 @@ import (
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/source"
 	"github.com/drorch/drorch/drivers/source/dir"
+	"github.com/drorch/drorch/internal/datapath"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -59,7 +60,7 @@ func (a *Activities) VerifyTarget(ctx context.Context, in VerifyTargetInput) (Ve
 	rep := a.startReporter(ctx, "verify")
 	defer rep.close()
 	ctx = rep.work // ends when the work stalls
-	rep.update(func(p *Progress) { p.BytesTotal = m.Totals.Bytes })
+	rep.Update(func(p *Progress) { p.BytesTotal = m.Totals.Bytes })
 	want := make(map[string]*repo.Entry, len(m.Entries))
 	for i := range m.Entries {
 		want[m.Entries[i].Path] = &m.Entries[i]
@@ -100,7 +101,7 @@ func (a *Activities) VerifyTarget(ctx context.Context, in VerifyTargetInput) (Ve
 		n, err := verifyFile(ctx, d, e.Path, w)
 		res.Chunks += n
 		res.Bytes += e.Size
-		rep.update(func(p *Progress) { p.BytesDone = res.Bytes; p.ChunksDone = res.Chunks })
+		rep.Update(func(p *Progress) { p.BytesDone = res.Bytes; p.ChunksDone = res.Chunks })
 		if err != nil {
 			fail("%v", err)
 		}
@@ -139,7 +140,7 @@ func verifyFile(ctx context.Context, d *dir.Dir, path string, w *repo.Entry) (in
 	if w.SHA256 != "" {
 		// A file of slices (format v2): a slice cannot be hashed alone,
 		// the whole file is.
-		why, err := checkSHA256(ctx, f, w, buf)
+		why, err := datapath.CheckSHA256(ctx, f, w, buf)
 		if err != nil {
 			return 0, err
 		}
@@ -161,7 +162,7 @@ func verifyFile(ctx context.Context, d *dir.Dir, path string, w *repo.Entry) (in
 				if _, err := f.ReadAt(b, pos); err != nil && err != io.EOF {
 					return chunks, fmt.Errorf("read %q at %d: %w", path, pos, err)
 				}
-				if !allZero(b) {
+				if !datapath.AllZero(b) {
 					return chunks, fmt.Errorf("%q at %d: the restore point has a hole of %d bytes there, the file holds data", path, off, ref.Size)
 				}
 			}

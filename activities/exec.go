@@ -14,7 +14,6 @@ package activities
 // chunks the first attempt stored are not uploaded again.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,11 +26,10 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/source"
 	"github.com/drorch/drorch/internal/config"
+	"github.com/drorch/drorch/internal/datapath"
 	"github.com/drorch/drorch/internal/redact"
 	"github.com/drorch/drorch/internal/repo"
 )
@@ -238,10 +236,8 @@ func (a *Activities) snapshotStream(ctx context.Context, r *repo.Repo, sc *confi
 	rep := a.startReporter(ctx, "stream")
 	defer rep.close()
 	work := rep.work // ends when the work stalls
-	u := &uploader{repo: r, rep: rep, slots: a.storeSlots, known: make(map[repo.ID]struct{}, len(known))}
-	for id := range known {
-		u.known[id] = struct{}{}
-	}
+	u := datapath.NewUploader(r, known, rep)
+	u.Slots = a.storeSlots
 	env := execEnv(sc.Backup, "DRORCH_PLAN="+in.Plan, "DRORCH_SITE="+in.Site, "DRORCH_POINT="+point,
 		"DRORCH_SNAPSHOT="+snap.Format(time.RFC3339Nano))
 	cmd, stdout, _, err := startStream(work, "backup command", sc.Backup, env, a.cfg.SecretValues(), true)
@@ -249,7 +245,7 @@ func (a *Activities) snapshotStream(ctx context.Context, r *repo.Repo, sc *confi
 		return SnapshotResult{}, err
 	}
 	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Str("command", sc.Backup.Command[0]).Msg("backup command started")
-	pieces, size, serr := u.stream(work, in.Op, snap, stdout)
+	pieces, size, serr := u.Stream(work, in.Op, snap, StreamEntry, stdout)
 	if err := cmd.wait(serr); err != nil {
 		return SnapshotResult{}, err
 	}
@@ -257,7 +253,7 @@ func (a *Activities) snapshotStream(ctx context.Context, r *repo.Repo, sc *confi
 		return SnapshotResult{}, drivers.Permanentf(drivers.ReasonInvalidInput, "backup command %s exited 0 but wrote nothing to its stdout", sc.Backup.Command[0])
 	}
 	res.Entries, res.Files, res.Bytes, res.Pieces = 2, 1, size, pieces
-	up := u.result()
+	up := u.Result()
 	if err := r.PutStaging(ctx, in.Op, streamUploadName, up); err != nil {
 		return SnapshotResult{}, err
 	}
@@ -267,122 +263,6 @@ func (a *Activities) snapshotStream(ctx context.Context, r *repo.Repo, sc *confi
 	}
 	a.log.Info().Str("plan", in.Plan).Int64("bytes", size).Int64("bytesNew", up.BytesNew).Int64("chunksNew", up.ChunksNew).Msg("backup command's stream stored")
 	return res, nil
-}
-
-// stream reads out to its end through the chunker, uploads the chunks the
-// repository lacks with uploadWorkers workers, and records the stream in
-// staging piece by piece (each segmentSize bytes of it), the first piece
-// again at the end with the stream's size. Memory stays bounded: the chunks
-// in flight and the references of one piece.
-func (u *uploader) stream(ctx context.Context, op string, snap time.Time, out io.Reader) (pieces int, size int64, err error) {
-	g, gctx := errgroup.WithContext(ctx)
-	// A failure elsewhere, or the end, closes the pipe: a read blocked on a
-	// command that writes nothing more returns.
-	defer context.AfterFunc(gctx, func() {
-		if c, ok := out.(io.Closer); ok {
-			c.Close()
-		}
-	})()
-	jobs := u.storeWorkers(gctx, g)
-	read := make(chan *pendingPiece, 1)
-	root := stagedEntry{Path: []byte("."), Type: source.TypeDir, Mode: 0o700, ModTime: snap}
-	file := stagedEntry{Path: []byte(StreamEntry), Type: source.TypeFile, Mode: 0o600, ModTime: snap}
-	newPiece := func(i int, off int64) *pendingPiece {
-		pp := &pendingPiece{index: i}
-		if i == 0 {
-			pp.out.Items = append(pp.out.Items, uploadedItem{Index: 0, Entry: root})
-			pp.refs = append(pp.refs, nil)
-		}
-		pp.out.Items = append(pp.out.Items, uploadedItem{Index: 1, Entry: file, Offset: off})
-		pp.refs = append(pp.refs, nil)
-		return pp
-	}
-	g.Go(func() error {
-		defer close(jobs)
-		defer close(read)
-		ch, err := repo.NewChunker(out, nil)
-		if err != nil {
-			return err
-		}
-		pp, inPiece := newPiece(0, 0), int64(0)
-		for {
-			data, err := ch.Next()
-			if len(data) > 0 {
-				ref := &repo.Ref{}
-				last := len(pp.refs) - 1
-				pp.refs[last] = append(pp.refs[last], ref)
-				pp.done.Add(1)
-				select {
-				case jobs <- chunkJob{data: bytes.Clone(data), ref: ref, piece: pp}:
-				case <-gctx.Done():
-					pp.done.Done()
-					return gctx.Err()
-				}
-				n := int64(len(data))
-				size += n
-				inPiece += n
-				u.count(pp, func(r *UploadResult) { r.BytesRead += n })
-			}
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return fmt.Errorf("read the backup command's stdout: %w", err)
-			}
-			if inPiece >= segmentSize {
-				select {
-				case read <- pp:
-				case <-gctx.Done():
-					return gctx.Err()
-				}
-				pp, inPiece = newPiece(pp.index+1, size), 0
-			}
-		}
-		select {
-		case read <- pp:
-		case <-gctx.Done():
-			return gctx.Err()
-		}
-		return nil
-	})
-	var first *pendingPiece
-	g.Go(func() error {
-		for pp := range read {
-			waited := make(chan struct{})
-			go func() { pp.done.Wait(); close(waited) }()
-			select {
-			case <-waited:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			for k, refs := range pp.refs {
-				for _, r := range refs {
-					pp.out.Items[k].Refs = append(pp.out.Items[k].Refs, *r)
-				}
-			}
-			if pp.index == 0 {
-				first = pp // written at the end, with the stream's size
-			} else if err := u.repo.PutStaging(gctx, op, uploadedName(pp.index), pp.out); err != nil {
-				return err
-			}
-			pieces = pp.index + 1
-		}
-		return nil
-	})
-	err = g.Wait()
-	for j := range jobs {
-		j.piece.done.Done()
-	}
-	if err != nil {
-		return 0, size, err
-	}
-	if first != nil {
-		first.out.Items[1].Entry.Size = size
-		if err := u.repo.PutStaging(ctx, op, uploadedName(0), first.out); err != nil {
-			return 0, size, err
-		}
-	}
-	return pieces, size, nil
 }
 
 // uploadedStream is Upload for an exec source: Snapshot has stored the
@@ -544,107 +424,23 @@ func (a *Activities) restoreStream(ctx context.Context, sc *config.Source, in Re
 	rep := a.startReporter(ctx, "restore")
 	defer rep.close()
 	work := rep.work
-	rep.update(func(p *Progress) { p.BytesTotal, p.FilesTotal, p.ChunksTotal = e.Size, 1, int64(len(e.Chunks)) })
+	rep.Update(func(p *Progress) { p.BytesTotal, p.FilesTotal, p.ChunksTotal = e.Size, 1, int64(len(e.Chunks)) })
 	cmd, _, stdin, err := startStream(work, "restore command", sc.Restore, execEnv(sc.Restore, vars...), a.cfg.SecretValues(), false)
 	if err != nil {
 		return RestoreDataResult{}, err
 	}
 	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Str("point", m.Point).Str("command", sc.Restore.Command[0]).Msg("restore command started")
 	res := RestoreDataResult{Target: streamTarget(sc, in.To), Entries: m.Totals.Entries, Files: 1, Bytes: e.Size}
-	werr := feedStream(work, r, e, stdin, rep, &res)
+	ws, werr := datapath.WriteStream(work, r, e, stdin, rep)
+	res.Chunks, res.BytesWritten = ws.Chunks, ws.BytesWritten
 	if cerr := stdin.Close(); werr == nil && cerr != nil && !isPipeErr(cerr) {
 		werr = cerr
 	}
 	if err := cmd.wait(werr); err != nil {
 		return RestoreDataResult{}, err
 	}
-	rep.resume(restoreResume{Next: len(m.Entries), Committed: true, Result: res})
+	rep.Resume(restoreResume{Next: len(m.Entries), Committed: true, Result: res})
 	return res, nil
-}
-
-// streamFetchers bounds the chunks fetched ahead of the one being written.
-const streamFetchers = 8
-
-// feedStream writes the chunks of e to w in order, fetching up to
-// streamFetchers ahead; each is verified against its id by GetChunk. A hole
-// is written as zeros.
-func feedStream(ctx context.Context, r *repo.Repo, e *repo.Entry, w io.Writer, rep *reporter, res *RestoreDataResult) error {
-	type fetched struct {
-		ref  repo.Ref
-		data []byte
-		err  error
-		done chan struct{}
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	queue := make(chan *fetched, streamFetchers)
-	sem := make(chan struct{}, streamFetchers)
-	g.Go(func() error {
-		defer close(queue)
-		for _, ref := range e.Chunks {
-			f := &fetched{ref: ref, done: make(chan struct{})}
-			select {
-			case queue <- f:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			if ref.Hole {
-				close(f.done)
-				continue
-			}
-			select {
-			case sem <- struct{}{}:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			go func() {
-				defer func() { <-sem }()
-				f.data, f.err = r.GetChunk(gctx, ref.ID)
-				close(f.done)
-			}()
-		}
-		return nil
-	})
-	g.Go(func() error {
-		zeros := make([]byte, 1<<20)
-		for f := range queue {
-			select {
-			case <-f.done:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			if f.err != nil {
-				return fmt.Errorf("restore chunk %s: %w", f.ref.ID, f.err)
-			}
-			if f.ref.Hole {
-				for left := f.ref.Size; left > 0; {
-					n := min(left, int64(len(zeros)))
-					if _, err := w.Write(zeros[:n]); err != nil {
-						return fmt.Errorf("write to the restore command: %w", err)
-					}
-					left -= n
-				}
-			} else {
-				data, err := f.ref.Bytes(f.data)
-				if err != nil {
-					return drivers.Permanent(drivers.ReasonCorrupt, err)
-				}
-				if _, err := w.Write(data); err != nil {
-					return fmt.Errorf("write to the restore command: %w", err)
-				}
-				res.Chunks++
-				res.BytesWritten += f.ref.Size
-			}
-			done, chunks := res.BytesWritten, res.Chunks
-			rep.update(func(p *Progress) { p.BytesDone, p.ChunksDone = done, chunks })
-		}
-		return nil
-	})
-	err := g.Wait()
-	// Let the fetches still running end before their results are dropped.
-	for range streamFetchers {
-		sem <- struct{}{}
-	}
-	return err
 }
 
 // verifyStream is VerifyTarget for a drill of an exec source: the restore

@@ -104,12 +104,12 @@ func (a *Activities) applyRetention(ctx context.Context, in ApplyRetentionInput)
 	}
 	rep := a.startReporter(ctx, "forget")
 	defer rep.close()
-	rep.update(func(p *Progress) { p.FilesTotal = int64(len(res.Forgotten)) })
+	rep.Update(func(p *Progress) { p.FilesTotal = int64(len(res.Forgotten)) })
 	for _, id := range res.Forgotten {
 		if err := r.ForgetPoint(rep.work, id); err != nil {
 			return res, err
 		}
-		rep.update(func(p *Progress) { p.FilesDone++ })
+		rep.Update(func(p *Progress) { p.FilesDone++ })
 	}
 	a.log.Info().Str("plan", in.Plan).Str("site", in.Site).Int("kept", len(res.Decisions)-len(res.Forgotten)).
 		Int("forgotten", len(res.Forgotten)).Msg("retention applied")
@@ -144,7 +144,7 @@ func (a *Activities) CollectGarbage(ctx context.Context, in CollectGarbageInput)
 	res, err := r.CollectGarbage(rep.work, repo.GCOptions{
 		DryRun: in.DryRun, NoSweep: in.NoSweep, Forgotten: forgotten, SweepID: sweepID(ctx),
 		Progress: func(stage string, n int64) {
-			rep.update(func(p *Progress) {
+			rep.Update(func(p *Progress) {
 				switch stage {
 				case "manifests":
 					p.FilesDone = n

@@ -2,9 +2,7 @@ package activities
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,12 +12,10 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/source"
 	"github.com/drorch/drorch/internal/config"
-	"github.com/drorch/drorch/internal/repo"
+	"github.com/drorch/drorch/internal/datapath"
 )
 
 // A physical backup of a postgres source fits the Backup workflow's steps
@@ -85,7 +81,7 @@ func (a *Activities) snapshotPostgres(ctx context.Context, in SnapshotInput, sc 
 	}
 	var res SnapshotResult
 	if err := r.GetStaging(ctx, in.Op, snapshotName, &res); err == nil {
-		missing, err := firstMissing(ctx, r, in.Op, uploadedName, res.Pieces)
+		missing, err := firstMissing(ctx, r, in.Op, datapath.UploadedName, res.Pieces)
 		if err != nil {
 			return SnapshotResult{}, err
 		}
@@ -104,16 +100,14 @@ func (a *Activities) snapshotPostgres(ctx context.Context, in SnapshotInput, sc 
 	}
 	rep := a.startReporter(ctx, "base backup")
 	defer rep.close()
-	u := &uploader{repo: r, rep: rep, slots: a.storeSlots, known: make(map[repo.ID]struct{}, len(known))}
-	for id := range known {
-		u.known[id] = struct{}{}
-	}
+	u := datapath.NewUploader(r, known, rep)
+	u.Slots = a.storeSlots
 	res, err = a.baseBackup(rep.work, in, sc, u)
 	if err != nil {
 		return SnapshotResult{}, fmt.Errorf("base backup of %s: %w", describePostgres(sc), err)
 	}
 	res.Kind = "postgres"
-	if err := r.PutStaging(ctx, in.Op, pgUploadName, u.result()); err != nil {
+	if err := r.PutStaging(ctx, in.Op, pgUploadName, u.Result()); err != nil {
 		return SnapshotResult{}, err
 	}
 	if err := r.PutStaging(ctx, in.Op, snapshotName, res); err != nil {
@@ -125,8 +119,8 @@ func (a *Activities) snapshotPostgres(ctx context.Context, in SnapshotInput, sc 
 // baseBackup runs pg_basebackup in tar format to its stdout and stores the
 // stream: every entry of the data directory with its content chunked,
 // hashed and uploaded by the upload workers, in pieces recorded in staging.
-// Memory stays bounded: at most uploadWorkers chunks are in flight.
-func (a *Activities) baseBackup(ctx context.Context, in SnapshotInput, sc *config.Source, u *uploader) (SnapshotResult, error) {
+// Memory stays bounded: at most datapath.UploadWorkers chunks are in flight.
+func (a *Activities) baseBackup(ctx context.Context, in SnapshotInput, sc *config.Source, u *datapath.Uploader) (SnapshotResult, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// -X fetch: the WAL the backup needs to be consistent is in its own
@@ -181,17 +175,9 @@ func (a *Activities) baseBackup(ctx context.Context, in SnapshotInput, sc *confi
 }
 
 // storeTar reads the tar stream into staged pieces of uploaded entries.
-func (a *Activities) storeTar(ctx context.Context, rd io.Reader, u *uploader, in SnapshotInput) (SnapshotResult, error) {
+func (a *Activities) storeTar(ctx context.Context, rd io.Reader, u *datapath.Uploader, in SnapshotInput) (SnapshotResult, error) {
 	var res SnapshotResult
-	g, gctx := errgroup.WithContext(ctx)
-	jobs := u.storeWorkers(gctx, g)
-	ch, err := repo.NewChunker(nil, nil)
-	if err != nil {
-		return res, err
-	}
-	g.Go(func() error {
-		defer close(jobs)
-		p := &tarPieces{a: a, u: u, op: in.Op}
+	pieces, err := u.Entries(ctx, in.Op, func(ctx context.Context, w *datapath.EntryWriter) error {
 		seen := map[string]bool{}
 		label := false
 		tr := tar.NewReader(rd)
@@ -211,8 +197,8 @@ func (a *Activities) storeTar(ctx context.Context, rd io.Reader, u *uploader, in
 				// The tar has no entry for the data directory itself: it
 				// gets the owner of the files (the server's user) and the
 				// mode PostgreSQL requires.
-				root := stagedEntry{Path: []byte("."), Type: source.TypeDir, Mode: 0o700, UID: h.Uid, GID: h.Gid, ModTime: time.Now().UTC()}
-				if err := p.add(gctx, root, nil); err != nil {
+				root := datapath.StagedEntry{Path: []byte("."), Type: source.TypeDir, Mode: 0o700, UID: h.Uid, GID: h.Gid, ModTime: time.Now().UTC()}
+				if err := w.Add(ctx, root, nil); err != nil {
 					return err
 				}
 				seen["."] = true
@@ -223,20 +209,17 @@ func (a *Activities) storeTar(ctx context.Context, rd io.Reader, u *uploader, in
 				}
 				return fmt.Errorf("the tar stream names %q twice", name)
 			}
-			e := stagedEntry{Path: []byte(name), Mode: uint32(h.Mode) & 0o7777, UID: h.Uid, GID: h.Gid, ModTime: h.ModTime.UTC()}
-			var refs []*repo.Ref
+			e := datapath.StagedEntry{Path: []byte(name), Mode: uint32(h.Mode) & 0o7777, UID: h.Uid, GID: h.Gid, ModTime: h.ModTime.UTC()}
+			var content io.Reader
 			switch h.Typeflag {
 			case tar.TypeDir:
 				e.Type = source.TypeDir
 			case tar.TypeSymlink:
 				e.Type, e.Target = source.TypeSymlink, []byte(h.Linkname)
 			case tar.TypeReg:
-				e.Type, e.Size = source.TypeFile, h.Size
+				e.Type, e.Size, content = source.TypeFile, h.Size, tr
 				if name == "backup_label" {
 					label = true
-				}
-				if refs, err = p.file(gctx, ch, tr, jobs); err != nil {
-					return fmt.Errorf("read %q: %w", name, err)
 				}
 			default:
 				a.log.Warn().Str("plan", in.Plan).Str("path", name).Msg("skipping a tar entry that is not a file, directory or symlink")
@@ -244,7 +227,7 @@ func (a *Activities) storeTar(ctx context.Context, rd io.Reader, u *uploader, in
 				continue
 			}
 			seen[name] = true
-			if err := p.add(gctx, e, refs); err != nil {
+			if err := w.Add(ctx, e, content); err != nil {
 				return err
 			}
 			res.Entries++
@@ -256,105 +239,11 @@ func (a *Activities) storeTar(ctx context.Context, rd io.Reader, u *uploader, in
 		if !label {
 			return drivers.Permanentf(drivers.ReasonInvalidInput, "the base backup has no backup_label at its root: not a pg_basebackup tar stream")
 		}
-		if err := p.flush(gctx); err != nil {
-			return err
-		}
-		res.Pieces = p.index
-		res.Entries++ // the root
 		return nil
 	})
-	err = g.Wait()
-	for j := range jobs {
-		j.piece.done.Done()
-	}
+	res.Pieces = pieces
+	res.Entries++ // the root
 	return res, err
-}
-
-// tarPieces collects the entries of a streamed backup into pieces and writes
-// each to staging as uploaded once its chunks are stored.
-type tarPieces struct {
-	a     *Activities
-	u     *uploader
-	op    string
-	index int
-	next  int64 // entry index
-	cur   *pendingPiece
-	bytes int64
-}
-
-func (p *tarPieces) piece() *pendingPiece {
-	if p.cur == nil {
-		p.cur = &pendingPiece{index: p.index}
-	}
-	return p.cur
-}
-
-// file chunks one file's content into upload jobs of the current piece.
-func (p *tarPieces) file(ctx context.Context, ch *repo.Chunker, rd io.Reader, jobs chan<- chunkJob) ([]*repo.Ref, error) {
-	pp := p.piece()
-	ch.Reset(rd)
-	var refs []*repo.Ref
-	for {
-		data, err := ch.Next()
-		if len(data) > 0 {
-			ref := &repo.Ref{}
-			refs = append(refs, ref)
-			pp.done.Add(1)
-			select {
-			case jobs <- chunkJob{data: bytes.Clone(data), ref: ref, piece: pp}:
-			case <-ctx.Done():
-				pp.done.Done()
-				return nil, ctx.Err()
-			}
-			p.u.count(pp, func(r *UploadResult) { r.BytesRead += int64(len(data)) })
-			p.bytes += int64(len(data))
-		}
-		if errors.Is(err, io.EOF) {
-			return refs, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-}
-
-// add appends an entry (its refs filled in as the workers hash) and writes
-// the piece out when it is full.
-func (p *tarPieces) add(ctx context.Context, e stagedEntry, refs []*repo.Ref) error {
-	pp := p.piece()
-	pp.out.Items = append(pp.out.Items, uploadedItem{Index: p.next, Entry: e})
-	pp.refs = append(pp.refs, refs)
-	p.next++
-	if len(pp.out.Items) >= pieceMaxItems || p.bytes >= pieceMaxBytes {
-		return p.flush(ctx)
-	}
-	return nil
-}
-
-// flush waits for the current piece's chunks and records it in staging.
-func (p *tarPieces) flush(ctx context.Context) error {
-	pp := p.cur
-	if pp == nil || len(pp.out.Items) == 0 {
-		return nil
-	}
-	waited := make(chan struct{})
-	go func() { pp.done.Wait(); close(waited) }()
-	select {
-	case <-waited:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	for k, refs := range pp.refs {
-		for _, r := range refs {
-			pp.out.Items[k].Refs = append(pp.out.Items[k].Refs, *r)
-		}
-	}
-	if err := p.u.repo.PutStaging(ctx, p.op, uploadedName(pp.index), pp.out); err != nil {
-		return err
-	}
-	p.index++
-	p.cur, p.bytes = nil, 0
-	return nil
 }
 
 // uploadPostgres is the upload step of a postgres backup: the snapshot

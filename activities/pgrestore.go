@@ -66,7 +66,7 @@ func (a *Activities) restorePostgres(ctx context.Context, in RestoreDataInput, s
 	}
 	rep := a.startReporter(ctx, "recovery")
 	defer rep.close()
-	rep.resume(restoreResume{Committed: true, Result: res})
+	rep.Resume(restoreResume{Committed: true, Result: res})
 	running := false
 	if committed {
 		// The attempt before this one may have started the server, which
@@ -457,7 +457,7 @@ func (a *Activities) waitRecovered(ctx context.Context, sc *config.Source, rep *
 			return at, nil
 		}
 		if err == nil {
-			rep.update(func(p *Progress) { p.BytesDone = lsn })
+			rep.Update(func(p *Progress) { p.BytesDone = lsn })
 		}
 		if time.Now().After(deadline) {
 			return time.Time{}, drivers.Permanentf(drivers.ReasonInvalidInput, "the restored server of %s is still recovering after %s (startTimeout)", sc.Path, sc.StartTimeout)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/drorch/drorch/internal/datapath"
 	"github.com/drorch/drorch/internal/repo"
 )
 
@@ -59,12 +60,12 @@ func TestFirstMissingFromLooksInsideTheRange(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, i := range []int{2, 3, 5} {
-		if err := r.PutStaging(ctx, "backup-range", uploadedName(i), uploaded{}); err != nil {
+		if err := r.PutStaging(ctx, "backup-range", datapath.UploadedName(i), datapath.Uploaded{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, c := range []struct{ from, n, want int }{{2, 4, 4}, {2, 6, 4}, {5, 6, 6}, {0, 3, 0}, {4, 4, 4}} {
-		got, err := firstMissingFrom(ctx, r, "backup-range", uploadedName, c.from, c.n)
+		got, err := firstMissingFrom(ctx, r, "backup-range", datapath.UploadedName, c.from, c.n)
 		if err != nil {
 			t.Fatal(err)
 		}

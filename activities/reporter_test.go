@@ -27,7 +27,7 @@ func TestReporterHeartbeatsOnlyWhileProgressMoves(t *testing.T) {
 			rep := a.startReporter(context.Background(), "upload")
 			for i := range 40 {
 				if moving {
-					rep.update(func(p *Progress) { p.BytesDone = int64(i) })
+					rep.Update(func(p *Progress) { p.BytesDone = int64(i) })
 				}
 				time.Sleep(25 * time.Millisecond)
 			}

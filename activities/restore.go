@@ -4,23 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/rs/zerolog"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/source"
+	"github.com/drorch/drorch/internal/datapath"
 	"github.com/drorch/drorch/internal/metrics"
 	"github.com/drorch/drorch/internal/repo"
 )
@@ -235,13 +232,27 @@ type RestoreDataResult struct {
 	RecoveredTo   time.Time `json:"recoveredTo,omitzero"`
 }
 
+// restoreResume is a restore's resume details: a datapath.RestoreCheckpoint
+// while it writes, then the result once it is committed.
 type restoreResume struct {
 	Next      int               `json:"next"` // first entry not yet durably written
 	Committed bool              `json:"committed"`
 	Result    RestoreDataResult `json:"result"`
 }
 
-const restoreWorkers = 16
+// stats are the counts of res that the restorer keeps.
+func (res RestoreDataResult) stats() datapath.RestoreStats {
+	return datapath.RestoreStats{
+		Files: res.Files, BytesWritten: res.BytesWritten, Chunks: res.Chunks, ChunksLocal: res.ChunksLocal,
+		BytesLocal: res.BytesLocal, FilesRechecked: res.FilesRechecked, FilesRewritten: res.FilesRewritten,
+	}
+}
+
+// setStats sets the counts of res that the restorer keeps.
+func (res *RestoreDataResult) setStats(s datapath.RestoreStats) {
+	res.Files, res.BytesWritten, res.Chunks, res.ChunksLocal = s.Files, s.BytesWritten, s.Chunks, s.ChunksLocal
+	res.BytesLocal, res.FilesRechecked, res.FilesRewritten = s.BytesLocal, s.FilesRechecked, s.FilesRewritten
+}
 
 // RestoreData writes the restore point into a staging area beside the target,
 // verifying every chunk against its id, then moves it into place. A corrupt
@@ -321,36 +332,36 @@ func (a *Activities) restoreInto(ctx context.Context, r *repo.Repo, tgt source.T
 	rep := a.startReporter(ctx, "restore")
 	defer rep.close()
 	ctx = rep.work // ends when the work stalls
-	rep.update(func(p *Progress) { p.BytesTotal, p.FilesTotal = m.Totals.Bytes, m.Totals.Files })
+	rep.Update(func(p *Progress) { p.BytesTotal, p.FilesTotal = m.Totals.Bytes, m.Totals.Files })
 	// Until this attempt reports progress of its own, the earlier one's
 	// stands: an attempt lost before its first checkpoint must not make the
 	// next one start over.
-	rep.resume(st)
+	rep.Resume(st)
 
-	w := &restorer{repo: r, rs: rs, rep: rep, log: a.log, res: st.Result, interval: a.HeartbeatInterval}
-	if l, ok := tgt.(localFiles); ok {
-		w.local = l
+	w := &datapath.Restorer{Repo: r, Target: rs, Reporter: rep, Log: a.log, Interval: a.HeartbeatInterval}
+	if l, ok := tgt.(datapath.LocalFiles); ok {
+		w.Local = l
 	}
-	w.res.Target = tgt.Describe()
 	if !r.Encrypted() && !in.KeepSetuid {
-		w.clearSetuid = true
+		w.ClearSetuid = true
 		if n := setuidFiles(m); n > 0 {
 			a.log.Warn().Str("target", tgt.Describe()).Int64("files", n).
 				Msg("restoring without setuid/setgid bits: the repository has no key, so its content is not authenticated; restore with --setuid to keep them")
 		}
 	}
-	if err := w.run(ctx, m, st.Next); err != nil {
+	if err := w.Run(ctx, m, st.Next, st.Result.stats()); err != nil {
 		return RestoreDataResult{}, err
 	}
 	if err := a.swap(ctx, in, r, rs); err != nil {
 		return RestoreDataResult{}, err
 	}
-	res := w.result()
+	res := RestoreDataResult{Target: tgt.Describe()}
+	res.setStats(w.Result())
 	res.Entries, res.Files, res.Bytes = m.Totals.Entries, m.Totals.Files, m.Totals.Bytes
-	if w.clearSetuid {
+	if w.ClearSetuid {
 		res.SetuidCleared = setuidFiles(m)
 	}
-	rep.resume(restoreResume{Next: len(m.Entries), Committed: true, Result: res})
+	rep.Resume(restoreResume{Next: len(m.Entries), Committed: true, Result: res})
 	return res, nil
 }
 
@@ -420,525 +431,6 @@ func (a *Activities) workflowClosed(id, runID string) bool {
 		return false
 	}
 	return desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING
-}
-
-// localFiles opens the files the target holds now, before the restore
-// replaces them (the dir driver's Open: regular files only, no symlink
-// followed).
-type localFiles interface {
-	Open(ctx context.Context, path string) (source.File, error)
-}
-
-// restorer writes the entries of a manifest into a staged restore.
-type restorer struct {
-	repo        *repo.Repo
-	rs          source.Restore
-	rep         *reporter
-	log         zerolog.Logger
-	local       localFiles    // nil: fetch every chunk
-	interval    time.Duration // between checkpoints
-	clearSetuid bool
-
-	entries []repo.Entry // the manifest's, for messages
-
-	mu       sync.Mutex
-	res      RestoreDataResult
-	mark     watermark
-	reported int // the Next last reported as a resume point
-}
-
-func (w *restorer) result() RestoreDataResult {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.res
-}
-
-// watermark tracks the first file of the manifest not yet finished; files
-// finish in any order.
-type watermark struct {
-	entries []repo.Entry
-	done    []bool
-	low     int
-}
-
-func newWatermark(entries []repo.Entry) watermark {
-	wm := watermark{entries: entries, done: make([]bool, len(entries))}
-	wm.advance()
-	return wm
-}
-
-func (wm *watermark) finish(i int) {
-	wm.done[i] = true
-	wm.advance()
-}
-
-func (wm *watermark) advance() {
-	for wm.low < len(wm.entries) && (wm.entries[wm.low].Type != source.TypeFile || wm.done[wm.low]) {
-		wm.low++
-	}
-}
-
-// checkpoint makes what was written durable and reports the first file not
-// yet finished as the resume point: every file before it was closed before
-// Sync made its data and directory entry durable.
-func (w *restorer) checkpoint() error {
-	w.mu.Lock()
-	next, res := w.mark.low, w.res
-	w.mu.Unlock()
-	if next <= w.reported {
-		return nil
-	}
-	if err := w.rs.Sync(); err != nil {
-		return fmt.Errorf("sync the staged restore: %w", err)
-	}
-	w.reported = next
-	w.rep.resume(restoreResume{Next: next, Result: res})
-	return nil
-}
-
-// checkpoints runs checkpoint every interval until stop is called; a failed
-// one cancels ctx.
-func (w *restorer) checkpoints(ctx context.Context, cancel context.CancelCauseFunc) (stop func()) {
-	quit, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(max(w.interval, 100*time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := w.checkpoint(); err != nil {
-					cancel(err)
-					return
-				}
-			}
-		}
-	}()
-	return func() { close(quit); <-stopped }
-}
-
-// openFile is a file being written by the chunk workers; the last chunk to
-// finish closes it.
-type openFile struct {
-	index   int
-	fw      source.FileWriter
-	old     source.File // what the target holds at this path now, or nil
-	pending int
-	err     error
-	// whole holds a small file of slices, whose fw is created once all its
-	// bytes are in and match its SHA-256 (smallfiles_restore.go).
-	whole []byte
-	se    source.Entry
-}
-
-type restoreJob struct {
-	f   *openFile
-	ref repo.Ref
-	off int64
-	// slices (format v2): the job fetches chunk ref.ID once and writes
-	// these slices of it into their files; f and off are unused.
-	slices []sliceTarget
-}
-
-// run replays directories and symlinks from the start (cheap, and the
-// target needs them to apply modes at commit), checks the files before next
-// that an earlier attempt reported finished, and writes the others. It
-// reports progress at checkpoints and once more when everything is written.
-func (w *restorer) run(ctx context.Context, m *repo.Manifest, next int) error {
-	next = min(next, len(m.Entries))
-	w.entries = m.Entries
-	skip := map[int]bool{}
-	if next > 0 {
-		var err error
-		if skip, err = w.recheck(ctx, m, next); err != nil {
-			return err
-		}
-	}
-	w.mu.Lock()
-	w.mark = newWatermark(m.Entries)
-	for i := range skip {
-		w.mark.finish(i)
-	}
-	w.reported = next
-	w.mu.Unlock()
-
-	cctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stop := w.checkpoints(cctx, cancel)
-	err := w.write(cctx, m, skip)
-	stop()
-	if err != nil {
-		if cause := context.Cause(cctx); cause != nil && !errors.Is(cause, ctx.Err()) && ctx.Err() == nil {
-			return cause // a checkpoint failed
-		}
-		return err
-	}
-	return w.checkpoint()
-}
-
-// write runs the pipeline: one goroutine walks the manifest and queues the
-// chunks of each file to write, workers fetch, verify and write them, and the
-// last chunk of a file closes it.
-func (w *restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]bool) error {
-	g, gctx := errgroup.WithContext(ctx)
-	jobs := make(chan restoreJob, restoreWorkers)
-	var mu sync.Mutex
-	open := map[int]*openFile{} // files not yet closed, by entry index
-	done := func(f *openFile) error {
-		mu.Lock()
-		f.pending--
-		last := f.pending == 0
-		mu.Unlock()
-		if !last {
-			return nil
-		}
-		if f.old != nil {
-			f.old.Close()
-		}
-		if f.fw == nil {
-			if err := w.finishWhole(&m.Entries[f.index], f); err != nil {
-				return err
-			}
-		} else {
-			if err := f.fw.Close(); err != nil {
-				return fmt.Errorf("finish %q: %w", m.Entries[f.index].Path, err)
-			}
-			if err := w.verifyStaged(&m.Entries[f.index], f); err != nil {
-				return err
-			}
-		}
-		mu.Lock()
-		delete(open, f.index)
-		mu.Unlock()
-		w.mu.Lock()
-		w.res.Files++
-		w.mark.finish(f.index)
-		files := w.res.Files
-		w.mu.Unlock()
-		w.rep.update(func(p *Progress) { p.FilesDone = files })
-		return nil
-	}
-	for range restoreWorkers {
-		g.Go(func() error {
-			for j := range jobs {
-				if len(j.slices) > 0 {
-					if err := w.putSlices(gctx, j, done); err != nil {
-						return err
-					}
-					continue
-				}
-				if err := w.put(gctx, j); err != nil {
-					return err
-				}
-				if err := done(j.f); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	g.Go(func() error {
-		defer close(jobs)
-		// pend gathers consecutive slices of one chunk, across files, so
-		// that the chunk is fetched once.
-		var pend *restoreJob
-		send := func(j restoreJob) error {
-			select {
-			case jobs <- j:
-				return nil
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
-		for i, e := range m.Entries {
-			se := source.Entry{Path: e.Path, Type: e.Type, Mode: repo.FileMode(e.Mode), UID: e.UID, GID: e.GID, Size: e.Size, ModTime: e.ModTime, Target: e.Target}
-			switch e.Type {
-			case source.TypeDir:
-				if err := w.rs.Dir(se); err != nil {
-					return err
-				}
-				continue
-			case source.TypeSymlink:
-				if err := w.rs.Symlink(se); err != nil {
-					return err
-				}
-				continue
-			}
-			if skip[i] {
-				continue
-			}
-			if w.clearSetuid {
-				se.Mode &^= fs.ModeSetuid | fs.ModeSetgid
-			}
-			f := &openFile{index: i, pending: 1} // the extra 1 is released below
-			if inMemory(&e) {
-				// A small file of slices is created when all its bytes
-				// are in and checked: no descriptor is held meanwhile.
-				f.whole, f.se = make([]byte, e.Size), se
-			} else {
-				fw, err := w.rs.File(se)
-				if err != nil {
-					return err
-				}
-				f.fw = fw
-			}
-			if w.local != nil && e.Size > 0 {
-				if old, err := w.local.Open(gctx, e.Path); err == nil {
-					f.old = old
-				}
-			}
-			mu.Lock()
-			open[i] = f
-			mu.Unlock()
-			if f.whole != nil {
-				if local := w.wholeFile(f, &e); local {
-					if err := done(f); err != nil {
-						return err
-					}
-					continue
-				}
-			}
-			var off int64
-			for _, ref := range e.Chunks {
-				if ref.Slice {
-					if pend != nil && (pend.ref.ID != ref.ID || len(pend.slices) >= maxSliceTargets) {
-						if err := send(*pend); err != nil {
-							return err
-						}
-						pend = nil
-					}
-					if pend == nil {
-						pend = &restoreJob{ref: repo.Ref{ID: ref.ID}}
-					}
-					mu.Lock()
-					f.pending++
-					mu.Unlock()
-					pend.slices = append(pend.slices, sliceTarget{f: f, ref: ref, off: off})
-				} else if !ref.Hole {
-					mu.Lock()
-					f.pending++
-					mu.Unlock()
-					select {
-					case jobs <- restoreJob{f: f, ref: ref, off: off}:
-					case <-gctx.Done():
-						return gctx.Err()
-					}
-				}
-				off += ref.Size
-			}
-			if err := done(f); err != nil {
-				return err
-			}
-		}
-		if pend != nil {
-			return send(*pend)
-		}
-		return nil
-	})
-	err := g.Wait()
-	for _, f := range open {
-		if f.old != nil {
-			f.old.Close()
-		}
-	}
-	return err
-}
-
-// recheck reads back the files before next, which an earlier attempt
-// reported finished, and returns those that match the manifest: the size,
-// the modification time (set last, so a file whose writing was cut short
-// shows it) and the SHA-256 of each chunk. Holes are not read: nothing
-// writes into them. Reading a local file back costs far less than fetching
-// it, and it is what makes a file lost or torn by a crash (a power loss, a
-// file system that did not keep what it acknowledged) rewritten rather than
-// swapped in.
-func (w *restorer) recheck(ctx context.Context, m *repo.Manifest, next int) (map[int]bool, error) {
-	idx := make(chan int)
-	var mu sync.Mutex
-	ok := map[int]bool{}
-	inPlace := false
-	g, gctx := errgroup.WithContext(ctx)
-	for range restoreWorkers {
-		g.Go(func() error {
-			buf := make([]byte, repo.ChunkMax)
-			for i := range idx {
-				e := &m.Entries[i]
-				why, err := w.check(gctx, e, buf)
-				if errors.Is(err, source.ErrInPlace) {
-					mu.Lock()
-					inPlace = true
-					mu.Unlock()
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				w.mu.Lock()
-				w.res.FilesRechecked++
-				if why != "" {
-					w.res.FilesRewritten++
-				}
-				w.mu.Unlock()
-				if why != "" {
-					w.log.Warn().Str("path", e.Path).Str("problem", why).Msg("resumed restore: a file an earlier attempt reported finished failed its check; writing it again")
-					continue
-				}
-				mu.Lock()
-				ok[i] = true
-				mu.Unlock()
-				w.rep.update(func(p *Progress) { p.BytesDone += e.Size; p.FilesDone++ })
-			}
-			return nil
-		})
-	}
-	g.Go(func() error {
-		defer close(idx)
-		for i := range next {
-			if m.Entries[i].Type != source.TypeFile {
-				continue
-			}
-			select {
-			case idx <- i:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
-		return nil
-	})
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	if inPlace {
-		// A Commit was cut short after its commit point: the tree is in
-		// place, synced before it was moved, and nothing is written again.
-		for i := range next {
-			if m.Entries[i].Type == source.TypeFile {
-				ok[i] = true
-			}
-		}
-	}
-	return ok, nil
-}
-
-// check reads back one staged file; it returns what is wrong with it, or ""
-// when it matches e.
-func (w *restorer) check(ctx context.Context, e *repo.Entry, buf []byte) (string, error) {
-	f, err := w.rs.Staged(e.Path)
-	if errors.Is(err, source.ErrInPlace) {
-		return "", err
-	}
-	if err != nil {
-		return fmt.Sprintf("cannot be opened: %v", err), nil
-	}
-	defer f.Close()
-	size, mtime, err := f.Stat()
-	switch {
-	case err != nil:
-		return fmt.Sprintf("cannot be read: %v", err), nil
-	case size != e.Size:
-		return fmt.Sprintf("holds %d bytes, the restore point %d", size, e.Size), nil
-	case !mtime.Equal(e.ModTime):
-		return "its modification time is not the restore point's: its writing was cut short", nil
-	case e.SHA256 != "":
-		// Slices cannot be hashed alone: the whole file is.
-		return checkSHA256(ctx, f, e, buf)
-	}
-	var off int64
-	for _, ref := range e.Chunks {
-		if err := ctx.Err(); err != nil {
-			return "", err
-		}
-		if !ref.Hole {
-			if ref.Size > int64(len(buf)) {
-				return fmt.Sprintf("names a chunk of %d bytes, more than the format allows", ref.Size), nil
-			}
-			b := buf[:ref.Size]
-			if n, err := f.ReadAt(b, off); int64(n) != ref.Size {
-				return fmt.Sprintf("cannot be read at %d: %v", off, err), nil
-			}
-			if repo.Hash(b) != ref.ID {
-				return fmt.Sprintf("its %d bytes at %d do not match chunk %s", ref.Size, off, ref.ID), nil
-			}
-		}
-		off += ref.Size
-	}
-	return "", nil
-}
-
-// put fetches one chunk, verifies it and writes it at its offset. An
-// all-zero chunk is not written, so the file keeps a hole there.
-func (w *restorer) put(ctx context.Context, j restoreJob) error {
-	if data := w.fromTarget(j); data != nil {
-		w.mu.Lock()
-		w.res.Chunks++
-		w.res.ChunksLocal++
-		w.res.BytesLocal += int64(len(data))
-		w.mu.Unlock()
-		return w.writeChunk(j, data)
-	}
-	data, err := w.repo.GetChunk(ctx, j.ref.ID)
-	if err != nil {
-		if drivers.IsNotFound(err) {
-			return drivers.Permanent(drivers.ReasonCorrupt, err)
-		}
-		return err
-	}
-	if int64(len(data)) != j.ref.Size {
-		return drivers.Permanentf(drivers.ReasonCorrupt, "chunk %s at %s holds %d bytes, the manifest says %d", j.ref.ID, w.repo.Location(), len(data), j.ref.Size)
-	}
-	w.mu.Lock()
-	w.res.Chunks++
-	w.mu.Unlock()
-	return w.writeChunk(j, data)
-}
-
-// fromTarget returns the chunk's bytes as the target's current file holds
-// them at the same offset, when they hash to the chunk's id; nil otherwise.
-func (w *restorer) fromTarget(j restoreJob) []byte {
-	if j.f.old == nil {
-		return nil
-	}
-	buf := make([]byte, j.ref.Size)
-	n, err := j.f.old.ReadAt(buf, j.off)
-	if int64(n) != j.ref.Size || err != nil && err != io.EOF || repo.Hash(buf) != j.ref.ID {
-		return nil
-	}
-	return buf
-}
-
-// writeChunk writes a verified chunk at its offset.
-func (w *restorer) writeChunk(j restoreJob, data []byte) error {
-	if allZero(data) {
-		w.rep.update(func(p *Progress) { p.BytesDone += int64(len(data)); p.ChunksDone++ })
-		return nil
-	}
-	if _, err := j.f.fw.WriteAt(data, j.off); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	w.mu.Lock()
-	w.res.BytesWritten += int64(len(data))
-	w.mu.Unlock()
-	w.rep.update(func(p *Progress) { p.BytesDone += int64(len(data)); p.ChunksDone++ })
-	return nil
-}
-
-func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // ListPointsInput names the site whose restore points are listed.

@@ -222,7 +222,7 @@ func (a *Activities) copyChunks(ctx context.Context, in CopyChunksInput) (CopyCh
 	defer rep.close()
 	ctx = rep.work // ends when the work stalls
 	res := CopyChunksResult{Chunks: int64(len(ids))}
-	rep.update(func(p *Progress) {
+	rep.Update(func(p *Progress) {
 		p.ChunksTotal, p.ChunksDone, p.BytesTotal = int64(len(ids)), int64(len(ids)-len(missing)), in.Bytes
 	})
 	var mu sync.Mutex
@@ -238,7 +238,7 @@ func (a *Activities) copyChunks(ctx context.Context, in CopyChunksInput) (CopyCh
 			res.ChunksCopied++
 			res.BytesCopied += n
 			mu.Unlock()
-			rep.update(func(p *Progress) { p.ChunksDone++; p.ChunksNew++; p.BytesNew += n; p.BytesDone += n })
+			rep.Update(func(p *Progress) { p.ChunksDone++; p.ChunksNew++; p.BytesNew += n; p.BytesDone += n })
 			return nil
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,11 +54,14 @@ func TestBackupRunsItsStepsOnTheActiveSite(t *testing.T) {
 	}).Once()
 	// Each piece is a range of its own, run on the site's data queue.
 	var ranges [][2]int
+	var rangesMu sync.Mutex // the two ranges' mocks run at once
 	env.OnActivity(a.Upload, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.UploadInput) (activities.UploadResult, error) {
 		require.Equal(t, op, in.Op)
 		require.Equal(t, 2, in.Pieces)
 		require.True(t, strings.HasSuffix(activity.GetInfo(ctx).TaskQueue, "-primary.data"), activity.GetInfo(ctx).TaskQueue)
+		rangesMu.Lock()
 		ranges = append(ranges, [2]int{in.From, in.To})
+		rangesMu.Unlock()
 		return activities.UploadResult{BytesRead: 50, BytesNew: 20, BytesStored: 10, Chunks: 2, ChunksNew: 1, Parent: "p0"}, nil
 	}).Twice()
 	env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CommitInput) (activities.CommitResult, error) {

@@ -1,4 +1,4 @@
-package activities
+package datapath
 
 import (
 	"context"
@@ -47,8 +47,8 @@ func inMemory(e *repo.Entry) bool {
 
 // putSlices fetches and verifies the job's chunk and puts each slice of it
 // in its file; done is called for each.
-func (w *restorer) putSlices(ctx context.Context, j restoreJob, done func(*openFile) error) error {
-	data, err := w.repo.GetChunk(ctx, j.ref.ID)
+func (w *Restorer) putSlices(ctx context.Context, j restoreJob, done func(*openFile) error) error {
+	data, err := w.Repo.GetChunk(ctx, j.ref.ID)
 	if err != nil {
 		if drivers.IsNotFound(err) {
 			return drivers.Permanent(drivers.ReasonCorrupt, err)
@@ -62,13 +62,13 @@ func (w *restorer) putSlices(ctx context.Context, j restoreJob, done func(*openF
 		end := t.ref.Off + t.ref.Size
 		if end > int64(len(data)) {
 			return drivers.Permanentf(drivers.ReasonCorrupt, "chunk %s at %s holds %d bytes, but file %q names its bytes %d to %d",
-				j.ref.ID, w.repo.Location(), len(data), w.path(t.f), t.ref.Off, end)
+				j.ref.ID, w.Repo.Location(), len(data), w.path(t.f), t.ref.Off, end)
 		}
 		b := data[t.ref.Off:end]
 		switch {
 		case t.f.whole != nil:
 			copy(t.f.whole[t.off:], b)
-		case !allZero(b):
+		case !AllZero(b):
 			if _, err := t.f.fw.WriteAt(b, t.off); err != nil {
 				return fmt.Errorf("write: %w", err)
 			}
@@ -76,17 +76,17 @@ func (w *restorer) putSlices(ctx context.Context, j restoreJob, done func(*openF
 			w.res.BytesWritten += int64(len(b))
 			w.mu.Unlock()
 		}
-		w.rep.update(func(p *Progress) { p.BytesDone += int64(len(b)) })
+		w.Reporter.Update(func(p *Progress) { p.BytesDone += int64(len(b)) })
 		if err := done(t.f); err != nil {
 			return err
 		}
 	}
-	w.rep.update(func(p *Progress) { p.ChunksDone++ })
+	w.Reporter.Update(func(p *Progress) { p.ChunksDone++ })
 	return nil
 }
 
 // path names the file f for messages.
-func (w *restorer) path(f *openFile) string {
+func (w *Restorer) path(f *openFile) string {
 	if f.index >= len(w.entries) {
 		return fmt.Sprintf("#%d", f.index)
 	}
@@ -96,7 +96,7 @@ func (w *restorer) path(f *openFile) string {
 // wholeFile takes a small file of slices from the target when the target's
 // file at that path has the same size and SHA-256 (a slice cannot be compared
 // alone), and reports whether it did; the target's file is closed either way.
-func (w *restorer) wholeFile(f *openFile, e *repo.Entry) (local bool) {
+func (w *Restorer) wholeFile(f *openFile, e *repo.Entry) (local bool) {
 	if f.old == nil {
 		return false
 	}
@@ -120,7 +120,7 @@ func (w *restorer) wholeFile(f *openFile, e *repo.Entry) (local bool) {
 	w.res.ChunksLocal += refs
 	w.res.BytesLocal += e.Size
 	w.mu.Unlock()
-	w.rep.update(func(p *Progress) { p.BytesDone += e.Size; p.ChunksDone += refs })
+	w.Reporter.Update(func(p *Progress) { p.BytesDone += e.Size; p.ChunksDone += refs })
 	return true
 }
 
@@ -131,16 +131,16 @@ func sameSHA256(b []byte, want string) bool {
 
 // finishWhole checks a small file of slices gathered in memory against its
 // SHA-256, then creates, writes and closes it.
-func (w *restorer) finishWhole(e *repo.Entry, f *openFile) error {
+func (w *Restorer) finishWhole(e *repo.Entry, f *openFile) error {
 	if !sameSHA256(f.whole, e.SHA256) {
 		return drivers.Permanentf(drivers.ReasonCorrupt, "file %q: its %d bytes rebuilt from the restore point's slices do not have the SHA-256 %s it names (a damaged manifest or chunk at %s)",
-			e.Path, e.Size, e.SHA256, w.repo.Location())
+			e.Path, e.Size, e.SHA256, w.Repo.Location())
 	}
-	fw, err := w.rs.File(f.se)
+	fw, err := w.Target.File(f.se)
 	if err != nil {
 		return err
 	}
-	if !allZero(f.whole) {
+	if !AllZero(f.whole) {
 		if _, err := fw.WriteAt(f.whole, 0); err != nil {
 			fw.Close()
 			return fmt.Errorf("write: %w", err)
@@ -158,28 +158,28 @@ func (w *restorer) finishWhole(e *repo.Entry, f *openFile) error {
 
 // verifyStaged checks, by reading it back, a file with a SHA-256 too large to
 // be kept in memory (not written by drorch, whose files of slices are small).
-func (w *restorer) verifyStaged(e *repo.Entry, f *openFile) error {
+func (w *Restorer) verifyStaged(e *repo.Entry, f *openFile) error {
 	if e.SHA256 == "" {
 		return nil
 	}
-	sf, err := w.rs.Staged(e.Path)
+	sf, err := w.Target.Staged(e.Path)
 	if err != nil {
 		return fmt.Errorf("read back %q to check its SHA-256: %w", e.Path, err)
 	}
 	defer sf.Close()
-	why, err := checkSHA256(context.Background(), sf, e, make([]byte, 1<<20))
+	why, err := CheckSHA256(context.Background(), sf, e, make([]byte, 1<<20))
 	if err != nil {
 		return err
 	}
 	if why != "" {
-		return drivers.Permanentf(drivers.ReasonCorrupt, "file %q: %s (a damaged manifest or chunk at %s)", e.Path, why, w.repo.Location())
+		return drivers.Permanentf(drivers.ReasonCorrupt, "file %q: %s (a damaged manifest or chunk at %s)", e.Path, why, w.Repo.Location())
 	}
 	return nil
 }
 
-// checkSHA256 reads the file f of e.Size bytes and returns what is wrong, or
+// CheckSHA256 reads the file f of e.Size bytes and returns what is wrong, or
 // "" when its SHA-256 is e's.
-func checkSHA256(ctx context.Context, f source.File, e *repo.Entry, buf []byte) (string, error) {
+func CheckSHA256(ctx context.Context, f source.File, e *repo.Entry, buf []byte) (string, error) {
 	h := sha256.New()
 	for off := int64(0); off < e.Size; {
 		if err := ctx.Err(); err != nil {

@@ -1,7 +1,6 @@
-package activities
+package datapath
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -20,7 +19,7 @@ import (
 // 20,000. A run never spans pieces: a piece is the unit of resume.
 
 // isSmall reports whether the item is a whole file that goes into the run.
-func isSmall(e source.Entry, it item) bool {
+func isSmall(e source.Entry, it Item) bool {
 	return e.Size > 0 && e.Size < repo.ChunkMin && it.Offset == 0 && it.Length == e.Size
 }
 
@@ -28,7 +27,7 @@ func isSmall(e source.Entry, it item) bool {
 type smallRun struct {
 	run   *repo.Run
 	ctx   context.Context
-	jobs  chan<- chunkJob
+	s     sender
 	pp    *pendingPiece
 	files []runFile // files whose bytes are not all cut yet, in stream order
 }
@@ -57,8 +56,8 @@ func newSmallRun() (*smallRun, error) {
 }
 
 // start begins the run of piece pp.
-func (s *smallRun) start(ctx context.Context, pp *pendingPiece, jobs chan<- chunkJob) {
-	s.ctx, s.pp, s.jobs, s.files = ctx, pp, jobs, s.files[:0]
+func (s *smallRun) start(ctx context.Context, pp *pendingPiece, snd sender) {
+	s.ctx, s.pp, s.s, s.files = ctx, pp, snd, s.files[:0]
 }
 
 // add appends the content of file k of the piece.
@@ -82,7 +81,10 @@ func (s *smallRun) flush() error {
 // emit gives each file the slices of the chunk [off, off+len(data)) that
 // hold its bytes, and sends the chunk to the store workers.
 func (s *smallRun) emit(data []byte, off int64) error {
-	id := new(repo.ID)
+	chunk, err := s.s.send(s.ctx, s.pp, data)
+	if err != nil {
+		return err
+	}
 	end := off + int64(len(data))
 	for len(s.files) > 0 {
 		f := s.files[0]
@@ -90,27 +92,20 @@ func (s *smallRun) emit(data []byte, off int64) error {
 		if to > from {
 			ref := &repo.Ref{Off: from - off, Size: to - from, Slice: true}
 			s.pp.refs[f.k] = append(s.pp.refs[f.k], ref)
-			s.pp.fix = append(s.pp.fix, sliceFix{ref: ref, id: id})
+			s.pp.fix = append(s.pp.fix, sliceFix{ref: ref, id: &chunk.ID})
 		}
 		if f.end > end {
 			break
 		}
 		s.files = s.files[1:]
 	}
-	s.pp.done.Add(1)
-	select {
-	case s.jobs <- chunkJob{data: bytes.Clone(data), id: id, piece: s.pp}:
-	case <-s.ctx.Done():
-		s.pp.done.Done()
-		return s.ctx.Err()
-	}
 	return nil
 }
 
 // readWhole reads the small file e whole, and its SHA-256; errChanged when
 // it is not what the snapshot listed, before or after.
-func (u *uploader) readWhole(ctx context.Context, e source.Entry) ([]byte, string, error) {
-	f, err := u.src.Open(ctx, e.Path)
+func (u *Uploader) readWhole(ctx context.Context, e source.Entry) ([]byte, string, error) {
+	f, err := u.Source.Open(ctx, e.Path)
 	if err != nil {
 		if drivers.IsNotFound(err) {
 			return nil, "", fmt.Errorf("file %q vanished since the snapshot: %w", e.Path, errChanged)
