@@ -99,7 +99,7 @@ func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 	if err := r.GetStaging(ctx, in.Op, snapshotName, &res); err == nil {
 		// The record is written after every piece, each acknowledged by
 		// the store; still, what a later step relies on is checked.
-		missing, err := firstMissing(ctx, r, in.Op, datapath.PieceName, res.Pieces)
+		missing, err := firstMissing(ctx, r, in.Op, res.Pieces, datapath.PieceName)
 		if err != nil {
 			return SnapshotResult{}, err
 		}
@@ -234,7 +234,7 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 		// acknowledged) before it was reported; the commit reads them all,
 		// so a resumed attempt checks they are there and redoes from the
 		// first that is not.
-		missing, err := firstMissingFrom(ctx, r, in.Op, datapath.UploadedName, from, st.Next)
+		missing, err := firstMissingFrom(ctx, r, in.Op, from, st.Next, uploadedNames...)
 		if err != nil {
 			return UploadResult{}, err
 		}

@@ -7,7 +7,7 @@ package activities
 // A stream fits the backup's Snapshot → Upload → Commit steps without a
 // change to the workflow: for an exec source, Snapshot runs the command and
 // streams its stdout through the chunker into the repository (only the
-// chunks it lacks, in parallel), leaving in staging the uploaded-NNNNNN
+// chunks it lacks, in parallel), leaving in staging the uploaded2-NNNNNN
 // records Commit assembles the manifest from and a record of the counts
 // that Upload, which has nothing left to read, returns. A stream cannot be
 // resumed mid-way: a retried Snapshot runs the command again, and the

@@ -81,7 +81,7 @@ func (a *Activities) snapshotPostgres(ctx context.Context, in SnapshotInput, sc 
 	}
 	var res SnapshotResult
 	if err := r.GetStaging(ctx, in.Op, snapshotName, &res); err == nil {
-		missing, err := firstMissing(ctx, r, in.Op, datapath.UploadedName, res.Pieces)
+		missing, err := firstMissing(ctx, r, in.Op, res.Pieces, uploadedNames...)
 		if err != nil {
 			return SnapshotResult{}, err
 		}

@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"slices"
 
 	"github.com/drorch/drorch/internal/repo"
 )
@@ -34,23 +35,20 @@ func (in CopyChunksInput) chunkRange(ids []repo.ID) []repo.ID {
 
 // firstMissingFrom is firstMissing over the records from..n-1: the first
 // index in that range without a record, n when all are there.
-func firstMissingFrom(ctx context.Context, r *repo.Repo, op string, name func(int) string, from, n int) (int, error) {
-	if from == 0 {
-		return firstMissing(ctx, r, op, name, n)
+func firstMissingFrom(ctx context.Context, r *repo.Repo, op string, from, n int, names ...func(int) string) (int, error) {
+	if n <= from || n <= 0 {
+		return max(n, 0), nil
 	}
-	if n <= from {
-		return n, nil
-	}
-	names, err := r.ListStaging(ctx, op)
+	listed, err := r.ListStaging(ctx, op)
 	if err != nil {
 		return 0, err
 	}
-	have := make(map[string]bool, len(names))
-	for _, s := range names {
+	have := make(map[string]bool, len(listed))
+	for _, s := range listed {
 		have[s] = true
 	}
 	for i := from; i < n; i++ {
-		if !have[name(i)] {
+		if !slices.ContainsFunc(names, func(name func(int) string) bool { return have[name(i)] }) {
 			return i, nil
 		}
 	}

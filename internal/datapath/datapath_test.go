@@ -87,6 +87,7 @@ func TestBackupAndRestoreWithoutTemporal(t *testing.T) {
 		t.Fatal(err)
 	}
 	man.ComputeTotals()
+	legacyRecords(t, r, op, pieces, man)
 	if err := r.CommitPoint(ctx, man, nil); err != nil {
 		t.Fatalf("commit: %v", err)
 	}
@@ -221,5 +222,37 @@ func sameTree(t *testing.T, src, dst string) {
 	}
 	if blocks := fi.Sys().(*syscall.Stat_t).Blocks * 512; blocks >= fi.Size()-(4<<20) {
 		t.Errorf("sparse.img: %d bytes allocated of %d: its hole of 5 MiB was written", blocks, fi.Size())
+	}
+}
+
+// legacyRecords checks that the records of uploaded pieces an older worker
+// wrote (uploaded-NNNNNN, before format v2) are read as well: a copy of
+// op's records with piece 0's under the legacy name gives the same entries.
+func legacyRecords(t *testing.T, r *repo.Repo, op string, pieces int, want *repo.Manifest) {
+	t.Helper()
+	ctx := context.Background()
+	const legacyOp = "backup-legacy"
+	for i := range pieces {
+		var up datapath.Uploaded
+		if err := r.GetStaging(ctx, op, datapath.UploadedName(i), &up); err != nil {
+			t.Fatal(err)
+		}
+		name := datapath.UploadedName
+		if i == 0 {
+			name = datapath.LegacyUploadedName
+		}
+		if err := r.PutStaging(ctx, legacyOp, name(i), up); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := r.NewManifest(want.Point, want.Site, want.Source, want.Snapshot, want.Epoch)
+	if err := datapath.AddUploaded(ctx, r, legacyOp, pieces, got); err != nil {
+		t.Fatalf("a legacy record: %v", err)
+	}
+	if len(got.Entries) != len(want.Entries) || got.Entries[1].Path != want.Entries[1].Path {
+		t.Errorf("with piece 0's record under its legacy name: %d entries, want %d", len(got.Entries), len(want.Entries))
+	}
+	if err := r.DeleteStaging(ctx, legacyOp); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -92,8 +92,18 @@ type UploadedItem struct {
 // PieceName is the staging name of piece i of a snapshot.
 func PieceName(i int) string { return fmt.Sprintf("piece-%06d", i) }
 
-// UploadedName is the staging name of the record of uploaded piece i.
-func UploadedName(i int) string { return fmt.Sprintf("uploaded-%06d", i) }
+// UploadedName is the staging name of the record of uploaded piece i, as
+// written since format v2. Its refs may be slices, which a drorch older than
+// v2 would read as whole chunks (it ignores fields it does not know), so
+// the record has a name such a drorch does not look for: its Commit then
+// fails, saying the record is gone, instead of writing a restore point that
+// cannot be restored (a rolling upgrade, old and new workers at one site).
+func UploadedName(i int) string { return fmt.Sprintf("uploaded2-%06d", i) }
+
+// LegacyUploadedName is the name a drorch older than v2 gave the record of
+// uploaded piece i: read, never written, so that a backup an older worker
+// began is committed by a newer one.
+func LegacyUploadedName(i int) string { return fmt.Sprintf("uploaded-%06d", i) }
 
 // Splitter cuts the snapshot's entries into pieces: add them in snapshot
 // order with AddEntry, then Flush.
@@ -147,7 +157,11 @@ func AddUploaded(ctx context.Context, r *repo.Repo, op string, pieces int, m *re
 	last := int64(-1)
 	for i := range pieces {
 		var up Uploaded
-		if err := r.GetStaging(ctx, op, UploadedName(i), &up); err != nil {
+		err := r.GetStaging(ctx, op, UploadedName(i), &up)
+		if drivers.IsNotFound(err) {
+			err = r.GetStaging(ctx, op, LegacyUploadedName(i), &up)
+		}
+		if err != nil {
 			if drivers.IsNotFound(err) {
 				return drivers.Permanentf(drivers.ReasonNotFound, "the record of uploaded piece %d is gone from %s (staging cleaned up or lost): run the backup again", i, r.Location())
 			}
