@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,6 +28,77 @@ import (
 // it into a target directory, byte for byte, with no Temporal anywhere:
 // progress goes to a Reporter that keeps nothing.
 func TestBackupAndRestoreWithoutTemporal(t *testing.T) {
+	r := newRepo(t)
+	tmp := t.TempDir()
+	srcPath, dstPath := filepath.Join(tmp, "src"), filepath.Join(tmp, "dst")
+	const smallFiles = 200
+	writeTree(t, srcPath, smallFiles)
+	man, up := backup(t, r, srcPath, true)
+	// The small files share chunks (format v2): far fewer chunks than files.
+	if up.ChunksNew == 0 || up.ChunksNew >= smallFiles {
+		t.Errorf("the upload stored %d new chunks for %d small files and 2 large ones; want a few dozen at most", up.ChunksNew, smallFiles)
+	}
+	restore(t, r, man, dstPath)
+	sameTree(t, srcPath, dstPath)
+	holeKept(t, dstPath)
+}
+
+// A restore of many small files whose runs cut into chunks of one id (here
+// identical files of zeros: preallocated or empty-filled files are common)
+// holds a bounded number of them in memory, not every file of a chunk id.
+func TestRestoreOfRepeatedSmallFilesKeepsMemoryBounded(t *testing.T) {
+	r := newRepo(t)
+	tmp := t.TempDir()
+	srcPath, dstPath := filepath.Join(tmp, "src"), filepath.Join(tmp, "dst")
+	const files, size = 3000, 120 << 10 // 352 MiB of zeros, a few distinct chunks
+	if err := os.MkdirAll(srcPath, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range files {
+		f, err := os.Create(filepath.Join(srcPath, fmt.Sprintf("%05d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Truncate(size); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	man, up := backup(t, r, srcPath, false)
+	t.Logf("%d files of %d KiB: %d chunks", files, size>>10, up.ChunksNew)
+	// Little garbage slack, so that the heap in use is close to what is
+	// held: the peak then tells a bounded restore from one that gathers.
+	defer debug.SetGCPercent(debug.SetGCPercent(10))
+	runtime.GC()
+	var peak uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapInuse)
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	restore(t, r, man, dstPath)
+	close(stop)
+	<-sampled
+	t.Logf("heap in use at most %d MiB during the restore", peak>>20)
+	if limit := uint64(200 << 20); peak > limit {
+		t.Errorf("the restore's heap reached %d MiB (limit %d MiB) for %d MiB of small files", peak>>20, limit>>20, files*size>>20)
+	}
+	sameTree(t, srcPath, dstPath)
+}
+
+// newRepo opens a keyed repository on a new MinIO.
+func newRepo(t *testing.T) *repo.Repo {
+	t.Helper()
 	ctx := context.Background()
 	m := testenv.StartMinIO(t)
 	st, err := s3.New(s3.Config{
@@ -42,14 +115,14 @@ func TestBackupAndRestoreWithoutTemporal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
 
-	tmp := t.TempDir()
-	srcPath, dstPath := filepath.Join(tmp, "src"), filepath.Join(tmp, "dst")
-	const smallFiles = 200
-	writeTree(t, srcPath, smallFiles)
-
-	// Back up: list the tree into pieces, upload them, assemble the
-	// manifest and commit it.
+// backup lists the tree at srcPath into pieces, uploads them, assembles the
+// manifest and commits it; withLegacy also checks legacyRecords.
+func backup(t *testing.T, r *repo.Repo, srcPath string, withLegacy bool) (*repo.Manifest, datapath.UploadResult) {
+	t.Helper()
+	ctx := context.Background()
 	src, err := dir.New(srcPath)
 	if err != nil {
 		t.Fatal(err)
@@ -76,23 +149,29 @@ func TestBackupAndRestoreWithoutTemporal(t *testing.T) {
 	if err := u.Upload(ctx, op, 0, pieces, datapath.UploadResult{}); err != nil {
 		t.Fatalf("upload: %v", err)
 	}
-	up := u.Result()
-	// The small files share chunks (format v2): far fewer chunks than files.
-	if up.ChunksNew == 0 || up.ChunksNew >= smallFiles {
-		t.Errorf("the upload stored %d new chunks for %d small files and 2 large ones; want a few dozen at most", up.ChunksNew, smallFiles)
-	}
 	snap := time.Now().UTC()
 	man := r.NewManifest(repo.NewPointID(snap, "test"), "here", "dir", snap, 1)
 	if err := datapath.AddUploaded(ctx, r, op, pieces, man); err != nil {
 		t.Fatal(err)
 	}
 	man.ComputeTotals()
-	legacyRecords(t, r, op, pieces, man)
+	if withLegacy {
+		legacyRecords(t, r, op, pieces, man)
+	}
 	if err := r.CommitPoint(ctx, man, nil); err != nil {
 		t.Fatalf("commit: %v", err)
 	}
+	if err := r.DeleteStaging(ctx, op); err != nil {
+		t.Fatal(err)
+	}
+	return man, u.Result()
+}
 
-	// Restore the committed point, as read back from the repository.
+// restore restores the committed point man, as read back from the
+// repository, into dstPath.
+func restore(t *testing.T, r *repo.Repo, man *repo.Manifest, dstPath string) {
+	t.Helper()
+	ctx := context.Background()
 	got, err := r.GetManifest(ctx, man.Point)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +195,6 @@ func TestBackupAndRestoreWithoutTemporal(t *testing.T) {
 	if res := w.Result(); res.Files != got.Totals.Files {
 		t.Errorf("the restorer wrote %d files, the point holds %d", res.Files, got.Totals.Files)
 	}
-	sameTree(t, srcPath, dstPath)
 }
 
 // writeTree writes small files in two directories, a 9 MiB file with a hole
@@ -216,6 +294,11 @@ func sameTree(t *testing.T, src, dst string) {
 	if n < 200 {
 		t.Fatalf("compared only %d entries", n)
 	}
+}
+
+// holeKept checks that the restored sparse.img of writeTree kept its hole.
+func holeKept(t *testing.T, dst string) {
+	t.Helper()
 	fi, err := os.Stat(filepath.Join(dst, "sparse.img"))
 	if err != nil {
 		t.Fatal(err)

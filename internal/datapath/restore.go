@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/drorch/drorch/drivers"
 	"github.com/drorch/drorch/drivers/source"
@@ -74,7 +75,8 @@ type Restorer struct {
 	// authenticated).
 	ClearSetuid bool
 
-	entries []repo.Entry // the manifest's, for messages
+	entries []repo.Entry        // the manifest's, for messages
+	memory  *semaphore.Weighted // bytes of small files held in memory (inMemoryBudget)
 
 	mu       sync.Mutex
 	res      RestoreStats
@@ -224,6 +226,7 @@ func (w *Restorer) Run(ctx context.Context, m *repo.Manifest, next int, done Res
 // chunks of each file to write, workers fetch, verify and write them, and the
 // last chunk of a file closes it.
 func (w *Restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]bool) error {
+	w.memory = semaphore.NewWeighted(inMemoryBudget)
 	g, gctx := errgroup.WithContext(ctx)
 	wr := &restoreWrite{w: w, m: m, jobs: make(chan restoreJob, RestoreWorkers), open: map[int]*openFile{}}
 	for range RestoreWorkers {
@@ -264,8 +267,9 @@ type restoreWrite struct {
 	m    *repo.Manifest
 	jobs chan restoreJob
 	// pend gathers consecutive slices of one chunk, across files, so that
-	// the chunk is fetched once.
-	pend *restoreJob
+	// the chunk is fetched once; pendBytes is their size.
+	pend      *restoreJob
+	pendBytes int64
 
 	mu   sync.Mutex
 	open map[int]*openFile // files not yet closed, by entry index
@@ -345,10 +349,30 @@ func (wr *restoreWrite) walk(ctx context.Context, skip map[int]bool) error {
 			return err
 		}
 	}
-	if wr.pend != nil {
-		return wr.send(ctx, *wr.pend)
+	return wr.flush(ctx)
+}
+
+// flush sends the job of slices being gathered, if any.
+func (wr *restoreWrite) flush(ctx context.Context) error {
+	if wr.pend == nil {
+		return nil
 	}
-	return nil
+	p := *wr.pend
+	wr.pend, wr.pendBytes = nil, 0
+	return wr.send(ctx, p)
+}
+
+// reserve takes n bytes of the in-memory budget for a small file. When
+// there is no room it first sends the job being gathered (whose files hold
+// part of the budget, and free it only once written), then waits.
+func (wr *restoreWrite) reserve(ctx context.Context, n int64) error {
+	if wr.w.memory.TryAcquire(n) {
+		return nil
+	}
+	if err := wr.flush(ctx); err != nil {
+		return err
+	}
+	return wr.w.memory.Acquire(ctx, n)
 }
 
 // file opens entry i and queues its chunks.
@@ -358,6 +382,9 @@ func (wr *restoreWrite) file(ctx context.Context, i int, e *repo.Entry, se sourc
 	if inMemory(e) {
 		// A small file of slices is created when all its bytes are in
 		// and checked: no descriptor is held meanwhile.
+		if err := wr.reserve(ctx, e.Size); err != nil {
+			return err
+		}
 		f.whole, f.se = make([]byte, e.Size), se
 	} else {
 		fw, err := w.Target.File(se)
@@ -380,11 +407,10 @@ func (wr *restoreWrite) file(ctx context.Context, i int, e *repo.Entry, se sourc
 	var off int64
 	for _, ref := range e.Chunks {
 		if ref.Slice {
-			if p := wr.pend; p != nil && (p.ref.ID != ref.ID || len(p.slices) >= maxSliceTargets) {
-				if err := wr.send(ctx, *p); err != nil {
+			if p := wr.pend; p != nil && (p.ref.ID != ref.ID || len(p.slices) >= maxSliceTargets || wr.pendBytes >= repo.ChunkMax) {
+				if err := wr.flush(ctx); err != nil {
 					return err
 				}
-				wr.pend = nil
 			}
 			if wr.pend == nil {
 				wr.pend = &restoreJob{ref: repo.Ref{ID: ref.ID}}
@@ -393,6 +419,7 @@ func (wr *restoreWrite) file(ctx context.Context, i int, e *repo.Entry, se sourc
 			f.pending++
 			wr.mu.Unlock()
 			wr.pend.slices = append(wr.pend.slices, sliceTarget{f: f, ref: ref, off: off})
+			wr.pendBytes += ref.Size
 		} else if !ref.Hole {
 			wr.mu.Lock()
 			f.pending++

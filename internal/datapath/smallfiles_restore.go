@@ -19,9 +19,16 @@ import (
 // before it is created and written in one go.
 
 // maxSliceTargets bounds the files one job carries: a chunk of tiny files is
-// fetched once per this many of them. The files are held in memory, at most
-// the chunk's size plus the ends of the two files that straddle its edges.
+// fetched once per this many of them. A job is also sent once its slices
+// add up to ChunkMax bytes: runs of identical small files (zero-filled,
+// copies) cut into chunks of one id over and over, and a job per id would
+// gather them all.
 const maxSliceTargets = 8192
+
+// inMemoryBudget bounds the bytes of small files gathered in memory at once,
+// across all jobs: the walker waits for room before it takes the next one
+// (after sending the job it was filling, which frees room once written).
+const inMemoryBudget = 64 << 20
 
 // sliceTarget is one slice of a job's chunk and where it goes: bytes
 // [ref.Off, ref.Off+ref.Size) of the chunk at off in file f.
@@ -150,6 +157,7 @@ func (w *Restorer) finishWhole(e *repo.Entry, f *openFile) error {
 		w.mu.Unlock()
 	}
 	f.whole = nil
+	w.memory.Release(e.Size)
 	if err := fw.Close(); err != nil {
 		return fmt.Errorf("finish %q: %w", e.Path, err)
 	}
