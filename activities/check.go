@@ -130,7 +130,11 @@ func (a *Activities) checkRepository(ctx context.Context, in CheckRepositoryInpu
 		case r.CheckStoredSize(u.id, u.size, stored) != nil:
 			c.res.ChunksDamaged++
 			lo, hi := r.StoredBounds(u.size)
-			c.damage(ctx, u, fmt.Sprintf("damaged: the object holds %d bytes, but a chunk of %d bytes stores in %d to %d", stored, u.size, lo, hi))
+			what := fmt.Sprintf("a chunk of %d bytes", u.size)
+			if u.size <= 0 { // named by slices only: its size is not recorded
+				what = "a chunk"
+			}
+			c.damage(ctx, u, fmt.Sprintf("damaged: the object holds %d bytes, but %s stores in %d to %d", stored, what, lo, hi))
 		case chosen(in, u.id):
 			toRead = append(toRead, u)
 		}
