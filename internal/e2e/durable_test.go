@@ -16,6 +16,7 @@ import (
 
 	"github.com/drorch/drorch/drivers/source"
 	"github.com/drorch/drorch/drivers/source/dir"
+	"github.com/drorch/drorch/internal/datapath"
 	"github.com/drorch/drorch/workflows"
 )
 
@@ -309,17 +310,17 @@ func TestResumedBackupChecksItsStagingRecords(t *testing.T) {
 	w := s.spawnWorker()
 	mc := s.minio["primary"].Client(t)
 	run := s.start(workflows.OpBackup, workflows.Backup, workflows.BackupInput{Plan: plan})
-	waitFor(t, "two uploaded pieces in staging", 5*time.Minute, func() bool { return s.stagingHas("primary", "/uploaded-000001.") })
+	waitFor(t, "two uploaded pieces in staging", 5*time.Minute, func() bool { return s.stagingHas("primary", "/"+datapath.UploadedName(1)+".") })
 	s.minio["primary"].Pause(t)
 	waitFor(t, "a heartbeat naming two uploaded pieces", 5*time.Minute, func() bool { return s.resumePoint(run) >= 2 })
 	w.kill()
 	s.minio["primary"].Resume(t)
-	if s.stagingHas("primary", "/uploaded-000005.") {
+	if s.stagingHas("primary", "/"+datapath.UploadedName(5)+".") {
 		t.Fatal("the last piece was uploaded before the store was frozen: the test did not catch the upload half-way")
 	}
 	var lost string
 	for obj := range mc.ListObjects(context.Background(), "drorch", minio.ListObjectsOptions{Prefix: plan + "/staging/", Recursive: true}) {
-		if obj.Err == nil && strings.HasSuffix(obj.Key, "/uploaded-000000.json.zst") {
+		if obj.Err == nil && strings.HasSuffix(obj.Key, "/"+datapath.UploadedName(0)+".json.zst") {
 			lost = obj.Key
 		}
 	}
