@@ -46,6 +46,7 @@ type Activities struct {
 	// backup's ranges, --data-slots): more than uploadWorkers only adds
 	// contention on the worker's cores.
 	storeSlots chan struct{}
+	uploads    uploadCache // the setup of the backups whose ranges run here
 
 	// HeartbeatInterval is how often long activities heartbeat while they
 	// make progress.

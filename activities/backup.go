@@ -243,14 +243,12 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 			st.Next = missing
 		}
 	}
-	known, err := r.UsableChunks(ctx) // damaged chunks are uploaded again
+	setup, release, err := a.uploadSetup(ctx, r, in.Plan, in.Site, in.Op, in.Full)
 	if err != nil {
-		return UploadResult{}, fmt.Errorf("list chunks at %s: %w", r.Location(), err)
+		return UploadResult{}, err
 	}
-	var parent *repo.Manifest
-	if !in.Full {
-		parent = a.parent(ctx, r)
-	}
+	defer release()
+	known, parent := setup.known, setup.parent
 	rep := a.startReporter(ctx, "upload")
 	defer rep.close()
 	ctx = rep.work // ends when the work stalls
