@@ -292,7 +292,16 @@ func run() error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	sides = append(sides, sideBySide{"peak RSS (drorch: the worker's, of the whole run)", measured{none: human(hwm)}, notMeasured, notMeasured})
+	// The tree rows ran after the first table's peak was read: this one
+	// covers them too (the entries rows reset it, and print their own).
+	whole, err := vmHWM(e.worker.Process.Pid)
+	if err != nil {
+		return err
+	}
+	if nEntries > 0 {
+		whole = hwm
+	}
+	sides = append(sides, sideBySide{"peak RSS (drorch: the worker's, of the whole run)", measured{none: human(max(hwm, whole))}, notMeasured, notMeasured})
 	title := fmt.Sprintf("side by side on the same data and MinIO: %s, %s; speed ratios, ≥ 1× means drorch is faster",
 		toolVersion("restic", an.hasRestic), toolVersion("rclone", an.hasRclone))
 	if err := printSideBySide(os.Stdout, title, sides); err != nil {
