@@ -129,14 +129,7 @@ func parallelUpload(ctx workflow.Context, t *tracker, info activities.PlanInfo, 
 // addUpload adds the counts of b to a; Parent is any range's (they all
 // read the same latest point).
 func addUpload(a *activities.UploadResult, b activities.UploadResult) {
-	a.BytesRead += b.BytesRead
-	a.BytesNew += b.BytesNew
-	a.BytesStored += b.BytesStored
-	a.Chunks += b.Chunks
-	a.ChunksNew += b.ChunksNew
-	a.Reread += b.Reread
-	a.Unchanged += b.Unchanged
-	a.BytesUnchanged += b.BytesUnchanged
+	a.Add(b)
 	if a.Parent == "" {
 		a.Parent = b.Parent
 	}
