@@ -314,6 +314,8 @@ up() {
 	mkdir -p "$DEV"/{run,logs,minio-primary,minio-secondary,data/primary,data/secondary}
 	start temporal "$TEMPORAL" server start-dev --ip 127.0.0.1 --port 7233 --ui-port 8233 \
 		--http-port 7243 --metrics-port 7244 --db-filename "$DEV/temporal.db" --log-level warn \
+		--dynamic-config-value matching.numTaskqueueReadPartitions=1 \
+		--dynamic-config-value matching.numTaskqueueWritePartitions=1 \
 		--search-attribute DrorchPlan=Keyword --search-attribute DrorchSite=Keyword \
 		--search-attribute DrorchOperation=Keyword --search-attribute DrorchRPOBreached=Bool
 	MINIO_ROOT_USER=$DRORCH_PRIMARY_ACCESS_KEY MINIO_ROOT_PASSWORD=$DRORCH_PRIMARY_SECRET_KEY MINIO_BROWSER=off \

@@ -188,7 +188,9 @@ func (p *process) status() string {
 // addrInUse reports whether the log says the server could not bind a port, the
 // one start failure worth a retry on new ports.
 func (p *process) addrInUse() bool {
-	return bytes.Contains([]byte(p.logTail(16<<10)), []byte("address already in use"))
+	tail := []byte(p.logTail(16 << 10))
+	// The kernel's words (Temporal, named, postgres), and MinIO's own.
+	return bytes.Contains(tail, []byte("address already in use")) || bytes.Contains(tail, []byte("port is already in use"))
 }
 
 // freePorts returns n distinct loopback ports that were free a moment ago. They

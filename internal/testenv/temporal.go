@@ -136,6 +136,11 @@ func startTemporalOnce(bin, dir string) (*Temporal, error) {
 		"--metrics-port", strconv.Itoa(ports[2]),
 		"--ui-port", strconv.Itoa(ports[3]), // chosen even when headless, so the default 8233 is never touched
 		"--log-level", "warn",
+		// One partition per task queue, as docs/scaleout.md advises: with
+		// the default four, a range queued while every data slot was busy
+		// could wait a second or two in a partition no worker polled.
+		"--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+		"--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
 	}
 	if os.Getenv("DRORCH_TEMPORAL_UI") == "1" {
 		s.UIAddress = hostPort(ports[3])

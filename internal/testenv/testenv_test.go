@@ -5,6 +5,8 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -147,4 +149,22 @@ func TestMinIOTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.AddUser(t, "tlsuser", "tlsuser-secret", "")
+}
+
+// A server that lost the race for its port is started again on new ports:
+// addrInUse must know each server's way of saying so.
+func TestAddrInUseKnowsEachServersWords(t *testing.T) {
+	for log, want := range map[string]bool{
+		"listen tcp 127.0.0.1:7233: bind: address already in use\n":            true,
+		"FATAL Unable to start the server: Specified port is already in use\n": true,
+		"FATAL Unable to start the server: Invalid credentials\n":              false,
+	} {
+		path := filepath.Join(t.TempDir(), "server.log")
+		if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := (&process{logPath: path}).addrInUse(); got != want {
+			t.Errorf("addrInUse(%q) = %v, want %v", log, got, want)
+		}
+	}
 }
