@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -267,17 +268,20 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 // parent returns the latest restore point in r, whose unchanged files a
 // backup need not read again; nil when there is none or it cannot be read
 // (the backup then reads everything, which is always correct).
-func (a *Activities) parent(ctx context.Context, r *repo.Repo) *repo.Manifest {
+//
+// The point is opened, not read: its entries are paged in as the upload
+// looks its files up (datapath.Uploader.SetParent).
+func (a *Activities) parent(ctx context.Context, r *repo.Repo) *repo.Point {
 	pts, err := r.Points(ctx)
 	if err != nil || len(pts) == 0 {
 		return nil
 	}
-	m, err := r.GetManifest(ctx, pts[len(pts)-1].ID)
+	p, err := r.OpenPoint(ctx, pts[len(pts)-1].ID)
 	if err != nil {
 		a.log.Warn().Err(err).Str("repository", r.Location()).Msg("the latest restore point cannot be read: every file is read again")
 		return nil
 	}
-	return m
+	return p
 }
 
 // CommitInput names the backup to commit as a restore point.
@@ -297,8 +301,10 @@ type CommitResult struct {
 	Totals repo.Totals `json:"totals"`
 }
 
-// Commit assembles the manifest from the uploaded pieces, checks that every
-// chunk it names is in the repository, and writes the manifest last, by the
+// Commit writes the restore point's entries from the uploaded pieces, one at
+// a time (format v3: stored as entry parts, commitStaged), checks that every
+// chunk it names, its parts too, is in the repository, and writes the point
+// object last, by the
 // commit rule of repo.CommitPoint: a failover that raises the epoch past the
 // one the backup started with, before or during the commit, makes it fail
 // with "superseded" and the point never valid. Until then the restore point
@@ -316,18 +322,118 @@ func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, 
 	if err != nil {
 		return CommitResult{}, err
 	}
-	if m, err := r.GetManifest(ctx, in.Point); err == nil {
+	if p, err := r.OpenPoint(ctx, in.Point); err == nil {
 		// A previous attempt committed and then lost its answer.
-		return CommitResult{Point: m.Point, Totals: m.Totals}, r.DeleteStaging(ctx, in.Op)
+		return CommitResult{Point: p.Meta.Point, Totals: p.Meta.Totals}, r.DeleteStaging(ctx, in.Op)
 	} else if !drivers.IsNotFound(err) {
 		return CommitResult{}, err
 	}
-	m, err := assembleManifest(ctx, r, in)
+	totals, err := commitStaged(ctx, r, in)
+	if errors.Is(err, repo.ErrUnsorted) {
+		a.log.Debug().Err(err).Str("plan", in.Plan).Str("point", in.Point).Msg("the staged entries are not in tree order: sorting them in memory")
+		totals, err = commitSorted(ctx, r, in)
+	}
 	if err != nil {
 		return CommitResult{}, err
 	}
+	if err := r.DeleteStaging(ctx, in.Op); err != nil {
+		a.log.Warn().Err(err).Str("op", in.Op).Msg("staging left behind")
+	}
+	return CommitResult{Point: in.Point, Totals: totals}, nil
+}
+
+// commitStaged writes the restore point of a backup from its staged upload
+// records, one entry at a time (a tree of 10,000,000 files is never in
+// memory: one staged piece, the entry being joined from its segments and
+// the part being filled are), and commits it. The point object is the same
+// for the same records, so a retry after a crash commits the same point or
+// finds it committed. Records not in tree order (a stream of entries such
+// as PostgreSQL's tar) return an error wrapping repo.ErrUnsorted, before
+// anything is committed: commitSorted then writes them.
+func commitStaged(ctx context.Context, r *repo.Repo, in CommitInput) (repo.Totals, error) {
+	kind, err := stagedKind(ctx, r, in.Op)
+	if err != nil {
+		return repo.Totals{}, err
+	}
+	// The parts of the tree's unchanged stretches are those of the last
+	// point: the ones the repository holds are not stored again. Damaged
+	// ones are (UsableChunks leaves them out).
+	known, err := r.UsableChunks(ctx)
+	if err != nil {
+		return repo.Totals{}, fmt.Errorf("commit %s: list chunks at %s: %w", in.Point, r.Location(), err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	w, err := r.NewPointWriter(wctx, r.NewManifest(in.Point, in.Site, kind, in.Snapshot, in.Epoch), func(id repo.ID) bool {
+		_, ok := known[id]
+		return ok
+	})
+	if err != nil {
+		return repo.Totals{}, err
+	}
+	// An entry the writer refuses may only look wrong because the records
+	// are out of order (a file before its directory): the rest is then
+	// checked for order only, and a record out of order anywhere sends the
+	// whole to commitSorted, which reports what is still wrong once sorted.
+	var prev string
+	var invalid error
+	err = datapath.EachUploaded(ctx, r, in.Op, in.Pieces, func(e *repo.Entry) error {
+		if prev != "" && repo.CompareTreePaths(prev, e.Path) >= 0 {
+			return fmt.Errorf("%q after %q: %w", e.Path, prev, repo.ErrUnsorted)
+		}
+		prev = e.Path
+		if invalid != nil {
+			return nil
+		}
+		err := w.Add(ctx, e)
+		// An entry the writer refused (not a failed upload of a part,
+		// which ends the commit at once).
+		if reason, permanent := drivers.IsPermanent(err); permanent && reason == drivers.ReasonInvalidInput && ctx.Err() == nil {
+			invalid = err
+			return nil
+		}
+		return err
+	})
+	if err == nil {
+		err = invalid
+	}
+	if err != nil {
+		// Stop the writer's part uploads; Finish returns once they did.
+		stop()
+		_, _ = w.Finish(ctx)
+		if errors.Is(err, repo.ErrUnsorted) {
+			return repo.Totals{}, err
+		}
+		return repo.Totals{}, fmt.Errorf("commit %s: %w", in.Point, err)
+	}
+	totals, err := w.Finish(ctx)
+	if err != nil {
+		return repo.Totals{}, err
+	}
+	known = nil // the check lists the chunks again, after the reservation
 	// The point is reserved before the chunks are listed (seconds to
-	// minutes), so that a failover landing meanwhile abandons it.
+	// minutes), so that a failover landing meanwhile abandons it. The
+	// parts are checked too: one found stored above may be gone since.
+	err = w.Commit(ctx, func(ctx context.Context) error {
+		present, err := r.Chunks(ctx)
+		if err != nil {
+			return err
+		}
+		return r.CheckPresent("commit "+in.Point, w.Needs(), present)
+	})
+	return totals, err
+}
+
+// commitSorted commits a backup whose staged records are not in tree order
+// (a PostgreSQL tar stream): it collects every entry in memory and lets
+// repo.CommitPoint sort them. That is fine for the trees such sources
+// make (a database's files, thousands of entries); a file tree, whose
+// snapshot is in tree order, never comes here.
+func commitSorted(ctx context.Context, r *repo.Repo, in CommitInput) (repo.Totals, error) {
+	m, err := assembleManifest(ctx, r, in)
+	if err != nil {
+		return repo.Totals{}, err
+	}
 	err = r.CommitPoint(ctx, m, func(ctx context.Context) error {
 		present, err := r.Chunks(ctx)
 		if err != nil {
@@ -335,18 +441,13 @@ func (a *Activities) commit(ctx context.Context, in CommitInput) (CommitResult, 
 		}
 		return r.CheckPresent("commit "+in.Point, repo.Needs(m), present)
 	})
-	if err != nil {
-		return CommitResult{}, err
-	}
-	if err := r.DeleteStaging(ctx, in.Op); err != nil {
-		a.log.Warn().Err(err).Str("op", in.Op).Msg("staging left behind")
-	}
-	return CommitResult{Point: m.Point, Totals: m.Totals}, nil
+	return m.Totals, err
 }
 
 // assembleManifest builds the manifest of a backup from its staged upload
-// records. A record that is gone (the staging was cleaned up or lost) is
-// permanent: no retry brings it back, the backup must run again.
+// records, every entry in memory (commitSorted). A record that is gone (the
+// staging was cleaned up or lost) is permanent: no retry brings it back,
+// the backup must run again.
 func assembleManifest(ctx context.Context, r *repo.Repo, in CommitInput) (*repo.Manifest, error) {
 	kind, err := stagedKind(ctx, r, in.Op)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -107,9 +108,9 @@ func (a *Activities) checkRepository(ctx context.Context, in CheckRepositoryInpu
 	rep := a.startReporter(ctx, "check")
 	defer rep.close()
 	ctx = rep.work // ends when the work stalls
-	c := &checker{repo: r, in: in, res: CheckRepositoryResult{Repository: r.Location(), ReadPercent: in.ReadPercent, Damage: []DamagedObject{}}}
+	c := &checker{repo: r, in: in, badParts: map[repo.ID]string{}, res: CheckRepositoryResult{Repository: r.Location(), ReadPercent: in.ReadPercent, Damage: []DamagedObject{}}}
 
-	uses, err := c.manifests(ctx)
+	uses, err := c.manifests(ctx, rep)
 	if err != nil {
 		return CheckRepositoryResult{}, err
 	}
@@ -127,6 +128,9 @@ func (a *Activities) checkRepository(ctx context.Context, in CheckRepositoryInpu
 		case !ok:
 			c.res.ChunksMissing++
 			c.damage(ctx, u, "missing: the object is not in the store")
+		case c.badParts[u.id] != "": // read above, with the entries
+			c.res.ChunksDamaged++
+			c.damage(ctx, u, c.badParts[u.id])
 		case r.CheckStoredSize(u.id, u.size, stored) != nil:
 			c.res.ChunksDamaged++
 			lo, hi := r.StoredBounds(u.size)
@@ -161,13 +165,19 @@ type checker struct {
 	res      CheckRepositoryResult
 	recorded map[repo.ID]struct{} // chunks recorded as damaged before this check
 	sound    map[repo.ID]bool     // of those, the ones read back sound in this check
+	badParts map[repo.ID]string   // entry parts present but failing to read back: the problem
 	err      error                // the first failure to record damage
+	// partial is set when a point could not be read whole: the chunks it
+	// names beyond the damage are unknown, so no record is cleared for
+	// not being needed.
+	partial bool
 }
 
 // manifests opens every manifest and returns the chunks they name, sorted
 // by id. A manifest that cannot be opened is damage; a store that fails to
-// answer is an error (retried).
-func (c *checker) manifests(ctx context.Context) ([]chunkUse, error) {
+// answer is an error (retried). The entries read count as progress: many
+// points of millions of entries take longer than the stall limit.
+func (c *checker) manifests(ctx context.Context, rep *reporter) ([]chunkUse, error) {
 	pts, err := c.repo.Points(ctx)
 	if err != nil {
 		return nil, err
@@ -176,20 +186,49 @@ func (c *checker) manifests(ctx context.Context) ([]chunkUse, error) {
 	byID := map[repo.ID]chunkUse{}
 	for i := len(pts) - 1; i >= 0; i-- { // newest first: a chunk is named by the newest point that needs it
 		p := pts[i]
-		m, err := c.repo.GetManifest(ctx, p.ID)
+		pt, err := c.repo.OpenPoint(ctx, p.ID)
 		if err != nil {
-			if reason, ok := drivers.IsPermanent(err); !(ok && reason == drivers.ReasonCorrupt) && !drivers.IsNotFound(err) {
+			if !damaged(err) {
 				return nil, err
 			}
 			c.res.PointsDamaged++
+			c.partial = true
 			c.add(DamagedObject{Kind: "manifest", Object: c.repo.Location() + "/points/" + p.ID + ".json.zst", Problem: err.Error(), Point: p.ID})
 			continue
 		}
-		for _, n := range repo.Needs(m) {
+		use := func(n repo.ChunkNeed) {
 			if _, ok := byID[n.ID]; !ok {
 				byID[n.ID] = chunkUse{id: n.ID, size: n.Size, point: p.ID, path: n.Path}
 			}
 		}
+		// The parts first, from the point object alone: a missing one is
+		// then named as a missing chunk even though the entries it holds
+		// cannot be read.
+		for _, part := range pt.Parts {
+			use(repo.ChunkNeed{ID: part.ID, Size: part.Size, Path: "(the restore point's entries)"})
+		}
+		needs, err := pt.Needs(ctx) // streams the entries, checking them
+		if err != nil {
+			if !damaged(err) {
+				return nil, err
+			}
+			c.res.PointsDamaged++
+			c.partial = true
+			c.add(DamagedObject{Kind: "manifest", Object: c.repo.Location() + "/points/" + p.ID + ".json.zst", Problem: "its entries cannot be read: " + err.Error(), Point: p.ID})
+			// A part that fails to fetch is a damaged chunk as well:
+			// recorded, the next backup of these entries writes it again.
+			// The read stopped at the first; the parts after it are
+			// fetched here, so that one check finds them all.
+			if pe := (*repo.PartError)(nil); errors.As(err, &pe) {
+				if err := c.readParts(ctx, pt, pe); err != nil {
+					return nil, err
+				}
+			}
+		}
+		for _, n := range needs {
+			use(n)
+		}
+		rep.Update(func(pr *Progress) { pr.FilesDone += pt.Meta.Totals.Entries })
 	}
 	uses := make([]chunkUse, 0, len(byID))
 	for _, u := range byID {
@@ -198,6 +237,45 @@ func (c *checker) manifests(ctx context.Context) ([]chunkUse, error) {
 	sort.Slice(uses, func(i, j int) bool { return bytes.Compare(uses[i].id[:], uses[j].id[:]) < 0 })
 	c.res.Chunks = int64(len(uses))
 	return uses, nil
+}
+
+// readParts records in badParts the entry part first failed to fetch, and
+// every later part of pt that fails to fetch too (present ones: a missing
+// part is found by the listing). A store that does not answer is an error.
+func (c *checker) readParts(ctx context.Context, pt *repo.Point, first *repo.PartError) error {
+	c.badParts[first.Part] = "damaged: " + first.Unwrap().Error()
+	after := false
+	for _, part := range pt.Parts {
+		if part.ID == first.Part {
+			after = true
+			continue
+		}
+		if !after || c.badParts[part.ID] != "" {
+			continue
+		}
+		plain, err := c.repo.GetChunk(ctx, part.ID)
+		switch {
+		case drivers.IsNotFound(err):
+		case err != nil && !damaged(err):
+			return err
+		case err != nil:
+			c.badParts[part.ID] = "damaged: " + err.Error()
+		case int64(len(plain)) != part.Size:
+			c.badParts[part.ID] = fmt.Sprintf("damaged: it holds %d bytes, the point object says %d", len(plain), part.Size)
+		}
+	}
+	return nil
+}
+
+// damaged reports whether err, from opening a point or reading its
+// entries, says the repository is damaged (rather than that the store did
+// not answer, which is retried).
+func damaged(err error) bool {
+	if drivers.IsNotFound(err) {
+		return true
+	}
+	reason, ok := drivers.IsPermanent(err)
+	return ok && (reason == drivers.ReasonCorrupt || reason == repo.ReasonMissingChunk)
 }
 
 // chosen reports whether chunk id is in the share of chunks the check
@@ -324,15 +402,17 @@ func (c *checker) add(d DamagedObject) {
 	}
 }
 
-// clearRecords removes the damage records of chunks that no point needs any
-// more, and of chunks this check read back sound.
+// clearRecords removes the damage records of chunks this check read back
+// sound, and of chunks that no point needs any more, when every point was
+// read whole (an unreadable one may need any of them: its record must
+// stay, or the next backup would take the damaged chunk as present).
 func (c *checker) clearRecords(ctx context.Context, uses []chunkUse) error {
 	needed := make(map[repo.ID]bool, len(uses))
 	for _, u := range uses {
 		needed[u.id] = true
 	}
 	for id := range c.recorded {
-		if needed[id] && !c.sound[id] {
+		if !c.sound[id] && (needed[id] || c.partial) {
 			continue
 		}
 		if err := c.repo.ClearDamaged(ctx, id); err != nil {

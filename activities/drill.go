@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -49,7 +50,7 @@ func (a *Activities) VerifyTarget(ctx context.Context, in VerifyTargetInput) (Ve
 	if err != nil {
 		return VerifyTargetResult{}, temporalError(err)
 	}
-	m, err := r.GetManifest(ctx, in.Point)
+	p, err := r.OpenPoint(ctx, in.Point)
 	if err != nil {
 		return VerifyTargetResult{}, temporalError(err)
 	}
@@ -60,64 +61,173 @@ func (a *Activities) VerifyTarget(ctx context.Context, in VerifyTargetInput) (Ve
 	rep := a.startReporter(ctx, "verify")
 	defer rep.close()
 	ctx = rep.work // ends when the work stalls
-	rep.Update(func(p *Progress) { p.BytesTotal = m.Totals.Bytes })
+	rep.Update(func(pr *Progress) { pr.BytesTotal = p.Meta.Totals.Bytes })
+	v := &treeVerifier{r: r, d: d}
+	v.progress = func() {
+		bytes, chunks := v.res.Bytes, v.res.Chunks
+		rep.Update(func(pr *Progress) { pr.BytesDone = bytes; pr.ChunksDone = chunks })
+	}
+	if p.Chunked() {
+		err = v.mergeJoin(ctx, p)
+	} else {
+		err = v.byPath(ctx, p, in.Path)
+	}
+	if err != nil {
+		return v.res, temporalError(fmt.Errorf("verify %s: %w", in.Path, err))
+	}
+	return v.res, nil
+}
+
+// treeVerifier compares a restored tree with a restore point's entries.
+type treeVerifier struct {
+	r        *repo.Repo
+	d        *dir.Dir
+	res      VerifyTargetResult
+	progress func()
+	buf      []byte // ChunkMax bytes, for every file in turn
+}
+
+func (v *treeVerifier) fail(format string, args ...any) {
+	if len(v.res.Errors) < maxVerifyErrors {
+		v.res.Errors = append(v.res.Errors, fmt.Sprintf(format, args...))
+	}
+}
+
+// mergeJoin compares a v3 point, whose entries are in tree order, with the
+// scan of the tree, which walks in the same order: one entry of each at a
+// time, so that memory does not grow with the tree.
+func (v *treeVerifier) mergeJoin(ctx context.Context, p *repo.Point) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type item struct {
+		e   repo.Entry
+		err error
+	}
+	want := make(chan item, 64)
+	go func() {
+		defer close(want)
+		err := p.Entries(ctx, 0, func(_ int64, e *repo.Entry) error {
+			it := item{e: *e}
+			it.e.Chunks = slices.Clone(e.Chunks) // e is Entries' only during the call
+			select {
+			case want <- it:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		if err != nil {
+			select {
+			case want <- item{err: err}:
+			case <-ctx.Done():
+			}
+		}
+	}()
+	var cur *repo.Entry
+	var werr error
+	pull := func() {
+		cur = nil
+		if it, ok := <-want; ok {
+			if it.err != nil {
+				werr = it.err
+				return
+			}
+			cur = &it.e
+		}
+	}
+	pull()
+	err := v.d.Scan(ctx, func(e source.Entry) error {
+		for cur != nil && repo.CompareTreePaths(cur.Path, e.Path) < 0 {
+			v.fail("%q of the restore point is missing from the restored tree", cur.Path)
+			pull()
+		}
+		if werr != nil {
+			return werr
+		}
+		if cur == nil || cur.Path != e.Path {
+			v.fail("%q is in the restored tree but not in the restore point", e.Path)
+			return nil
+		}
+		v.entry(ctx, e, cur)
+		pull()
+		return werr
+	})
+	if err != nil {
+		return err
+	}
+	for ; cur != nil; pull() {
+		v.fail("%q of the restore point is missing from the restored tree", cur.Path)
+	}
+	return werr
+}
+
+// byPath compares a v1 or v2 point, whose entries are in memory already
+// and in no set order, with the scan of the tree through a map by path.
+func (v *treeVerifier) byPath(ctx context.Context, p *repo.Point, root string) error {
+	m, err := p.Manifest(ctx)
+	if err != nil {
+		return err
+	}
 	want := make(map[string]*repo.Entry, len(m.Entries))
 	for i := range m.Entries {
 		want[m.Entries[i].Path] = &m.Entries[i]
 	}
-	var res VerifyTargetResult
-	fail := func(format string, args ...any) {
-		if len(res.Errors) < maxVerifyErrors {
-			res.Errors = append(res.Errors, fmt.Sprintf(format, args...))
-		}
-	}
 	seen := 0
-	err = d.Scan(ctx, func(e source.Entry) error {
+	err = v.d.Scan(ctx, func(e source.Entry) error {
 		w, ok := want[e.Path]
 		if !ok {
-			fail("%q is in the restored tree but not in the restore point", e.Path)
+			v.fail("%q is in the restored tree but not in the restore point", e.Path)
 			return nil
 		}
 		seen++
-		res.Entries++
-		switch {
-		case e.Type != w.Type:
-			fail("%q is a %s, the restore point has a %s", e.Path, e.Type, w.Type)
-			return nil
-		case repo.UnixMode(e.Mode) != w.Mode && !setuidLeftOut(r, e, w):
-			fail("%q has mode %o, the restore point %o", e.Path, repo.UnixMode(e.Mode), w.Mode)
-		case e.Type != source.TypeDir && e.Path != "." && !e.ModTime.Equal(w.ModTime):
-			fail("%q was modified %s, the restore point says %s", e.Path, e.ModTime, w.ModTime)
-		case e.Type == source.TypeSymlink && e.Target != w.Target:
-			fail("symlink %q points to %q, the restore point to %q", e.Path, e.Target, w.Target)
-		}
-		if e.Type != source.TypeFile {
-			return nil
-		}
-		if e.Size != w.Size {
-			fail("%q holds %d bytes, the restore point %d", e.Path, e.Size, w.Size)
-			return nil
-		}
-		n, err := verifyFile(ctx, d, e.Path, w)
-		res.Chunks += n
-		res.Bytes += e.Size
-		rep.Update(func(p *Progress) { p.BytesDone = res.Bytes; p.ChunksDone = res.Chunks })
-		if err != nil {
-			fail("%v", err)
-		}
+		v.entry(ctx, e, w)
 		return nil
 	})
 	if err != nil {
-		return res, temporalError(fmt.Errorf("verify %s: %w", in.Path, err))
+		return err
 	}
 	if seen != len(m.Entries) {
 		for _, e := range m.Entries {
-			if _, err := os.Lstat(filepath.Join(in.Path, filepath.FromSlash(e.Path))); err != nil {
-				fail("%q of the restore point is missing from the restored tree", e.Path)
+			if _, err := os.Lstat(filepath.Join(root, filepath.FromSlash(e.Path))); err != nil {
+				v.fail("%q of the restore point is missing from the restored tree", e.Path)
 			}
 		}
 	}
-	return res, nil
+	return nil
+}
+
+// entry compares one entry of the restored tree with the point's, every
+// byte of a file included.
+func (v *treeVerifier) entry(ctx context.Context, e source.Entry, w *repo.Entry) {
+	v.res.Entries++
+	switch {
+	case e.Type != w.Type:
+		v.fail("%q is a %s, the restore point has a %s", e.Path, e.Type, w.Type)
+		return
+	case repo.UnixMode(e.Mode) != w.Mode && !setuidLeftOut(v.r, e, w):
+		v.fail("%q has mode %o, the restore point %o", e.Path, repo.UnixMode(e.Mode), w.Mode)
+	case e.Type != source.TypeDir && e.Path != "." && !e.ModTime.Equal(w.ModTime):
+		v.fail("%q was modified %s, the restore point says %s", e.Path, e.ModTime, w.ModTime)
+	case e.Type == source.TypeSymlink && e.Target != w.Target:
+		v.fail("symlink %q points to %q, the restore point to %q", e.Path, e.Target, w.Target)
+	}
+	if e.Type != source.TypeFile {
+		return
+	}
+	if e.Size != w.Size {
+		v.fail("%q holds %d bytes, the restore point %d", e.Path, e.Size, w.Size)
+		return
+	}
+	if v.buf == nil {
+		v.buf = make([]byte, repo.ChunkMax)
+	}
+	n, err := verifyFile(ctx, v.d, e.Path, w, v.buf)
+	v.res.Chunks += n
+	v.res.Bytes += e.Size
+	v.progress()
+	if err != nil {
+		v.fail("%v", err)
+	}
 }
 
 // setuidLeftOut reports whether a restored file's mode differs from the
@@ -129,14 +239,14 @@ func setuidLeftOut(r *repo.Repo, e source.Entry, w *repo.Entry) bool {
 }
 
 // verifyFile checks every byte of a restored file against its refs.
-func verifyFile(ctx context.Context, d *dir.Dir, path string, w *repo.Entry) (int64, error) {
+// buf holds ChunkMax bytes: one for the whole tree, not one per file.
+func verifyFile(ctx context.Context, d *dir.Dir, path string, w *repo.Entry, buf []byte) (int64, error) {
 	f, err := d.Open(ctx, path)
 	if err != nil {
 		return 0, fmt.Errorf("open %q: %w", path, err)
 	}
 	defer f.Close()
 	var off, chunks int64
-	buf := make([]byte, repo.ChunkMax)
 	if w.SHA256 != "" {
 		// A file of slices (format v2): a slice cannot be hashed alone,
 		// the whole file is.

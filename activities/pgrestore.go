@@ -510,15 +510,17 @@ func (a *Activities) pointAt(ctx context.Context, r *repo.Repo, at time.Time) (*
 		if pts[i].Time.After(at) {
 			continue
 		}
-		m, err := r.GetManifest(ctx, pts[i].ID)
+		// Opened first: a dir plan's point may hold millions of entries,
+		// read only once it is known to be a (small) postgres point.
+		p, err := r.OpenPoint(ctx, pts[i].ID)
 		if err != nil {
 			return nil, err
 		}
-		if m.Source != "postgres" {
+		if m := &p.Meta; m.Source != "postgres" {
 			return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "restore --at: point %s is a %s point; a time needs a postgres source with its WAL", m.Point, m.Source)
 		}
-		if !m.Snapshot.After(at) {
-			return m, nil
+		if !p.Meta.Snapshot.After(at) {
+			return p.Manifest(ctx)
 		}
 	}
 	oldest := "there is none"

@@ -63,12 +63,20 @@ func (a *Activities) prepareRestore(ctx context.Context, in PrepareRestoreInput)
 	if err != nil {
 		return PrepareRestoreResult{}, err
 	}
-	var m *repo.Manifest
+	point := in.Point
 	if !in.At.IsZero() && in.Point == "" {
-		m, err = a.pointAt(ctx, r, in.At) // pgrestore.go
-	} else {
-		m, err = a.manifest(ctx, r, in.Point)
+		m, err := a.pointAt(ctx, r, in.At) // pgrestore.go: a PostgreSQL point, small
+		if err != nil {
+			return PrepareRestoreResult{}, err
+		}
+		point = m.Point
 	}
+	p, err := a.openPointAt(ctx, r, point)
+	if err != nil {
+		return PrepareRestoreResult{}, err
+	}
+	m := &p.Meta
+	needs, err := p.Needs(ctx)
 	if err != nil {
 		return PrepareRestoreResult{}, err
 	}
@@ -76,7 +84,7 @@ func (a *Activities) prepareRestore(ctx context.Context, in PrepareRestoreInput)
 	if err != nil {
 		return PrepareRestoreResult{}, err
 	}
-	if err := r.CheckPresent("restore point "+m.Point, repo.Needs(m), have); err != nil {
+	if err := r.CheckPresent("restore point "+m.Point, needs, have); err != nil {
 		return PrepareRestoreResult{}, err
 	}
 	ep, err := r.GetEpoch(ctx)
@@ -317,10 +325,11 @@ func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (Rest
 }
 
 func (a *Activities) restoreInto(ctx context.Context, r *repo.Repo, tgt source.Target, rs source.Restore, in RestoreDataInput, st restoreResume) (RestoreDataResult, error) {
-	m, err := r.GetManifest(ctx, in.Point)
+	p, err := r.OpenPoint(ctx, in.Point)
 	if err != nil {
 		return RestoreDataResult{}, err
 	}
+	m := &p.Meta // header and totals: the entries are read as a stream
 	if err := checkEpoch(ctx, r, in.SiteEpoch, "restore "+in.Point); err != nil {
 		return RestoreDataResult{}, err
 	}
@@ -342,15 +351,13 @@ func (a *Activities) restoreInto(ctx context.Context, r *repo.Repo, tgt source.T
 	if l, ok := tgt.(datapath.LocalFiles); ok {
 		w.Local = l
 	}
-	if !r.Encrypted() && !in.KeepSetuid {
-		w.ClearSetuid = true
-		if n := setuidFiles(m); n > 0 {
-			a.log.Warn().Str("target", tgt.Describe()).Int64("files", n).
-				Msg("restoring without setuid/setgid bits: the repository has no key, so its content is not authenticated; restore with --setuid to keep them")
-		}
-	}
-	if err := w.Run(ctx, m, st.Next, st.Result.stats()); err != nil {
+	w.ClearSetuid = !r.Encrypted() && !in.KeepSetuid
+	if err := w.Run(ctx, p, st.Next, st.Result.stats()); err != nil {
 		return RestoreDataResult{}, err
+	}
+	if n := w.SetuidFiles(); w.ClearSetuid && n > 0 {
+		a.log.Warn().Str("target", tgt.Describe()).Int64("files", n).
+			Msg("restored without setuid/setgid bits: the repository has no key, so its content is not authenticated; restore with --setuid to keep them")
 	}
 	if err := a.swap(ctx, in, r, rs); err != nil {
 		return RestoreDataResult{}, err
@@ -359,21 +366,10 @@ func (a *Activities) restoreInto(ctx context.Context, r *repo.Repo, tgt source.T
 	res.setStats(w.Result())
 	res.Entries, res.Files, res.Bytes = m.Totals.Entries, m.Totals.Files, m.Totals.Bytes
 	if w.ClearSetuid {
-		res.SetuidCleared = setuidFiles(m)
+		res.SetuidCleared = w.SetuidFiles()
 	}
-	rep.Resume(restoreResume{Next: len(m.Entries), Committed: true, Result: res})
+	rep.Resume(restoreResume{Next: int(m.Totals.Entries), Committed: true, Result: res})
 	return res, nil
-}
-
-// setuidFiles counts the regular files of m with the setuid or setgid bit.
-func setuidFiles(m *repo.Manifest) int64 {
-	var n int64
-	for _, e := range m.Entries {
-		if e.Type == source.TypeFile && repo.FileMode(e.Mode)&(fs.ModeSetuid|fs.ModeSetgid) != 0 {
-			n++
-		}
-	}
-	return n
 }
 
 // restoreEnds reports whether err ends the restore, so that no later attempt

@@ -216,7 +216,7 @@ func (a *Activities) GetSiteState(ctx context.Context, in SiteStateInput) (SiteS
 		a.log.Warn().Str("plan", in.Plan).Str("site", in.Site).Msg("epoch.json was written by an older drorch and is not authenticated yet: the next backup or switch seals it (docs/format.md, \"Sealing epoch.json\")")
 	}
 	if in.Point != "" {
-		if _, err := a.manifest(ctx, r, in.Point); err != nil {
+		if _, err := a.openPointAt(ctx, r, in.Point); err != nil {
 			return st, temporalError(fmt.Errorf("site %s: %w", in.Site, err))
 		}
 	}

@@ -55,21 +55,37 @@ func (a *Activities) prepareTransmit(ctx context.Context, in PrepareTransmitInpu
 	if err != nil {
 		return PointSummary{}, err
 	}
-	m, err := a.manifest(ctx, r, in.Point)
+	p, err := a.openPointAt(ctx, r, in.Point)
 	if err != nil {
 		return PointSummary{}, err
 	}
-	ids := chunkList(m)
+	ids, err := chunkList(ctx, p)
+	if err != nil {
+		return PointSummary{}, err
+	}
 	if err := r.PutStaging(ctx, in.Op, "chunks", ids); err != nil {
 		return PointSummary{}, err
 	}
-	sum := summary(m, in.From)
+	sum := summary(&p.Meta, in.From)
 	sum.Staged = len(ids)
 	return sum, nil
 }
 
-// manifest reads the named point, or the latest one, from r.
+// manifest reads the named point, or the latest one, from r, with all its
+// entries: for the points known to be small (a command's stream, a
+// PostgreSQL base backup). Others use openPointAt.
 func (a *Activities) manifest(ctx context.Context, r *repo.Repo, point string) (*repo.Manifest, error) {
+	p, err := a.openPointAt(ctx, r, point)
+	if err != nil {
+		return nil, err
+	}
+	return p.Manifest(ctx)
+}
+
+// openPointAt opens the named point, or the latest one, at r, with the
+// errors of manifest; its entries are read on demand, so that a point of
+// any size costs the memory of its header and part list.
+func (a *Activities) openPointAt(ctx context.Context, r *repo.Repo, point string) (*repo.Point, error) {
 	if point == "" {
 		pts, err := r.Points(ctx)
 		if err != nil {
@@ -82,34 +98,35 @@ func (a *Activities) manifest(ctx context.Context, r *repo.Repo, point string) (
 	} else if err := repo.ValidPointID(point); err != nil {
 		return nil, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("restore point %q: %w", point, err))
 	}
-	m, err := r.GetManifest(ctx, point)
+	p, err := r.OpenPoint(ctx, point)
 	if drivers.IsNotFound(err) {
 		return nil, drivers.Permanent(drivers.ReasonNotFound, err)
 	}
-	return m, err
+	return p, err
 }
 
 func summary(m *repo.Manifest, site string) PointSummary {
 	return PointSummary{Point: m.Point, Site: site, Snapshot: m.Snapshot, Epoch: m.Epoch, Totals: m.Totals}
 }
 
-// chunkList returns the distinct chunks a manifest names, sorted.
-func chunkList(m *repo.Manifest) []repo.ID {
-	seen := map[repo.ID]struct{}{}
-	var ids []repo.ID
-	for _, e := range m.Entries {
-		for _, ref := range e.Chunks {
-			if ref.Hole {
-				continue
-			}
-			if _, ok := seen[ref.ID]; !ok {
-				seen[ref.ID] = struct{}{}
-				ids = append(ids, ref.ID)
-			}
+// chunkList returns the distinct chunks a point names, its entry parts
+// included (the destination needs them as much as the data), sorted. The
+// entries are streamed: memory grows with the distinct chunks only.
+func chunkList(ctx context.Context, p *repo.Point) ([]repo.ID, error) {
+	needs, err := p.Needs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]repo.ID, 0, len(needs))
+	seen := make(map[repo.ID]struct{}, len(needs))
+	for _, n := range needs {
+		if _, ok := seen[n.ID]; !ok { // a part may hold the same bytes as a data chunk
+			seen[n.ID] = struct{}{}
+			ids = append(ids, n.ID)
 		}
 	}
 	sort.Slice(ids, func(i, j int) bool { return bytes.Compare(ids[i][:], ids[j][:]) < 0 })
-	return ids
+	return ids, nil
 }
 
 // CheckDestinationInput names the site a restore point is sent to.
@@ -297,29 +314,35 @@ func (a *Activities) commitTransmit(ctx context.Context, in CommitTransmitInput)
 	if err != nil {
 		return PointSummary{}, err
 	}
-	if m, err := dst.GetManifest(ctx, in.Point); err == nil {
-		return summary(m, in.To), nil
+	if p, err := dst.OpenPoint(ctx, in.Point); err == nil {
+		return summary(&p.Meta, in.To), nil
 	} else if !drivers.IsNotFound(err) {
 		return PointSummary{}, err
 	}
-	m, err := src.GetManifest(ctx, in.Point)
+	p, err := src.OpenPoint(ctx, in.Point)
 	if err != nil {
 		return PointSummary{}, fmt.Errorf("transmit %s from %s: %w", in.Point, in.From, err)
 	}
-	if m.Epoch != in.Epoch {
-		return PointSummary{}, drivers.Permanentf(drivers.ReasonCorrupt, "commit transmit %s: the manifest at %s says epoch %d, the transmission was prepared with %d", in.Point, src.Location(), m.Epoch, in.Epoch)
+	if p.Meta.Epoch != in.Epoch {
+		return PointSummary{}, drivers.Permanentf(drivers.ReasonCorrupt, "commit transmit %s: the manifest at %s says epoch %d, the transmission was prepared with %d", in.Point, src.Location(), p.Meta.Epoch, in.Epoch)
 	}
-	err = dst.CommitPoint(ctx, m, func(ctx context.Context) error {
+	// The needs are read before the reservation: reading a large point's
+	// entries takes a while, and only the listing must follow it.
+	needs, err := p.Needs(ctx)
+	if err != nil {
+		return PointSummary{}, fmt.Errorf("transmit %s from %s: %w", in.Point, in.From, err)
+	}
+	err = dst.CommitCopy(ctx, p, func(ctx context.Context) error {
 		have, err := dst.Chunks(ctx)
 		if err != nil {
 			return err
 		}
-		return dst.CheckPresent("commit transmit "+in.Point, repo.Needs(m), have)
+		return dst.CheckPresent("commit transmit "+in.Point, needs, have)
 	})
 	if err != nil {
 		return PointSummary{}, err
 	}
-	return summary(m, in.To), nil
+	return summary(&p.Meta, in.To), nil
 }
 
 // CleanupInput names an operation whose staging is removed at a site.

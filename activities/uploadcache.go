@@ -10,12 +10,13 @@ import (
 )
 
 // The ranges of one backup (parallel-upload) each need what the repository
-// holds (its chunk listing) and the parent point's manifest. Each range
-// reading them anew cost a full listing and a full manifest decode per
-// range: for a tree of a million files, minutes and a manifest in memory
-// per data slot. A worker reads them once per backup and shares them among
-// the ranges it runs, for as long as one runs and a little after (the next
-// range of the same backup usually starts right away).
+// holds (its chunk listing) and the parent point. Each range reading them
+// anew cost a full listing per range. A worker reads them once per backup
+// and shares them among the ranges it runs, for as long as one runs and a
+// little after (the next range of the same backup usually starts right
+// away). The parent is shared opened, not decoded: its point object (the
+// header and the list of its entry parts, a few hundred KiB at 10,000,000
+// entries); each range pages the entries in with a Cursor of its own.
 
 // uploadCacheLinger is how long a backup's setup stays cached after its last
 // range on this worker ended.
@@ -24,7 +25,7 @@ const uploadCacheLinger = time.Minute
 // uploadSetup is what every range of one backup reads before it uploads.
 type uploadSetup struct {
 	known  map[repo.ID]int64
-	parent *repo.Manifest // nil: none, or a full backup
+	parent *repo.Point // nil: none, or a full backup; read only, shared
 
 	once  sync.Once
 	err   error
@@ -38,7 +39,7 @@ type uploadCache struct {
 }
 
 // uploadSetup returns the chunk listing of r and, unless full, the parent
-// manifest, read once per backup op on this worker; release must be called
+// point, opened once per backup op on this worker; release must be called
 // when the range is done with them. A failed read is not cached.
 func (a *Activities) uploadSetup(ctx context.Context, r *repo.Repo, plan, site, op string, full bool) (*uploadSetup, func(), error) {
 	key := fmt.Sprintf("%s\x00%s\x00%s\x00%t", plan, site, op, full)

@@ -7,7 +7,7 @@ import (
 )
 
 // The ranges of one backup on one worker share one chunk listing and one
-// parent manifest; another backup reads its own; a setup no range uses any
+// opened parent point; another backup reads its own; a setup no range uses any
 // more is dropped after the linger.
 func TestUploadSetupIsSharedByTheRangesOfOneBackup(t *testing.T) {
 	env := newRaceEnv(t)

@@ -12,6 +12,8 @@
 //	DRORCH_BENCH_PG=0 go run ./internal/bench    # without the PostgreSQL rows
 //	DRORCH_BENCH_TREE=0                          # without the 1,000,000-file tree
 //	DRORCH_BENCH_ENTRIES=10000000                # with the worker's memory over 10 million entries
+//	DRORCH_BENCH_ONLY=entries DRORCH_BENCH_ENTRIES=10000000  # that table alone
+//	DRORCH_BENCH_ONLY=tree                       # the tree rows alone
 //
 // It starts its own Temporal dev server and two MinIO servers on free loopback
 // ports and runs the drorch-worker binary, all in a temporary directory that
@@ -136,6 +138,15 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	only := os.Getenv("DRORCH_BENCH_ONLY")
+	switch {
+	case only != "" && only != "entries" && only != "tree":
+		return fmt.Errorf("DRORCH_BENCH_ONLY=%q: want entries or tree", only)
+	case only == "entries" && nEntries == 0:
+		return fmt.Errorf("DRORCH_BENCH_ONLY=entries needs DRORCH_BENCH_ENTRIES, the number of entries")
+	case only == "tree" && nTree == 0:
+		return fmt.Errorf("DRORCH_BENCH_ONLY=tree needs DRORCH_BENCH_TREE above 0")
+	}
 	dir, err := os.MkdirTemp("", "drorch-bench-")
 	if err != nil {
 		return err
@@ -146,6 +157,26 @@ func run() error {
 		return err
 	}
 	ctx := context.Background()
+	switch only {
+	case "entries":
+		rows, err := e.entriesRows(ctx, filepath.Join(dir, "source", "entries-primary"), nEntries)
+		if err != nil {
+			return err
+		}
+		return printSideBySide(os.Stdout, fmt.Sprintf("the worker's peak RSS over %d entries, %d CPUs, encryption on", nEntries, runtime.NumCPU()), rows)
+	case "tree":
+		an := newAnchors(filepath.Join(dir, "anchors"), e.minio)
+		rows, err := e.treeRows(ctx, an, filepath.Join(dir, "source", "tree-primary"), nTree)
+		if err != nil {
+			return err
+		}
+		hwm, err := vmHWM(e.worker.Process.Pid)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, sideBySide{"peak RSS (drorch: the worker's, of the whole run)", measured{none: human(hwm)}, notMeasured, notMeasured})
+		return printSideBySide(os.Stdout, fmt.Sprintf("a %d-file tree, %d CPUs, encryption on; %s", nTree, runtime.NumCPU(), toolVersion("restic", an.hasRestic)), rows)
+	}
 
 	logf("generating %s…", human(size))
 	ds, err := generate(filepath.Join(dir, "source", "primary"), size)
@@ -408,16 +439,39 @@ func startWorker(bin, cfgPath, queue string, t *testenv.Temporal, env []string, 
 	}
 	exited := make(chan struct{})
 	go func() { _ = w.Wait(); close(exited) }()
-	atExit(func() {
-		_ = syscall.Kill(-w.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-w.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			_ = syscall.Kill(-w.Process.Pid, syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(10 * time.Second):
+				_ = syscall.Kill(-w.Process.Pid, syscall.SIGKILL)
+				<-exited
+			}
+		})
+	}
+	workerStops.Store(w.Process.Pid, stop)
+	atExit(stop)
 	return w, nil
+}
+
+// workerStops holds, by pid, what stops each worker startWorker started.
+var workerStops sync.Map
+
+// restartWorker stops e's worker and starts a fresh one in its place, its
+// output in logPath: a step measured from a fresh process is not charged
+// with the memory the runtime kept from the step before.
+func (e *env) restartWorker(logPath string) error {
+	if stop, ok := workerStops.Load(e.worker.Process.Pid); ok {
+		stop.(func())()
+	}
+	w, err := startWorker(e.bin, e.cfgPath, e.queue, e.temporal, e.workerEnv, logPath)
+	if err != nil {
+		return err
+	}
+	e.worker, e.workLog = w, logPath
+	return nil
 }
 
 // execute runs one workflow and returns its wall time, start to result. On
@@ -518,18 +572,21 @@ func minioClient(m *testenv.MinIO) (*minio.Client, error) {
 }
 
 // vmHWM returns the peak resident set size of a process.
-func vmHWM(pid int) (int64, error) {
+func vmHWM(pid int) (int64, error) { return vmStatus(pid, "VmHWM") }
+
+// vmStatus returns a size field of /proc/<pid>/status, such as VmRSS.
+func vmStatus(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for line := range bytes.Lines(b) {
-		if v, ok := bytes.CutPrefix(line, []byte("VmHWM:")); ok {
+		if v, ok := bytes.CutPrefix(line, []byte(field+":")); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(string(v)), " kB"), 10, 64)
 			return kb * kiB, err
 		}
 	}
-	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
 func rate(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Seconds() }

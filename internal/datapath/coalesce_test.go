@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/drorch/drorch/drivers/source"
-	"github.com/drorch/drorch/internal/repo"
 )
 
 // Holes shorter than a chunk are read as data: as chunk boundaries they
@@ -28,23 +27,33 @@ func TestCoalesceJoinsShortHoles(t *testing.T) {
 }
 
 // The resume point is the first file not finished, whatever order files
-// finish in; directories and symlinks never hold it back.
+// finish in; directories and symlinks the walk passed never hold it back.
 func TestWatermarkIsTheFirstUnfinishedFile(t *testing.T) {
-	entries := []repo.Entry{{Type: source.TypeDir}, {Type: source.TypeFile}, {Type: source.TypeSymlink}, {Type: source.TypeFile}, {Type: source.TypeFile}}
-	wm := newWatermark(entries)
-	if wm.low != 1 {
-		t.Fatalf("low = %d before any file finished, want 1", wm.low)
+	// Entries: 0 dir, 1 file, 2 symlink, 3 file, 4 file.
+	wm := watermark{open: map[int]struct{}{}}
+	wm.walked = 1 // the dir
+	wm.open[1] = struct{}{}
+	wm.walked = 3 // file 1 open, the symlink
+	wm.open[3] = struct{}{}
+	wm.walked = 4
+	if got := wm.low(); got != 1 {
+		t.Fatalf("low = %d before any file finished, want 1", got)
 	}
-	wm.finish(3)
-	if wm.low != 1 {
-		t.Fatalf("low = %d after a later file finished, want 1", wm.low)
+	delete(wm.open, 3)
+	if got := wm.low(); got != 1 {
+		t.Fatalf("low = %d after a later file finished, want 1", got)
 	}
-	wm.finish(1)
-	if wm.low != 4 {
-		t.Fatalf("low = %d after files 1 and 3 finished, want 4", wm.low)
+	delete(wm.open, 1)
+	if got := wm.low(); got != 4 {
+		t.Fatalf("low = %d after files 1 and 3 finished, the walk at 4, want 4", got)
 	}
-	wm.finish(4)
-	if wm.low != len(entries) {
-		t.Fatalf("low = %d after every file finished, want %d", wm.low, len(entries))
+	wm.open[4] = struct{}{}
+	wm.walked = 5
+	if got := wm.low(); got != 4 {
+		t.Fatalf("low = %d with file 4 open, want 4", got)
+	}
+	delete(wm.open, 4)
+	if got := wm.low(); got != 5 {
+		t.Fatalf("low = %d after every file finished, want 5", got)
 	}
 }

@@ -172,7 +172,7 @@ func backup(t *testing.T, r *repo.Repo, srcPath string, withLegacy bool) (*repo.
 func restore(t *testing.T, r *repo.Repo, man *repo.Manifest, dstPath string) {
 	t.Helper()
 	ctx := context.Background()
-	got, err := r.GetManifest(ctx, man.Point)
+	got, err := r.OpenPoint(ctx, man.Point)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,8 +192,8 @@ func restore(t *testing.T, r *repo.Repo, man *repo.Manifest, dstPath string) {
 		t.Fatal(err)
 	}
 	rs.Close()
-	if res := w.Result(); res.Files != got.Totals.Files {
-		t.Errorf("the restorer wrote %d files, the point holds %d", res.Files, got.Totals.Files)
+	if res := w.Result(); res.Files != got.Meta.Totals.Files {
+		t.Errorf("the restorer wrote %d files, the point holds %d", res.Files, got.Meta.Totals.Files)
 	}
 }
 

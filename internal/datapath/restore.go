@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,6 +24,9 @@ import (
 // followed).
 type LocalFiles interface {
 	Open(ctx context.Context, path string) (source.File, error)
+	// Empty reports whether the target holds nothing now (it is absent,
+	// or an empty directory): Run then asks Open for no file.
+	Empty(ctx context.Context) (bool, error)
 }
 
 // RestoreStats counts what a restore did. Its JSON names are those of the
@@ -75,13 +79,13 @@ type Restorer struct {
 	// authenticated).
 	ClearSetuid bool
 
-	entries []repo.Entry        // the manifest's, for messages
-	memory  *semaphore.Weighted // bytes of small files held in memory (inMemoryBudget)
+	memory *semaphore.Weighted // bytes of small files held in memory (inMemoryBudget)
 
 	mu       sync.Mutex
 	res      RestoreStats
 	mark     watermark
-	reported int // the Next last reported as a resume point
+	reported int   // the Next last reported as a resume point
+	setuid   int64 // files of the point with the setuid or setgid bit
 }
 
 // Result returns the counts so far: final once Run returned nil.
@@ -91,29 +95,32 @@ func (w *Restorer) Result() RestoreStats {
 	return w.res
 }
 
-// watermark tracks the first file of the manifest not yet finished; files
-// finish in any order.
+// SetuidFiles returns how many regular files of the point have the setuid
+// or setgid bit (left out when ClearSetuid is set): final once Run returned
+// nil.
+func (w *Restorer) SetuidFiles() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.setuid
+}
+
+// watermark tracks the first entry of the point not yet finished, with
+// memory bounded by the files in flight rather than by the point: entries
+// before walked were all handed out (directories and symlinks replayed,
+// files skipped or opened), and open holds the files opened and not yet
+// finished, which finish in any order.
 type watermark struct {
-	entries []repo.Entry
-	done    []bool
-	low     int
+	walked int
+	open   map[int]struct{}
 }
 
-func newWatermark(entries []repo.Entry) watermark {
-	wm := watermark{entries: entries, done: make([]bool, len(entries))}
-	wm.advance()
-	return wm
-}
-
-func (wm *watermark) finish(i int) {
-	wm.done[i] = true
-	wm.advance()
-}
-
-func (wm *watermark) advance() {
-	for wm.low < len(wm.entries) && (wm.entries[wm.low].Type != source.TypeFile || wm.done[wm.low]) {
-		wm.low++
+// low is the first entry not yet finished.
+func (wm *watermark) low() int {
+	low := wm.walked
+	for i := range wm.open {
+		low = min(low, i)
 	}
+	return low
 }
 
 // checkpoint makes what was written durable and reports the first file not
@@ -121,7 +128,7 @@ func (wm *watermark) advance() {
 // Sync made its data and directory entry durable.
 func (w *Restorer) checkpoint() error {
 	w.mu.Lock()
-	next, res := w.mark.low, w.res
+	next, res := w.mark.low(), w.res
 	w.mu.Unlock()
 	if next <= w.reported {
 		return nil
@@ -162,7 +169,10 @@ func (w *Restorer) checkpoints(ctx context.Context, cancel context.CancelCauseFu
 // openFile is a file being written by the chunk workers; the last chunk to
 // finish closes it.
 type openFile struct {
-	index   int
+	index int
+	// e is the file's entry without its chunks: its path, size and SHA-256
+	// for the checks and messages once its chunks are written.
+	e       repo.Entry
 	fw      source.FileWriter
 	old     source.File // what the target holds at this path now, or nil
 	pending int
@@ -182,36 +192,48 @@ type restoreJob struct {
 	slices []sliceTarget
 }
 
-// Run writes m into the target. It replays directories and symlinks from the
-// start (cheap, and the target needs them to apply modes at commit), checks
-// the files before next that an earlier attempt reported finished (whose
-// counts were then done), and writes the others. It reports a
+// Run writes the point p into the target, reading its entries as a stream
+// (memory does not grow with their number). A fresh restore (next 0) walks
+// them once. A resumed one first walks the entries before next, which an
+// earlier attempt reported finished (their counts are in done): it replays
+// their directories and symlinks (cheap, and the target needs them to apply
+// modes at commit) and reads their files back (recheck); then it walks on
+// from next, or from the first file that failed its check. It reports a
 // RestoreCheckpoint at each checkpoint and once more when everything is
 // written and synced. A chunk that is missing or does not verify is a
 // drivers.Permanent error naming it.
-func (w *Restorer) Run(ctx context.Context, m *repo.Manifest, next int, done RestoreStats) error {
-	next = min(next, len(m.Entries))
+func (w *Restorer) Run(ctx context.Context, p *repo.Point, next int, done RestoreStats) error {
+	next = max(0, min(next, int(p.Meta.Totals.Entries)))
 	w.res = done
-	w.entries = m.Entries
-	skip := map[int]bool{}
+	w.setuid = 0
+	var rewrite []int
 	if next > 0 {
 		var err error
-		if skip, err = w.recheck(ctx, m, next); err != nil {
+		if rewrite, err = w.recheck(ctx, p, next); err != nil {
 			return err
 		}
 	}
-	w.mu.Lock()
-	w.mark = newWatermark(m.Entries)
-	for i := range skip {
-		w.mark.finish(i)
+	start := next
+	if len(rewrite) > 0 {
+		start = rewrite[0]
 	}
+	if w.Local != nil {
+		// A fresh target (the usual failover) has nothing to offer: a
+		// lookup per file would cost a restore of many small files a
+		// few system calls each for nothing.
+		if empty, err := w.Local.Empty(ctx); err == nil && empty {
+			w.Local = nil
+		}
+	}
+	w.mu.Lock()
+	w.mark = watermark{walked: start, open: map[int]struct{}{}}
 	w.reported = next
 	w.mu.Unlock()
 
 	cctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop := w.checkpoints(cctx, cancel)
-	err := w.write(cctx, m, skip)
+	err := w.write(cctx, p, walkPlan{start: start, next: next, rewrite: rewrite})
 	stop()
 	if err != nil {
 		if cause := context.Cause(cctx); cause != nil && !errors.Is(cause, ctx.Err()) && ctx.Err() == nil {
@@ -222,13 +244,21 @@ func (w *Restorer) Run(ctx context.Context, m *repo.Manifest, next int, done Res
 	return w.checkpoint()
 }
 
-// write runs the pipeline: one goroutine walks the manifest and queues the
+// walkPlan is where write's walk starts and what it skips: before next,
+// entries were handed out by recheck already, except the files of rewrite
+// (ascending), which failed their check.
+type walkPlan struct {
+	start, next int
+	rewrite     []int
+}
+
+// write runs the pipeline: one goroutine walks the point and queues the
 // chunks of each file to write, workers fetch, verify and write them, and the
 // last chunk of a file closes it.
-func (w *Restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]bool) error {
+func (w *Restorer) write(ctx context.Context, p *repo.Point, plan walkPlan) error {
 	w.memory = semaphore.NewWeighted(inMemoryBudget)
 	g, gctx := errgroup.WithContext(ctx)
-	wr := &restoreWrite{w: w, m: m, jobs: make(chan restoreJob, RestoreWorkers), open: map[int]*openFile{}}
+	wr := &restoreWrite{w: w, jobs: make(chan restoreJob, RestoreWorkers), open: map[int]*openFile{}}
 	for range RestoreWorkers {
 		g.Go(func() error {
 			for j := range wr.jobs {
@@ -250,7 +280,7 @@ func (w *Restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 	}
 	g.Go(func() error {
 		defer close(wr.jobs)
-		return wr.walk(gctx, skip)
+		return wr.walk(gctx, p, plan)
 	})
 	err := g.Wait()
 	for _, f := range wr.open {
@@ -264,7 +294,6 @@ func (w *Restorer) write(ctx context.Context, m *repo.Manifest, skip map[int]boo
 // restoreWrite is one run of write: the walker's queue and the files open.
 type restoreWrite struct {
 	w    *Restorer
-	m    *repo.Manifest
 	jobs chan restoreJob
 	// pend gathers consecutive slices of one chunk, across files, so that
 	// the chunk is fetched once; pendBytes is their size.
@@ -277,7 +306,7 @@ type restoreWrite struct {
 
 // done marks one chunk of f written; the last closes and checks f.
 func (wr *restoreWrite) done(f *openFile) error {
-	w, m := wr.w, wr.m
+	w := wr.w
 	wr.mu.Lock()
 	f.pending--
 	last := f.pending == 0
@@ -289,14 +318,14 @@ func (wr *restoreWrite) done(f *openFile) error {
 		f.old.Close()
 	}
 	if f.fw == nil {
-		if err := w.finishWhole(&m.Entries[f.index], f); err != nil {
+		if err := w.finishWhole(&f.e, f); err != nil {
 			return err
 		}
 	} else {
 		if err := f.fw.Close(); err != nil {
-			return fmt.Errorf("finish %q: %w", m.Entries[f.index].Path, err)
+			return fmt.Errorf("finish %q: %w", f.e.Path, err)
 		}
-		if err := w.verifyStaged(&m.Entries[f.index], f); err != nil {
+		if err := w.verifyStaged(&f.e, f); err != nil {
 			return err
 		}
 	}
@@ -305,7 +334,7 @@ func (wr *restoreWrite) done(f *openFile) error {
 	wr.mu.Unlock()
 	w.mu.Lock()
 	w.res.Files++
-	w.mark.finish(f.index)
+	delete(w.mark.open, f.index)
 	files := w.res.Files
 	w.mu.Unlock()
 	w.Reporter.Update(func(p *Progress) { p.FilesDone = files })
@@ -321,35 +350,70 @@ func (wr *restoreWrite) send(ctx context.Context, j restoreJob) error {
 	}
 }
 
-// walk replays directories and symlinks and queues the chunks of every file
-// not in skip.
-func (wr *restoreWrite) walk(ctx context.Context, skip map[int]bool) error {
+// walk replays directories and symlinks and queues the chunks of every file,
+// from plan.start on, skipping what recheck handed out already.
+func (wr *restoreWrite) walk(ctx context.Context, p *repo.Point, plan walkPlan) error {
 	w := wr.w
-	for i, e := range wr.m.Entries {
-		se := source.Entry{Path: e.Path, Type: e.Type, Mode: repo.FileMode(e.Mode), UID: e.UID, GID: e.GID, Size: e.Size, ModTime: e.ModTime, Target: e.Target}
-		switch e.Type {
-		case source.TypeDir:
-			if err := w.Target.Dir(se); err != nil {
-				return err
+	rewrite := plan.rewrite
+	err := p.Entries(ctx, int64(plan.start), func(n int64, e *repo.Entry) error {
+		i := int(n)
+		if i < plan.next {
+			// Handed out by recheck, but for the files that failed it.
+			if len(rewrite) == 0 || rewrite[0] != i {
+				wr.walked(i + 1)
+				return nil
 			}
-			continue
-		case source.TypeSymlink:
-			if err := w.Target.Symlink(se); err != nil {
-				return err
-			}
-			continue
+			rewrite = rewrite[1:]
+		} else if err := w.replay(e); err != nil {
+			return err
 		}
-		if skip[i] {
-			continue
+		if e.Type != source.TypeFile {
+			wr.walked(i + 1)
+			return nil
 		}
+		se := entryOf(e)
 		if w.ClearSetuid {
 			se.Mode &^= fs.ModeSetuid | fs.ModeSetgid
 		}
-		if err := wr.file(ctx, i, &e, se); err != nil {
+		if err := wr.file(ctx, i, e, se); err != nil {
 			return err
 		}
+		wr.walked(i + 1)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	return wr.flush(ctx)
+}
+
+// walked records that the entries before i were handed out.
+func (wr *restoreWrite) walked(i int) {
+	wr.w.mu.Lock()
+	wr.w.mark.walked = i
+	wr.w.mu.Unlock()
+}
+
+// replay stages a directory or a symlink, and counts a file with the setuid
+// or setgid bit; every entry passes here once per Run.
+func (w *Restorer) replay(e *repo.Entry) error {
+	switch e.Type {
+	case source.TypeDir:
+		return w.Target.Dir(entryOf(e))
+	case source.TypeSymlink:
+		return w.Target.Symlink(entryOf(e))
+	case source.TypeFile:
+		if repo.FileMode(e.Mode)&(fs.ModeSetuid|fs.ModeSetgid) != 0 {
+			w.mu.Lock()
+			w.setuid++
+			w.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+func entryOf(e *repo.Entry) source.Entry {
+	return source.Entry{Path: e.Path, Type: e.Type, Mode: repo.FileMode(e.Mode), UID: e.UID, GID: e.GID, Size: e.Size, ModTime: e.ModTime, Target: e.Target}
 }
 
 // flush sends the job of slices being gathered, if any.
@@ -378,7 +442,8 @@ func (wr *restoreWrite) reserve(ctx context.Context, n int64) error {
 // file opens entry i and queues its chunks.
 func (wr *restoreWrite) file(ctx context.Context, i int, e *repo.Entry, se source.Entry) error {
 	w := wr.w
-	f := &openFile{index: i, pending: 1} // the extra 1 is released below
+	f := &openFile{index: i, e: *e, pending: 1} // the extra 1 is released below
+	f.e.Chunks = nil
 	if inMemory(e) {
 		// A small file of slices is created when all its bytes are in
 		// and checked: no descriptor is held meanwhile.
@@ -401,6 +466,9 @@ func (wr *restoreWrite) file(ctx context.Context, i int, e *repo.Entry, se sourc
 	wr.mu.Lock()
 	wr.open[i] = f
 	wr.mu.Unlock()
+	w.mu.Lock()
+	w.mark.open[i] = struct{}{}
+	w.mu.Unlock()
 	if f.whole != nil && w.wholeFile(f, e) {
 		return wr.done(f)
 	}
@@ -433,25 +501,30 @@ func (wr *restoreWrite) file(ctx context.Context, i int, e *repo.Entry, se sourc
 	return wr.done(f)
 }
 
-// recheck reads back the files before next, which an earlier attempt
-// reported finished, and returns those that match the manifest: the size,
+// recheck walks the entries before next, which an earlier attempt reported
+// finished: it replays their directories and symlinks, and reads back their
+// files, returning (ascending) those that do not match the point: the size,
 // the modification time (set last, so a file whose writing was cut short
 // shows it) and the SHA-256 of each chunk. Holes are not read: nothing
 // writes into them. Reading a local file back costs far less than fetching
 // it, and it is what makes a file lost or torn by a crash (a power loss, a
 // file system that did not keep what it acknowledged) rewritten rather than
-// swapped in.
-func (w *Restorer) recheck(ctx context.Context, m *repo.Manifest, next int) (map[int]bool, error) {
-	idx := make(chan int)
+// swapped in. Memory holds the files being checked and those that failed.
+func (w *Restorer) recheck(ctx context.Context, p *repo.Point, next int) ([]int, error) {
+	type item struct {
+		i int
+		e repo.Entry
+	}
+	items := make(chan item)
 	var mu sync.Mutex
-	ok := map[int]bool{}
+	var rewrite []int
 	inPlace := false
 	g, gctx := errgroup.WithContext(ctx)
 	for range RestoreWorkers {
 		g.Go(func() error {
 			buf := make([]byte, repo.ChunkMax)
-			for i := range idx {
-				e := &m.Entries[i]
+			for it := range items {
+				e := &it.e
 				why, err := w.check(gctx, e, buf)
 				if errors.Is(err, source.ErrInPlace) {
 					mu.Lock()
@@ -470,29 +543,42 @@ func (w *Restorer) recheck(ctx context.Context, m *repo.Manifest, next int) (map
 				w.mu.Unlock()
 				if why != "" {
 					w.Log.Warn().Str("path", e.Path).Str("problem", why).Msg("resumed restore: a file an earlier attempt reported finished failed its check; writing it again")
+					mu.Lock()
+					rewrite = append(rewrite, it.i)
+					mu.Unlock()
 					continue
 				}
-				mu.Lock()
-				ok[i] = true
-				mu.Unlock()
 				w.Reporter.Update(func(p *Progress) { p.BytesDone += e.Size; p.FilesDone++ })
 			}
 			return nil
 		})
 	}
+	errEnough := errors.New("reached the resume point")
 	g.Go(func() error {
-		defer close(idx)
-		for i := range next {
-			if m.Entries[i].Type != source.TypeFile {
-				continue
+		defer close(items)
+		err := p.Entries(gctx, 0, func(n int64, e *repo.Entry) error {
+			if n >= int64(next) {
+				return errEnough
 			}
+			if err := w.replay(e); err != nil {
+				return err
+			}
+			if e.Type != source.TypeFile {
+				return nil
+			}
+			it := item{i: int(n), e: *e}
+			it.e.Chunks = slices.Clone(e.Chunks)
 			select {
-			case idx <- i:
+			case items <- it:
+				return nil
 			case <-gctx.Done():
 				return gctx.Err()
 			}
+		})
+		if errors.Is(err, errEnough) {
+			return nil
 		}
-		return nil
+		return err
 	})
 	if err := g.Wait(); err != nil {
 		return nil, err
@@ -500,13 +586,10 @@ func (w *Restorer) recheck(ctx context.Context, m *repo.Manifest, next int) (map
 	if inPlace {
 		// A Commit was cut short after its commit point: the tree is in
 		// place, synced before it was moved, and nothing is written again.
-		for i := range next {
-			if m.Entries[i].Type == source.TypeFile {
-				ok[i] = true
-			}
-		}
+		return nil, nil
 	}
-	return ok, nil
+	slices.Sort(rewrite)
+	return rewrite, nil
 }
 
 // check reads back one staged file; it returns what is wrong with it, or ""

@@ -93,12 +93,7 @@ func (w *Restorer) putSlices(ctx context.Context, j restoreJob, done func(*openF
 }
 
 // path names the file f for messages.
-func (w *Restorer) path(f *openFile) string {
-	if f.index >= len(w.entries) {
-		return fmt.Sprintf("#%d", f.index)
-	}
-	return w.entries[f.index].Path
-}
+func (w *Restorer) path(f *openFile) string { return f.e.Path }
 
 // wholeFile takes a small file of slices from the target when the target's
 // file at that path has the same size and SHA-256 (a slice cannot be compared

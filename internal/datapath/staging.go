@@ -148,37 +148,93 @@ func (s *Splitter) AddEntry(index int64, e source.Entry) error {
 	return nil
 }
 
-// AddUploaded appends to m the entries of the uploaded pieces 0..pieces-1
-// of op, joining the segments of large files; the caller computes the
-// totals. A record that is gone (the staging was cleaned up or lost) is a
+// EachUploaded calls fn with each entry of the uploaded pieces
+// 0..pieces-1 of op, in snapshot order, the segments of a large file joined
+// into one entry (across pieces too). It holds one piece and the entry
+// being joined, never every entry: the *repo.Entry is fn's until it
+// returns. A record that is gone (the staging was cleaned up or lost) is a
 // drivers.Permanent error: no retry brings it back, the backup must run
-// again.
-func AddUploaded(ctx context.Context, r *repo.Repo, op string, pieces int, m *repo.Manifest) error {
-	last := int64(-1)
-	for i := range pieces {
-		var up Uploaded
-		err := r.GetStaging(ctx, op, UploadedName(i), &up)
-		if drivers.IsNotFound(err) {
-			err = r.GetStaging(ctx, op, LegacyUploadedName(i), &up)
-		}
-		if err != nil {
-			if drivers.IsNotFound(err) {
-				return drivers.Permanentf(drivers.ReasonNotFound, "the record of uploaded piece %d is gone from %s (staging cleaned up or lost): run the backup again", i, r.Location())
+// again. fn's errors are returned as they are.
+func EachUploaded(ctx context.Context, r *repo.Repo, op string, pieces int, fn func(*repo.Entry) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type fetched struct {
+		up  Uploaded
+		err error
+	}
+	// The next piece is read while this one is written: a commit of
+	// 10,000,000 entries reads 5,000 of them.
+	ahead := make(chan fetched, 1)
+	go func() {
+		defer close(ahead)
+		for i := range pieces {
+			up, err := readUploaded(ctx, r, op, i)
+			select {
+			case ahead <- fetched{up, err}:
+			case <-ctx.Done():
+				return
 			}
-			return fmt.Errorf("read uploaded piece %d: %w", i, err)
+			if err != nil {
+				return
+			}
 		}
-		for _, it := range up.Items {
-			if it.Index == last && it.Offset > 0 {
+	}()
+	var cur repo.Entry
+	have := false
+	last := int64(-1)
+	for range pieces {
+		f, ok := <-ahead
+		if !ok {
+			return ctx.Err()
+		}
+		if f.err != nil {
+			return f.err
+		}
+		for _, it := range f.up.Items {
+			if have && it.Index == last && it.Offset > 0 {
 				// The next segment of the file already begun.
-				cur := &m.Entries[len(m.Entries)-1]
 				cur.Chunks = append(cur.Chunks, it.Refs...)
 				continue
 			}
-			e := it.Entry.Manifest(it.Refs)
-			e.SHA256 = it.Sum // format v2: a file of slices
-			m.Entries = append(m.Entries, e)
-			last = it.Index
+			if have {
+				if err := fn(&cur); err != nil {
+					return err
+				}
+			}
+			cur = it.Entry.Manifest(it.Refs)
+			cur.SHA256 = it.Sum // format v2: a file of slices
+			have, last = true, it.Index
 		}
 	}
+	if have {
+		return fn(&cur)
+	}
 	return nil
+}
+
+// readUploaded reads the record of uploaded piece i of op, under either
+// name.
+func readUploaded(ctx context.Context, r *repo.Repo, op string, i int) (Uploaded, error) {
+	var up Uploaded
+	err := r.GetStaging(ctx, op, UploadedName(i), &up)
+	if drivers.IsNotFound(err) {
+		err = r.GetStaging(ctx, op, LegacyUploadedName(i), &up)
+	}
+	if err != nil {
+		if drivers.IsNotFound(err) {
+			return up, drivers.Permanentf(drivers.ReasonNotFound, "the record of uploaded piece %d is gone from %s (staging cleaned up or lost): run the backup again", i, r.Location())
+		}
+		return up, fmt.Errorf("read uploaded piece %d: %w", i, err)
+	}
+	return up, nil
+}
+
+// AddUploaded appends to m the entries of the uploaded pieces 0..pieces-1
+// of op, as EachUploaded reads them; the caller computes the totals. For
+// backups known to be small (and for tests): it holds every entry.
+func AddUploaded(ctx context.Context, r *repo.Repo, op string, pieces int, m *repo.Manifest) error {
+	return EachUploaded(ctx, r, op, pieces, func(e *repo.Entry) error {
+		m.Entries = append(m.Entries, *e)
+		return nil
+	})
 }

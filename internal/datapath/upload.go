@@ -57,9 +57,15 @@ type Uploader struct {
 	// across every Uploader that shares it (a worker's).
 	Slots chan struct{}
 
-	repo   *repo.Repo
-	rep    Reporter
-	parent map[string]*repo.Entry // regular files of the parent point, by path
+	repo *repo.Repo
+	rep  Reporter
+	// parent finds the entries of the parent point by path, paging its
+	// entries in: the files are looked up in snapshot order, which is the
+	// point's tree order, so memory is one part of the point, not its
+	// every file. Used by the reading goroutine only (a Cursor is not safe
+	// for concurrent use); nil when there is no parent, or it was dropped.
+	parent      *repo.Cursor
+	parentPoint string
 
 	mu    sync.Mutex
 	known map[repo.ID]struct{} // chunks present or being uploaded
@@ -78,18 +84,38 @@ func NewUploader(r *repo.Repo, known map[repo.ID]int64, rep Reporter) *Uploader 
 }
 
 // SetParent makes Upload take a file whose size and modification time match
-// its entry in m from there, without reading it (when the repository still
-// has its chunks).
-func (u *Uploader) SetParent(m *repo.Manifest) {
-	u.parent = make(map[string]*repo.Entry, len(m.Entries))
-	for i := range m.Entries {
-		if e := &m.Entries[i]; e.Type == source.TypeFile {
-			u.parent[e.Path] = e
-		}
-	}
+// its entry in p from there, without reading it (when the repository still
+// has its chunks). p is shared, read only; the Uploader has a Cursor of its
+// own.
+func (u *Uploader) SetParent(p *repo.Point) {
+	u.parent = p.Cursor()
+	u.parentPoint = p.Meta.Point
 	u.mu.Lock()
-	u.res.Parent = m.Point
+	u.res.Parent = p.Meta.Point
 	u.mu.Unlock()
+}
+
+// parentFile returns the regular file at path in the parent point, nil when
+// there is none. The entry is the caller's until the next call. A parent
+// whose entries turn out corrupt (a permanent error) is dropped: the rest of
+// the upload reads every file, which is always correct; another error is
+// returned, and the attempt's retry resumes at its piece.
+func (u *Uploader) parentFile(ctx context.Context, path string) (*repo.Entry, error) {
+	if u.parent == nil {
+		return nil, nil
+	}
+	e, err := u.parent.Find(ctx, path)
+	if err != nil {
+		if _, permanent := drivers.IsPermanent(err); permanent && ctx.Err() == nil {
+			u.parent = nil // the files taken before stay its
+			return nil, nil
+		}
+		return nil, fmt.Errorf("look up %q in the parent restore point %s: %w", path, u.parentPoint, err)
+	}
+	if e == nil || e.Type != source.TypeFile {
+		return nil, nil
+	}
+	return e, nil
 }
 
 // Result returns the counts so far: the whole upload's once it returned nil.
@@ -318,11 +344,10 @@ func (u *Uploader) store(ctx context.Context, j chunkJob) error {
 }
 
 // unchanged returns the references of the segment [off, off+n) of e taken
-// from the parent point, when the file there has the same size and
-// modification time and every chunk is still in the repository.
-func (u *Uploader) unchanged(e source.Entry, off, n int64) ([]*repo.Ref, bool) {
-	p, ok := u.parent[e.Path]
-	if !ok || p.Size != e.Size || !p.ModTime.Equal(e.ModTime) {
+// from the parent entry p, when p has the same size and modification time
+// and every chunk is still in the repository.
+func (u *Uploader) unchanged(p *repo.Entry, e source.Entry, off, n int64) ([]*repo.Ref, bool) {
+	if p == nil || p.Size != e.Size || !p.ModTime.Equal(e.ModTime) {
 		return nil, false
 	}
 	if p.SHA256 != "" && (off != 0 || n != p.Size) {
@@ -359,8 +384,12 @@ var errChanged = errors.New("changed while being read")
 // it is never stored torn.
 func (u *Uploader) file(ctx context.Context, ch *repo.Chunker, sr *smallRun, pp *pendingPiece, k int, it Item, s sender) (StagedEntry, []*repo.Ref, error) {
 	e := it.Entry.Source()
-	if refs, ok := u.unchanged(e, it.Offset, it.Length); ok {
-		pp.out.Items[k].Sum = u.parent[e.Path].SHA256
+	prev, err := u.parentFile(ctx, e.Path)
+	if err != nil {
+		return StagedEntry{}, nil, err
+	}
+	if refs, ok := u.unchanged(prev, e, it.Offset, it.Length); ok {
+		pp.out.Items[k].Sum = prev.SHA256
 		u.count(pp, func(r *UploadResult) {
 			if it.Offset == 0 { // count a segmented file once
 				r.Unchanged++

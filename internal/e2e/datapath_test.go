@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minio/minio-go/v7"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/drorch/drorch/workflows"
@@ -74,8 +73,10 @@ func TestBackupTransmitRestore(t *testing.T) {
 	}
 	t.Logf("1%% change (%d bytes): backup read %d, new %d bytes in %d chunks", changed, b3.BytesRead, b3.BytesNew, b3.ChunksNew)
 	t3 := s.transmit()
-	if t3.Point != b3.Point || t3.ChunksCopied != b3.ChunksNew {
-		t.Fatalf("the transmit after a 1%% change copied %d chunks; the backup made %d new ones", t3.ChunksCopied, b3.ChunksNew)
+	// It copies the new data chunks and the parts of the entries that changed.
+	parts := newParts(t, s, b1.Point, b3.Point)
+	if t3.Point != b3.Point || t3.ChunksCopied != b3.ChunksNew+parts {
+		t.Fatalf("the transmit after a 1%% change copied %d chunks; the backup made %d new ones and %d new entry parts", t3.ChunksCopied, b3.ChunksNew, parts)
 	}
 	s.restore("secondary", "")
 	requireSameTree(t, src, dst)
@@ -190,28 +191,14 @@ func TestRestoreCatchesACorruptChunk(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dst, "keep-me"), []byte("production data"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	mc := s.minio["secondary"].Client(t)
 	var victim string
 	for key := range s.chunkObjects("secondary") {
 		victim = key
 		break
 	}
-	ctx := context.Background()
-	obj, err := mc.GetObject(ctx, "drorch", victim, minio.GetObjectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var body bytes.Buffer
-	if _, err := body.ReadFrom(obj); err != nil {
-		t.Fatal(err)
-	}
-	bad := body.Bytes()
-	bad[len(bad)/2] ^= 0xff
-	if _, err := mc.PutObject(ctx, "drorch", victim, bytes.NewReader(bad), int64(len(bad)), minio.PutObjectOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	corruptObject(t, s, "secondary", victim)
 
-	err = s.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary"}, nil)
+	err := s.run(workflows.OpRestore, workflows.Restore, workflows.RestoreInput{Plan: plan, Site: "secondary"}, nil)
 	var app *temporal.ApplicationError
 	if !errors.As(err, &app) || !app.NonRetryable() || app.Type() != "Corrupt" {
 		t.Fatalf("restore of a corrupt chunk: %v; want a non-retryable Corrupt error", err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/drorch/drorch/drivers"
@@ -53,11 +54,68 @@ var (
 // It is idempotent: a retry that finds the point committed with the same
 // manifest succeeds; a different manifest under the same point is an error.
 // Refusals are permanent with reason Fenced.
+//
+// m's entries are written as a v3 point, sorted into tree order, their
+// parts stored before step 1 and checked in step 2 after check. A point
+// too big to hold in memory is written with a PointWriter instead.
 func (r *Repo) CommitPoint(ctx context.Context, m *Manifest, check func(context.Context) error) error {
-	plain, body, err := r.sealManifest(m)
+	w, err := r.writeManifest(ctx, m)
 	if err != nil {
 		return err
 	}
+	// check is the caller's, of the chunks m names (Needs): the entry
+	// parts written just now are checked here, after the reservation too.
+	return w.Commit(ctx, func(ctx context.Context) error {
+		if check != nil {
+			if err := check(ctx); err != nil {
+				return err
+			}
+		}
+		return r.checkParts(ctx, m.Point, w.parts)
+	})
+}
+
+// writeManifest writes the entries of m as a v3 point (CompareTreePaths
+// order: they are sorted first, the writer needs them so) and checks that
+// its totals are m's.
+func (r *Repo) writeManifest(ctx context.Context, m *Manifest) (*PointWriter, error) {
+	h := *m
+	h.Entries = nil
+	w, err := r.NewPointWriter(ctx, &h, nil)
+	if err != nil {
+		return nil, err
+	}
+	entries := m.Entries
+	if !slices.IsSortedFunc(entries, func(a, b Entry) int { return CompareTreePaths(a.Path, b.Path) }) {
+		entries = slices.Clone(entries)
+		slices.SortStableFunc(entries, func(a, b Entry) int { return CompareTreePaths(a.Path, b.Path) })
+	}
+	for i := range entries {
+		if err := w.Add(ctx, &entries[i]); err != nil {
+			if errors.Is(err, ErrUnsorted) { // a duplicate path, after sorting
+				err = drivers.Permanent(drivers.ReasonInvalidInput, err)
+			}
+			return nil, err
+		}
+	}
+	totals, err := w.Finish(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if totals != m.Totals {
+		return nil, drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: totals %+v do not match the entries, which give %+v (call ComputeTotals)", m.Point, m.Totals, totals)
+	}
+	return w, nil
+}
+
+// commitPlain commits the point object plain of point under epoch: the
+// rule CommitPoint describes.
+func (r *Repo) commitPlain(ctx context.Context, point string, epoch uint64, plain []byte, check func(context.Context) error) error {
+	body, err := r.seal(plain, []byte("manifest:"+point))
+	if err != nil {
+		return fmt.Errorf("put manifest %s: %w", point, err)
+	}
+	m := &Manifest{Point: point, Epoch: epoch}
 	reserved, committed, err := r.reserve(ctx, m.Point, m.Epoch)
 	if err != nil || committed {
 		if err == nil {
@@ -160,6 +218,9 @@ func (r *Repo) reserve(ctx context.Context, point string, epoch uint64) (began t
 			return err
 		}
 		e.Pending = append(e.Pending, PendingPoint{Point: point, Epoch: epoch, Since: time.Now().UTC()})
+		// Fence out drorch older than v3 before any v3 point exists here
+		// (Epoch.Format).
+		e.Format = max(e.Format, ManifestVersionChunked)
 		return nil
 	})
 	return began, committed, err
@@ -248,18 +309,14 @@ func (r *Repo) createManifest(ctx context.Context, reserved time.Time, point str
 // sameManifest checks that the stored manifest of point is the one whose
 // encoding is plain.
 func (r *Repo) sameManifest(ctx context.Context, point string, plain []byte) error {
-	have, err := r.getManifest(ctx, point)
+	have, err := r.openPoint(ctx, point)
 	if err != nil {
 		return err
 	}
-	got, err := EncodeManifest(have)
-	if err != nil {
-		return drivers.Permanent(drivers.ReasonCorrupt, fmt.Errorf("manifest of restore point %s at %s: %w", point, r.where(manifestKey(point)), err))
-	}
-	if !bytes.Equal(got, plain) {
+	if !bytes.Equal(have.plain, plain) {
 		return drivers.Permanentf(drivers.ReasonInvalidInput,
 			"commit restore point %s at %s: a different manifest of that point is already stored (snapshot %s, %d entries); point ids must be unique: not overwriting it",
-			point, r.where(manifestKey(point)), have.Snapshot.Format(time.RFC3339), len(have.Entries))
+			point, r.where(manifestKey(point)), have.Meta.Snapshot.Format(time.RFC3339), have.Meta.Totals.Entries)
 	}
 	return nil
 }

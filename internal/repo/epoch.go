@@ -70,6 +70,12 @@ type Epoch struct {
 	// Sweep is set while garbage collection deletes chunks here: no
 	// commit may begin meanwhile (docs/format.md, "Garbage collection").
 	Sweep *SweepLease `json:"sweep,omitempty"`
+	// Format is the highest manifest version a point here may have: set to
+	// ManifestVersionChunked (3) by the first commit of a v3 point. A
+	// drorch older than v3 refuses an epoch.json with this member, and so
+	// the whole repository: its garbage collection, which reads no entry
+	// parts, would take the chunks of v3 points for unnamed and delete them.
+	Format int `json:"format,omitempty"`
 
 	// Version is the ETag of the epoch.json this was read from, "" when
 	// there was none: the version PutEpoch expects to replace. Not stored.
@@ -196,6 +202,9 @@ func (r *Repo) decodeEpoch(b []byte) (Epoch, error) {
 	}
 	if err != nil {
 		return Epoch{}, errCorrupt{fmt.Sprintf("%v (corrupted)", err)}
+	}
+	if e.Format > ManifestVersionChunked {
+		return Epoch{}, fmt.Errorf("it says the repository holds format %d, which this drorch does not know (it knows up to %d): a newer drorch wrote it; upgrade this worker", e.Format, ManifestVersionChunked)
 	}
 	if r.macKey != nil && !authenticated {
 		if len(e.Pending)+len(e.Abandoned) > 0 {

@@ -355,10 +355,7 @@ func TestCommitPoint(t *testing.T) {
 		r, _ := newTestRepo(t, testKey)
 		raise(t, r, 3)
 		m := pointManifest(r, p2, 3)
-		plain, body, err := r.sealManifest(m)
-		if err != nil {
-			t.Fatal(err)
-		}
+		plain, body := sealForTest(t, r, m)
 		began, _, err := r.reserve(ctx, p2, 3)
 		if err != nil {
 			t.Fatal(err)
@@ -381,7 +378,7 @@ func TestCommitPoint(t *testing.T) {
 		r, _ := newTestRepo(t, nil)
 		raise(t, r, 3)
 		m := pointManifest(r, p3, 3)
-		plain, body, _ := r.sealManifest(m)
+		plain, body := sealForTest(t, r, m)
 		began, _, err := r.reserve(ctx, p3, 3)
 		if err != nil {
 			t.Fatal(err)
@@ -451,4 +448,19 @@ func TestPruneEpoch(t *testing.T) {
 	if err != nil || len(pts) != 0 {
 		t.Fatalf("points: %+v %v, want none valid", pts, err)
 	}
+}
+
+// sealForTest writes m's entry parts and returns its point object, plain
+// and sealed, as a commit would store it.
+func sealForTest(t *testing.T, r *Repo, m *Manifest) (plain, body []byte) {
+	t.Helper()
+	w, err := r.writeManifest(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err = r.seal(w.plain, []byte("manifest:"+m.Point))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w.plain, body
 }

@@ -173,7 +173,7 @@ func (r *Repo) listPoints(ctx context.Context, dir string, skip map[string]bool)
 // to set; a manifest deleted since the listing is skipped.
 func (r *Repo) scanAll(ctx context.Context, dir string, points []string, set *idSet, progress func(string, int64)) error {
 	for i, p := range points {
-		if err := r.scanRefs(ctx, dir+p+manifestExt, p, set.add); err != nil {
+		if err := r.scanPoint(ctx, dir+p+manifestExt, p, set); err != nil {
 			if drivers.IsNotFound(err) {
 				continue // forgotten or abandoned and deleted since the listing
 			}
@@ -521,6 +521,9 @@ func cmpKey(a, b idKey) int { return bytes.Compare(a[:], b[:]) }
 type idSet struct {
 	ids []idKey // sorted, distinct
 	buf []idKey
+	// parts are the entry parts (format v3) whose entries were scanned
+	// already: points that share a part name the same chunks in it.
+	parts map[ID]struct{}
 }
 
 func (s *idSet) add(id ID) {
@@ -714,11 +717,42 @@ func (r *Repo) readMarkStream(ctx context.Context) (*gcMark, error) {
 // held whole (AES-GCM opens only a whole message). The manifest's header,
 // digest and trailer are checked; an error means its ids may be incomplete.
 func (r *Repo) scanRefs(ctx context.Context, key, point string, add func(ID)) error {
-	fail := func(err error) error {
-		return classify(fmt.Errorf("manifest of restore point %s at %s: %w", point, r.where(key), err))
+	_, err := r.scanObject(ctx, key, point, add)
+	return err
+}
+
+// scanPoint adds to set every chunk id the manifest of point stored at
+// key names: those of its point object (scanRefs), and for a v3 point those
+// its entry parts name, reading only the parts set has not seen.
+func (r *Repo) scanPoint(ctx context.Context, key, point string, set *idSet) error {
+	version, err := r.scanObject(ctx, key, point, set.add)
+	if err != nil || version != ManifestVersionChunked {
+		return err
+	}
+	p, err := r.pointAt(ctx, key, point)
+	if err != nil {
+		return err
+	}
+	if set.parts == nil {
+		set.parts = map[ID]struct{}{}
+	}
+	if err := p.scanParts(ctx, set.parts, set.add); err != nil {
+		// Never a not-found error, which scanAll takes for a manifest
+		// deleted since the listing and skips: a point whose entries
+		// cannot be read would have its chunks taken for unnamed.
+		return fmt.Errorf("restore point %s names chunks in entries that cannot be read (%v); nothing can be deleted until the point is repaired "+
+			"(`drorch check` names what is missing) or forgotten", point, err)
+	}
+	return nil
+}
+
+// scanObject is scanRefs, which also returns the manifest's version.
+func (r *Repo) scanObject(ctx context.Context, key, point string, add func(ID)) (version int, err error) {
+	fail := func(err error) (int, error) {
+		return 0, classify(fmt.Errorf("manifest of restore point %s at %s: %w", point, r.where(key), err))
 	}
 	if err := codecs(); err != nil {
-		return err
+		return 0, err
 	}
 	var z io.Reader
 	if r.aead != nil {
@@ -748,10 +782,10 @@ func (r *Repo) scanRefs(ctx context.Context, key, point string, add func(ID)) er
 		return fail(err)
 	}
 	defer dec.Close()
-	if err := scanManifest(io.LimitReader(dec, MaxMetadataSize+1), r.plan, point, add); err != nil {
+	if version, err = scanManifest(io.LimitReader(dec, MaxMetadataSize+1), r.plan, point, add); err != nil {
 		return fail(err)
 	}
-	return nil
+	return version, nil
 }
 
 // scanManifest reads the JSON lines of a manifest as a byte stream and
@@ -761,7 +795,7 @@ func (r *Repo) scanRefs(ctx context.Context, key, point string, add func(ID)) er
 // of plan, and the digest in the trailer must match the lines before it:
 // then the manifest is the one its writer checked, and the ids are all of
 // its chunks. Memory stays the same whatever the size of the manifest.
-func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
+func scanManifest(rd io.Reader, plan, point string, add func(ID)) (version int, err error) {
 	const keepLine = 64 << 10 // the header and the trailer are far shorter
 	var (
 		h              = sha256.New()
@@ -779,7 +813,7 @@ func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
 		afterID, value int // 1: after the string "id"; 2: after its colon
 		buf            = make([]byte, 256<<10)
 	)
-	bad := func(format string, args ...any) error { return errCorrupt{fmt.Sprintf(format, args...)} }
+	bad := func(format string, args ...any) (int, error) { return 0, errCorrupt{fmt.Sprintf(format, args...)} }
 	for {
 		n, rerr := rd.Read(buf)
 		b := buf[:n]
@@ -855,7 +889,7 @@ func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
 				fed = i + 1
 				st, err := h.(encoding.BinaryMarshaler).MarshalBinary()
 				if err != nil {
-					return err
+					return 0, err
 				}
 				prev, last = last, st
 				if !lineLong {
@@ -872,7 +906,7 @@ func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
 			break
 		}
 		if rerr != nil {
-			return rerr
+			return 0, rerr
 		}
 	}
 	if header.Format != ManifestFormat || header.Plan != plan || header.Point != point {
@@ -887,10 +921,10 @@ func scanManifest(rd io.Reader, plan, point string, add func(ID)) error {
 	}
 	sum := sha256.New()
 	if err := sum.(encoding.BinaryUnmarshaler).UnmarshalBinary(prev); err != nil {
-		return err
+		return 0, err
 	}
 	if want := digestPrefix + hex.EncodeToString(sum.Sum(nil)); *t.Digest != want {
 		return bad("digest %q does not match the content, whose digest is %s (corrupted)", *t.Digest, want)
 	}
-	return nil
+	return header.Version, nil
 }

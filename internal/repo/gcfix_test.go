@@ -123,8 +123,8 @@ func TestGCForgottenPointRestartsMargin(t *testing.T) {
 		t.Fatalf("copies left: %v %v", pts, err)
 	}
 	gcMargin(t, 0)
-	if res := gc(t, r, GCOptions{}); res.Deleted != 1 {
-		t.Fatalf("later: %+v, want it deleted", res)
+	if res := gc(t, r, GCOptions{}); res.Deleted != 2 || present(t, r, ids[0]) {
+		t.Fatalf("later: %+v, want it and the point's entry part deleted", res)
 	}
 }
 
@@ -187,7 +187,7 @@ func TestScanManifestRefusesOddKeys(t *testing.T) {
 		if bytes.Equal(odd, plain) {
 			t.Fatal("no id key in the manifest")
 		}
-		err := scanManifest(bytes.NewReader(odd), r.plan, m.Point, func(ID) {})
+		_, err := scanManifest(bytes.NewReader(odd), r.plan, m.Point, func(ID) {})
 		if err == nil || !strings.Contains(err.Error(), "a key with an escape") {
 			t.Fatalf("%s: %v", k, err)
 		}

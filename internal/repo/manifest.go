@@ -8,11 +8,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/drorch/drorch/drivers/source"
 )
@@ -148,6 +150,9 @@ func countEntry(t *Totals, ids map[ID]struct{}, e *Entry) {
 			continue
 		}
 		t.Chunks++
+		if ids == nil {
+			continue // the caller counts distinct ids its own way
+		}
 		if _, ok := ids[c.ID]; !ok {
 			ids[c.ID] = struct{}{}
 			t.UniqueChunks++
@@ -265,68 +270,17 @@ func EncodeManifest(m *Manifest) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(headerLine{
-		Format:      ManifestFormat,
-		Version:     m.version(),
-		Plan:        m.Plan,
-		Point:       m.Point,
-		Site:        m.Site,
-		Source:      m.Source,
-		Snapshot:    m.Snapshot.UTC().Format(time.RFC3339Nano),
-		Epoch:       m.Epoch,
-		Chunker:     m.Chunker,
-		Compression: m.Compression,
-		Encryption:  m.Encryption,
-	}); err != nil {
+	if err := enc.Encode(headerOf(m, m.version())); err != nil {
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	v := newValidator(len(m.Entries))
-	refs := []refOut{} // never nil: an empty file's chunks are [], not null
+	var refs []refOut
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		if err := v.add(e); err != nil {
 			return nil, fmt.Errorf("encode manifest: entry %d (%q): %w", i, e.Path, err)
 		}
-		if !validTime(e.ModTime) {
-			return nil, fmt.Errorf("encode manifest: entry %d (%q): modification time %v is outside years 0-9999", i, e.Path, e.ModTime)
-		}
-		out := entryOut{
-			Type:  e.Type,
-			Mode:  e.Mode,
-			UID:   e.UID,
-			GID:   e.GID,
-			MTime: e.ModTime.UTC().Format(time.RFC3339Nano),
-		}
-		// encoding/json would replace invalid UTF-8 with U+FFFD: such names
-		// are written in base64 instead.
-		if utf8.ValidString(e.Path) {
-			out.Path = e.Path
-		} else {
-			out.Path64 = []byte(e.Path)
-		}
-		if utf8.ValidString(e.Target) {
-			out.Target = e.Target
-		} else {
-			out.Target64 = []byte(e.Target)
-		}
-		if e.Type == source.TypeFile {
-			out.Size = &e.Size
-			refs = refs[:0]
-			for j := range e.Chunks {
-				c := &e.Chunks[j]
-				switch {
-				case c.Hole:
-					refs = append(refs, refOut{Hole: true, Size: c.Size})
-				case c.Slice:
-					refs = append(refs, refOut{ID: &c.ID, Size: c.Size, Off: &c.Off})
-				default:
-					refs = append(refs, refOut{ID: &c.ID, Size: c.Size})
-				}
-			}
-			out.Chunks = &refs
-			out.SHA256 = e.SHA256
-		}
-		if err := enc.Encode(out); err != nil {
+		if err := encodeEntry(enc, e, &refs); err != nil {
 			return nil, fmt.Errorf("encode manifest: entry %d (%q): %w", i, e.Path, err)
 		}
 	}
@@ -339,6 +293,55 @@ func EncodeManifest(m *Manifest) ([]byte, error) {
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// encodeEntry writes the line of e, which v.add has checked; refs is
+// scratch space kept between calls.
+func encodeEntry(enc *json.Encoder, e *Entry, refs *[]refOut) error {
+	if !validTime(e.ModTime) {
+		return fmt.Errorf("modification time %v is outside years 0-9999", e.ModTime)
+	}
+	out := entryOut{
+		Type:  e.Type,
+		Mode:  e.Mode,
+		UID:   e.UID,
+		GID:   e.GID,
+		MTime: e.ModTime.UTC().Format(time.RFC3339Nano),
+	}
+	// encoding/json would replace invalid UTF-8 with U+FFFD: such names
+	// are written in base64 instead.
+	if utf8.ValidString(e.Path) {
+		out.Path = e.Path
+	} else {
+		out.Path64 = []byte(e.Path)
+	}
+	if utf8.ValidString(e.Target) {
+		out.Target = e.Target
+	} else {
+		out.Target64 = []byte(e.Target)
+	}
+	if e.Type == source.TypeFile {
+		out.Size = &e.Size
+		rs := (*refs)[:0]
+		if rs == nil {
+			rs = []refOut{} // never nil: an empty file's chunks are [], not null
+		}
+		for j := range e.Chunks {
+			c := &e.Chunks[j]
+			switch {
+			case c.Hole:
+				rs = append(rs, refOut{Hole: true, Size: c.Size})
+			case c.Slice:
+				rs = append(rs, refOut{ID: &c.ID, Size: c.Size, Off: &c.Off})
+			default:
+				rs = append(rs, refOut{ID: &c.ID, Size: c.Size})
+			}
+		}
+		*refs = rs
+		out.Chunks = &rs
+		out.SHA256 = e.SHA256
+	}
+	return enc.Encode(out)
 }
 
 // DecodeManifest decodes and checks a manifest written by EncodeManifest. It is
@@ -440,19 +443,47 @@ func decodeLine(line []byte, v any) error {
 	if line[0] != '{' {
 		return errors.New("not a JSON object")
 	}
-	// encoding/json would silently turn invalid UTF-8 into U+FFFD.
+	// Said plainly (the decoder refuses it too, in its own words).
 	if !utf8.Valid(line) {
 		return errors.New("not valid UTF-8")
 	}
-	d := json.NewDecoder(bytes.NewReader(line))
-	d.DisallowUnknownFields()
-	if err := d.Decode(v); err != nil {
-		return err
+	// encoding/json/v2 (the module that mirrors it until Go 1.27): four
+	// times as fast as v1's Decoder on an entry line, which every reader
+	// of a point decodes for each of millions of entries. It is stricter
+	// than v1: exact field names, no duplicate names, invalid UTF-8
+	// refused; and, as Unmarshal, nothing after the object.
+	return lineError(jsonv2.Unmarshal(line, v, jsonv2.RejectUnknownMembers(true)))
+}
+
+// lineError says what the decoder found wrong with a line in the words of
+// the format (fields and values), not of Go's types.
+func lineError(err error) error {
+	var sem *jsonv2.SemanticError
+	var syn *jsontext.SyntacticError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &sem) && errors.Is(sem.Err, jsonv2.ErrUnknownName):
+		if parent := sem.JSONPointer.Parent(); parent != "" {
+			return fmt.Errorf("unknown field %q in %s", sem.JSONPointer.LastToken(), parent)
+		}
+		return fmt.Errorf("unknown field %q", sem.JSONPointer.LastToken())
+	case errors.As(err, &sem) && sem.JSONValue != nil:
+		// A line may be as long as MaxMetadataSize: the value is cut.
+		v := string(sem.JSONValue)
+		if len(v) > 64 {
+			v = strings.ToValidUTF8(v[:64], "") + "…"
+		}
+		return fmt.Errorf("field %s cannot be %s", sem.JSONPointer, v)
+	case errors.As(err, &sem) && sem.JSONKind != 0:
+		return fmt.Errorf("field %s cannot be a JSON %s", sem.JSONPointer, sem.JSONKind)
+	case errors.As(err, &syn):
+		if syn.JSONPointer != "" {
+			return fmt.Errorf("invalid JSON at byte %d, in %s: %v", syn.ByteOffset, syn.JSONPointer, syn.Err)
+		}
+		return fmt.Errorf("invalid JSON at byte %d: %v", syn.ByteOffset, syn.Err)
 	}
-	if _, err := d.Token(); err != io.EOF {
-		return errors.New("data after the JSON object")
-	}
-	return nil
+	return err
 }
 
 func fromHeader(h *headerLine) (*Manifest, error) {
@@ -460,7 +491,7 @@ func fromHeader(h *headerLine) (*Manifest, error) {
 		return nil, fmt.Errorf("format is %q, not %q", h.Format, ManifestFormat)
 	}
 	if h.Version != FormatVersion && h.Version != ManifestVersionSlices {
-		return nil, fmt.Errorf("format version %d is not supported (this drorch reads versions %d and %d)", h.Version, FormatVersion, ManifestVersionSlices)
+		return nil, fmt.Errorf("format version %d is not supported here (this drorch reads versions %d to %d; version %d through OpenPoint)", h.Version, FormatVersion, ManifestVersionChunked, ManifestVersionChunked)
 	}
 	snap, err := time.Parse(time.RFC3339Nano, h.Snapshot)
 	if err != nil {
@@ -486,8 +517,8 @@ func fromHeader(h *headerLine) (*Manifest, error) {
 
 // checkHeader checks the fields of m other than Entries and Totals.
 func checkHeader(m *Manifest) error {
-	if m.Version != FormatVersion && m.Version != ManifestVersionSlices {
-		return fmt.Errorf("format version %d is not supported (this drorch writes versions %d and %d)", m.Version, FormatVersion, ManifestVersionSlices)
+	if m.Version != FormatVersion && m.Version != ManifestVersionSlices && m.Version != ManifestVersionChunked {
+		return fmt.Errorf("format version %d is not supported (this drorch writes versions %d to %d)", m.Version, FormatVersion, ManifestVersionChunked)
 	}
 	if err := ValidPlan(m.Plan); err != nil {
 		return err
@@ -658,6 +689,16 @@ func (v *validator) add(e *Entry) error {
 			return fmt.Errorf("parent %q is not a directory", parent)
 		}
 	}
+	if err := checkEntry(e); err != nil {
+		return err
+	}
+	v.isDir[e.Path] = e.Type == source.TypeDir
+	countEntry(&v.totals, v.ids, e)
+	return nil
+}
+
+// checkEntry checks the fields of e but its place in the tree.
+func checkEntry(e *Entry) error {
 	switch e.Type {
 	case source.TypeFile, source.TypeDir, source.TypeSymlink:
 	default:
@@ -714,8 +755,6 @@ func (v *validator) add(e *Entry) error {
 	if sum != e.Size {
 		return fmt.Errorf("chunk sizes add up to %d, not the size %d", sum, e.Size)
 	}
-	v.isDir[e.Path] = e.Type == source.TypeDir
-	countEntry(&v.totals, v.ids, e)
 	return nil
 }
 

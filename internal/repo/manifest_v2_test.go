@@ -111,7 +111,7 @@ func TestDecodeManifestV2(t *testing.T) {
 		{"empty sha256", build(tot(3), hdr2, rootDir, slice(0, 3, "")[:len(slice(0, 3, ""))-1]+`,"sha256":""}`), `line 3: "sha256" is empty`},
 		{"hole with off", build(`{"entries":2,"files":1,"dirs":1,"symlinks":0,"chunks":0,"unique_chunks":0,"bytes":3,"hole_bytes":3}`, hdr2, rootDir, file("f", 3, `{"hole":true,"size":3,"off":0}`)), "line 3: chunk 0: a hole has no off"},
 		{"sha256 on a dir", build(totals0, hdr2, rootDir, `{"path":"d","type":"dir","mode":493,"uid":0,"gid":0,"mtime":"2026-11-22T10:00:00Z","sha256":"`+sum+`"}`), `line 3: a dir has no "sha256"`},
-		{"version 3", build(totals0, strings.Replace(hdr, `"version":1`, `"version":3`, 1), rootDir), "line 1: header: format version 3 is not supported (this drorch reads versions 1 and 2)"},
+		{"version 4", build(totals0, strings.Replace(hdr, `"version":1`, `"version":4`, 1), rootDir), "line 1: header: format version 4 is not supported here"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := DecodeManifest(c.in)
@@ -175,7 +175,7 @@ func TestScanManifestV2(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[ID]bool{}
-	if err := scanManifest(strings.NewReader(string(b)), m.Plan, m.Point, func(id ID) { got[id] = true }); err != nil {
+	if _, err := scanManifest(strings.NewReader(string(b)), m.Plan, m.Point, func(id ID) { got[id] = true }); err != nil {
 		t.Fatal(err)
 	}
 	want := map[ID]bool{Hash([]byte("a")): true, Hash([]byte("b")): true, run: true}

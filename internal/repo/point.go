@@ -77,39 +77,6 @@ func (r *Repo) NewManifest(point, site, sourceKind string, snapshot time.Time, e
 	}
 }
 
-// sealManifest checks m, encodes it, compresses it and seals it with the
-// additional data "manifest:<point>" when r has a key. It returns the
-// encoding and the body to store. An invalid manifest is a permanent
-// InvalidInput error.
-func (r *Repo) sealManifest(m *Manifest) (plain, body []byte, err error) {
-	if m.Plan != r.plan {
-		return nil, nil, drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: it is of plan %q, the repository of %q", m.Point, m.Plan, r.plan)
-	}
-	if m.Encryption != r.Encryption() {
-		return nil, nil, drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: encryption %q, but the repository's is %q", m.Point, m.Encryption, r.Encryption())
-	}
-	if err := ValidPointID(m.Point); err != nil {
-		return nil, nil, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest: %w", err))
-	}
-	plain, err = EncodeManifest(m)
-	if err != nil {
-		return nil, nil, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: %w", m.Point, err))
-	}
-	if len(plain) > MaxMetadataSize {
-		return nil, nil, drivers.Permanentf(drivers.ReasonInvalidInput, "put manifest %s: %d bytes is more than the %d the format allows", m.Point, len(plain), MaxMetadataSize)
-	}
-	// A restore point is valid or absent: never write a manifest that would
-	// not read back. Decoding costs little next to the backup it commits.
-	if _, err := DecodeManifest(plain); err != nil {
-		return nil, nil, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: it would not read back: %w", m.Point, err))
-	}
-	body, err = r.seal(plain, []byte("manifest:"+m.Point))
-	if err != nil {
-		return nil, nil, fmt.Errorf("put manifest %s: %w", m.Point, err)
-	}
-	return plain, body, nil
-}
-
 // PutManifest commits m as a restore point with nothing to check first:
 // CommitPoint(ctx, m, nil). It never replaces a stored manifest, and is
 // idempotent.
@@ -121,62 +88,14 @@ func (r *Repo) PutManifest(ctx context.Context, m *Manifest) error {
 // absent one, one being committed, or one abandoned (docs/format.md,
 // "Committing a restore point") wraps drivers.ErrNotFound, permanent for an
 // abandoned one; one that cannot be opened or decoded, or that names another
-// point or plan, is permanent with reason Corrupt.
+// point or plan, is permanent with reason Corrupt. It holds every entry:
+// for points known to be small; OpenPoint pages them in.
 func (r *Repo) GetManifest(ctx context.Context, point string) (*Manifest, error) {
-	began := time.Now()
-	m, err := r.getManifest(ctx, point)
-	if drivers.IsNotFound(err) {
-		// Absent; say so for good when it was abandoned (and deleted).
-		if e, eerr := r.GetEpoch(ctx); eerr == nil && e.abandoned(point) != nil {
-			return nil, r.invalid(e, point)
-		}
-	}
+	p, err := r.OpenPoint(ctx, point)
 	if err != nil {
 		return nil, err
 	}
-	// epoch.json after the manifest: a writer reserves its point before it
-	// writes the manifest, so this read sees the point listed if it is not
-	// committed.
-	e, err := r.validAt(ctx, began)
-	if err != nil {
-		return nil, err
-	}
-	if err := r.invalid(e, point); err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
-// getManifest reads and checks the stored manifest of point, valid or not.
-func (r *Repo) getManifest(ctx context.Context, point string) (*Manifest, error) {
-	if err := ValidPointID(point); err != nil {
-		return nil, drivers.Permanent(drivers.ReasonInvalidInput, err)
-	}
-	key := manifestKey(point)
-	fail := func(err error) (*Manifest, error) {
-		return nil, classify(fmt.Errorf("manifest of restore point %s at %s: %w", point, r.where(key), err))
-	}
-	body, err := r.get(ctx, key, MaxMetadataSize+1<<20)
-	if err != nil {
-		return fail(err)
-	}
-	plain, err := r.open(body, []byte("manifest:"+point), &metaDec)
-	if err != nil {
-		return fail(err)
-	}
-	m, err := DecodeManifest(plain)
-	if err != nil {
-		return fail(errCorrupt{err.Error()})
-	}
-	switch {
-	case m.Point != point:
-		return fail(errCorrupt{fmt.Sprintf("it is the manifest of point %s (copied under another name?)", m.Point)})
-	case m.Plan != r.plan:
-		return fail(errCorrupt{fmt.Sprintf("it is a manifest of plan %q (copied from another plan?)", m.Plan)})
-	case m.Encryption != r.Encryption():
-		return fail(errCorrupt{fmt.Sprintf("it says encryption %q, but the repository's is %q", m.Encryption, r.Encryption())})
-	}
-	return m, nil
+	return p.Manifest(ctx)
 }
 
 // HasManifest reports whether point is a valid restore point, without

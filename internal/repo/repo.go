@@ -38,7 +38,9 @@ const (
 
 // MaxMetadataSize bounds the plaintext of a manifest or a staging object, so
 // that a hostile or damaged object cannot make a reader allocate without limit.
-// At roughly 200 bytes an entry it allows manifests of about five million entries.
+// At roughly 200 bytes an entry it allowed v1 and v2 manifests of about five
+// million entries; a v3 point object names its entry parts instead (about
+// 150 bytes a part of some 4,000 entries), and has no such limit in practice.
 const MaxMetadataSize = 1 << 30
 
 const nonceSize = 12 // AES-GCM standard nonce

@@ -224,14 +224,21 @@ func (res *WALResult) count(doomed []WALFile) {
 func (r *Repo) walStarts(ctx context.Context, points []string) ([]walStart, error) {
 	var bases []walStart
 	for _, p := range points {
-		m, err := r.getManifest(ctx, p)
+		pt, err := r.openPoint(ctx, p)
 		if drivers.IsNotFound(err) {
 			continue // forgotten or abandoned and deleted since the listing
 		}
 		if err != nil {
 			return nil, fmt.Errorf("WAL retention at %s stopped, nothing deleted: %w", r.Location(), err)
 		}
-		if m.Source != SourcePostgres || !hasBackupLabel(m) {
+		if pt.Meta.Source != SourcePostgres {
+			continue
+		}
+		m, err := pt.Manifest(ctx) // a base backup's entries: a database's files
+		if err != nil {
+			return nil, fmt.Errorf("WAL retention at %s stopped, nothing deleted: %w", r.Location(), err)
+		}
+		if !hasBackupLabel(m) {
 			continue
 		}
 		name, err := r.PointStartWAL(ctx, m)

@@ -448,13 +448,13 @@ func (r *restore) moveIn() error {
 	}
 	// Moving a directory to another parent may touch its times; give the
 	// top-level directories theirs again.
-	for _, e := range r.dirs {
-		if e.Path == "." || strings.Contains(e.Path, "/") {
+	for _, a := range r.dirs {
+		if a.path == "." || strings.Contains(a.path, "/") {
 			continue
 		}
-		ts := timespecs(e.ModTime)
-		if err := unix.UtimesNanoAt(t, e.Path, ts[:], unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fsError("commit: set times of", join(r.basePath, e.Path), err)
+		ts := timespecs(a.entry().ModTime)
+		if err := unix.UtimesNanoAt(t, a.path, ts[:], unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fsError("commit: set times of", join(r.basePath, a.path), err)
 		}
 	}
 	if err := removeTree(t, r.old); err != nil {
@@ -521,28 +521,29 @@ func renameReplacing(fromfd int, from string, tofd int, to string) error {
 // rootDir returns the root's Dir entry of this attempt, if it was given.
 func (r *restore) rootDir() (source.Entry, bool) {
 	for i := len(r.dirs) - 1; i >= 0; i-- {
-		if r.dirs[i].Path == "." {
-			return r.dirs[i], true
+		if r.dirs[i].path == "." {
+			return r.dirs[i].entry(), true
 		}
 	}
 	return source.Entry{}, false
 }
 
 // applyDirs gives the staged directories of this attempt their mode, owner
-// and times, children before parents.
+// and times, children before parents. It sorts them in place: a copy would
+// double what a tree of many directories holds.
 func (r *restore) applyDirs(ctx context.Context) error {
-	dirs := slices.Clone(r.dirs)
-	depth := func(e source.Entry) int {
-		if e.Path == "." {
+	depth := func(a dirAttrs) int {
+		if a.path == "." {
 			return 0
 		}
-		return strings.Count(e.Path, "/") + 1
+		return strings.Count(a.path, "/") + 1
 	}
-	slices.SortStableFunc(dirs, func(a, b source.Entry) int { return depth(b) - depth(a) })
-	for _, e := range dirs {
+	slices.SortStableFunc(r.dirs, func(a, b dirAttrs) int { return depth(b) - depth(a) })
+	for _, a := range r.dirs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		e := a.entry()
 		comps, err := splitPath(e.Path)
 		if err != nil {
 			return err

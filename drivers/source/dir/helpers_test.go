@@ -146,6 +146,16 @@ func mustNew(t *testing.T, path string) *Dir {
 	return d
 }
 
+// mustBegin begins restore id into d.
+func mustBegin(t *testing.T, d *Dir, id string) source.Restore {
+	t.Helper()
+	r, err := d.Begin(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func scanAll(t *testing.T, d *Dir) []source.Entry {
 	t.Helper()
 	var got []source.Entry

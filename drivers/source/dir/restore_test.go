@@ -548,10 +548,7 @@ func TestRestoreReplacesStagedEntries(t *testing.T) {
 	ctx := context.Background()
 	tmp := tempDir(t)
 	target := mustNew(t, filepath.Join(tmp, "target"))
-	r, err := target.Begin(ctx, "r1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := mustBegin(t, target, "r1")
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -577,23 +574,24 @@ func TestRestoreReplacesStagedEntries(t *testing.T) {
 	file("x/f", "in x")
 	must(link("y", "x"))
 	file("z", "a read-only file")
+	must(link("v", "x"))
 	must(dir("w"))
 	// The next attempt: x became a file, y a directory, the read-only file z
-	// a symlink, and w/f is written twice.
+	// a symlink, v points elsewhere, and w/f is written twice.
 	r.Close()
-	r, err = target.Begin(ctx, "r1")
-	must(err)
+	r = mustBegin(t, target, "r1")
 	must(dir("."))
 	file("x", "now a file")
 	must(dir("y"))
 	must(link("z", "x"))
+	must(link("v", "w"))
 	must(dir("w"))
 	must(dir("w")) // twice is fine
 	file("w/f", "again")
 	file("w/f", "and again")
 	must(r.Commit(ctx))
 	got := scanAll(t, target)
-	want := []string{".:dir", "w:dir", "w/f:file", "x:file", "y:dir", "z:symlink"}
+	want := []string{".:dir", "v:symlink", "w:dir", "w/f:file", "x:file", "y:dir", "z:symlink"}
 	var paths []string
 	for _, e := range got {
 		paths = append(paths, e.Path+":"+string(e.Type))
@@ -603,6 +601,93 @@ func TestRestoreReplacesStagedEntries(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(tmp, "target", "w", "f")); string(b) != "and again" {
 		t.Fatalf("w/f holds %q", b)
+	}
+	if to, _ := os.Readlink(filepath.Join(tmp, "target", "v")); to != "w" {
+		t.Fatalf("v points to %q, want w", to)
+	}
+}
+
+// A file gets its size whether or not the writes reach it: one whose end
+// is a hole (or zero bytes, not written) is extended, one written to its
+// end in any order is not touched.
+func TestFileSizeWithUnwrittenEnd(t *testing.T) {
+	ctx := context.Background()
+	tmp := tempDir(t)
+	target := mustNew(t, filepath.Join(tmp, "target"))
+	r := mustBegin(t, target, "r1")
+	if err := r.Dir(source.Entry{Path: ".", Type: source.TypeDir, Mode: 0o755, ModTime: mtimeOf(1)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		size   int64
+		writes []int64 // offsets of 4-byte writes, in this order
+	}{
+		{"empty", 0, nil},
+		{"hole-at-end", 1 << 20, []int64{0}},
+		{"only-a-hole", 4096, nil},
+		{"written-backwards", 12, []int64{8, 4, 0}},
+	} {
+		w, err := r.File(source.Entry{Path: c.name, Type: source.TypeFile, Mode: 0o644, Size: c.size, ModTime: mtimeOf(2)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, off := range c.writes {
+			if _, err := w.WriteAt([]byte("abcd"), off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]int64{"empty": 0, "hole-at-end": 1 << 20, "only-a-hole": 4096, "written-backwards": 12} {
+		st, err := os.Stat(filepath.Join(tmp, "target", name))
+		if err != nil || st.Size() != want {
+			t.Errorf("%s: %v, size %d, want %d", name, err, st.Size(), want)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(tmp, "target", "written-backwards")); string(b) != "abcdabcdabcd" {
+		t.Errorf("written-backwards holds %q", b)
+	}
+}
+
+// Empty tells a restore whether the target has files to take chunks from.
+func TestEmpty(t *testing.T) {
+	tmp := tempDir(t)
+	file := filepath.Join(tmp, "file")
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		path  string
+		empty bool
+	}{
+		{filepath.Join(tmp, "absent"), true},
+		{filepath.Join(tmp, "emptydir"), true},
+		{filepath.Join(tmp, "volume"), true}, // a mount point with a restore staged inside
+		{tmp, false},
+		{file, false},
+	} {
+		if strings.HasSuffix(c.path, "dir") || strings.HasSuffix(c.path, "volume") {
+			if err := os.Mkdir(c.path, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if strings.HasSuffix(c.path, "volume") {
+			for _, name := range []string{"lost+found", ".drorch-owner-r1", ".drorch-staging-r1"} {
+				if err := os.Mkdir(filepath.Join(c.path, name), 0o700); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		got, err := mustNew(t, c.path).Empty(context.Background())
+		if err != nil || got != c.empty {
+			t.Errorf("Empty(%s) = %v, %v; want %v", c.path, got, err, c.empty)
+		}
 	}
 }
 

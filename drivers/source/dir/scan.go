@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -188,6 +189,41 @@ func (d *Dir) visitDir(ctx context.Context, fd int, rel string, fn func(source.E
 		return err
 	}
 	return d.walk(ctx, fd, rel, fn)
+}
+
+// Empty reports whether the directory is absent or holds no entry of its
+// own: a file system's lost+found and drorch's own .drorch-* names (a
+// restore staged inside the target) do not count. A path that is not a
+// directory (a single-file plan's file) is not empty. It reads names only
+// until it finds one that counts.
+func (d *Dir) Empty(ctx context.Context) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	fd, err := openat(unix.AT_FDCWD, d.path, openDir, 0)
+	switch {
+	case err == unix.ENOENT:
+		return true, nil
+	case errnoIs(err, unix.ENOTDIR, unix.ELOOP):
+		return false, nil
+	case err != nil:
+		return false, fsError("open", d.path, err)
+	}
+	defer unix.Close(fd)
+	empty := true
+	err = eachNames(fd, 8<<10, func(names []string) bool {
+		for _, name := range names {
+			if name != "lost+found" && !strings.HasPrefix(name, ".drorch-") {
+				empty = false
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return false, fsError("read directory", d.path, err)
+	}
+	return empty, nil
 }
 
 // Open opens the regular file at path (as Scan reported it) for reading. Each

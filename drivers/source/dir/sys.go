@@ -105,7 +105,23 @@ func readNames(fd int) ([]string, error) {
 	if _, err := unix.Seek(fd, 0, io.SeekStart); err != nil {
 		return nil, err
 	}
-	buf := make([]byte, 32<<10)
+	var names []string
+	err := eachNames(fd, 32<<10, func(batch []string) bool {
+		names = append(names, batch...)
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// eachNames reads the open directory fd from where it stands, a buffer of
+// bufSize at a time, and calls fn with each batch of names (without . and
+// ..) until fn returns false or the directory ends.
+func eachNames(fd, bufSize int, fn func(names []string) bool) error {
+	buf := make([]byte, bufSize)
 	var names []string
 	for {
 		var n int
@@ -114,15 +130,16 @@ func readNames(fd int) ([]string, error) {
 			return err
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if n <= 0 {
-			break
+			return nil
 		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+		_, _, names = unix.ParseDirent(buf[:n], -1, names[:0])
+		if !fn(names) {
+			return nil
+		}
 	}
-	slices.Sort(names)
-	return names, nil
 }
 
 // readlinkat reads a symlink's target whatever its length.
