@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -250,6 +251,11 @@ type reporter struct {
 	seen    Progress  // the counters when progress last moved
 	moved   time.Time // when progress last moved
 	stalled bool
+	// scanned counts the metadata work done in work (repo.WithCounter);
+	// watched are other counters of work done for this step, such as a
+	// listing shared with other activities.
+	scanned atomic.Int64
+	watched []*atomic.Int64
 	halt    chan struct{}
 	done    chan struct{}
 }
@@ -263,7 +269,14 @@ type heartbeat struct {
 func (a *Activities) startReporter(ctx context.Context, step string) *reporter {
 	now := time.Now()
 	r := &reporter{a: a, ctx: ctx, p: Progress{Step: step, Started: now.UTC()}, moved: now, halt: make(chan struct{}), done: make(chan struct{})}
+	// Until this attempt records a resume point of its own, its heartbeats
+	// carry the last attempt's: one lost while it lists or sets up must not
+	// make the next start over.
+	if prev := previousResume(ctx); prev != nil {
+		r.res = prev
+	}
 	r.work, r.stop = context.WithCancelCause(ctx)
+	r.work = repo.WithCounter(r.work, &r.scanned)
 	go func() {
 		defer close(r.done)
 		t := time.NewTicker(a.HeartbeatInterval)
@@ -289,6 +302,14 @@ func (r *reporter) Update(f func(p *Progress)) {
 	r.mu.Unlock()
 }
 
+// watch counts n's work as this step's progress: work shared with other
+// activities, done under another context than r.work.
+func (r *reporter) watch(n *atomic.Int64) {
+	r.mu.Lock()
+	r.watched = append(r.watched, n)
+	r.mu.Unlock()
+}
+
 // Resume records where a retried attempt should continue and heartbeats it at
 // once: it marks durable progress.
 func (r *reporter) Resume(v any) {
@@ -300,13 +321,17 @@ func (r *reporter) Resume(v any) {
 }
 
 // counters are the parts of a Progress that show work moving.
-func counters(p Progress) [8]int64 {
-	return [8]int64{p.FilesTotal, p.FilesDone, p.BytesTotal, p.BytesDone, p.BytesNew, p.ChunksTotal, p.ChunksDone, p.ChunksNew}
+func counters(p Progress) [9]int64 {
+	return [9]int64{p.FilesTotal, p.FilesDone, p.BytesTotal, p.BytesDone, p.BytesNew, p.ChunksTotal, p.ChunksDone, p.ChunksNew, p.Scanned}
 }
 
 func (r *reporter) beat(final bool) {
 	r.mu.Lock()
 	now := time.Now()
+	r.p.Scanned = r.scanned.Load()
+	for _, n := range r.watched {
+		r.p.Scanned += n.Load()
+	}
 	if counters(r.p) != counters(r.seen) {
 		r.seen, r.moved = r.p, now
 	}
@@ -341,19 +366,26 @@ func (r *reporter) close() {
 // resumeDetails decodes the resume point of a previous attempt into v and
 // reports whether there was one.
 func resumeDetails(ctx context.Context, v any) bool {
+	prev := previousResume(ctx)
+	return prev != nil && json.Unmarshal(prev, v) == nil
+}
+
+// previousResume is the resume point the last attempt heartbeated, nil when
+// there is none.
+func previousResume(ctx context.Context) json.RawMessage {
 	if !activity.IsActivity(ctx) || !activity.HasHeartbeatDetails(ctx) {
-		return false
+		return nil
 	}
 	var hb struct {
 		Resume json.RawMessage `json:"resume"`
 	}
 	if err := activity.GetHeartbeatDetails(ctx, &hb); err != nil {
-		return false
+		return nil
 	}
 	if len(hb.Resume) == 0 || string(hb.Resume) == "null" {
-		return false
+		return nil
 	}
-	return json.Unmarshal(hb.Resume, v) == nil
+	return hb.Resume
 }
 
 // siteList names a plan's sites for a message: "a and b", "a, b and c".

@@ -244,15 +244,17 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 			st.Next = missing
 		}
 	}
-	setup, release, err := a.uploadSetup(ctx, r, in.Plan, in.Site, in.Op, in.Full)
+	// Heartbeats begin before the chunk listing, which takes minutes in a
+	// repository of millions of chunks (its objects count as progress).
+	rep := a.startReporter(ctx, "upload")
+	defer rep.close()
+	ctx = rep.work // ends when the work stalls
+	setup, release, err := a.uploadSetup(ctx, r, in.Plan, in.Site, in.Op, in.Full, rep.watch)
 	if err != nil {
 		return UploadResult{}, err
 	}
 	defer release()
 	known, parent := setup.known, setup.parent
-	rep := a.startReporter(ctx, "upload")
-	defer rep.close()
-	ctx = rep.work // ends when the work stalls
 	rep.Update(func(p *Progress) { p.BytesTotal = in.Bytes })
 	u := datapath.NewUploader(r, known, rep)
 	u.Source, u.OnChange, u.Retries, u.Slots = src, sc.OnChange, sc.Retries, a.storeSlots
@@ -310,7 +312,9 @@ type CommitResult struct {
 // with "superseded" and the point never valid. Until then the restore point
 // does not exist.
 func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, error) {
-	res, err := a.commit(ctx, in)
+	rep := a.startReporter(ctx, "commit")
+	defer rep.close()
+	res, err := a.commit(rep.work, in)
 	if err == nil {
 		metrics.PointCommitted(in.Plan, in.Site, in.Snapshot)
 	}

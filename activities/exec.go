@@ -220,11 +220,14 @@ func (a *Activities) snapshotStream(ctx context.Context, r *repo.Repo, sc *confi
 	} else if !drivers.IsNotFound(err) {
 		return SnapshotResult{}, err
 	}
+	rep := a.startReporter(ctx, "stream") // before the listing, which takes minutes in a large repository
+	defer rep.close()
+	work := rep.work // ends when the work stalls
 	// What a cut attempt left is of no use: the stream starts over.
-	if err := r.DeleteStaging(ctx, in.Op); err != nil {
+	if err := r.DeleteStaging(work, in.Op); err != nil {
 		return SnapshotResult{}, err
 	}
-	known, err := r.UsableChunks(ctx) // damaged chunks are uploaded again
+	known, err := r.UsableChunks(work) // damaged chunks are uploaded again
 	if err != nil {
 		return SnapshotResult{}, fmt.Errorf("list chunks at %s: %w", r.Location(), err)
 	}
@@ -233,9 +236,6 @@ func (a *Activities) snapshotStream(ctx context.Context, r *repo.Repo, sc *confi
 	point := repo.NewPointID(snap, suffix)
 	res = SnapshotResult{Source: streamSource(sc), Kind: streamKind(sc), Snapshot: snap}
 
-	rep := a.startReporter(ctx, "stream")
-	defer rep.close()
-	work := rep.work // ends when the work stalls
 	u := datapath.NewUploader(r, known, rep)
 	u.Slots = a.storeSlots
 	env := execEnv(sc.Backup, "DRORCH_PLAN="+in.Plan, "DRORCH_SITE="+in.Site, "DRORCH_POINT="+point,

@@ -94,12 +94,12 @@ func (a *Activities) snapshotPostgres(ctx context.Context, in SnapshotInput, sc 
 	} else if !drivers.IsNotFound(err) {
 		return SnapshotResult{}, err
 	}
-	known, err := r.UsableChunks(ctx)
+	rep := a.startReporter(ctx, "base backup") // before the listing, which takes minutes in a large repository
+	defer rep.close()
+	known, err := r.UsableChunks(rep.work)
 	if err != nil {
 		return SnapshotResult{}, fmt.Errorf("list chunks at %s: %w", r.Location(), err)
 	}
-	rep := a.startReporter(ctx, "base backup")
-	defer rep.close()
 	u := datapath.NewUploader(r, known, rep)
 	u.Slots = a.storeSlots
 	res, err = a.baseBackup(rep.work, in, sc, u)

@@ -47,7 +47,9 @@ type PrepareRestoreResult struct {
 // PrepareRestore reads and verifies the manifest, checks that every chunk it
 // names is in the site's repository and that the target is usable.
 func (a *Activities) PrepareRestore(ctx context.Context, in PrepareRestoreInput) (PrepareRestoreResult, error) {
-	res, err := a.prepareRestore(ctx, in)
+	rep := a.startReporter(ctx, "prepare")
+	defer rep.close()
+	res, err := a.prepareRestore(rep.work, in)
 	return res, temporalError(err)
 }
 
@@ -306,12 +308,16 @@ func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (Rest
 	if resumeDetails(ctx, &st) && st.Committed {
 		return st.Result, nil
 	}
-	rs, err := tgt.Begin(ctx, in.Op)
+	// Heartbeats begin before the staging is set up, which may sweep a
+	// stale one of millions of files.
+	rep := a.startReporter(ctx, "restore")
+	defer rep.close()
+	rs, err := tgt.Begin(rep.work, in.Op)
 	if err != nil {
 		return RestoreDataResult{}, fmt.Errorf("begin restore into %s: %w", tgt.Describe(), err)
 	}
 	defer rs.Close()
-	res, err := a.restoreInto(ctx, r, tgt, rs, in, st)
+	res, err := a.restoreInto(rep.work, r, tgt, rs, in, st, rep)
 	if err != nil && a.restoreEnds(ctx, err) {
 		// No attempt will resume this staging: remove it now rather than
 		// leave a full-size copy beside the target.
@@ -324,7 +330,8 @@ func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (Rest
 	return res, err
 }
 
-func (a *Activities) restoreInto(ctx context.Context, r *repo.Repo, tgt source.Target, rs source.Restore, in RestoreDataInput, st restoreResume) (RestoreDataResult, error) {
+// restoreInto runs in rep's work context.
+func (a *Activities) restoreInto(ctx context.Context, r *repo.Repo, tgt source.Target, rs source.Restore, in RestoreDataInput, st restoreResume, rep *reporter) (RestoreDataResult, error) {
 	p, err := r.OpenPoint(ctx, in.Point)
 	if err != nil {
 		return RestoreDataResult{}, err
@@ -338,9 +345,6 @@ func (a *Activities) restoreInto(ctx context.Context, r *repo.Repo, tgt source.T
 		// every file must be written again, whatever the heartbeat says.
 		st = restoreResume{}
 	}
-	rep := a.startReporter(ctx, "restore")
-	defer rep.close()
-	ctx = rep.work // ends when the work stalls
 	rep.Update(func(p *Progress) { p.BytesTotal, p.FilesTotal = m.Totals.Bytes, m.Totals.Files })
 	// Until this attempt reports progress of its own, the earlier one's
 	// stands: an attempt lost before its first checkpoint must not make the

@@ -200,7 +200,9 @@ func (o *retryOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
 }
 
 // progressSignature is what of a heartbeat marks progress: its resume
-// point and its done counts, not its timestamps.
+// point and its done counts, not its timestamps. Progress.Scanned is not in
+// it: the entries a commit read are read again by its next attempt, so an
+// attempt that scans and then fails has made none that lasts.
 func progressSignature(v any) string {
 	b, err := json.Marshal(v)
 	if err != nil {

@@ -46,7 +46,9 @@ type PrepareTransmitInput struct {
 // PrepareTransmit reads and verifies the restore point's manifest at the
 // source site and stages the set of chunks it needs.
 func (a *Activities) PrepareTransmit(ctx context.Context, in PrepareTransmitInput) (PointSummary, error) {
-	res, err := a.prepareTransmit(ctx, in)
+	rep := a.startReporter(ctx, "prepare")
+	defer rep.close()
+	res, err := a.prepareTransmit(rep.work, in)
 	return res, temporalError(err)
 }
 
@@ -220,6 +222,11 @@ func (a *Activities) copyChunks(ctx context.Context, in CopyChunksInput) (CopyCh
 	if err != nil {
 		return CopyChunksResult{}, err
 	}
+	// Heartbeats begin before the listing, which takes minutes in a
+	// repository of millions of chunks (its objects count as progress).
+	rep := a.startReporter(ctx, "copy")
+	defer rep.close()
+	ctx = rep.work // ends when the work stalls
 	var ids []repo.ID
 	if err := src.GetStaging(ctx, in.Op, "chunks", &ids); err != nil {
 		return CopyChunksResult{}, fmt.Errorf("read the chunk list of transmit %s: %w", in.Op, err)
@@ -235,9 +242,6 @@ func (a *Activities) copyChunks(ctx context.Context, in CopyChunksInput) (CopyCh
 			missing = append(missing, id)
 		}
 	}
-	rep := a.startReporter(ctx, "copy")
-	defer rep.close()
-	ctx = rep.work // ends when the work stalls
 	res := CopyChunksResult{Chunks: int64(len(ids))}
 	rep.Update(func(p *Progress) {
 		p.ChunksTotal, p.ChunksDone, p.BytesTotal = int64(len(ids)), int64(len(ids)-len(missing)), in.Bytes
@@ -298,7 +302,9 @@ type CommitTransmitInput struct {
 // never if the destination's epoch passes the point's meanwhile. A point
 // that is not valid at the source (abandoned there) is never sent.
 func (a *Activities) CommitTransmit(ctx context.Context, in CommitTransmitInput) (PointSummary, error) {
-	res, err := a.commitTransmit(ctx, in)
+	rep := a.startReporter(ctx, "commit")
+	defer rep.close()
+	res, err := a.commitTransmit(rep.work, in)
 	if err == nil {
 		metrics.PointCommitted(in.Plan, in.To, res.Snapshot)
 	}

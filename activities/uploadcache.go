@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/drorch/drorch/internal/repo"
@@ -27,10 +28,11 @@ type uploadSetup struct {
 	known  map[repo.ID]int64
 	parent *repo.Point // nil: none, or a full backup; read only, shared
 
-	once  sync.Once
-	err   error
-	users int
-	timer *time.Timer
+	once   sync.Once
+	listed atomic.Int64 // the objects listed so far, watched by every range waiting for them
+	err    error
+	users  int
+	timer  *time.Timer
 }
 
 type uploadCache struct {
@@ -41,7 +43,7 @@ type uploadCache struct {
 // uploadSetup returns the chunk listing of r and, unless full, the parent
 // point, opened once per backup op on this worker; release must be called
 // when the range is done with them. A failed read is not cached.
-func (a *Activities) uploadSetup(ctx context.Context, r *repo.Repo, plan, site, op string, full bool) (*uploadSetup, func(), error) {
+func (a *Activities) uploadSetup(ctx context.Context, r *repo.Repo, plan, site, op string, full bool, watch func(*atomic.Int64)) (*uploadSetup, func(), error) {
 	key := fmt.Sprintf("%s\x00%s\x00%s\x00%t", plan, site, op, full)
 	c := &a.uploads
 	c.mu.Lock()
@@ -73,7 +75,9 @@ func (a *Activities) uploadSetup(ctx context.Context, r *repo.Repo, plan, site, 
 			}
 		})
 	}
+	watch(&s.listed) // the range that lists and those that wait for it see the same progress
 	s.once.Do(func() {
+		ctx := repo.WithCounter(ctx, &s.listed)
 		if s.known, s.err = r.UsableChunks(ctx); s.err != nil { // damaged chunks are uploaded again
 			s.err = fmt.Errorf("list chunks at %s: %w", r.Location(), s.err)
 			return

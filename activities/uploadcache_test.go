@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -26,7 +27,7 @@ func TestUploadSetupIsSharedByTheRangesOfOneBackup(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s, release, err := env.a.uploadSetup(ctx, r, racePlan, "primary", "backup-1", false)
+			s, release, err := env.a.uploadSetup(ctx, r, racePlan, "primary", "backup-1", false, func(*atomic.Int64) {})
 			if err != nil {
 				t.Error(err)
 				return
@@ -40,7 +41,7 @@ func TestUploadSetupIsSharedByTheRangesOfOneBackup(t *testing.T) {
 			t.Fatalf("range %d of one backup read its own setup", i)
 		}
 	}
-	other, releaseOther, err := env.a.uploadSetup(ctx, r, racePlan, "primary", "backup-2", false)
+	other, releaseOther, err := env.a.uploadSetup(ctx, r, racePlan, "primary", "backup-2", false, func(*atomic.Int64) {})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -66,6 +66,7 @@ func addProgress(a *activities.Progress, b activities.Progress) {
 	a.ChunksTotal += b.ChunksTotal
 	a.ChunksDone += b.ChunksDone
 	a.ChunksNew += b.ChunksNew
+	a.Scanned += b.Scanned
 	if a.Started.IsZero() || (!b.Started.IsZero() && b.Started.Before(a.Started)) {
 		a.Started = b.Started
 	}

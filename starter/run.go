@@ -202,6 +202,9 @@ func (r *rate) line(p workflows.Progress) string {
 	if l.FilesTotal > 0 {
 		fmt.Fprintf(&b, " files %d/%d", l.FilesDone, l.FilesTotal)
 	}
+	if l.Scanned > 0 {
+		fmt.Fprintf(&b, " scanned %d", l.Scanned) // objects listed, entries read or written
+	}
 	return b.String()
 }
 

@@ -113,7 +113,10 @@ const (
 	QuickStepLimit  = 2 * time.Hour
 )
 
-// shortCtx is for quick steps (prepare, commit, list) on queue.
+// shortCtx is for quick steps (prepare a site, check a destination, list
+// points, mark a standby) on queue: their work does not grow with the data.
+// A step that reads or writes a whole point or lists its chunks does, and
+// runs with longCtx.
 func shortCtx(ctx workflow.Context, queue string) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              queue,
@@ -124,7 +127,13 @@ func shortCtx(ctx workflow.Context, queue string) workflow.Context {
 	})
 }
 
-// longCtx is for steps that move data: they heartbeat and resume.
+// longCtx is for steps whose work grows with the data: those that move it,
+// and those that read or write a whole point's entries or list the
+// repository's chunks (a backup's commit, a transmit's preparation and
+// commit, a restore's preparation), which a hundred million entries or ten
+// million chunks make outlast any fixed timeout. They heartbeat while their
+// work moves (Progress.Scanned counts the metadata work) and resume.
+// Changing a step's options needs no change id (docs/versioning.md).
 func longCtx(ctx workflow.Context, queue string) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              queue,

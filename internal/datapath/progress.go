@@ -6,17 +6,22 @@ import "time"
 // in their heartbeat details, where the CLI (drorch status, --wait) and the
 // Web UI read it. Its JSON names are part of that contract.
 type Progress struct {
-	Step        string    `json:"step"`
-	FilesTotal  int64     `json:"filesTotal,omitempty"`
-	FilesDone   int64     `json:"filesDone,omitempty"`
-	BytesTotal  int64     `json:"bytesTotal,omitempty"`
-	BytesDone   int64     `json:"bytesDone"`
-	BytesNew    int64     `json:"bytesNew"`
-	ChunksTotal int64     `json:"chunksTotal,omitempty"`
-	ChunksDone  int64     `json:"chunksDone"`
-	ChunksNew   int64     `json:"chunksNew"`
-	Started     time.Time `json:"started"`
-	Updated     time.Time `json:"updated"`
+	Step        string `json:"step"`
+	FilesTotal  int64  `json:"filesTotal,omitempty"`
+	FilesDone   int64  `json:"filesDone,omitempty"`
+	BytesTotal  int64  `json:"bytesTotal,omitempty"`
+	BytesDone   int64  `json:"bytesDone"`
+	BytesNew    int64  `json:"bytesNew"`
+	ChunksTotal int64  `json:"chunksTotal,omitempty"`
+	ChunksDone  int64  `json:"chunksDone"`
+	ChunksNew   int64  `json:"chunksNew"`
+	// Scanned counts the step's metadata work, which moves no bytes: the
+	// objects its listings returned and the entries it read or wrote
+	// (repo.WithCounter). A commit of a hundred million entries shows its
+	// progress here.
+	Scanned int64     `json:"scanned,omitempty"`
+	Started time.Time `json:"started"`
+	Updated time.Time `json:"updated"`
 }
 
 // Reporter is how the engine tells its caller how far it is: the only way

@@ -155,7 +155,7 @@ func (r *Repo) PutChunkRaw(ctx context.Context, id ID, body []byte) error {
 func (r *Repo) Chunks(ctx context.Context) (map[ID]int64, error) {
 	prefix := r.key(chunksDir)
 	out := make(map[ID]int64)
-	err := r.st.List(ctx, prefix, func(o store.Object) error {
+	err := r.list(ctx, prefix, func(o store.Object) error {
 		rel, ok := strings.CutPrefix(o.Key, prefix)
 		if !ok || len(rel) != 2+1+64 || rel[2] != '/' || rel[:2] != rel[3:5] {
 			return nil

@@ -158,7 +158,7 @@ func forgottenKey(point string) string { return gcForgottenDir + point + manifes
 func (r *Repo) listPoints(ctx context.Context, dir string, skip map[string]bool) ([]string, error) {
 	var points []string
 	prefix := r.key(dir)
-	if err := r.st.List(ctx, prefix, func(o store.Object) error {
+	if err := r.list(ctx, prefix, func(o store.Object) error {
 		if id, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), manifestExt); ok && ValidPointID(id) == nil && !skip[id] {
 			points = append(points, id)
 		}
@@ -256,7 +256,7 @@ func (r *Repo) CollectGarbage(ctx context.Context, opt GCOptions) (res GCResult,
 	var doomed []int32      // positions in next
 	var doomedBytes []int32 // a chunk is at most 4 MiB + 64 KiB
 	cprefix := r.key(chunksDir)
-	err = r.st.List(ctx, cprefix, func(o store.Object) error {
+	err = r.list(ctx, cprefix, func(o store.Object) error {
 		rel := strings.TrimPrefix(o.Key, cprefix)
 		if len(rel) != 2+1+64 || rel[2] != '/' || rel[:2] != rel[3:5] {
 			return nil

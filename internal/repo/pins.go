@@ -64,7 +64,7 @@ func (r *Repo) UnpinPoint(ctx context.Context, point string) error {
 func (r *Repo) Pins(ctx context.Context) (map[string]Pin, error) {
 	prefix := r.key(pinsDir)
 	var points []string
-	if err := r.st.List(ctx, prefix, func(o store.Object) error {
+	if err := r.list(ctx, prefix, func(o store.Object) error {
 		if id, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), ".json.zst"); ok && ValidPointID(id) == nil {
 			points = append(points, id)
 		}

@@ -131,7 +131,7 @@ func (r *Repo) Points(ctx context.Context) ([]PointInfo, error) {
 	began := time.Now()
 	prefix := r.key(pointsDir)
 	var out []PointInfo
-	err := r.st.List(ctx, prefix, func(o store.Object) error {
+	err := r.list(ctx, prefix, func(o store.Object) error {
 		rel, ok := strings.CutPrefix(o.Key, prefix)
 		if !ok {
 			return nil

@@ -89,7 +89,7 @@ func (r *Repo) DeleteStaging(ctx context.Context, op string) error {
 	prefix := r.key(stagingDir + op + "/")
 	var keys []string
 	// Collect first: not every store lists consistently while deleting.
-	err := r.st.List(ctx, prefix, func(o store.Object) error {
+	err := r.list(ctx, prefix, func(o store.Object) error {
 		keys = append(keys, o.Key)
 		return nil
 	})
@@ -112,7 +112,7 @@ func (r *Repo) ListStaging(ctx context.Context, op string) ([]string, error) {
 	}
 	prefix := r.key(stagingDir + op + "/")
 	var names []string
-	err := r.st.List(ctx, prefix, func(o store.Object) error {
+	err := r.list(ctx, prefix, func(o store.Object) error {
 		if name, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), ".json.zst"); ok && !strings.Contains(name, "/") {
 			names = append(names, name)
 		}

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -223,6 +224,7 @@ type PointWriter struct {
 	gctx     context.Context
 	stored   int64 // stored bytes of the parts uploaded
 	newParts int64
+	added    *atomic.Int64 // the entries taken, on the counter of NewPointWriter's ctx
 	mu       sync.Mutex
 	plain    []byte // the point object, once finished
 }
@@ -242,7 +244,7 @@ func (r *Repo) NewPointWriter(ctx context.Context, m *Manifest, known func(ID) b
 	if err := checkHeader(&h); err != nil {
 		return nil, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: %w", h.Point, err))
 	}
-	w := &PointWriter{r: r, m: h, known: known, v: newTreeValidator(), needIdx: map[ID]int{}}
+	w := &PointWriter{r: r, m: h, known: known, v: newTreeValidator(), needIdx: map[ID]int{}, added: counterOf(ctx)}
 	w.enc = json.NewEncoder(&w.line)
 	w.enc.SetEscapeHTML(false)
 	w.g, w.gctx = errgroup.WithContext(ctx)
@@ -278,6 +280,7 @@ func (w *PointWriter) Add(ctx context.Context, e *Entry) error {
 		}
 		return drivers.Permanent(drivers.ReasonInvalidInput, err)
 	}
+	w.added.Add(1)
 	w.line.Reset()
 	if err := encodeEntry(w.enc, e, &w.refs); err != nil {
 		return drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: entry %d (%q): %w", w.m.Point, w.v.n-1, e.Path, err))
@@ -697,8 +700,10 @@ func (p *Point) Chunked() bool { return p.Meta.Version == ManifestVersionChunked
 // as DecodeManifest checks a whole manifest, totals included; from a later
 // index, their order and fields only. The *Entry is fn's until it returns.
 func (p *Point) Entries(ctx context.Context, from int64, fn func(i int64, e *Entry) error) error {
+	read := counterOf(ctx)
 	if !p.Chunked() {
 		for i := from; i < int64(len(p.legacy)); i++ {
+			read.Add(1)
 			if err := fn(i, &p.legacy[i]); err != nil {
 				return err
 			}
@@ -716,6 +721,7 @@ func (p *Point) Entries(ctx context.Context, from int64, fn func(i int64, e *Ent
 	v := newTreeValidator()
 	v.partial = i > 0
 	return p.read(ctx, k, len(p.Parts), i, v, func(n int64, e *Entry) error {
+		read.Add(1)
 		if n < from {
 			return nil
 		}

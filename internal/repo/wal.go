@@ -195,7 +195,7 @@ func (r *Repo) GetWALRaw(ctx context.Context, name string) ([]byte, error) {
 // Keys under wal/ that are not WAL file names are skipped.
 func (r *Repo) ListWAL(ctx context.Context, from string, fn func(WALFile) error) error {
 	prefix := r.key(walDir)
-	err := r.st.List(ctx, prefix, func(o store.Object) error {
+	err := r.list(ctx, prefix, func(o store.Object) error {
 		name := strings.TrimPrefix(o.Key, prefix)
 		if name < from || ValidWALName(name) != nil {
 			return nil
