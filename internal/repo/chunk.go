@@ -246,28 +246,41 @@ type ChunkNeed struct {
 
 // Needs returns the distinct chunks m names, in the order they first appear.
 func Needs(m *Manifest) []ChunkNeed {
-	seen := make(map[ID]int)
-	var out []ChunkNeed
-	for _, e := range m.Entries {
-		for _, ref := range e.Chunks {
-			if ref.Hole {
-				continue
-			}
-			size := ref.Size
-			if ref.Slice {
-				size = 0 // a slice does not tell the chunk's size
-			}
-			if i, ok := seen[ref.ID]; ok {
-				if out[i].Size == 0 {
-					out[i].Size = size
-				}
-				continue
-			}
-			seen[ref.ID] = len(out)
-			out = append(out, ChunkNeed{ID: ref.ID, Size: size, Path: e.Path})
-		}
+	var set needSet
+	for i := range m.Entries {
+		set.add(&m.Entries[i])
 	}
-	return out
+	return set.out
+}
+
+// needSet gathers the distinct data chunks of entries, in the order they
+// first appear, each with its size once an entry tells it.
+type needSet struct {
+	idx map[ID]int
+	out []ChunkNeed
+}
+
+func (s *needSet) add(e *Entry) {
+	if s.idx == nil {
+		s.idx = make(map[ID]int)
+	}
+	for _, ref := range e.Chunks {
+		if ref.Hole {
+			continue
+		}
+		size := ref.Size
+		if ref.Slice {
+			size = 0 // a slice does not tell the chunk's size
+		}
+		if i, ok := s.idx[ref.ID]; ok {
+			if s.out[i].Size == 0 {
+				s.out[i].Size = size
+			}
+			continue
+		}
+		s.idx[ref.ID] = len(s.out)
+		s.out = append(s.out, ChunkNeed{ID: ref.ID, Size: size, Path: e.Path})
+	}
 }
 
 // ReasonMissingChunk is the permanent-error reason of a chunk a restore

@@ -217,8 +217,7 @@ type PointWriter struct {
 	cur   EntryPart
 	parts []EntryPart
 
-	needIdx map[ID]int
-	needs   []ChunkNeed // data chunks, in order of first use
+	needs needSet // data chunks, in order of first use
 
 	g        *errgroup.Group // part uploads in flight
 	gctx     context.Context
@@ -244,7 +243,7 @@ func (r *Repo) NewPointWriter(ctx context.Context, m *Manifest, known func(ID) b
 	if err := checkHeader(&h); err != nil {
 		return nil, drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: %w", h.Point, err))
 	}
-	w := &PointWriter{r: r, m: h, known: known, v: newTreeValidator(), needIdx: map[ID]int{}, added: counterOf(ctx)}
+	w := &PointWriter{r: r, m: h, known: known, v: newTreeValidator(), added: counterOf(ctx)}
 	w.enc = json.NewEncoder(&w.line)
 	w.enc.SetEscapeHTML(false)
 	w.g, w.gctx = errgroup.WithContext(ctx)
@@ -285,23 +284,7 @@ func (w *PointWriter) Add(ctx context.Context, e *Entry) error {
 	if err := encodeEntry(w.enc, e, &w.refs); err != nil {
 		return drivers.Permanent(drivers.ReasonInvalidInput, fmt.Errorf("put manifest %s: entry %d (%q): %w", w.m.Point, w.v.n-1, e.Path, err))
 	}
-	for _, c := range e.Chunks {
-		if c.Hole {
-			continue
-		}
-		size := c.Size
-		if c.Slice {
-			size = 0 // a slice does not tell the chunk's size
-		}
-		if i, ok := w.needIdx[c.ID]; ok {
-			if w.needs[i].Size == 0 {
-				w.needs[i].Size = size
-			}
-			continue
-		}
-		w.needIdx[c.ID] = len(w.needs)
-		w.needs = append(w.needs, ChunkNeed{ID: c.ID, Size: size, Path: e.Path})
-	}
+	w.needs.add(e)
 	line := w.line.Bytes()
 	if len(w.buf) > 0 && (len(w.buf)+len(line) > entryPartMax || len(line) > entryPartMax) {
 		// A line begins a part unless it fits in the current one; a line
@@ -408,11 +391,11 @@ func (w *PointWriter) Finish(ctx context.Context) (Totals, error) {
 // Needs returns every chunk the point names: its parts, then the distinct
 // data chunks, for the check before Commit.
 func (w *PointWriter) Needs() []ChunkNeed {
-	out := make([]ChunkNeed, 0, len(w.parts)+len(w.needs))
+	out := make([]ChunkNeed, 0, len(w.parts)+len(w.needs.out))
 	for _, p := range w.parts {
 		out = append(out, ChunkNeed{ID: p.ID, Size: p.Size, Path: "(the restore point's entries)"})
 	}
-	return append(out, w.needs...)
+	return append(out, w.needs.out...)
 }
 
 // Parts returns the parts written, and how many were uploaded and what
@@ -860,32 +843,15 @@ func (p *Point) read(ctx context.Context, k, end int, first int64, v *treeValida
 // chunks in the order they first appear. It reads every entry once; memory
 // grows with the number of distinct chunks, not of entries.
 func (p *Point) Needs(ctx context.Context) ([]ChunkNeed, error) {
-	var out []ChunkNeed
+	var set needSet
 	for _, part := range p.Parts {
-		out = append(out, ChunkNeed{ID: part.ID, Size: part.Size, Path: "(the restore point's entries)"})
+		set.out = append(set.out, ChunkNeed{ID: part.ID, Size: part.Size, Path: "(the restore point's entries)"})
 	}
-	seen := make(map[ID]int)
 	err := p.Entries(ctx, 0, func(_ int64, e *Entry) error {
-		for _, ref := range e.Chunks {
-			if ref.Hole {
-				continue
-			}
-			size := ref.Size
-			if ref.Slice {
-				size = 0
-			}
-			if i, ok := seen[ref.ID]; ok {
-				if out[i].Size == 0 {
-					out[i].Size = size
-				}
-				continue
-			}
-			seen[ref.ID] = len(out)
-			out = append(out, ChunkNeed{ID: ref.ID, Size: size, Path: e.Path})
-		}
+		set.add(e)
 		return nil
 	})
-	return out, err
+	return set.out, err
 }
 
 // Manifest reads every entry of p into a Manifest: for the points known to
