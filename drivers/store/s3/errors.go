@@ -41,7 +41,18 @@ func (s *s3Store) classify(op, key string, err error) error {
 		// 412, or AWS's 409 for a conditional write that raced another one
 		// to the same key: either way the caller's condition did not hold.
 		return fmt.Errorf("%s: the condition does not hold (%s): %w", what, resp.Code, drivers.ErrPreconditionFailed)
-	case "InvalidAccessKeyId", "SignatureDoesNotMatch":
+	case "SignatureDoesNotMatch":
+		if strings.HasPrefix(op, "put") && s.accepted.Load() {
+			// A streamed upload is signed over its body (SigV4, per 64
+			// KiB): bytes damaged on the way fail its signature. The
+			// server took these credentials before, so sending the body
+			// again is what may help; the retry budget ends it if the key
+			// has really changed.
+			return fmt.Errorf("%s: the server found the upload's signature wrong, though it accepted these credentials before: its body was likely damaged on the way (or the secret key changed meanwhile) (%s)", what, resp.Code)
+		}
+		return drivers.Permanentf(drivers.ReasonAccessDenied,
+			"%s: access denied: the access key or secret key is wrong (%s)", what, resp.Code)
+	case "InvalidAccessKeyId":
 		return drivers.Permanentf(drivers.ReasonAccessDenied,
 			"%s: access denied: the access key or secret key is wrong (%s)", what, resp.Code)
 	case "AccessDenied":

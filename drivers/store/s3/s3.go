@@ -15,6 +15,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -68,6 +69,11 @@ type s3Store struct {
 	// into a Put on the same store can never deadlock on its own slots.
 	puts chan struct{}
 	gets chan struct{}
+
+	// accepted is set once the server has accepted a request signed with
+	// these credentials: a later SignatureDoesNotMatch on an upload is then
+	// far more likely a body damaged on the way than a wrong key.
+	accepted atomic.Bool
 }
 
 var _ store.Store = (*s3Store)(nil)
@@ -317,6 +323,7 @@ func (s *s3Store) put(ctx context.Context, client *minio.Client, op, key string,
 		}
 		return "", s.classify(op, key, err)
 	}
+	s.accepted.Store(true)
 	return info.ETag, nil
 }
 
