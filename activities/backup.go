@@ -96,6 +96,10 @@ func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 	if sc, ok := a.isExec(in.Plan, in.Site); ok {
 		return a.snapshotStream(ctx, r, sc, in)
 	}
+	// Heartbeats begin before the check of a finished listing's pieces.
+	rep := a.startReporter(ctx, "snapshot")
+	defer rep.close()
+	ctx = rep.work // ends when the work stalls
 	var res SnapshotResult
 	if err := r.GetStaging(ctx, in.Op, snapshotName, &res); err == nil {
 		// The record is written after every piece, each acknowledged by
@@ -126,9 +130,6 @@ func (a *Activities) snapshot(ctx context.Context, in SnapshotInput) (SnapshotRe
 		}
 		return SnapshotResult{}, fmt.Errorf("check source %s: %w", src.Describe(), err)
 	}
-	rep := a.startReporter(ctx, "snapshot")
-	defer rep.close()
-	ctx = rep.work // ends when the work stalls
 
 	res = SnapshotResult{Source: live, Snapshot: time.Now().UTC()}
 	sp := datapath.Splitter{Emit: func(p datapath.Piece) error {
@@ -227,6 +228,12 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 	if err != nil {
 		return UploadResult{}, err
 	}
+	// Heartbeats begin before the resumed range's check of its staging and
+	// the chunk listing, which takes minutes in a repository of millions of
+	// chunks (its objects count as progress).
+	rep := a.startReporter(ctx, "upload")
+	defer rep.close()
+	ctx = rep.work // ends when the work stalls
 	from, to := in.pieceRange()
 	st := datapath.UploadResume{Next: from}
 	if resumeDetails(ctx, &st) {
@@ -244,11 +251,6 @@ func (a *Activities) upload(ctx context.Context, in UploadInput) (UploadResult, 
 			st.Next = missing
 		}
 	}
-	// Heartbeats begin before the chunk listing, which takes minutes in a
-	// repository of millions of chunks (its objects count as progress).
-	rep := a.startReporter(ctx, "upload")
-	defer rep.close()
-	ctx = rep.work // ends when the work stalls
 	setup, release, err := a.uploadSetup(ctx, r, in.Plan, in.Site, in.Op, in.Full, rep.watch)
 	if err != nil {
 		return UploadResult{}, err

@@ -79,23 +79,23 @@ func (a *Activities) snapshotPostgres(ctx context.Context, in SnapshotInput, sc 
 	if err != nil {
 		return SnapshotResult{}, err
 	}
+	rep := a.startReporter(ctx, "base backup") // before the checks and the listing, which take minutes in a large repository
+	defer rep.close()
 	var res SnapshotResult
-	if err := r.GetStaging(ctx, in.Op, snapshotName, &res); err == nil {
-		missing, err := firstMissing(ctx, r, in.Op, res.Pieces, uploadedNames...)
+	if err := r.GetStaging(rep.work, in.Op, snapshotName, &res); err == nil {
+		missing, err := firstMissing(rep.work, r, in.Op, res.Pieces, uploadedNames...)
 		if err != nil {
 			return SnapshotResult{}, err
 		}
 		if missing == res.Pieces {
 			return res, nil
 		}
-		if err := r.DeleteStaging(ctx, in.Op); err != nil {
+		if err := r.DeleteStaging(rep.work, in.Op); err != nil {
 			return SnapshotResult{}, err
 		}
 	} else if !drivers.IsNotFound(err) {
 		return SnapshotResult{}, err
 	}
-	rep := a.startReporter(ctx, "base backup") // before the listing, which takes minutes in a large repository
-	defer rep.close()
 	known, err := r.UsableChunks(rep.work)
 	if err != nil {
 		return SnapshotResult{}, fmt.Errorf("list chunks at %s: %w", r.Location(), err)

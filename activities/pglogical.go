@@ -137,7 +137,10 @@ func (a *Activities) restoreLogical(ctx context.Context, in RestoreDataInput, sc
 	if resumeDetails(ctx, &st) && st.Committed {
 		return st.Result, nil
 	}
-	if err := a.prepareLogicalTarget(ctx, sc, in.Force || in.Switch); err != nil {
+	rep := a.startReporter(ctx, "check target") // connecting may take its timeout: heartbeat meanwhile
+	err := a.prepareLogicalTarget(rep.work, sc, in.Force || in.Switch)
+	rep.close()
+	if err != nil {
 		return RestoreDataResult{}, fmt.Errorf("logical restore into %s: %w", describeLogical(sc), err)
 	}
 	res, err := a.restoreStream(ctx, logicalStream(sc), in)

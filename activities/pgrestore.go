@@ -56,7 +56,11 @@ func (a *Activities) restorePostgres(ctx context.Context, in RestoreDataInput, s
 	var st restoreResume
 	committed := resumeDetails(ctx, &st) && st.Committed
 	if !committed {
-		if err := a.stopPostgres(ctx, sc, in.Force || in.Switch); err != nil {
+		// pg_ctl stop may wait its two minutes: heartbeat meanwhile.
+		rep := a.startReporter(ctx, "stop server")
+		err := a.stopPostgres(rep.work, sc, in.Force || in.Switch)
+		rep.close()
+		if err != nil {
 			return RestoreDataResult{}, err
 		}
 	}

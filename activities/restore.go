@@ -317,6 +317,13 @@ func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (Rest
 		return RestoreDataResult{}, fmt.Errorf("begin restore into %s: %w", tgt.Describe(), err)
 	}
 	defer rs.Close()
+	if !rs.Resumed() {
+		// Nothing staged survived (another host, or it was cleaned up):
+		// every file must be written again, whatever the heartbeat says,
+		// and the heartbeats say so from now on.
+		st = restoreResume{}
+		rep.Resume(st)
+	}
 	res, err := a.restoreInto(rep.work, r, tgt, rs, in, st, rep)
 	if err != nil && a.restoreEnds(ctx, err) {
 		// No attempt will resume this staging: remove it now rather than
@@ -330,7 +337,8 @@ func (a *Activities) restoreData(ctx context.Context, in RestoreDataInput) (Rest
 	return res, err
 }
 
-// restoreInto runs in rep's work context.
+// restoreInto runs in rep's work context, from st (empty when nothing
+// staged survived).
 func (a *Activities) restoreInto(ctx context.Context, r *repo.Repo, tgt source.Target, rs source.Restore, in RestoreDataInput, st restoreResume, rep *reporter) (RestoreDataResult, error) {
 	p, err := r.OpenPoint(ctx, in.Point)
 	if err != nil {
@@ -339,11 +347,6 @@ func (a *Activities) restoreInto(ctx context.Context, r *repo.Repo, tgt source.T
 	m := &p.Meta // header and totals: the entries are read as a stream
 	if err := checkEpoch(ctx, r, in.SiteEpoch, "restore "+in.Point); err != nil {
 		return RestoreDataResult{}, err
-	}
-	if !rs.Resumed() {
-		// Nothing staged survived (another host, or it was cleaned up):
-		// every file must be written again, whatever the heartbeat says.
-		st = restoreResume{}
 	}
 	rep.Update(func(p *Progress) { p.BytesTotal, p.FilesTotal = m.Totals.Bytes, m.Totals.Files })
 	// Until this attempt reports progress of its own, the earlier one's

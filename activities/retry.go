@@ -34,6 +34,11 @@ import (
 // the interceptor adds a second detail, retryState, to every heartbeat. An
 // attempt that changes its resume point or its byte, chunk or file counts
 // has made progress, and the failing streak begins again from its failure.
+// Time in which the attempt's metadata work moved (Progress.Scanned: a
+// listing, a commit reading its entries) is left out of the streak: that
+// work is done again by the next attempt, so it is no lasting progress, but
+// a commit that reads a hundred million entries for an hour before a store
+// error is not an hour of failing either.
 // An activity that never heartbeats counts from when it was first scheduled.
 
 // ReasonRetryBudget is the error type of a step that gave up after failing
@@ -69,7 +74,7 @@ type retryInbound struct {
 }
 
 func (i *retryInbound) Init(outbound interceptor.ActivityOutboundInterceptor) error {
-	i.out = &retryOutbound{ActivityOutboundInterceptorBase: interceptor.ActivityOutboundInterceptorBase{Next: outbound}}
+	i.out = &retryOutbound{ActivityOutboundInterceptorBase: interceptor.ActivityOutboundInterceptorBase{Next: outbound}, now: i.r.now}
 	return i.Next.Init(i.out)
 }
 
@@ -165,16 +170,19 @@ func budgetOf(cfg *config.Config) func(string) time.Duration {
 // counts, from the first one of this attempt.
 type retryOutbound struct {
 	interceptor.ActivityOutboundInterceptorBase
+	now      func() time.Time
 	mu       sync.Mutex // the reporter heartbeats from two goroutines
 	state    retryState
 	baseline string
 	seen     bool
+	scanned  int64     // Progress.Scanned at the last heartbeat
+	beat     time.Time // when the last heartbeat was recorded
 }
 
 func (o *retryOutbound) begin(since time.Time) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.state, o.seen = retryState{FailingSince: since}, false
+	o.state, o.seen, o.scanned, o.beat = retryState{FailingSince: since}, false, 0, o.now()
 }
 
 func (o *retryOutbound) failingSince() time.Time {
@@ -185,7 +193,8 @@ func (o *retryOutbound) failingSince() time.Time {
 
 func (o *retryOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
 	if len(details) == 1 {
-		sig := progressSignature(details[0])
+		sig, scanned := progressSignature(details[0])
+		now := o.now()
 		o.mu.Lock()
 		switch {
 		case !o.seen:
@@ -193,6 +202,14 @@ func (o *retryOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
 		case sig != o.baseline:
 			o.state.FailingSince = time.Time{}
 		}
+		if scanned > o.scanned && !o.state.FailingSince.IsZero() {
+			// The time since the last heartbeat went to metadata work:
+			// not part of the failing streak.
+			if o.state.FailingSince = o.state.FailingSince.Add(now.Sub(o.beat)); o.state.FailingSince.After(now) {
+				o.state.FailingSince = now
+			}
+		}
+		o.scanned, o.beat = scanned, now
 		details = append(details, o.state)
 		o.mu.Unlock()
 	}
@@ -201,12 +218,13 @@ func (o *retryOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
 
 // progressSignature is what of a heartbeat marks progress: its resume
 // point and its done counts, not its timestamps. Progress.Scanned is not in
-// it: the entries a commit read are read again by its next attempt, so an
-// attempt that scans and then fails has made none that lasts.
-func progressSignature(v any) string {
+// it but returned apart: the entries a commit read are read again by its
+// next attempt, so an attempt that scans and then fails has made no
+// progress that lasts.
+func progressSignature(v any) (sig string, scanned int64) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return ""
+		return "", 0
 	}
 	var hb struct {
 		Resume   json.RawMessage `json:"resume"`
@@ -214,10 +232,11 @@ func progressSignature(v any) string {
 			BytesDone  int64 `json:"bytesDone"`
 			ChunksDone int64 `json:"chunksDone"`
 			FilesDone  int64 `json:"filesDone"`
+			Scanned    int64 `json:"scanned"`
 		} `json:"progress"`
 	}
 	if json.Unmarshal(b, &hb) != nil {
-		return string(b)
+		return string(b), 0
 	}
-	return fmt.Sprintf("%s/%d/%d/%d", hb.Resume, hb.Progress.BytesDone, hb.Progress.ChunksDone, hb.Progress.FilesDone)
+	return fmt.Sprintf("%s/%d/%d/%d", hb.Resume, hb.Progress.BytesDone, hb.Progress.ChunksDone, hb.Progress.FilesDone), hb.Progress.Scanned
 }

@@ -22,6 +22,9 @@ type flakyInput struct {
 	Heartbeat bool  // heartbeat at all
 	Progress  bool  // make progress in every attempt before failing
 	SucceedAt int32 // the attempt that succeeds; 0: none
+	// Scan is how long every attempt does metadata work (Progress.Scanned
+	// moving) before it fails.
+	Scan time.Duration
 }
 
 func flakyWorkflow(ctx workflow.Context, in flakyInput) error {
@@ -36,6 +39,10 @@ func flaky(ctx context.Context, in flakyInput) error {
 	n := activity.GetInfo(ctx).Attempt
 	if in.SucceedAt > 0 && n >= in.SucceedAt {
 		return nil
+	}
+	for i, began := int64(1), time.Now(); time.Since(began) < in.Scan; i++ {
+		activity.RecordHeartbeat(ctx, heartbeat{Progress: Progress{Scanned: i}})
+		time.Sleep(50 * time.Millisecond)
 	}
 	if in.Heartbeat {
 		activity.RecordHeartbeat(ctx, heartbeat{Progress: Progress{ChunksDone: int64(n) * 10}})
@@ -101,5 +108,10 @@ func TestRetryBudget(t *testing.T) {
 	// Progress in every attempt: retried past the budget until it succeeds.
 	if err, took := run(flakyInput{Plan: "p", Heartbeat: true, Progress: true, SucceedAt: 20}); err != nil || took < budget {
 		t.Fatalf("a step that makes progress: %v after %s", err, took)
+	}
+	// Metadata work longer than the budget in each attempt (a commit of a
+	// hundred million entries) is not failing time: the third attempt runs.
+	if err, took := run(flakyInput{Plan: "p", Scan: budget + time.Second, SucceedAt: 3}); err != nil || took < 2*budget {
+		t.Fatalf("a step that scans longer than the budget before each failure: %v after %s", err, took)
 	}
 }

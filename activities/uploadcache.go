@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -28,8 +29,8 @@ type uploadSetup struct {
 	known  map[repo.ID]int64
 	parent *repo.Point // nil: none, or a full backup; read only, shared
 
-	once   sync.Once
-	listed atomic.Int64 // the objects listed so far, watched by every range waiting for them
+	done   chan struct{} // closed once known, parent and err are set
+	listed atomic.Int64  // the objects listed so far, watched by every range waiting for them
 	err    error
 	users  int
 	timer  *time.Timer
@@ -41,9 +42,24 @@ type uploadCache struct {
 }
 
 // uploadSetup returns the chunk listing of r and, unless full, the parent
-// point, opened once per backup op on this worker; release must be called
-// when the range is done with them. A failed read is not cached.
+// point, read once per backup op on this worker by the first range that
+// needs them while the others wait (each watching the listing's progress,
+// and each giving up when its own context ends); release must be called
+// when the range is done with them. A failed read is not cached, and a
+// range whose wait ended because the reading range was cancelled reads
+// them itself.
 func (a *Activities) uploadSetup(ctx context.Context, r *repo.Repo, plan, site, op string, full bool, watch func(*atomic.Int64)) (*uploadSetup, func(), error) {
+	for {
+		s, release, waited, err := a.sharedSetup(ctx, r, plan, site, op, full, watch)
+		if err != nil && waited && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			continue // the range that read for this one was cancelled, this one was not
+		}
+		return s, release, err
+	}
+}
+
+// sharedSetup is one try of uploadSetup; waited says another range read.
+func (a *Activities) sharedSetup(ctx context.Context, r *repo.Repo, plan, site, op string, full bool, watch func(*atomic.Int64)) (_ *uploadSetup, _ func(), waited bool, _ error) {
 	key := fmt.Sprintf("%s\x00%s\x00%s\x00%t", plan, site, op, full)
 	c := &a.uploads
 	c.mu.Lock()
@@ -51,8 +67,9 @@ func (a *Activities) uploadSetup(ctx context.Context, r *repo.Repo, plan, site, 
 		c.m = map[string]*uploadSetup{}
 	}
 	s := c.m[key]
-	if s == nil {
-		s = &uploadSetup{}
+	reads := s == nil
+	if reads {
+		s = &uploadSetup{done: make(chan struct{})}
 		c.m[key] = s
 	}
 	s.users++
@@ -75,26 +92,39 @@ func (a *Activities) uploadSetup(ctx context.Context, r *repo.Repo, plan, site, 
 			}
 		})
 	}
-	watch(&s.listed) // the range that lists and those that wait for it see the same progress
-	s.once.Do(func() {
-		ctx := repo.WithCounter(ctx, &s.listed)
-		if s.known, s.err = r.UsableChunks(ctx); s.err != nil { // damaged chunks are uploaded again
-			s.err = fmt.Errorf("list chunks at %s: %w", r.Location(), s.err)
-			return
-		}
-		if !full {
-			s.parent = a.parent(ctx, r)
-		}
-	})
-	if s.err != nil {
-		err := s.err
+	// drop forgets s when it failed, so that the next range reads again.
+	drop := func() {
 		c.mu.Lock()
 		if c.m[key] == s {
-			delete(c.m, key) // the next range reads again
+			delete(c.m, key)
 		}
 		s.users--
 		c.mu.Unlock()
-		return nil, nil, err
 	}
-	return s, release, nil
+	watch(&s.listed) // the range that lists and those that wait for it see the same progress
+	if reads {
+		func() {
+			defer close(s.done)
+			ctx := repo.WithCounter(ctx, &s.listed)
+			if s.known, s.err = r.UsableChunks(ctx); s.err != nil { // damaged chunks are uploaded again
+				s.err = fmt.Errorf("list chunks at %s: %w", r.Location(), s.err)
+				return
+			}
+			if !full {
+				s.parent = a.parent(ctx, r)
+			}
+		}()
+	} else {
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			release()
+			return nil, nil, true, fmt.Errorf("wait for the chunk listing of %s: %w", r.Location(), ctx.Err())
+		}
+	}
+	if s.err != nil {
+		drop()
+		return nil, nil, !reads, s.err
+	}
+	return s, release, !reads, nil
 }

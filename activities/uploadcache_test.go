@@ -1,10 +1,14 @@
 package activities
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // The ranges of one backup on one worker share one chunk listing and one
@@ -57,5 +61,58 @@ func TestUploadSetupIsSharedByTheRangesOfOneBackup(t *testing.T) {
 	env.a.uploads.mu.Unlock()
 	if n != 2 || timer == nil {
 		t.Fatalf("after the last range: %d setups cached, linger timer %v; want both kept a while", n, timer)
+	}
+}
+
+// A range waiting for the chunk listing another range reads stops when its
+// own context ends, and reads the listing itself when the reading range is
+// cancelled: it does not fail with that range's cancellation.
+func TestUploadSetupWaitersOutliveTheReader(t *testing.T) {
+	env := newRaceEnv(t)
+	ctx := context.Background()
+	if _, err := env.a.prepareSite(ctx, PrepareSiteInput{Plan: racePlan, Site: "primary"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		key := fmt.Sprintf("%s/chunks/zz/not-a-chunk-%d", racePlan, i)
+		if err := env.stores["primary"].Store.Put(ctx, key, bytes.NewReader(nil), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var listing, reading atomic.Int64
+	env.a.stores["primary"] = &slowListStore{Store: env.stores["primary"], perObject: 50 * time.Millisecond, listing: &listing, reading: &reading}
+	r, err := env.a.repo(racePlan, "primary")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup := func(ctx context.Context) (*uploadSetup, error) {
+		s, release, err := env.a.uploadSetup(ctx, r, racePlan, "primary", "backup-w", true, func(*atomic.Int64) {})
+		if err == nil {
+			release()
+		}
+		return s, err
+	}
+	readerCtx, cancelReader := context.WithCancel(ctx)
+	readerErr := make(chan error, 1)
+	go func() { _, err := setup(readerCtx); readerErr <- err }()
+	for listing.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	impatient, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	if _, err := setup(impatient); !errors.Is(err, context.DeadlineExceeded) || time.Since(began) > 300*time.Millisecond {
+		t.Fatalf("a waiting range whose context ended: %v after %s; want its deadline at once", err, time.Since(began))
+	}
+	waiter := make(chan error, 1)
+	var got *uploadSetup
+	go func() { s, err := setup(ctx); got = s; waiter <- err }()
+	time.Sleep(100 * time.Millisecond)
+	cancelReader()
+	if err := <-readerErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the cancelled reading range: %v", err)
+	}
+	if err := <-waiter; err != nil || got == nil || got.known == nil {
+		t.Fatalf("the range that waited for a cancelled reader: %v; want the listing read by itself", err)
 	}
 }

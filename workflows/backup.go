@@ -103,7 +103,7 @@ func Backup(ctx workflow.Context, in BackupInput) (res BackupResult, err error) 
 
 	var commit activities.CommitResult
 	if err := t.step(ctx, "commit", func() error {
-		return workflow.ExecuteActivity(long, a.Commit, activities.CommitInput{
+		return workflow.ExecuteActivity(metaCtx(ctx, siteQueue(ctx, site)), a.Commit, activities.CommitInput{
 			Plan: in.Plan, Site: site, Op: op, Point: res.Point, Snapshot: snap.Snapshot, Pieces: snap.Pieces, Epoch: prep.Epoch,
 		}).Get(ctx, &commit)
 	}); err != nil {

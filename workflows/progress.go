@@ -111,12 +111,16 @@ const HeartbeatTimeout = 20 * time.Second
 const (
 	WorkerWaitLimit = time.Hour
 	QuickStepLimit  = 2 * time.Hour
+	// MetaStepLimit bounds a metadata step (metaCtx), all its attempts
+	// together: far more than reading a hundred million entries takes, and
+	// a day at most of one that keeps timing out.
+	MetaStepLimit = 24 * time.Hour
 )
 
 // shortCtx is for quick steps (prepare a site, check a destination, list
 // points, mark a standby) on queue: their work does not grow with the data.
 // A step that reads or writes a whole point or lists its chunks does, and
-// runs with longCtx.
+// runs with metaCtx.
 func shortCtx(ctx workflow.Context, queue string) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              queue,
@@ -127,13 +131,26 @@ func shortCtx(ctx workflow.Context, queue string) workflow.Context {
 	})
 }
 
-// longCtx is for steps whose work grows with the data: those that move it,
-// and those that read or write a whole point's entries or list the
-// repository's chunks (a backup's commit, a transmit's preparation and
-// commit, a restore's preparation), which a hundred million entries or ten
-// million chunks make outlast any fixed timeout. They heartbeat while their
-// work moves (Progress.Scanned counts the metadata work) and resume.
+// metaCtx is for steps that move no data but whose work grows with it:
+// they read or write a whole point's entries or list the repository's
+// chunks (a backup's commit, a transmit's preparation and commit, a
+// restore's preparation). A hundred million entries or ten million chunks
+// make them outlast any fixed attempt timeout, so they heartbeat while
+// their work moves (Progress.Scanned) and are stopped by the stall guard
+// when it does not; all their attempts together stay within MetaStepLimit.
 // Changing a step's options needs no change id (docs/versioning.md).
+func metaCtx(ctx workflow.Context, queue string) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              queue,
+		ScheduleToStartTimeout: WorkerWaitLimit,
+		StartToCloseTimeout:    MetaStepLimit,
+		ScheduleToCloseTimeout: MetaStepLimit,
+		HeartbeatTimeout:       HeartbeatTimeout,
+		RetryPolicy:            retryPolicy,
+	})
+}
+
+// longCtx is for steps that move data: they heartbeat and resume.
 func longCtx(ctx workflow.Context, queue string) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              queue,

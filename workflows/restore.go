@@ -83,7 +83,7 @@ func Restore(ctx workflow.Context, in RestoreInput) (res RestoreResult, err erro
 
 	var prep activities.PrepareRestoreResult
 	if err := t.step(ctx, "prepare", func() error {
-		return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, site)), a.PrepareRestore,
+		return workflow.ExecuteActivity(metaCtx(ctx, siteQueue(ctx, site)), a.PrepareRestore,
 			activities.PrepareRestoreInput{Plan: in.Plan, Site: site, Point: in.Point, To: in.To, At: in.At}).Get(ctx, &prep)
 	}); err != nil {
 		return res, err

@@ -49,7 +49,7 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 
 	var point activities.PointSummary
 	if err := t.step(ctx, "prepare-source", func() error {
-		return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, from)), a.PrepareTransmit,
+		return workflow.ExecuteActivity(metaCtx(ctx, siteQueue(ctx, from)), a.PrepareTransmit,
 			activities.PrepareTransmitInput{Plan: in.Plan, From: from, Op: op, Point: in.Point}).Get(ctx, &point)
 	}); err != nil {
 		cleanup(ctx, in.Plan, from, op)
@@ -99,7 +99,7 @@ func Transmit(ctx workflow.Context, in TransmitInput) (res TransmitResult, err e
 		res.Chunks, res.ChunksCopied, res.BytesCopied = cp.Chunks, cp.ChunksCopied, cp.BytesCopied
 
 		if err := t.step(ctx, "commit", func() error {
-			return workflow.ExecuteActivity(longCtx(ctx, siteQueue(ctx, to)), a.CommitTransmit,
+			return workflow.ExecuteActivity(metaCtx(ctx, siteQueue(ctx, to)), a.CommitTransmit,
 				activities.CommitTransmitInput{Plan: in.Plan, From: from, To: to, Op: op, Point: point.Point, Epoch: point.Epoch}).Get(ctx, nil)
 		}); err != nil {
 			cleanup(ctx, in.Plan, from, op)
