@@ -61,7 +61,7 @@ func (s *slowListStore) List(ctx context.Context, prefix string, fn func(store.O
 // longer than the stall timeout, but moves, neither goes unheartbeated
 // (Temporal's heartbeat timeout would end the attempt, and every retry the
 // same way) nor trips the stall guard. Each step runs here while its
-// listings take a second, with a stall timeout of 400 ms.
+// listings take two seconds, with a stall timeout of one.
 func TestLongStepsHeartbeatThroughASlowListing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -72,7 +72,7 @@ func TestLongStepsHeartbeatThroughASlowListing(t *testing.T) {
 	beats := map[string]int{}     // by step, the heartbeats recorded while a chunk listing ran
 	readBeats := map[string]int{} // by step, the heartbeats recorded while a chunk was read
 	var scanned atomic.Int64      // the most a heartbeat reported
-	a.HeartbeatInterval, a.StallTimeout = 20*time.Millisecond, 400*time.Millisecond
+	a.HeartbeatInterval, a.StallTimeout = 20*time.Millisecond, time.Second
 	a.recordHeartbeat = func(_ context.Context, details any) {
 		hb := details.(heartbeat)
 		mu.Lock()
@@ -96,10 +96,10 @@ func TestLongStepsHeartbeatThroughASlowListing(t *testing.T) {
 		if site == "primary" {
 			epoch = prep.Epoch
 		}
-		// Ten objects in the chunk listing of each site besides the real
-		// chunks (not chunks: the readers skip them), so that every
-		// listing takes at least a second.
-		for i := range 10 {
+		// Twenty objects in the chunk listing of each site besides the
+		// real chunks (not chunks: the readers skip them), so that every
+		// listing takes at least two seconds, twice the stall timeout.
+		for i := range 20 {
 			key := fmt.Sprintf("%s/chunks/zz/not-a-chunk-%d", racePlan, i)
 			if err := env.stores[site].Store.Put(ctx, key, bytes.NewReader(nil), 0); err != nil {
 				t.Fatal(err)

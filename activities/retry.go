@@ -2,6 +2,8 @@ package activities
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,14 +33,20 @@ import (
 //     within its RPO rather than days later.
 //
 // "Without progress" is measured across attempts in the heartbeat details:
-// the interceptor adds a second detail, retryState, to every heartbeat. An
-// attempt that changes its resume point or its byte, chunk or file counts
-// has made progress, and the failing streak begins again from its failure.
-// Time in which the attempt's metadata work moved (Progress.Scanned: a
-// listing, a commit reading its entries) is left out of the streak: that
-// work is done again by the next attempt, so it is no lasting progress, but
-// a commit that reads a hundred million entries for an hour before a store
-// error is not an hour of failing either.
+// the interceptor adds a second detail, retryState, to every heartbeat,
+// which carries the furthest any attempt got (its mark). An attempt that
+// reports a resume point other than the mark's, or more bytes, chunks or
+// files done than the mark, has made progress, and the failing streak
+// begins again from its failure. (Not more than its own first heartbeat:
+// an attempt heartbeats before it has set the counts it starts from, such
+// as the chunks a copy finds already there.)
+// The failing attempt's own metadata work (the time in which
+// Progress.Scanned moved: a listing, a commit reading its entries) is not
+// counted as failing: a commit that reads a hundred million entries for an
+// hour and then meets a store error has not failed for an hour. That work
+// is done again by the next attempt, so it is no progress either: the time
+// earlier attempts spent on it counts, and a step whose every attempt scans
+// and then fails still gives up.
 // An activity that never heartbeats counts from when it was first scheduled.
 
 // ReasonRetryBudget is the error type of a step that gave up after failing
@@ -50,6 +58,31 @@ type retryState struct {
 	// FailingSince is when the current streak of failed attempts began;
 	// zero once the attempt that carries it has made progress.
 	FailingSince time.Time `json:"failingSince,omitzero"`
+	// Mark is the furthest the step's attempts have got.
+	Mark progressMark `json:"mark,omitzero"`
+}
+
+// progressMark is how far a heartbeat says a step got.
+type progressMark struct {
+	Resume     string `json:"resume,omitempty"` // a hash of its JSON; "" for none
+	BytesDone  int64  `json:"bytesDone,omitempty"`
+	ChunksDone int64  `json:"chunksDone,omitempty"`
+	FilesDone  int64  `json:"filesDone,omitempty"`
+}
+
+// advance raises m to p and reports whether p got further: another resume
+// point, or more of any count.
+func (m *progressMark) advance(p progressMark) bool {
+	moved := p.Resume != "" && p.Resume != m.Resume
+	if moved {
+		m.Resume = p.Resume
+	}
+	for _, c := range [...]struct{ mark, now *int64 }{{&m.BytesDone, &p.BytesDone}, {&m.ChunksDone, &p.ChunksDone}, {&m.FilesDone, &p.FilesDone}} {
+		if *c.now > *c.mark {
+			*c.mark, moved = *c.now, true
+		}
+	}
+	return moved
 }
 
 // retryInterceptor installs the inbound interceptor on every activity.
@@ -80,7 +113,7 @@ func (i *retryInbound) Init(outbound interceptor.ActivityOutboundInterceptor) er
 
 func (i *retryInbound) ExecuteActivity(ctx context.Context, in *interceptor.ExecuteActivityInput) (any, error) {
 	info := activity.GetInfo(ctx)
-	i.out.begin(failingSince(ctx, info, i.r.now()))
+	i.out.begin(carriedState(ctx, info, i.r.now()))
 	res, err := i.Next.ExecuteActivity(ctx, in)
 	if err == nil {
 		return res, nil
@@ -94,12 +127,12 @@ func (i *retryInbound) ExecuteActivity(ctx context.Context, in *interceptor.Exec
 		// the reporter does that, when the work has stalled.
 		err = fmt.Errorf("%s made no progress for the worker's --stall-timeout, so this attempt stopped and the next resumes from its last resume point: %w", info.ActivityType.Name, err)
 	}
-	since := i.out.failingSince()
+	since, scanning := i.out.failingSince()
 	if since.IsZero() {
 		return res, err // this attempt made progress: a new streak begins
 	}
 	budget := i.r.budget(planOf(in.Args))
-	if failing := i.r.now().Sub(since); failing >= budget {
+	if failing := i.r.now().Sub(since) - scanning; failing >= budget {
 		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
 			"%s gave up after failing for %s without progress (attempt %d; the plan's retry budget is %s, set plans.<plan>.retryBudget to change it): %v",
 			info.ActivityType.Name, failing.Round(time.Second), info.Attempt, budget, err), ReasonRetryBudget, nil)
@@ -107,23 +140,26 @@ func (i *retryInbound) ExecuteActivity(ctx context.Context, in *interceptor.Exec
 	return res, err
 }
 
-// failingSince is when the streak of failures this attempt continues
-// began: zero for a first attempt; for a retry, what the last heartbeat
-// carried, or now when the attempt before made progress, or the first
-// schedule when no attempt ever heartbeated.
-func failingSince(ctx context.Context, info activity.Info, now time.Time) time.Time {
+// carriedState is the retry state this attempt continues: its FailingSince
+// is when the streak of failures began, zero for a first attempt; for a
+// retry, what the last heartbeat carried, or now when the attempt before
+// made progress, or the first schedule when no attempt ever heartbeated.
+func carriedState(ctx context.Context, info activity.Info, now time.Time) retryState {
 	if info.Attempt <= 1 {
-		return time.Time{}
+		return retryState{}
 	}
 	if !activity.HasHeartbeatDetails(ctx) {
-		return info.ScheduledTime
+		return retryState{FailingSince: info.ScheduledTime}
 	}
 	var first json.RawMessage
 	var st retryState
-	if err := activity.GetHeartbeatDetails(ctx, &first, &st); err != nil || st.FailingSince.IsZero() {
-		return now
+	if err := activity.GetHeartbeatDetails(ctx, &first, &st); err != nil {
+		return retryState{FailingSince: now}
 	}
-	return st.FailingSince
+	if st.FailingSince.IsZero() {
+		st.FailingSince = now
+	}
+	return st
 }
 
 // retryable reports whether Temporal would retry err.
@@ -173,58 +209,52 @@ type retryOutbound struct {
 	now      func() time.Time
 	mu       sync.Mutex // the reporter heartbeats from two goroutines
 	state    retryState
-	baseline string
-	seen     bool
-	scanned  int64     // Progress.Scanned at the last heartbeat
-	beat     time.Time // when the last heartbeat was recorded
+	scanned  int64         // Progress.Scanned at the last heartbeat
+	scanning time.Duration // this attempt's time in which Scanned moved
+	beat     time.Time     // when the last heartbeat was recorded
 }
 
-func (o *retryOutbound) begin(since time.Time) {
+func (o *retryOutbound) begin(st retryState) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.state, o.seen, o.scanned, o.beat = retryState{FailingSince: since}, false, 0, o.now()
+	o.state, o.scanned, o.scanning, o.beat = st, 0, 0, o.now()
 }
 
-func (o *retryOutbound) failingSince() time.Time {
+// failingSince is when this attempt's streak of failures began (zero: it
+// made progress), and how long it spent on metadata work.
+func (o *retryOutbound) failingSince() (time.Time, time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.state.FailingSince
+	return o.state.FailingSince, o.scanning
 }
 
 func (o *retryOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
 	if len(details) == 1 {
-		sig, scanned := progressSignature(details[0])
-		now := o.now()
+		mark, scanned := progressOf(details[0])
 		o.mu.Lock()
-		switch {
-		case !o.seen:
-			o.baseline, o.seen = sig, true
-		case sig != o.baseline:
+		now := o.now()
+		if o.state.Mark.advance(mark) {
 			o.state.FailingSince = time.Time{}
 		}
-		if scanned > o.scanned && !o.state.FailingSince.IsZero() {
-			// The time since the last heartbeat went to metadata work:
-			// not part of the failing streak.
-			if o.state.FailingSince = o.state.FailingSince.Add(now.Sub(o.beat)); o.state.FailingSince.After(now) {
-				o.state.FailingSince = now
-			}
+		if scanned > o.scanned {
+			o.scanning += now.Sub(o.beat) // the time since the last heartbeat went to metadata work
+			o.scanned = scanned
 		}
-		o.scanned, o.beat = scanned, now
+		o.beat = now
 		details = append(details, o.state)
 		o.mu.Unlock()
 	}
 	o.Next.RecordHeartbeat(ctx, details...)
 }
 
-// progressSignature is what of a heartbeat marks progress: its resume
-// point and its done counts, not its timestamps. Progress.Scanned is not in
-// it but returned apart: the entries a commit read are read again by its
-// next attempt, so an attempt that scans and then fails has made no
-// progress that lasts.
-func progressSignature(v any) (sig string, scanned int64) {
+// progressOf reads how far a heartbeat says its step got, and apart from
+// it Progress.Scanned: the entries a commit read are read again by its next
+// attempt, so an attempt that scans and then fails has made no progress
+// that lasts.
+func progressOf(v any) (progressMark, int64) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return "", 0
+		return progressMark{}, 0
 	}
 	var hb struct {
 		Resume   json.RawMessage `json:"resume"`
@@ -236,7 +266,18 @@ func progressSignature(v any) (sig string, scanned int64) {
 		} `json:"progress"`
 	}
 	if json.Unmarshal(b, &hb) != nil {
-		return string(b), 0
+		return progressMark{Resume: digest(b)}, 0 // not a reporter's: any change is progress
 	}
-	return fmt.Sprintf("%s/%d/%d/%d", hb.Resume, hb.Progress.BytesDone, hb.Progress.ChunksDone, hb.Progress.FilesDone), hb.Progress.Scanned
+	m := progressMark{BytesDone: hb.Progress.BytesDone, ChunksDone: hb.Progress.ChunksDone, FilesDone: hb.Progress.FilesDone}
+	if r := string(hb.Resume); r != "" && r != "null" {
+		m.Resume = digest(hb.Resume)
+	}
+	return m, hb.Progress.Scanned
+}
+
+// digest stands for a resume point in the retry state, which every
+// heartbeat carries beside the resume point itself.
+func digest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12])
 }

@@ -25,6 +25,9 @@ type flakyInput struct {
 	// Scan is how long every attempt does metadata work (Progress.Scanned
 	// moving) before it fails.
 	Scan time.Duration
+	// Restart: every attempt heartbeats first without counts, then with
+	// the same counts it starts from (a copy's chunks already there).
+	Restart bool
 }
 
 func flakyWorkflow(ctx workflow.Context, in flakyInput) error {
@@ -40,12 +43,16 @@ func flaky(ctx context.Context, in flakyInput) error {
 	if in.SucceedAt > 0 && n >= in.SucceedAt {
 		return nil
 	}
+	if in.Restart {
+		activity.RecordHeartbeat(ctx, heartbeat{})
+		activity.RecordHeartbeat(ctx, heartbeat{Progress: Progress{ChunksDone: 5}})
+	}
 	for i, began := int64(1), time.Now(); time.Since(began) < in.Scan; i++ {
 		activity.RecordHeartbeat(ctx, heartbeat{Progress: Progress{Scanned: i}})
 		time.Sleep(50 * time.Millisecond)
 	}
 	if in.Heartbeat {
-		activity.RecordHeartbeat(ctx, heartbeat{Progress: Progress{ChunksDone: int64(n) * 10}})
+		activity.RecordHeartbeat(ctx, heartbeat{Progress: Progress{ChunksDone: 10}}) // where every attempt gets
 		if in.Progress {
 			activity.RecordHeartbeat(ctx, heartbeat{Progress: Progress{ChunksDone: int64(n)*10 + 1}})
 		}
@@ -92,6 +99,12 @@ func TestRetryBudget(t *testing.T) {
 	}{
 		{"never heartbeats", flakyInput{Plan: "p"}},
 		{"heartbeats without progress", flakyInput{Plan: "p", Heartbeat: true}},
+		// Its counts move within each attempt, but never past where the
+		// attempts before got.
+		{"starts from the same counts", flakyInput{Plan: "p", Restart: true}},
+		// Each attempt's own scanning is not failing time, the earlier
+		// attempts' is: scanning is done again, no progress.
+		{"scans, then fails every time", flakyInput{Plan: "p", Scan: budget / 2}},
 	} {
 		err, took := run(tc.in)
 		var app *temporal.ApplicationError

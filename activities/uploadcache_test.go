@@ -73,14 +73,14 @@ func TestUploadSetupWaitersOutliveTheReader(t *testing.T) {
 	if _, err := env.a.prepareSite(ctx, PrepareSiteInput{Plan: racePlan, Site: "primary"}); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 10 {
+	for i := range 20 { // a listing of two seconds
 		key := fmt.Sprintf("%s/chunks/zz/not-a-chunk-%d", racePlan, i)
 		if err := env.stores["primary"].Store.Put(ctx, key, bytes.NewReader(nil), 0); err != nil {
 			t.Fatal(err)
 		}
 	}
 	var listing, reading atomic.Int64
-	env.a.stores["primary"] = &slowListStore{Store: env.stores["primary"], perObject: 50 * time.Millisecond, listing: &listing, reading: &reading}
+	env.a.stores["primary"] = &slowListStore{Store: env.stores["primary"], perObject: 100 * time.Millisecond, listing: &listing, reading: &reading}
 	r, err := env.a.repo(racePlan, "primary")
 	if err != nil {
 		t.Fatal(err)
@@ -101,13 +101,22 @@ func TestUploadSetupWaitersOutliveTheReader(t *testing.T) {
 	impatient, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
 	began := time.Now()
-	if _, err := setup(impatient); !errors.Is(err, context.DeadlineExceeded) || time.Since(began) > 300*time.Millisecond {
+	if _, err := setup(impatient); !errors.Is(err, context.DeadlineExceeded) || time.Since(began) > time.Second {
 		t.Fatalf("a waiting range whose context ended: %v after %s; want its deadline at once", err, time.Since(began))
 	}
 	waiter := make(chan error, 1)
 	var got *uploadSetup
 	go func() { s, err := setup(ctx); got = s; waiter <- err }()
-	time.Sleep(100 * time.Millisecond)
+	for waiting := false; !waiting; time.Sleep(time.Millisecond) { // the waiter waits for the reader
+		env.a.uploads.mu.Lock()
+		for _, s := range env.a.uploads.m {
+			waiting = s.users == 2
+		}
+		env.a.uploads.mu.Unlock()
+	}
+	if listing.Load() == 0 {
+		t.Fatal("the reading range ended its listing before the test cancelled it")
+	}
 	cancelReader()
 	if err := <-readerErr; !errors.Is(err, context.Canceled) {
 		t.Fatalf("the cancelled reading range: %v", err)

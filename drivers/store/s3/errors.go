@@ -36,8 +36,10 @@ func (s *s3Store) classify(op, key string, err error) error {
 	resp := minio.ToErrorResponse(err)
 	switch resp.Code {
 	case "NoSuchKey", "NotFound":
+		s.accepted.Store(true) // the server checked the signature first
 		return fmt.Errorf("%s: %w", what, drivers.ErrNotFound)
 	case "PreconditionFailed", "ConditionalRequestConflict":
+		s.accepted.Store(true)
 		// 412, or AWS's 409 for a conditional write that raced another one
 		// to the same key: either way the caller's condition did not hold.
 		return fmt.Errorf("%s: the condition does not hold (%s): %w", what, resp.Code, drivers.ErrPreconditionFailed)

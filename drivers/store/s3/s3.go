@@ -377,6 +377,7 @@ func (s *s3Store) GetObject(ctx context.Context, key string) (io.ReadCloser, sto
 		release(s.gets)
 		return nil, store.Object{}, s.classify("get", key, err)
 	}
+	s.accepted.Store(true)
 	return &body{s: s, key: key, rc: rc}, store.Object{Key: key, Size: info.Size, Modified: info.LastModified, ETag: info.ETag}, nil
 }
 
@@ -416,6 +417,7 @@ func (s *s3Store) Stat(ctx context.Context, key string) (store.Object, error) {
 	if err != nil {
 		return store.Object{}, s.classify("stat", key, err)
 	}
+	s.accepted.Store(true)
 	return store.Object{Key: key, Size: info.Size, Modified: info.LastModified, ETag: info.ETag}, nil
 }
 
@@ -437,6 +439,7 @@ func (s *s3Store) List(ctx context.Context, prefix string, fn func(store.Object)
 		if obj.Err != nil {
 			return s.classify("list", prefix, obj.Err)
 		}
+		s.accepted.Store(true)
 		if len(obj.Key) < trim || !strings.HasPrefix(obj.Key, full) {
 			continue // a server that ignores the prefix must not leak other keys
 		}

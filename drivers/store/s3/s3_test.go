@@ -518,6 +518,7 @@ func TestClassify(t *testing.T) {
 		{context.DeadlineExceeded, false, ""},
 		{fmt.Errorf("wrapped: %w", context.Canceled), false, ""},
 	} {
+		s.accepted.Store(false) // a store that has had no answer yet
 		err := s.classify("put", "chunks/ab/abcd", tc.err)
 		if got := drivers.IsNotFound(err); got != tc.notFound {
 			t.Errorf("%v: not found = %v, want %v", tc.err, got, tc.notFound)
@@ -529,6 +530,15 @@ func TestClassify(t *testing.T) {
 		if want := "put chunks/ab/abcd at s3://127.0.0.1:9001/drorch: "; !strings.HasPrefix(err.Error(), want) {
 			t.Errorf("message %q does not start with %q", err, want)
 		}
+	}
+	// Once the server has taken these credentials, a signature it finds
+	// wrong on an upload is a body damaged on the way: sent again.
+	s.accepted.Store(true)
+	if reason, ok := drivers.IsPermanent(s.classify("put", "k", resp(403, "SignatureDoesNotMatch"))); ok {
+		t.Errorf("SignatureDoesNotMatch on a put after an accepted request: permanent %q, want transient", reason)
+	}
+	if reason, _ := drivers.IsPermanent(s.classify("get", "k", resp(403, "SignatureDoesNotMatch"))); reason != drivers.ReasonAccessDenied {
+		t.Errorf("SignatureDoesNotMatch on a get: permanent %q, want %q", reason, drivers.ReasonAccessDenied)
 	}
 	for _, tc := range []struct {
 		status int
