@@ -202,8 +202,8 @@ func budgetOf(cfg *config.Config) func(string) time.Duration {
 }
 
 // retryOutbound adds the retry state to every heartbeat and notices
-// progress: a heartbeat whose first detail differs, in its resume point or
-// counts, from the first one of this attempt.
+// progress: a heartbeat whose first detail gets past the state's mark, in
+// its resume point or counts; and it times this attempt's metadata work.
 type retryOutbound struct {
 	interceptor.ActivityOutboundInterceptorBase
 	now      func() time.Time
