@@ -113,6 +113,11 @@ func (a *Activities) sharedSetup(ctx context.Context, r *repo.Repo, plan, site, 
 			if !full {
 				s.parent = a.parent(ctx, r)
 			}
+			if err := ctx.Err(); err != nil {
+				// The parent's read may have been cut short: without it,
+				// every range would read every file again.
+				s.err = fmt.Errorf("read the chunk listing and parent at %s: %w", r.Location(), err)
+			}
 		}()
 	} else {
 		select {
