@@ -16,18 +16,7 @@ func TestCounterSeesEntriesAndListings(t *testing.T) {
 	var written atomic.Int64
 	ctx := WithCounter(context.Background(), &written)
 	point := NewPointID(time.Now(), "counted")
-	w, err := r.NewPointWriter(ctx, r.NewManifest(point, "dc1", "dir", time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC), 0), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range entries {
-		if err := w.Add(ctx, &entries[i]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Commit(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
+	writePointIn(ctx, t, r, point, entries, nil)
 	if written.Load() < int64(len(entries)) {
 		t.Fatalf("writing %d entries counted %d", len(entries), written.Load())
 	}

@@ -88,7 +88,12 @@ func huge(path string) Entry {
 
 func writePoint(t *testing.T, r *Repo, point string, entries []Entry, known func(ID) bool) *PointWriter {
 	t.Helper()
-	ctx := context.Background()
+	return writePointIn(context.Background(), t, r, point, entries, known)
+}
+
+// writePointIn is writePoint in ctx.
+func writePointIn(ctx context.Context, t *testing.T, r *Repo, point string, entries []Entry, known func(ID) bool) *PointWriter {
+	t.Helper()
 	w, err := r.NewPointWriter(ctx, r.NewManifest(point, "dc1", "dir", time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC), 0), known)
 	if err != nil {
 		t.Fatal(err)
