@@ -70,9 +70,21 @@ func TestRestoreOfRepeatedSmallFilesKeepsMemoryBounded(t *testing.T) {
 	// held: the peak then tells a bounded restore from one that gathers.
 	defer debug.SetGCPercent(debug.SetGCPercent(10))
 	runtime.GC()
+	stop := sampleHeap(5 * time.Millisecond)
+	restore(t, r, man, dstPath)
+	peak := stop()
+	t.Logf("heap in use at most %d MiB during the restore", peak>>20)
+	if limit := uint64(200 << 20); peak > limit {
+		t.Errorf("the restore's heap reached %d MiB (limit %d MiB) for %d MiB of small files", peak>>20, limit>>20, files*size>>20)
+	}
+	sameTree(t, srcPath, dstPath)
+}
+
+// sampleHeap samples the heap in use every interval until the returned
+// stop is called, which returns the most it saw.
+func sampleHeap(interval time.Duration) (stop func() uint64) {
 	var peak uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
+	done, sampled := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(sampled)
 		var ms runtime.MemStats
@@ -80,20 +92,17 @@ func TestRestoreOfRepeatedSmallFilesKeepsMemoryBounded(t *testing.T) {
 			runtime.ReadMemStats(&ms)
 			peak = max(peak, ms.HeapInuse)
 			select {
-			case <-stop:
+			case <-done:
 				return
-			case <-time.After(5 * time.Millisecond):
+			case <-time.After(interval):
 			}
 		}
 	}()
-	restore(t, r, man, dstPath)
-	close(stop)
-	<-sampled
-	t.Logf("heap in use at most %d MiB during the restore", peak>>20)
-	if limit := uint64(200 << 20); peak > limit {
-		t.Errorf("the restore's heap reached %d MiB (limit %d MiB) for %d MiB of small files", peak>>20, limit>>20, files*size>>20)
+	return func() uint64 {
+		close(done)
+		<-sampled
+		return peak
 	}
-	sameTree(t, srcPath, dstPath)
 }
 
 // newRepo opens a keyed repository on a new MinIO.

@@ -107,26 +107,12 @@ func restorePeak(t *testing.T, r *repo.Repo, p *repo.Point) uint64 {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	base, peak := ms.HeapInuse, ms.HeapInuse
-	stop, sampled := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			peak = max(peak, ms.HeapInuse)
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-		}
-	}()
+	base := ms.HeapInuse
+	stop := sampleHeap(2 * time.Millisecond)
 	tgt := &countingTarget{}
 	w := &datapath.Restorer{Repo: r, Target: tgt, Reporter: datapath.Discard{}, Interval: time.Second}
 	err := w.Run(context.Background(), p, 0, datapath.RestoreStats{})
-	close(stop)
-	<-sampled
+	peak := max(stop(), base)
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
